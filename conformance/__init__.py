@@ -1,0 +1,1 @@
+"""Suites that check Vejviser against standards and against itself."""

@@ -1,0 +1,1 @@
+"""Every shipped guideline's own test cases, one pytest test each."""

@@ -1,0 +1,44 @@
+"""The shipped guideline library passes its own test cases (the same check authors run)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from engine.cases import run_case
+from engine.patient import PatientEngine
+from rules.guideline_set import GuidelineSet, load_guidelines
+
+LIBRARY = Path(__file__).resolve().parents[2] / "guidelines"
+
+
+@cache
+def library() -> tuple[GuidelineSet, PatientEngine]:
+    guidelines = load_guidelines(LIBRARY)
+    return guidelines, PatientEngine(guidelines)
+
+
+def cases() -> list[tuple[str, int]]:
+    guidelines, _ = library()
+    return [
+        (file.guideline.file, index)
+        for file in guidelines.files
+        for index in range(len(file.cases))
+    ]
+
+
+def test_the_library_loads_and_has_cases() -> None:
+    guidelines, _ = library()
+    assert len(guidelines.files) >= 3
+    for file in guidelines.files:
+        assert len(file.cases) >= 6, f"{file.guideline.id} has fewer than 6 test cases"
+
+
+@pytest.mark.parametrize(("file", "index"), cases())
+def test_guideline_case(file: str, index: int) -> None:
+    guidelines, engine = library()
+    loaded = next(f for f in guidelines.files if f.guideline.file == file)
+    result = run_case(engine, loaded, index, loaded.cases[index])
+    assert result.passed, "\n".join(str(f) for f in result.failures)

@@ -1,0 +1,878 @@
+"""FHIR R4 JSON -> :class:`~fhir_adapter.records.PatientRecord`: the one normalisation path.
+
+A CDS Hooks prefetch, a Bundle on disk and bulk NDJSON all pass through :func:`read_resources`
+and :func:`normalise`, so status filtering, unit conversion and code aliases happen once.
+
+Shape: one small function per resource type turns a resource dict into records (or raises
+``_Skip`` with a reason in plain words); :func:`normalise` sorts resources by type, attributes
+them to patients and assembles sorted records. It runs on every CDS Hooks call, so it reads
+plain dicts with ``dict.get`` and type checks instead of a validation library.
+
+Rules (DOMAIN.md §2), each a documented way for a resource to yield no record without an Issue:
+
+- Observation: only status final, amended, corrected; entered-in-error, cancelled, preliminary,
+  registered and unknown are dropped. An Observation with components yields one record per
+  component that has a valueQuantity (components with another value type are not records).
+- Condition: verificationStatus refuted or entered-in-error is dropped.
+- MedicationStatement: status entered-in-error, not-taken, unknown is dropped.
+- MedicationRequest: status cancelled, entered-in-error, draft, unknown is dropped, and requests
+  are used only for a patient with no MedicationStatement at all (statements are the better
+  source when a system records them).
+- Goal: only lifecycleStatus active or accepted; a Goal (or target) without a measure is a
+  descriptive goal and yields no record.
+- Bundle entries without a resource, and resources of other types, carry nothing we use.
+
+Everything else that cannot become a record becomes an :class:`~fhir_adapter.records.Issue`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from datetime import date
+from functools import lru_cache
+from operator import itemgetter
+from typing import Any
+
+import orjson
+
+from fhir_adapter.codes import SYSTEMS, canonical_coding
+from fhir_adapter.records import (
+    Coding,
+    ConditionRecord,
+    GoalRecord,
+    Issue,
+    MedicationRecord,
+    ObservationRecord,
+    PatientRecord,
+)
+from fhir_adapter.units import UnitError, to_canonical
+
+YDERNUMMER = "urn:oid:1.2.208.176.1.4"
+"""Identifier system of a practice's ydernummer (DOMAIN.md §2)."""
+
+_UCUM = SYSTEMS["ucum"][0]
+_COMPARATORS = frozenset({"<", "<=", ">=", ">"})
+_OBSERVATION_KEEP = frozenset({"final", "amended", "corrected"})
+_OBSERVATION_DROP = frozenset({"entered-in-error", "cancelled", "preliminary", "registered", "unknown"})  # fmt: skip
+_STATEMENT_KEEP = frozenset({"active", "completed", "intended", "stopped", "on-hold"})
+_STATEMENT_DROP = frozenset({"entered-in-error", "not-taken", "unknown"})
+_REQUEST_KEEP = frozenset({"active", "on-hold", "completed", "stopped"})
+_REQUEST_DROP = frozenset({"cancelled", "entered-in-error", "draft", "unknown"})
+_VERIFICATION_DROP = frozenset({"refuted", "entered-in-error"})
+_CLINICAL_STATUSES = frozenset({"active", "recurrence", "relapse", "inactive", "remission", "resolved"})  # fmt: skip
+_GOAL_KEEP = frozenset({"active", "accepted"})
+_GOAL_DROP = frozenset({"proposed", "planned", "on-hold", "completed", "cancelled", "entered-in-error", "rejected"})  # fmt: skip
+_GENDERS = frozenset({"male", "female", "other", "unknown"})
+_CLINICAL_TYPES = frozenset({"Observation", "Condition", "MedicationStatement", "MedicationRequest", "Goal"})  # fmt: skip
+_BOM = "\ufeff"
+_new = tuple.__new__  # builds a record without NamedTuple.__new__'s Python-level call: 2x faster
+_BOM_BYTES = _BOM.encode()
+
+
+class FhirInputError(ValueError):
+    """The input as a whole cannot be read (not JSON, or not exactly one patient)."""
+
+
+class ResourceList(list[Any]):
+    """Resources as read, plus the Bundle ``fullUrl`` -> ``"Type/id"`` map.
+
+    References such as ``urn:uuid:...`` (Synthea, transaction Bundles) only resolve through the
+    entries' fullUrls, which are not part of the resources; :func:`normalise` picks the map up
+    from a ResourceList by itself.
+    """
+
+    def __init__(self, resources: Iterable[Any] = (), full_urls: dict[str, str] | None = None):
+        super().__init__(resources)
+        self.full_urls: dict[str, str] = {} if full_urls is None else full_urls
+
+
+class Normalised(dict[str, PatientRecord]):
+    """Patient records keyed by patient id, plus ``issues`` that belong to no patient in the
+    input (no Patient resource, no subject, not a JSON object...), so none goes unseen."""
+
+    def __init__(self, patients: dict[str, PatientRecord], issues: tuple[Issue, ...]):
+        super().__init__(patients)
+        self.issues = issues
+
+
+class _Skip(Exception):  # noqa: N818 - control flow, not an error type
+    """The resource (or target, component) cannot become a record; ``args[0]`` says why."""
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def read_resources(data: bytes | str) -> ResourceList:
+    """Read a Bundle (any type, nested Bundles included), a JSON list of resources, a single
+    resource, or NDJSON. Malformed resources are passed on for :func:`normalise` to report;
+    only input that is not JSON at all raises :class:`FhirInputError`."""
+    data = data.removeprefix(_BOM) if isinstance(data, str) else data.removeprefix(_BOM_BYTES)
+    try:
+        items = [orjson.loads(data)]
+    except orjson.JSONDecodeError as exc:
+        items = _read_ndjson(data, exc)
+    else:
+        if type(items[0]) is list:
+            items = items[0]
+        elif type(items[0]) is not dict:
+            kind = type(items[0]).__name__
+            raise FhirInputError(
+                f"expected a FHIR resource, Bundle, list of resources or NDJSON, got JSON {kind}"
+            )
+    out = ResourceList()
+    for item in items:
+        _collect(item, out)
+    return out
+
+
+def _read_ndjson(data: bytes | str, whole: orjson.JSONDecodeError) -> list[Any]:
+    lines = data.splitlines() if isinstance(data, bytes) else data.split("\n")
+    items: list[Any] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            if not items:  # the first line is not JSON either: this is not NDJSON at all
+                raise FhirInputError(f"not valid JSON: {whole}") from whole
+            raise FhirInputError(f"NDJSON line {number} is not valid JSON: {exc}") from exc
+    return items
+
+
+def _collect(item: Any, out: ResourceList) -> None:
+    if type(item) is not dict or item.get("resourceType") != "Bundle":
+        out.append(item)
+        return
+    entries = item.get("entry")
+    if entries is None:
+        return
+    if type(entries) is not list:
+        raise FhirInputError("Bundle.entry is not a list")
+    for entry in entries:
+        if type(entry) is not dict:
+            out.append(entry)  # reported by normalise as "not a JSON object"
+            continue
+        resource = entry.get("resource")
+        if resource is None:
+            continue
+        full_url = entry.get("fullUrl")
+        if type(full_url) is str and type(resource) is dict:
+            rtype, rid = resource.get("resourceType"), resource.get("id")
+            if type(rtype) is str and type(rid) is str:
+                out.full_urls[full_url] = f"{rtype}/{rid}"
+        _collect(resource, out)
+
+
+# --- small readers ----------------------------------------------------------------------------
+
+
+def _show(text: str) -> str:
+    """Quote a short piece of input for a message (codes, units, statuses: never free text)."""
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+def _date(value: Any, where: str) -> date:
+    """Date part as written (no time-zone shift); YYYY and YYYY-MM mean the first day.
+    The value is never echoed: a misplaced CPR number must not end up in a message."""
+    if type(value) is str:
+        try:
+            if len(value) >= 10 and value[4] == "-" and value[7] == "-":
+                return date.fromisoformat(value[:10])
+            if len(value) == 7 and value[4] == "-" and value[:4].isdigit() and value[5:].isdigit():
+                return date(int(value[:4]), int(value[5:]), 1)
+            if len(value) == 4 and value.isdigit():
+                return date(int(value), 1, 1)
+        except ValueError:
+            pass
+    raise _Skip(f"{where} is not a valid date")
+
+
+def _optional_date(container: dict[str, Any], key: str) -> date | None:
+    value = container.get(key)
+    return None if value is None else _date(value, key)
+
+
+def _period(value: Any, where: str) -> tuple[date | None, date | None]:
+    if type(value) is not dict:
+        raise _Skip(f"{where} is not an object")
+    start, end = value.get("start"), value.get("end")
+    return (
+        None if start is None else _date(start, f"{where}.start"),
+        None if end is None else _date(end, f"{where}.end"),
+    )
+
+
+def _object(container: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = container.get(key)
+    if value is None or type(value) is dict:
+        return value
+    raise _Skip(f"{key} is not an object")
+
+
+def _optional_str(container: dict[str, Any], key: str, where: str) -> str | None:
+    value = container.get(key)
+    if value is None or type(value) is str:
+        return value
+    raise _Skip(f"{where}.{key} is not a string")
+
+
+def _status(
+    resource: dict[str, Any], key: str, keep: frozenset[str], drop: frozenset[str]
+) -> str | None:
+    """The status if the resource counts, None if a documented rule drops it."""
+    status = resource.get(key)
+    if type(status) is str:
+        if status in keep:
+            return status
+        if status in drop:
+            return None
+        raise _Skip(f"{key} {_show(status)} is not a valid {key}")
+    raise _Skip(f"has no {key}" if status is None else f"{key} is not a string")
+
+
+@lru_cache(maxsize=65536)
+def _one_coding(system: str, code: str) -> tuple[Coding, ...]:
+    canonical = canonical_coding(system, code)
+    return (canonical,) if canonical[1] else ()
+
+
+def _codings(concept: Any, where: str) -> tuple[Coding, ...]:
+    """Canonical codings of a CodeableConcept; at least one, or the concept is unusable."""
+    if type(concept) is dict:  # fast path: one well-formed coding, as most resources have
+        coding = concept.get("coding")
+        if type(coding) is list and len(coding) == 1 and type(coding[0]) is dict:
+            system, code = coding[0].get("system"), coding[0].get("code")
+            if type(system) is str and type(code) is str and (single := _one_coding(system, code)):
+                return single
+    else:
+        raise _Skip(f"has no {where}" if concept is None else f"{where} is not an object")
+    coding = concept.get("coding")
+    if type(coding) is not list:
+        raise _Skip(f"{where} has no coding" if coding is None else f"{where}.coding is not a list")
+    out: list[Coding] = []
+    for entry in coding:
+        if type(entry) is not dict:
+            raise _Skip(f"{where}.coding has an entry that is not an object")
+        system, code = entry.get("system"), entry.get("code")
+        if type(system) is str and type(code) is str:
+            canonical = canonical_coding(system, code)
+            if canonical[1]:
+                out.append(canonical)
+        elif (system is not None and type(system) is not str) or (
+            code is not None and type(code) is not str
+        ):
+            raise _Skip(f"{where}.coding has a system or code that is not a string")
+    if not out:
+        raise _Skip(f"{where} has no coding with both a system and a code")
+    return tuple(dict.fromkeys(out)) if len(out) > 1 else (out[0],)
+
+
+def _display(concept: dict[str, Any]) -> str | None:
+    text = concept.get("text")
+    if type(text) is str and text:
+        return text
+    for entry in concept.get("coding") or ():
+        display = entry.get("display")
+        if type(display) is str and display:
+            return display
+    return None
+
+
+def _concept_code(resource: dict[str, Any], key: str) -> str | None:
+    """First code of a status-like CodeableConcept (clinicalStatus, verificationStatus)."""
+    concept = _object(resource, key)
+    if concept is None:
+        return None
+    coding = concept.get("coding")
+    if coding is None:
+        return None
+    if type(coding) is not list:
+        raise _Skip(f"{key}.coding is not a list")
+    for entry in coding:
+        if type(entry) is not dict:
+            raise _Skip(f"{key}.coding has an entry that is not an object")
+        code = _optional_str(entry, "code", key)
+        if code:
+            return code
+    return None
+
+
+@lru_cache(maxsize=4096)
+def _parse_reference(reference: str) -> str | None:
+    """``"Type/id"`` of a relative or absolute literal reference (version suffix dropped)."""
+    cut = reference.find("/_history/")
+    if cut >= 0:
+        reference = reference[:cut]
+    if reference.startswith(("urn:", "#")):
+        return None
+    parts = reference.rsplit("/", 2)
+    if len(parts) < 2 or not parts[-2] or not parts[-1]:
+        return None
+    return f"{parts[-2]}/{parts[-1]}"
+
+
+def _resolve(reference: str, full_urls: Mapping[str, str]) -> str | None:
+    return full_urls.get(reference) or _parse_reference(reference)
+
+
+def _patient_of(
+    resource: dict[str, Any], full_urls: Mapping[str, str], known: dict[str, str]
+) -> str:
+    """Patient id of the resource's subject; ``known`` caches references already resolved."""
+    subject = resource.get("subject")
+    if type(subject) is not dict:
+        raise _Skip("has no subject" if subject is None else "subject is not an object")
+    reference = subject.get("reference")
+    if type(reference) is not str:
+        raise _Skip("subject has no literal reference to a Patient")
+    pid = known.get(reference)
+    if pid is None:
+        key = _resolve(reference, full_urls)
+        if key is None or not key.startswith("Patient/"):
+            raise _Skip(f"subject {_show(reference)} does not resolve to a Patient")
+        pid = known[reference] = key[8:]
+    return pid
+
+
+# --- values -----------------------------------------------------------------------------------
+
+
+def _number(value: Any, where: str) -> float:
+    kind = type(value)
+    if kind is float:
+        if math.isfinite(value):
+            return value
+    elif kind is int:
+        try:
+            return float(value)
+        except OverflowError:
+            pass
+    raise _Skip(f"{where} is not a number")
+
+
+def _quantity(quantity: Any, where: str) -> tuple[float | None, str | None, str | None]:
+    """(value, comparator, unit) of a Quantity; the UCUM code wins over the display unit."""
+    if type(quantity) is not dict:
+        raise _Skip(f"{where} is not an object")
+    number = quantity.get("value")
+    if number is not None and (type(number) is not float or not math.isfinite(number)):
+        number = _number(number, f"{where}.value")
+    comparator = quantity.get("comparator")
+    if comparator is not None and (type(comparator) is not str or comparator not in _COMPARATORS):
+        raise _Skip(f"{where}.comparator is not one of <, <=, >=, >")
+    code, text = quantity.get("code"), quantity.get("unit")
+    if (code is not None and type(code) is not str) or (text is not None and type(text) is not str):
+        raise _Skip(f"{where} has a unit or code that is not a string")
+    if code and quantity.get("system") in (None, _UCUM):
+        return number, comparator, code
+    return number, comparator, text or code
+
+
+def _text_value(text: str) -> tuple[float | None, str | None, str | None]:
+    """Read ">90", "<5", "7,5 %" from a valueString; other text is a non-numeric result."""
+    rest = text.strip()
+    comparator = None
+    for candidate in ("<=", ">=", "<", ">"):
+        if rest.startswith(candidate):
+            comparator, rest = candidate, rest[len(candidate) :].lstrip()
+            break
+    number, _, unit = rest.partition(" ")
+    number = number.replace(",", ".")
+    if not (number.isascii() and number.lstrip("+-").replace(".", "", 1).isdigit()):
+        return None, None, None
+    return float(number), comparator, unit.strip() or None
+
+
+def _value(element: dict[str, Any]) -> tuple[float | None, str | None, str | None]:
+    """(value, comparator, unit) of an Observation or component without a valueQuantity; None
+    for a non-numeric result (coded, boolean, range, absent...), which still counts."""
+    text = element.get("valueString")
+    if text is not None:
+        if type(text) is not str:
+            raise _Skip("valueString is not a string")
+        return _text_value(text)
+    integer = element.get("valueInteger")
+    if integer is not None:
+        if type(integer) is not int:
+            raise _Skip("valueInteger is not an integer")
+        return _number(integer, "valueInteger"), None, None
+    return None, None, None
+
+
+# --- one function per resource type -----------------------------------------------------------
+
+
+def _observation_date(resource: dict[str, Any]) -> date:
+    value = resource.get("effectiveDateTime")
+    if value is not None:
+        return _date(value, "effectiveDateTime")
+    period = resource.get("effectivePeriod")
+    if period is not None:
+        start, end = _period(period, "effectivePeriod")
+        day = start or end
+        if day is not None:
+            return day
+    for key in ("effectiveInstant", "issued"):
+        value = resource.get(key)
+        if value is not None:
+            return _date(value, key)
+    raise _Skip("has no date (effective[x] or issued)")
+
+
+def _observation(
+    rid: str, codings: tuple[Coding, ...], day: date, status: str, element: dict[str, Any]
+) -> ObservationRecord:
+    quantity = element.get("valueQuantity")
+    if quantity is not None:
+        value, comparator, unit = _quantity(quantity, "valueQuantity")
+    else:
+        value, comparator, unit = _value(element)
+    if value is None:
+        return _new(ObservationRecord, (rid, codings, day, None, None, None, status))
+    try:
+        value, unit = to_canonical(codings, value, unit)
+    except UnitError as exc:
+        raise _Skip(str(exc)) from None
+    return _new(ObservationRecord, (rid, codings, day, value, comparator, unit, status))
+
+
+def _observation_records(
+    resource: dict[str, Any], rid: str, issues: list[Issue]
+) -> list[ObservationRecord]:
+    """Records of one Observation: one, or one per numeric component (blood-pressure panels).
+
+    A component that cannot be read is an Issue of its own; the other components still count.
+    """
+    status = resource.get("status")
+    if type(status) is not str or status not in _OBSERVATION_KEEP:
+        status = _status(resource, "status", _OBSERVATION_KEEP, _OBSERVATION_DROP)
+        if status is None:
+            return []
+    codings = _codings(resource.get("code"), "code")
+    day = _observation_date(resource)
+    components = resource.get("component")
+    if components is None:
+        return [_observation(rid, codings, day, status, resource)]
+    if type(components) is not list:
+        raise _Skip("component is not a list")
+    records = []
+    reported = len(issues)
+    for component in components:
+        if type(component) is not dict:
+            issues.append(Issue(rid, "a component is not an object"))
+            continue
+        if component.get("valueQuantity") is None:
+            continue
+        try:
+            part = _codings(component.get("code"), "component.code")
+            records.append(_observation(rid, part, day, status, component))
+        except _Skip as skip:
+            issues.append(Issue(rid, f"component: {skip.args[0]}"))
+    if any(key.startswith("value") for key in resource):
+        try:
+            records.append(_observation(rid, codings, day, status, resource))
+        except _Skip as skip:
+            issues.append(Issue(rid, skip.args[0]))
+    if not records and len(issues) == reported:
+        raise _Skip("has components but none with a numeric value")
+    return records
+
+
+def _condition_record(resource: dict[str, Any], rid: str) -> ConditionRecord | None:
+    """A Condition unless refuted or entered in error; clinicalStatus defaults to active."""
+    if _concept_code(resource, "verificationStatus") in _VERIFICATION_DROP:
+        return None
+    clinical = _concept_code(resource, "clinicalStatus") or "active"
+    if clinical not in _CLINICAL_STATUSES:
+        raise _Skip(f"clinicalStatus {_show(clinical)} is not a valid clinical status")
+    codings = _codings(resource.get("code"), "code")
+    onset = _optional_date(resource, "onsetDateTime")
+    period = resource.get("onsetPeriod")
+    if onset is None and period is not None:
+        start, end = _period(period, "onsetPeriod")
+        onset = start or end
+    if onset is None:  # onsetAge, onsetRange, onsetString: no date to use
+        onset = _optional_date(resource, "recordedDate")
+    abatement = _optional_date(resource, "abatementDateTime")
+    period = resource.get("abatementPeriod")
+    if abatement is None and period is not None:
+        start, end = _period(period, "abatementPeriod")
+        abatement = end or start
+    return ConditionRecord(rid, codings, onset, abatement, clinical)
+
+
+def _contained(resource: dict[str, Any], local_id: str) -> dict[str, Any] | None:
+    contained = resource.get("contained")
+    if type(contained) is list:
+        for item in contained:
+            if (
+                type(item) is dict
+                and item.get("resourceType") == "Medication"
+                and item.get("id") == local_id
+            ):
+                return item
+    return None
+
+
+def _medication(
+    resource: dict[str, Any],
+    medications: Mapping[str, dict[str, Any]],
+    full_urls: Mapping[str, str],
+) -> tuple[tuple[Coding, ...], str | None]:
+    """Codings and display of medication[x], following a reference to a contained Medication
+    or to a Medication elsewhere in the input."""
+    concept = resource.get("medicationCodeableConcept")
+    if concept is not None:
+        return _codings(concept, "medicationCodeableConcept"), _display(concept)
+    reference = _object(resource, "medicationReference")
+    if reference is None:
+        raise _Skip("has no medicationCodeableConcept or medicationReference")
+    target = reference.get("reference")
+    if type(target) is not str:
+        raise _Skip("medicationReference has no literal reference")
+    if target.startswith("#"):
+        medication = _contained(resource, target[1:])
+    else:
+        key = _resolve(target, full_urls)
+        medication = medications.get(key) if key else None
+    if medication is None:
+        raise _Skip(f"medicationReference {_show(target)} does not resolve to a Medication")
+    concept = medication.get("code")
+    return _codings(concept, "Medication.code"), _display(concept)
+
+
+def _statement_record(
+    resource: dict[str, Any],
+    rid: str,
+    medications: Mapping[str, dict[str, Any]],
+    full_urls: Mapping[str, str],
+) -> MedicationRecord | None:
+    """A MedicationStatement; start/end from effective[x], else dateAsserted as the start."""
+    status = _status(resource, "status", _STATEMENT_KEEP, _STATEMENT_DROP)
+    if status is None:
+        return None
+    codings, display = _medication(resource, medications, full_urls)
+    start = _optional_date(resource, "effectiveDateTime")
+    end = None
+    period = resource.get("effectivePeriod")
+    if start is None and period is not None:
+        start, end = _period(period, "effectivePeriod")
+    if start is None:
+        start = _optional_date(resource, "dateAsserted")
+    return MedicationRecord(rid, codings, display, start, end, status)
+
+
+def _request_record(
+    resource: dict[str, Any],
+    rid: str,
+    medications: Mapping[str, dict[str, Any]],
+    full_urls: Mapping[str, str],
+) -> MedicationRecord | None:
+    """A MedicationRequest: authoredOn is the start, the prescription's validity end the end."""
+    status = _status(resource, "status", _REQUEST_KEEP, _REQUEST_DROP)
+    if status is None:
+        return None
+    codings, display = _medication(resource, medications, full_urls)
+    start = _optional_date(resource, "authoredOn")
+    end = None
+    dispense = _object(resource, "dispenseRequest")
+    validity = None if dispense is None else dispense.get("validityPeriod")
+    if validity is not None:
+        end = _period(validity, "dispenseRequest.validityPeriod")[1]
+    return MedicationRecord(rid, codings, display, start, end, status)
+
+
+def _target_bound(target: dict[str, Any]) -> tuple[float, str | None]:
+    quantity = target.get("detailQuantity")
+    if quantity is not None:
+        value, comparator, unit = _quantity(quantity, "target.detailQuantity")
+        if comparator in (">", ">="):
+            raise _Skip("target is a lower bound; only upper-bound targets are used")
+    else:
+        detail_range = _object(target, "detailRange")
+        if detail_range is None or detail_range.get("high") is None:
+            raise _Skip("target has a measure but no detailQuantity or detailRange.high")
+        value, _, unit = _quantity(detail_range["high"], "target.detailRange.high")
+    if value is None:
+        raise _Skip("target has no value")
+    return value, unit
+
+
+def _goal_records(resource: dict[str, Any], rid: str, issues: list[Issue]) -> list[GoalRecord]:
+    """One GoalRecord per measurable target of an active or accepted Goal, in the measure's
+    canonical unit. A target that cannot be read is an Issue; the others still count."""
+    if _status(resource, "lifecycleStatus", _GOAL_KEEP, _GOAL_DROP) is None:
+        return []
+    start = _optional_date(resource, "startDate") or _optional_date(resource, "statusDate")
+    targets = resource.get("target")
+    if targets is None:
+        return []
+    if type(targets) is not list:
+        raise _Skip("target is not a list")
+    records = []
+    for target in targets:
+        try:
+            if type(target) is not dict:
+                raise _Skip("a target is not an object")
+            measure = target.get("measure")
+            if measure is None:
+                if (
+                    target.get("detailQuantity") is not None
+                    or target.get("detailRange") is not None
+                ):
+                    raise _Skip("target has a value but no measure")
+                continue
+            measure = _codings(measure, "target.measure")
+            value, unit = to_canonical(measure, *_target_bound(target))
+            records.append(GoalRecord(rid, measure, value, unit, start))
+        except (_Skip, UnitError) as exc:
+            issues.append(Issue(rid, str(exc.args[0])))
+    return records
+
+
+def _ydernummer(identifiers: Any) -> str | None:
+    for identifier in identifiers if type(identifiers) is list else (identifiers,):
+        if type(identifier) is dict and identifier.get("system") == YDERNUMMER:
+            value = identifier.get("value")
+            if type(value) is str and value:
+                return value
+    return None
+
+
+def _practice(
+    patient: dict[str, Any],
+    organizations: Mapping[str, dict[str, Any]],
+    full_urls: Mapping[str, str],
+) -> str | None:
+    """Ydernummer of the general practitioner's Organization (from the Organization in the
+    input, or from the reference's identifier); failing that, the reference itself."""
+    references = patient.get("generalPractitioner")
+    if references is None:
+        return None
+    if type(references) is not list:
+        raise _Skip("generalPractitioner is not a list")
+    fallback = None
+    for reference in references:
+        if type(reference) is not dict:
+            raise _Skip("generalPractitioner has an entry that is not an object")
+        target = _optional_str(reference, "reference", "generalPractitioner")
+        key = _resolve(target, full_urls) if target else None
+        organization = organizations.get(key) if key else None
+        number = _ydernummer(organization.get("identifier")) if organization else None
+        number = number or _ydernummer(reference.get("identifier"))
+        if number:
+            return number
+        fallback = fallback or key or target
+    return fallback
+
+
+def _patient_record(
+    resource: dict[str, Any],
+    pid: str,
+    organizations: Mapping[str, dict[str, Any]],
+    full_urls: Mapping[str, str],
+    issues: list[Issue],
+) -> PatientRecord:
+    """Demographics of a Patient. A bad field is an Issue and None, never a lost patient: the
+    patient's clinical data hang on it. Messages never quote Patient values (CPR numbers)."""
+    rid = f"Patient/{pid}"
+    try:
+        birth_date = _optional_date(resource, "birthDate")
+    except _Skip as skip:
+        birth_date = None
+        issues.append(Issue(rid, skip.args[0]))
+    sex = resource.get("gender")
+    if sex is not None and (type(sex) is not str or sex not in _GENDERS):
+        sex = None
+        issues.append(Issue(rid, "gender is not male, female, other or unknown"))
+    try:
+        practice = _practice(resource, organizations, full_urls)
+    except _Skip as skip:
+        practice = None
+        issues.append(Issue(rid, skip.args[0]))
+    return PatientRecord(pid, birth_date, sex, practice)
+
+
+# --- assembly ---------------------------------------------------------------------------------
+
+
+class _Patient:
+    """Records gathered for one patient while resources are read."""
+
+    __slots__ = ("conditions", "goals", "has_statements", "issues", "medications", "observations", "requests")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.observations: list[ObservationRecord] = []
+        self.medications: list[MedicationRecord] = []
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.conditions: list[ConditionRecord] = []
+        self.goals: list[GoalRecord] = []
+        self.issues: list[Issue] = []
+        self.has_statements = False
+
+    def resources(self) -> list[str]:
+        """Every resource that yielded a record or awaits use (for orphan reporting)."""
+        names = [r.resource for r in (*self.observations, *self.medications, *self.conditions)]
+        names += [r.resource for r in self.goals] + [rid for rid, _ in self.requests]
+        return list(dict.fromkeys(names))
+
+
+def _rid(resource: dict[str, Any], rtype: str, index: int) -> str:
+    rid = resource.get("id")
+    return f"{rtype}/{rid}" if type(rid) is str and rid else f"{rtype} #{index}"
+
+
+_BY_DATE = itemgetter(2, 0, 1)  # ObservationRecord: date, resource, codings
+
+
+def _dated(day: date | None) -> date:
+    return day or date.min
+
+
+def normalise(resources: Iterable[Any], full_urls: Mapping[str, str] | None = None) -> Normalised:
+    """Normalise resources of any number of patients into PatientRecords keyed by patient id.
+
+    ``full_urls`` maps Bundle fullUrls to ``"Type/id"``; it defaults to the map a
+    :class:`ResourceList` from :func:`read_resources` carries. Never raises for bad resources:
+    each becomes an Issue on its patient's record, or in ``.issues`` when no patient is known.
+    """
+    if full_urls is None:
+        full_urls = resources.full_urls if isinstance(resources, ResourceList) else {}
+    orphans: list[Issue] = []
+    patients: list[tuple[int, dict[str, Any]]] = []
+    clinical: list[tuple[int, str, dict[str, Any]]] = []
+    medications: dict[str, dict[str, Any]] = {}
+    organizations: dict[str, dict[str, Any]] = {}
+    for index, resource in enumerate(resources):
+        if type(resource) is not dict:
+            orphans.append(Issue(f"resource #{index}", "is not a JSON object"))
+            continue
+        rtype = resource.get("resourceType")
+        if type(rtype) is not str:
+            orphans.append(Issue(f"resource #{index}", "has no resourceType"))
+        elif rtype in _CLINICAL_TYPES:
+            clinical.append((index, rtype, resource))
+        elif rtype == "Patient":
+            patients.append((index, resource))
+        elif rtype == "Medication":
+            medications.setdefault(_rid(resource, rtype, index), resource)
+        elif rtype == "Organization":
+            organizations.setdefault(_rid(resource, rtype, index), resource)
+
+    gathered: dict[str, _Patient] = {}
+    seen: set[str] = set()
+    known: dict[str, str] = {}
+    for index, rtype, resource in clinical:
+        rid = _rid(resource, rtype, index)
+        try:
+            pid = _patient_of(resource, full_urls, known)
+        except _Skip as skip:
+            orphans.append(Issue(rid, skip.args[0]))
+            continue
+        acc = gathered.get(pid)
+        if acc is None:
+            acc = gathered[pid] = _Patient()
+        if rid in seen:
+            acc.issues.append(Issue(rid, "appears more than once in the input; the first is used"))
+            continue
+        seen.add(rid)
+        try:
+            if rtype == "Observation":
+                acc.observations += _observation_records(resource, rid, acc.issues)
+            elif rtype == "Condition":
+                condition = _condition_record(resource, rid)
+                if condition is not None:
+                    acc.conditions.append(condition)
+            elif rtype == "MedicationStatement":
+                acc.has_statements = True
+                statement = _statement_record(resource, rid, medications, full_urls)
+                if statement is not None:
+                    acc.medications.append(statement)
+            elif rtype == "MedicationRequest":
+                acc.requests.append((rid, resource))
+            else:
+                acc.goals += _goal_records(resource, rid, acc.issues)
+        except _Skip as skip:
+            acc.issues.append(Issue(rid, skip.args[0]))
+        except Exception as exc:  # last resort: one bad resource must not stop the others
+            acc.issues.append(Issue(rid, f"could not be read ({type(exc).__name__})"))
+
+    records: dict[str, PatientRecord] = {}
+    for index, resource in patients:
+        pid = resource.get("id")
+        if type(pid) is not str or not pid:
+            orphans.append(Issue(f"Patient #{index}", "has no id, so no resource can refer to it"))
+            continue
+        rid = f"Patient/{pid}"
+        if pid in records:
+            first = records[pid]
+            duplicate = Issue(rid, "appears more than once in the input; the first is used")
+            records[pid] = first._replace(issues=(*first.issues, duplicate))
+            continue
+        acc = gathered.pop(pid, None) or _Patient()
+        try:
+            patient = _patient_record(resource, pid, organizations, full_urls, acc.issues)
+        except Exception as exc:  # last resort, as above
+            acc.issues.append(Issue(rid, f"could not be read ({type(exc).__name__})"))
+            patient = PatientRecord(pid, None, None, None)
+        records[pid] = _assemble(patient, acc, medications, full_urls)
+
+    for pid, acc in gathered.items():
+        reason = f"refers to Patient/{pid}, which is not in the input"
+        orphans += [Issue(name, reason) for name in acc.resources()] + acc.issues
+    return Normalised(records, tuple(orphans))
+
+
+def _assemble(
+    patient: PatientRecord,
+    acc: _Patient,
+    medications: Mapping[str, dict[str, Any]],
+    full_urls: Mapping[str, str],
+) -> PatientRecord:
+    """Sorted, immutable records; MedicationRequests only when there is no MedicationStatement."""
+    if not acc.has_statements:
+        for rid, resource in acc.requests:
+            try:
+                request = _request_record(resource, rid, medications, full_urls)
+            except _Skip as skip:
+                acc.issues.append(Issue(rid, skip.args[0]))
+                continue
+            except Exception as exc:  # last resort, as in normalise
+                acc.issues.append(Issue(rid, f"could not be read ({type(exc).__name__})"))
+                continue
+            if request is not None:
+                acc.medications.append(request)
+    acc.observations.sort(key=_BY_DATE)
+    acc.medications.sort(key=lambda r: (_dated(r.start), r.resource))
+    acc.conditions.sort(key=lambda r: (_dated(r.onset), r.resource))
+    acc.goals.sort(key=lambda r: (_dated(r.start), r.resource, r.measure, r.value))
+    return patient._replace(
+        observations=tuple(acc.observations),
+        medications=tuple(acc.medications),
+        conditions=tuple(acc.conditions),
+        goals=tuple(acc.goals),
+        issues=tuple(acc.issues),
+    )
+
+
+def normalise_patient(
+    resources: Iterable[Any], full_urls: Mapping[str, str] | None = None
+) -> PatientRecord:
+    """Normalise the resources of exactly one patient (a CDS Hooks prefetch).
+
+    The record's ``issues`` include the issues no patient could be found for, so a caller that
+    looks at one patient sees every problem with its input.
+    """
+    result = normalise(resources, full_urls)
+    if not result:
+        why = next(
+            (f": {i.resource} {i.reason}" for i in result.issues if "Patient" in i.resource), ""
+        )
+        raise FhirInputError(f"expected exactly one Patient, found none usable{why}")
+    if len(result) > 1:
+        found = ", ".join(f"Patient/{pid}" for pid in sorted(result)[:5])
+        raise FhirInputError(f"expected exactly one Patient, found {len(result)}: {found}")
+    (record,) = result.values()
+    return record._replace(issues=record.issues + result.issues) if result.issues else record

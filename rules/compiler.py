@@ -1,0 +1,497 @@
+"""Rule files in, compiled guidelines out, or every error with its file, line and column.
+
+Steps per file: YAML (with positions) -> pydantic schema -> names, value sets, dependency order
+-> typed expressions -> the engine-neutral tree (:mod:`rules.tree`). Nothing stops at the first
+error: an author sees all of them at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path as FsPath
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from fhir_adapter.codes import canonical_coding
+from fhir_adapter.units import canonical_unit
+from rules import schema as s
+from rules import tree as t
+from rules import types as ty
+from rules.errors import RuleError
+from rules.expressions import ExpressionError, names_in, parse, parse_condition, references
+from rules.rendering import width
+from rules.source import Path, SourceDocument, YamlSyntaxError, parse_yaml
+from rules.valuesets import CompiledValueSet, compile_codes
+
+SUMMARY_LIMIT = 140  # CDS Hooks: summary SHALL be fewer than 140 characters
+BUILTINS: dict[str, ty.Type] = {"age": ty.NUMBER, "sex": ty.SEX}
+
+
+@dataclass(slots=True)
+class Problems:
+    """Collects errors for one file, placing each at the right line and column."""
+
+    document: SourceDocument
+    errors: list[RuleError] = field(default_factory=list)
+
+    def at(self, path: Path, message: str, column_offset: int | None = None) -> None:
+        if column_offset is None:
+            position = self.document.position(path)
+        else:
+            position = self.document.offset(path, column_offset)
+        self.errors.append(RuleError(self.document.file, position, message))
+
+    def expression(
+        self, path: Path, text: str, build: Callable[[str], t.Expr], offset: int = 0
+    ) -> t.Expr | None:
+        """Parse an expression, reporting a failure at the character it concerns."""
+        try:
+            return build(text)
+        except ExpressionError as exc:
+            self.at(path, f"{exc.message} in: {text.strip()}", offset + exc.column - 1)
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class GuidelineFile:
+    """A compiled guideline together with its test cases and where they were written."""
+
+    guideline: t.CompiledGuideline
+    cases: tuple[s.GuidelineCase, ...]
+    document: SourceDocument
+
+
+def read_document(path: FsPath, display: str) -> tuple[SourceDocument | None, list[RuleError]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [RuleError(display, None, f"cannot read the file: {exc}")]
+    try:
+        return parse_yaml(text, display), []
+    except YamlSyntaxError as exc:
+        return None, [RuleError(display, exc.position, f"not valid YAML: {exc}")]
+
+
+def validate_model(model: type[BaseModel], problems: Problems) -> Any:
+    """Validate the document against a schema model, turning pydantic errors into plain words."""
+    try:
+        return model.model_validate(problems.document.data)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            path = tuple(p for p in error["loc"] if isinstance(p, int | str))
+            problems.at(path, _plain(error))
+        return None
+
+
+def _plain(error: Any) -> str:
+    loc = [p for p in error["loc"] if isinstance(p, int | str)]
+    key = str(loc[-1]) if loc else "file"
+    kind = error["type"]
+    if kind == "missing":
+        return f"'{key}' is required here"
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}'"
+    if kind == "string_pattern_mismatch":
+        return f"'{error['input']}' is not a valid {key}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{key}: {message}"
+
+
+def content_hash(raw: bytes) -> str:
+    """Identifies the exact file a card or sweep result came from."""
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def compile_valueset(path: FsPath, display: str) -> tuple[CompiledValueSet | None, list[RuleError]]:
+    document, errors = read_document(path, display)
+    if document is None:
+        return None, errors
+    problems = Problems(document)
+    model: s.ValueSet | None = validate_model(s.ValueSet, problems)
+    if model is None:
+        return None, problems.errors
+    exact, prefixes = compile_codes([(inc.system, inc.codes) for inc in model.include])
+    if model.unit is not None:
+        for index, coding in enumerate(sorted(exact | set(prefixes))):
+            expected = canonical_unit((coding,))
+            if expected is not None and expected != model.unit:
+                problems.at(
+                    ("unit",),
+                    f"unit mismatch: {coding[0]} {coding[1]} is measured in {expected}, "
+                    f"but this value set says {model.unit} (entry {index + 1})",
+                )
+    first = model.include[0]
+    preferred = canonical_coding(first.system, first.codes[0])
+    valueset = CompiledValueSet(
+        id=model.id,
+        title=t.Text(model.title.da, model.title.en),
+        unit=model.unit,
+        exact=exact,
+        prefixes=prefixes,
+        preferred=preferred,
+        sources=tuple(_source(src) for src in model.sources),
+        file=display,
+    )
+    return (None if problems.errors else valueset), problems.errors
+
+
+def _source(src: s.Source) -> t.SourceRef:
+    return t.SourceRef(src.title, src.url, src.date, src.note)
+
+
+def _text(text: s.Text) -> t.Text:
+    return t.Text(text.da, text.en)
+
+
+def compile_guideline(
+    path: FsPath, display: str, valuesets: dict[str, CompiledValueSet]
+) -> tuple[GuidelineFile | None, list[RuleError]]:
+    document, errors = read_document(path, display)
+    if document is None:
+        return None, errors
+    problems = Problems(document)
+    model: s.Guideline | None = validate_model(s.Guideline, problems)
+    if model is None:
+        return None, problems.errors
+    compiled = _GuidelineCompiler(model, problems, valuesets).compile(
+        content_hash(path.read_bytes())
+    )
+    if compiled is None or problems.errors:
+        return None, problems.errors
+    return GuidelineFile(compiled, tuple(model.tests), document), []
+
+
+class _GuidelineCompiler:
+    """Compiles one validated guideline model; all problems go to ``problems``."""
+
+    def __init__(
+        self, model: s.Guideline, problems: Problems, valuesets: dict[str, CompiledValueSet]
+    ) -> None:
+        self.model = model
+        self.problems = problems
+        self.valuesets = valuesets
+        self.scope: dict[str, ty.Type] = dict(BUILTINS)
+        self.derived_refs: dict[str, set[str]] = {}
+
+    def compile(self, digest: str) -> t.CompiledGuideline | None:
+        m = self.model
+        facts = self._facts()
+        register = self._condition(("register", "when"), m.register_.when)
+        fact_scope = dict(self.scope)
+        targets = self._targets(fact_scope)
+        recommendations = tuple(
+            r for i, rec in enumerate(m.recommendations) if (r := self._recommendation(i, rec))
+        )
+        indicators = tuple(
+            ind for i, spec in enumerate(m.indicators) if (ind := self._indicator(i, spec))
+        )
+        self._check_unique("recommendations", [r.id for r in m.recommendations])
+        self._check_unique("indicators", [i.id for i in m.indicators])
+        self._check_cases(recommendations, indicators)
+        if register is None or self.problems.errors:
+            return None
+        return t.CompiledGuideline(
+            id=m.id,
+            version=m.version,
+            status=m.status,
+            title=_text(m.title),
+            publisher=m.publisher,
+            description=_text(m.description),
+            sources=tuple(_source(src) for src in m.sources),
+            effective_from=m.effective.from_,
+            effective_until=m.effective.until,
+            register_description=_text(m.register_.description),
+            register=register,
+            facts=facts,
+            targets=targets,
+            recommendations=recommendations,
+            indicators=indicators,
+            file=self.problems.document.file,
+            content_hash=digest,
+        )
+
+    # -- facts ----------------------------------------------------------------------------------
+
+    def _facts(self) -> tuple[t.FactDef, ...]:
+        specs = self.model.facts
+        graph: dict[str, set[str]] = {}
+        for name, fact in specs.items():
+            kind, args = fact.primitive
+            graph[name] = (names_in(args) & set(specs)) if kind == "expression" else set()
+        try:
+            order = list(TopologicalSorter(graph).static_order())
+        except CycleError as exc:
+            cycle = " -> ".join(exc.args[1])
+            self.problems.at(
+                ("facts", exc.args[1][0]), f"facts depend on each other in a circle: {cycle}"
+            )
+            return ()
+        compiled = []
+        for name in order:
+            fact = self._fact(name, specs[name])
+            if fact is not None:
+                compiled.append(fact)
+                self.scope[name] = fact.type
+        return tuple(compiled)
+
+    def _fact(self, name: str, fact: s.Fact) -> t.FactDef | None:
+        kind, args = fact.primitive
+        path: Path = ("facts", name, kind)
+        if kind == "expression":
+            expr = self.problems.expression(path, args, lambda x: parse(x, self.scope))
+            if expr is None:
+                return None
+            self.derived_refs[name] = references(expr)
+            return t.FactDef(name, t.Derived(expr), expr.type)
+        valueset = self._valueset((*path, "valueset"), args.valueset)
+        if valueset is None:
+            return None
+        vs = args.valueset
+        if kind in ("latest_observation", "earliest_observation"):
+            which = kind.removesuffix("_observation")
+            primitive: t.Primitive = t.ObservationFact(which, vs, _period(args.within))
+            return t.FactDef(name, primitive, ty.observation(valueset.unit))
+        if kind == "count_observations":
+            return t.FactDef(name, t.ObservationFact("count", vs, _period(args.within)), ty.NUMBER)
+        if kind == "active_medication":
+            return t.FactDef(name, t.ActiveMedication(vs), ty.BOOL)
+        if kind == "continuous_use":
+            primitive = t.ContinuousUse(vs, _period(args.longer_than), args.max_gap_days)
+            return t.FactDef(name, primitive, ty.BOOL)
+        if kind == "medication_started":
+            return t.FactDef(
+                name, t.MedicationStarted(vs, _period(args.within), args.max_gap_days), ty.BOOL
+            )
+        if kind == "condition_present":
+            return t.FactDef(name, t.ConditionPresent(vs, args.include_resolved), ty.BOOL)
+        if kind == "patient_goal":
+            value_type: ty.Type = ty.Quantity(valueset.unit) if valueset.unit else ty.NUMBER
+            return t.FactDef(name, t.PatientGoal(vs), value_type)
+        raise AssertionError(f"primitive {kind} has no compiler")
+
+    def _valueset(self, path: Path, valueset_id: str) -> CompiledValueSet | None:
+        valueset = self.valuesets.get(valueset_id)
+        if valueset is None:
+            known = ", ".join(sorted(self.valuesets)) or "none loaded"
+            self.problems.at(path, f"unknown value set '{valueset_id}' (known: {known})")
+        return valueset
+
+    # -- targets ----------------------------------------------------------------------------------
+
+    def _targets(self, fact_scope: dict[str, ty.Type]) -> tuple[t.TargetDef, ...]:
+        compiled = []
+        for name, spec in self.model.targets.items():
+            if name in self.model.facts:
+                self.problems.at(("targets", name), f"'{name}' is already the name of a fact")
+                continue
+            target = self._target(name, spec, fact_scope)
+            if target is not None:
+                compiled.append(target)
+                self.scope[name] = target.type
+        return tuple(compiled)
+
+    def _target(
+        self, name: str, spec: s.Target, fact_scope: dict[str, ty.Type]
+    ) -> t.TargetDef | None:
+        valueset = self._valueset(("targets", name, "measure"), spec.measure)
+        if valueset is None:
+            return None
+        cases = []
+        for index, case in enumerate(spec.cases):
+            path = ("targets", name, "cases", index, "when")
+            when = self.problems.expression(
+                path, case.when, lambda x: parse_condition(x, fact_scope)
+            )
+            cases.append(t.TargetCase(when, case.value, _text(case.reason)))
+        cases.append(t.TargetCase(None, spec.default.value, _text(spec.default.reason)))
+        reasons = [c.reason for c in cases] + [t.GOAL_REASON]
+        reason_width = max(max(len(r.da), len(r.en)) for r in reasons)
+        return t.TargetDef(
+            name, spec.measure, valueset.unit, tuple(cases), ty.target(valueset.unit, reason_width)
+        )
+
+    # -- recommendations and indicators -----------------------------------------------------------
+
+    def _condition(self, path: Path, text: str) -> t.Expr | None:
+        return self.problems.expression(path, text, lambda x: parse_condition(x, self.scope))
+
+    def _recommendation(self, index: int, rec: s.Recommendation) -> t.RecommendationDef | None:
+        base: Path = ("recommendations", index)
+        when = self._condition((*base, "when"), rec.when)
+        summary = self._templates((*base, "summary"), rec.summary, limit=SUMMARY_LIMIT)
+        detail = self._templates((*base, "detail"), rec.detail) if rec.detail else None
+        suggestion = None
+        if rec.suggestion is not None:
+            if rec.suggestion.order is not None:
+                self._valueset((*base, "suggestion", "order"), rec.suggestion.order)
+            suggestion = t.SuggestionDef(_text(rec.suggestion.label), rec.suggestion.order)
+        if when is None or summary is None or (rec.detail and detail is None):
+            return None
+        used = (
+            references(when)
+            | _template_refs(summary)
+            | (_template_refs(detail) if detail else set())
+        )
+        evidence = tuple(sorted(self._expand(used) - set(BUILTINS)))
+        return t.RecommendationDef(
+            rec.id, when, rec.indicator, summary, detail, suggestion, evidence
+        )
+
+    def _expand(self, names: set[str]) -> set[str]:
+        """Names plus everything the derived facts among them are built from."""
+        result = set(names)
+        pending = list(names)
+        while pending:
+            for ref in self.derived_refs.get(pending.pop(), ()):
+                if ref not in result:
+                    result.add(ref)
+                    pending.append(ref)
+        return result
+
+    def _templates(self, path: Path, text: s.Text, limit: int | None = None) -> t.Templates | None:
+        da = self._template((*path, "da"), text.da, limit)
+        en = self._template((*path, "en"), text.en, limit)
+        return t.Templates(da, en) if da is not None and en is not None else None
+
+    def _template(self, path: Path, text: str, limit: int | None) -> t.Template | None:
+        try:
+            pieces = split_template(text)
+        except ExpressionError as exc:
+            self.problems.at(path, exc.message, exc.column - 1)
+            return None
+        parts: list[str | t.Expr] = []
+        ok = True
+        for piece, offset in pieces:
+            if offset is None:
+                parts.append(piece)
+                continue
+            expr = self.problems.expression(path, piece, lambda x: parse(x, self.scope), offset)
+            if expr is None:
+                ok = False
+            elif isinstance(expr.type, ty.Record):
+                self.problems.at(path, f"show a field, e.g. {{{piece.strip()}.value}}", offset)
+                ok = False
+            else:
+                parts.append(expr)
+        if not ok:
+            return None
+        template = t.Template(tuple(parts))
+        if limit is not None:
+            self._check_width(path, template, limit)
+        return template
+
+    def _check_width(self, path: Path, template: t.Template, limit: int) -> None:
+        total = 0
+        for part in template.parts:
+            if isinstance(part, str):
+                total += len(part)
+                continue
+            part_width = width(part.type)
+            if part_width is None:
+                self.problems.at(
+                    path, "the summary can exceed 140 characters: a value in it has no length limit"
+                )
+                return
+            total += part_width
+        if total >= limit:
+            self.problems.at(
+                path,
+                f"the summary can exceed 140 characters (up to {total} with the longest values); "
+                "shorten it or move details to 'detail'",
+            )
+
+    def _indicator(self, index: int, spec: s.Indicator) -> t.IndicatorDef | None:
+        base: Path = ("indicators", index)
+        numerator = self._condition((*base, "numerator"), spec.numerator)
+        denominator = (
+            self._condition((*base, "denominator"), spec.denominator) if spec.denominator else None
+        )
+        exceptions = (
+            self._condition((*base, "exceptions"), spec.exceptions) if spec.exceptions else None
+        )
+        if numerator is None:
+            return None
+        return t.IndicatorDef(spec.id, _text(spec.title), numerator, denominator, exceptions)
+
+    def _check_unique(self, section: str, ids: list[str]) -> None:
+        seen: set[str] = set()
+        for index, ident in enumerate(ids):
+            if ident in seen:
+                self.problems.at((section, index, "id"), f"'{ident}' is used twice in {section}")
+            seen.add(ident)
+
+    def _check_cases(
+        self,
+        recommendations: tuple[t.RecommendationDef, ...],
+        indicators: tuple[t.IndicatorDef, ...],
+    ) -> None:
+        """Expectations may only name things the guideline defines (a typo must not pass)."""
+        known = {
+            "recommendations": {r.id for r in self.model.recommendations},
+            "targets": set(self.model.targets),
+            "target_reasons": set(self.model.targets),
+            "indicators": {i.id for i in self.model.indicators},
+            "facts": set(self.model.facts) | set(BUILTINS),
+        }
+        for index, case in enumerate(self.model.tests):
+            expect = case.expect
+            for section, names in known.items():
+                given = getattr(expect, section)
+                items = given if isinstance(given, list) else list(given or {})
+                for name in items:
+                    if name not in names:
+                        self.problems.at(
+                            ("tests", index, "expect", section),
+                            f"test '{case.name}' expects unknown {section.rstrip('s')} '{name}'",
+                        )
+
+
+def split_template(text: str) -> list[tuple[str, int | None]]:
+    """Split 'HbA1c {hba1c.value}' into literal text and expressions ({{ and }} are braces).
+
+    Returns (piece, offset) pairs; offset is None for literal text, else where the expression
+    starts in ``text``.
+    """
+    pieces: list[tuple[str, int | None]] = []
+    literal: list[str] = []
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if text.startswith("{{", index) or text.startswith("}}", index):
+            literal.append(char)
+            index += 2
+        elif char == "{":
+            end = text.find("}", index)
+            if end < 0:
+                raise ExpressionError("a '{' is never closed with '}'", index + 1)
+            if literal:
+                pieces.append(("".join(literal), None))
+                literal = []
+            pieces.append((text[index + 1 : end], index + 1))
+            index = end + 1
+        elif char == "}":
+            raise ExpressionError("a '}' without its '{' (write }} for a brace)", index + 1)
+        else:
+            literal.append(char)
+            index += 1
+    if literal:
+        pieces.append(("".join(literal), None))
+    return pieces
+
+
+def _template_refs(templates: t.Templates) -> set[str]:
+    found: set[str] = set()
+    for template in (templates.da, templates.en):
+        for part in template.parts:
+            if not isinstance(part, str):
+                found |= references(part)
+    return found
+
+
+def _period(text: str) -> t.Period:
+    amount, unit = s.parse_duration(text)
+    return t.Period(amount, unit)

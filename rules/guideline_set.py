@@ -1,0 +1,86 @@
+"""A loaded, immutable set of guidelines and value sets: what the engines evaluate."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rules.compiler import GuidelineFile, compile_guideline, compile_valueset
+from rules.errors import RuleError, RuleFileError
+from rules.tree import CompiledGuideline
+from rules.valuesets import CompiledValueSet, ValueSetIndex
+
+VALUESET_DIR = "valuesets"
+
+
+@dataclass(frozen=True, slots=True)
+class GuidelineSet:
+    """Guideline versions and the value sets they use; safe to share between requests."""
+
+    files: tuple[GuidelineFile, ...]
+    valuesets: dict[str, CompiledValueSet]
+    index: ValueSetIndex = field(compare=False)
+
+    @property
+    def guidelines(self) -> tuple[CompiledGuideline, ...]:
+        return tuple(f.guideline for f in self.files)
+
+    def in_force(self, on: dt.date) -> tuple[CompiledGuideline, ...]:
+        """The guideline versions that apply on a date."""
+        return tuple(g for g in self.guidelines if g.in_force(on))
+
+
+def load_guidelines(directory: Path) -> GuidelineSet:
+    """Load a guideline directory; raise :class:`RuleFileError` with every error if any file fails.
+
+    Layout: value sets in ``<dir>/valuesets/*.yaml``, guidelines in every other ``*.yaml`` below
+    ``<dir>``. A set with a broken file is never half-loaded.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise RuleFileError([RuleError(str(directory), None, "not a directory")])
+    errors: list[RuleError] = []
+    valuesets: dict[str, CompiledValueSet] = {}
+    for path in sorted((directory / VALUESET_DIR).glob("*.yaml")):
+        valueset, problems = compile_valueset(path, _display(path, directory))
+        errors += problems
+        if valueset is None:
+            continue
+        if valueset.id in valuesets:
+            other = valuesets[valueset.id].file
+            errors.append(
+                RuleError(
+                    valueset.file, None, f"value set '{valueset.id}' is also defined in {other}"
+                )
+            )
+        valuesets[valueset.id] = valueset
+    files: list[GuidelineFile] = []
+    seen: dict[tuple[str, str], str] = {}
+    for path in sorted(directory.rglob("*.yaml")):
+        if VALUESET_DIR in path.relative_to(directory).parts[:1]:
+            continue
+        loaded, problems = compile_guideline(path, _display(path, directory), valuesets)
+        errors += problems
+        if loaded is None:
+            continue
+        key = (loaded.guideline.id, loaded.guideline.version)
+        if key in seen:
+            errors.append(
+                RuleError(
+                    loaded.guideline.file, None, f"{key[0]} version {key[1]} is also in {seen[key]}"
+                )
+            )
+        seen[key] = loaded.guideline.file
+        files.append(loaded)
+    if errors:
+        raise RuleFileError(errors)
+    return GuidelineSet(tuple(files), valuesets, ValueSetIndex(tuple(valuesets.values())))
+
+
+def _display(path: Path, directory: Path) -> str:
+    """File names as an author sees them: relative to where the command was run when possible."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,72 @@
+"""How values appear in card texts, and how long they can get.
+
+Rendering and its width bound live together so the load-time check "this summary can exceed 140
+characters" and the text a GP reads can never disagree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import NamedTuple
+
+from rules import types as ty
+from rules.tree import Text
+
+MISSING = Text(da="ukendt", en="unknown")
+YES_NO = {"da": ("ja", "nej"), "en": ("yes", "no")}
+UNIT_DISPLAY = {"umol/L": "µmol/L", "mm[Hg]": "mmHg", "mL/min/1.73m2": "mL/min/1.73 m²"}
+NUMBER_WIDTH = 9  # '-12345,67': values in these guidelines stay far below that
+
+
+class Bound(NamedTuple):
+    """A reported bound such as eGFR '>90': the true value lies beyond ``value``."""
+
+    value: float
+    comparator: str  # < <= > >=
+
+
+def number(value: float, language: str) -> str:
+    """At most two decimals, no trailing zeros; Danish uses a decimal comma."""
+    text = f"{round(value, 2):.2f}".rstrip("0").rstrip(".")
+    if text == "-0":
+        text = "0"
+    return text.replace(".", ",") if language == "da" else text
+
+
+def unit_display(unit: str) -> str:
+    return UNIT_DISPLAY.get(unit, unit)
+
+
+def render(value: object, type_: ty.Type, language: str) -> str:
+    """A value as a GP reads it; missing data say so in words."""
+    if value is None:
+        return MISSING.in_language(language)
+    if isinstance(value, bool):
+        yes, no = YES_NO["en" if language == "en" else "da"]
+        return yes if value else no
+    if isinstance(value, Bound):
+        return value.comparator + render(value.value, type_, language)
+    if isinstance(value, float | int):
+        text = number(float(value), language)
+        return f"{text} {unit_display(type_.unit)}" if isinstance(type_, ty.Quantity) else text
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Text):
+        return value.in_language(language)
+    return str(value)
+
+
+def width(type_: ty.Type) -> int | None:
+    """The most characters a value of this type renders to; None when it has no bound."""
+    missing = max(len(MISSING.da), len(MISSING.en))
+    if isinstance(type_, ty.Quantity):
+        return max(1 + NUMBER_WIDTH + 1 + len(unit_display(type_.unit)), missing)
+    if type_ == ty.NUMBER:
+        return max(NUMBER_WIDTH, missing)
+    if type_ == ty.DATE:
+        return max(len("2026-01-01"), missing)
+    if type_ == ty.BOOL:
+        return max(len(w) for words in YES_NO.values() for w in words)
+    if isinstance(type_, ty.Scalar) and type_.width is not None:
+        return max(type_.width, missing)
+    return None

@@ -1,0 +1,1 @@
+"""Synthetic Danish general-practice FHIR data: reproducible patients for tests and benchmarks."""

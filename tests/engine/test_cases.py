@@ -1,0 +1,94 @@
+"""Guideline test cases: a wrong expectation fails with a clear difference, at the right line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fhir.resources.R4B import get_fhir_model_class
+
+from engine.cases import case_resources, run_cases
+from rules.guideline_set import load_guidelines
+from rules.schema import CasePatient
+
+
+def test_fixture_cases_pass(guideline_dir: Path) -> None:
+    results = run_cases(load_guidelines(guideline_dir))
+    assert results and all(r.passed for r in results)
+
+
+def test_a_wrong_expected_value_fails_with_a_diff(guideline_dir: Path) -> None:
+    path = guideline_dir / "example.yaml"
+    path.write_text(
+        path.read_text().replace("targets: {hba1c_target: 53}", "targets: {hba1c_target: 58}")
+    )
+    (result,) = run_cases(load_guidelines(guideline_dir))
+    (failure,) = result.failures
+    line = next(
+        i
+        for i, text in enumerate(path.read_text().splitlines(), 1)
+        if "- name: above the default" in text
+    )
+    assert failure.position is not None and failure.position.line == line
+    assert "expected target hba1c_target = 58, got 53 (default target)" in str(failure)
+
+
+def test_every_failure_is_listed(guideline_dir: Path) -> None:
+    path = guideline_dir / "example.yaml"
+    text = path.read_text().replace("recommendations: [above-target]", "recommendations: [missing]")
+    path.write_text(text.replace("{above-58: numerator}", "{above-58: denominator}"))
+    (result,) = run_cases(load_guidelines(guideline_dir))
+    messages = [str(f) for f in result.failures]
+    assert any("expected recommendations ['missing'], got ['above-target']" in m for m in messages)
+    assert any("expected indicator above-58: denominator, got numerator" in m for m in messages)
+
+
+def test_shorthand_patients_become_valid_fhir() -> None:
+    patient = CasePatient.model_validate(
+        {
+            "birth_date": "1950-01-01",
+            "sex": "male",
+            "conditions": [{"code": "icpc2:T90", "onset": "2015-01-01"}],
+            "observations": [
+                {
+                    "code": "npu:DNK35302",
+                    "value": ">90",
+                    "unit": "mL/min/1.73m2",
+                    "date": "2026-01-01",
+                },
+                {
+                    "code": "loinc:85354-9",
+                    "date": "2026-01-01",
+                    "components": [
+                        {
+                            "code": "loinc:8480-6",
+                            "value": 140,
+                            "unit": "mm[Hg]",
+                            "date": "2026-01-01",
+                        },
+                        {
+                            "code": "loinc:8462-4",
+                            "value": 85,
+                            "unit": "mm[Hg]",
+                            "date": "2026-01-01",
+                        },
+                    ],
+                },
+            ],
+            "medications": [
+                {"code": "atc:A10BA02", "start": "2020-01-01"},
+                {
+                    "code": "atc:A10BA02",
+                    "start": "2020-01-01",
+                    "end": "2021-01-01",
+                    "resource": "MedicationRequest",
+                },
+            ],
+            "goals": [
+                {"measure": "npu:NPU27300", "value": 58, "unit": "mmol/mol", "start": "2025-01-01"}
+            ],
+        }
+    )
+    resources = case_resources(patient)
+    for resource in resources:
+        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    assert len(resources) == 7

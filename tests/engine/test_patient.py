@@ -1,0 +1,240 @@
+"""The per-patient engine on shorthand patients that pass through the real FHIR normalisation."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from engine.cases import case_resources
+from engine.outcomes import GuidelineOutcome
+from engine.patient import PatientEngine
+from fhir_adapter.normalise import normalise_patient
+from rules.schema import CasePatient
+
+AS_OF = dt.date(2026, 6, 1)
+T2D = {"code": "icpc2:T90", "onset": "2015-01-01"}
+
+
+def run(engine: PatientEngine, as_of: dt.date = AS_OF, **patient: Any) -> GuidelineOutcome:
+    spec = CasePatient.model_validate({"birth_date": "1950-01-01", "sex": "female", **patient})
+    outcomes = engine.evaluate(normalise_patient(case_resources(spec)), as_of)
+    (outcome,) = [o for o in outcomes if o.guideline == "example-hba1c"]
+    return outcome
+
+
+def hba1c(value: float | str, date: str, unit: str = "mmol/mol", **extra: Any) -> dict[str, Any]:
+    code = "npu:NPU03835" if unit == "%" else "npu:NPU27300"
+    return {"code": code, "value": value, "unit": unit, "date": date, **extra}
+
+
+def recs(outcome: GuidelineOutcome) -> set[str]:
+    return {r.id for r in outcome.recommendations}
+
+
+def test_explains_what_fired_and_why(engine: PatientEngine) -> None:
+    out = run(
+        engine,
+        conditions=[T2D, {"code": "icpc2:K76", "onset": "2020-01-01"}],
+        observations=[hba1c(67, "2026-03-02")],
+    )
+    assert out.in_register
+    target = out.target("hba1c_target")
+    assert target is not None and (target.value, target.source) == (58, "case")
+    assert target.reason.en == "ischaemic heart disease"
+    assert target.evidence == ("Condition/condition-2",)
+    (card,) = out.recommendations
+    assert card.summary.en == "HbA1c 67 mmol/mol (2026-03-02) is above the target 58 mmol/mol"
+    assert card.summary.da == "HbA1c 67 mmol/mol (2026-03-02) er over målet 58 mmol/mol"
+    assert card.evidence == ("Observation/observation-1", "Condition/condition-2")
+
+
+def test_value_exactly_at_the_target_does_not_fire(engine: PatientEngine) -> None:
+    out = run(engine, conditions=[T2D], observations=[hba1c(53, "2026-03-02")])
+    assert recs(out) == set()
+
+
+def test_window_includes_its_first_day_and_nothing_before(engine: PatientEngine) -> None:
+    on_edge = run(engine, conditions=[T2D], observations=[hba1c(60, "2025-06-01")])
+    assert recs(on_edge) == {"above-target"}
+    outside = run(engine, conditions=[T2D], observations=[hba1c(60, "2025-05-31")])
+    assert recs(outside) == {"missing"}
+
+
+def test_observation_after_the_reference_date_is_ignored(engine: PatientEngine) -> None:
+    out = run(engine, conditions=[T2D], observations=[hba1c(80, "2026-06-02")])
+    assert recs(out) == {"missing"}
+
+
+def test_entered_in_error_never_counts(engine: PatientEngine) -> None:
+    out = run(
+        engine,
+        conditions=[T2D],
+        observations=[hba1c(50, "2026-01-01"), hba1c(90, "2026-05-01", status="entered-in-error")],
+    )
+    assert recs(out) == set()
+    fact = out.fact("hba1c_count")
+    assert fact is not None and fact.value == 1
+
+
+def test_hba1c_in_percent_is_converted(engine: PatientEngine) -> None:
+    out = run(engine, conditions=[T2D], observations=[hba1c(8.0, "2026-03-02", unit="%")])
+    fact = out.fact("hba1c")
+    assert fact is not None and fact.value.value == 64
+    assert recs(out) == {"above-target"}
+
+
+def test_a_goal_overrides_the_default_target(engine: PatientEngine) -> None:
+    out = run(
+        engine,
+        conditions=[T2D],
+        observations=[hba1c(60, "2026-03-02")],
+        goals=[{"measure": "npu:NPU27300", "value": 64, "unit": "mmol/mol", "start": "2025-01-01"}],
+    )
+    target = out.target("hba1c_target")
+    assert target is not None and (target.value, target.source) == (64, "goal")
+    assert target.evidence == ("Goal/goal-1",)
+    assert recs(out) == set()
+
+
+def test_a_goal_in_percent_is_converted(engine: PatientEngine) -> None:
+    out = run(
+        engine, conditions=[T2D], goals=[{"measure": "npu:NPU03835", "value": 7.5, "unit": "%"}]
+    )
+    target = out.target("hba1c_target")
+    assert target is not None and target.value == 58
+
+
+def test_first_matching_case_wins(engine: PatientEngine) -> None:
+    out = run(
+        engine,
+        birth_date="1935-01-01",
+        conditions=[T2D, {"code": "icpc2:K76"}],
+        observations=[hba1c(60, "2026-03-02")],
+    )
+    target = out.target("hba1c_target")
+    assert target is not None and (target.value, target.reason.en) == (70, "frail elderly")
+
+
+def test_no_data_at_all(engine: PatientEngine) -> None:
+    out = run(engine)
+    assert not out.in_register
+    assert out.recommendations == () and out.indicators == ()
+    t2d = out.fact("t2d")
+    assert t2d is not None and t2d.value is False
+
+
+@pytest.mark.parametrize(
+    ("code", "in_register"),
+    [("icd10:E11.9", True), ("sks:DE119", True), ("icpc2:T90", True), ("icpc2:T89", False)],
+)
+def test_code_aliases_and_hierarchy(engine: PatientEngine, code: str, in_register: bool) -> None:
+    assert run(engine, conditions=[{"code": code}]).in_register is in_register
+
+
+def test_refuted_and_resolved_conditions(engine: PatientEngine) -> None:
+    refuted = {**T2D, "verification_status": "refuted"}
+    assert not run(engine, conditions=[refuted]).in_register
+    resolved = {**T2D, "clinical_status": "resolved", "abatement": "2026-01-01"}
+    assert not run(engine, conditions=[resolved]).in_register
+    assert run(engine, as_of=dt.date(2025, 6, 1), conditions=[resolved]).in_register
+
+
+def test_egfr_reported_as_a_bound(engine: PatientEngine) -> None:
+    metformin = {"code": "atc:A10BA02", "start": "2020-01-01"}
+    egfr = {"code": "npu:DNK35302", "unit": "mL/min/1.73m2", "date": "2026-05-01"}
+    above = run(
+        engine, conditions=[T2D], medications=[metformin], observations=[{**egfr, "value": ">90"}]
+    )
+    assert "metformin-low-egfr" not in recs(above)
+    low = run(
+        engine, conditions=[T2D], medications=[metformin], observations=[{**egfr, "value": 25}]
+    )
+    assert "metformin-low-egfr" in recs(low)
+    bounded_low = run(
+        engine, conditions=[T2D], medications=[metformin], observations=[{**egfr, "value": "<15"}]
+    )
+    assert "metformin-low-egfr" in recs(bounded_low)
+
+
+def test_stopped_medication_is_not_active(engine: PatientEngine) -> None:
+    egfr = {"code": "npu:DNK35302", "value": 25, "unit": "mL/min/1.73m2", "date": "2026-05-01"}
+    stopped = {"code": "atc:A10BA02", "start": "2020-01-01", "status": "stopped"}
+    ended = {
+        "code": "atc:A10BA02",
+        "start": "2020-01-01",
+        "end": "2026-05-31",
+        "status": "completed",
+    }
+    for medication in (stopped, ended):
+        out = run(engine, conditions=[T2D], medications=[medication], observations=[egfr])
+        assert "metformin-low-egfr" not in recs(out)
+
+
+def test_continuous_use_longer_than_28_days(engine: PatientEngine) -> None:
+    def long_benzo(*medications: dict[str, Any]) -> bool:
+        fact = run(engine, conditions=[T2D], medications=list(medications)).fact("long_benzo")
+        assert fact is not None
+        return fact.value
+
+    assert not long_benzo({"code": "atc:N05BA01", "start": "2026-05-04"})  # 28 days before
+    assert long_benzo({"code": "atc:N05BA01", "start": "2026-05-03"})
+    restarted = {"code": "atc:N05CD02", "start": "2026-05-08"}  # alone: under 28 days
+    seven_day_gap = {
+        "code": "atc:N05BA01",
+        "start": "2026-04-20",
+        "end": "2026-04-30",
+        "status": "completed",
+    }
+    eight_day_gap = {**seven_day_gap, "end": "2026-04-29"}
+    assert long_benzo(seven_day_gap, restarted)  # one episode: max_gap_days is 7
+    assert not long_benzo(eight_day_gap, restarted)
+
+
+def test_medication_started_within_90_days(engine: PatientEngine) -> None:
+    def new_metformin(start: str) -> bool:
+        fact = run(
+            engine, conditions=[T2D], medications=[{"code": "atc:A10BA02", "start": start}]
+        ).fact("new_metformin")
+        assert fact is not None
+        return fact.value
+
+    assert new_metformin("2026-03-03")  # exactly 90 days before
+    assert not new_metformin("2026-03-02")
+
+
+def test_medication_request_is_the_fallback(engine: PatientEngine) -> None:
+    egfr = {"code": "npu:DNK35302", "value": 25, "unit": "mL/min/1.73m2", "date": "2026-05-01"}
+    request = {"code": "atc:A10BA02", "start": "2026-01-01", "resource": "MedicationRequest"}
+    out = run(engine, conditions=[T2D], medications=[request], observations=[egfr])
+    assert "metformin-low-egfr" in recs(out)
+
+
+def test_indicator_memberships(engine: PatientEngine) -> None:
+    def membership(**patient: Any) -> str:
+        (indicator,) = run(engine, conditions=[T2D], **patient).indicators
+        return indicator.membership
+
+    assert membership(observations=[hba1c(59, "2026-01-01")]) == "numerator"
+    assert membership(observations=[hba1c(58, "2026-01-01")]) == "denominator"
+    assert membership() == "outside"
+    assert membership(birth_date="1930-01-01", observations=[hba1c(80, "2026-01-01")]) == "excepted"
+
+
+def test_guideline_not_in_force_is_not_evaluated(engine: PatientEngine) -> None:
+    spec = CasePatient.model_validate(
+        {"birth_date": "1950-01-01", "sex": "female", "conditions": [T2D]}
+    )
+    assert engine.evaluate(normalise_patient(case_resources(spec)), dt.date(2019, 12, 31)) == []
+
+
+def test_same_input_same_outcome(engine: PatientEngine) -> None:
+    patient = {
+        "conditions": [T2D],
+        "observations": [hba1c(67, "2026-03-02"), hba1c(66, "2026-03-02")],
+    }
+    first, second = run(engine, **patient), run(engine, **patient)
+    assert first == second
+    fact = first.fact("hba1c")
+    assert fact is not None and fact.value.resource == "Observation/observation-2"

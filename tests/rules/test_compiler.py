@@ -1,0 +1,116 @@
+"""Every author error names file, line and column, and says what is wrong in plain words."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rules.errors import RuleFileError
+from rules.guideline_set import load_guidelines
+
+
+def errors_after(guideline_dir: Path, old: str, new: str, file: str = "example.yaml") -> list[str]:
+    path = guideline_dir / file
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"fixture no longer contains {old!r}"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(RuleFileError) as caught:
+        load_guidelines(guideline_dir)
+    return [str(e) for e in caught.value.errors]
+
+
+def line_of(guideline_dir: Path, needle: str, file: str = "example.yaml") -> int:
+    lines = (guideline_dir / file).read_text(encoding="utf-8").splitlines()
+    return next(i for i, line in enumerate(lines, 1) if needle in line)
+
+
+def test_the_fixture_set_loads(guideline_dir: Path) -> None:
+    guidelines = load_guidelines(guideline_dir)
+    assert [g.id for g in guidelines.guidelines] == ["example-hba1c"]
+    assert set(guidelines.valuesets) >= {"hba1c", "t2d", "ihd", "egfr"}
+
+
+def test_typo_in_a_fact_name(guideline_dir: Path) -> None:
+    errors = errors_after(guideline_dir, "when: t2d and age >= 18", "when: t2 and age >= 18")
+    line = line_of(guideline_dir, "when: t2 and age")
+    assert len(errors) == 1
+    assert f"example.yaml:{line}:9: unknown fact 't2'" in errors[0]
+
+
+def test_unknown_primitive_suggests_the_right_one(guideline_dir: Path) -> None:
+    errors = errors_after(
+        guideline_dir, "hba1c: {latest_observation:", "hba1c: {latest_observaton:"
+    )
+    assert any("did you mean 'latest_observation'" in e for e in errors)
+    assert any(f":{line_of(guideline_dir, 'latest_observaton')}:" in e for e in errors)
+
+
+def test_unknown_value_set(guideline_dir: Path) -> None:
+    errors = errors_after(guideline_dir, "{valueset: ihd}", "{valueset: ihdd}")
+    assert any("unknown value set 'ihdd'" in e for e in errors)
+
+
+def test_unit_mismatch_in_an_expression(guideline_dir: Path) -> None:
+    errors = errors_after(guideline_dir, "58 'mmol/mol'", "7.5 '%'")
+    assert any("unit mismatch: cannot compare mmol/mol with %" in e for e in errors)
+
+
+def test_missing_source(guideline_dir: Path) -> None:
+    errors = errors_after(
+        guideline_dir,
+        '  - {title: "DSAM type 2-diabetes", url: "https://vejledninger.dsam.dk/type2/", date: 2019-01-01}\n',
+        "  []\n",
+    )
+    assert any("sources" in e for e in errors)
+
+
+def test_summary_that_can_exceed_140_characters(guideline_dir: Path) -> None:
+    errors = errors_after(
+        guideline_dir,
+        'en: "HbA1c {hba1c.value} ({hba1c.date}) is above',
+        'en: "HbA1c {hba1c.resource} {hba1c.resource} ({hba1c.date}) is above',
+    )
+    assert any("can exceed 140 characters" in e for e in errors)
+
+
+def test_unknown_key_is_an_error(guideline_dir: Path) -> None:
+    errors = errors_after(
+        guideline_dir, "indicator: critical", "indicator: critical\n    colour: red"
+    )
+    assert any("unknown key 'colour'" in e for e in errors)
+
+
+def test_expectation_naming_an_unknown_recommendation(guideline_dir: Path) -> None:
+    errors = errors_after(
+        guideline_dir, "recommendations: [above-target]", "recommendations: [above-targt]"
+    )
+    assert any("unknown recommendation 'above-targt'" in e for e in errors)
+
+
+def test_facts_that_depend_on_each_other_in_a_circle(guideline_dir: Path) -> None:
+    errors = errors_after(
+        guideline_dir,
+        'frail: {expression: "age >= 85"}',
+        'frail: {expression: "frail2"}\n  frail2: {expression: "frail"}',
+    )
+    assert any("in a circle" in e for e in errors)
+
+
+def test_value_set_unit_must_match_the_analyte(guideline_dir: Path) -> None:
+    errors = errors_after(guideline_dir, "unit: mmol/mol", "unit: '%'", file="valuesets/hba1c.yaml")
+    assert any("unit mismatch" in e and "valuesets/hba1c.yaml" in e for e in errors)
+
+
+def test_invalid_yaml(guideline_dir: Path) -> None:
+    errors = errors_after(guideline_dir, "register:\n", "register: [\n")
+    assert any("not valid YAML" in e for e in errors)
+
+
+def test_all_errors_are_reported_at_once(guideline_dir: Path) -> None:
+    path = guideline_dir / "example.yaml"
+    text = path.read_text(encoding="utf-8").replace("when: t2d and", "when: t2dd and")
+    path.write_text(text.replace("{valueset: ihd}", "{valueset: nope}"), encoding="utf-8")
+    with pytest.raises(RuleFileError) as caught:
+        load_guidelines(guideline_dir)
+    assert len(caught.value.errors) >= 2

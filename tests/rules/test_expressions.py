@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+
+from rules import tree as t
+from rules import types as ty
+from rules.expressions import ExpressionError, parse, parse_condition, references
+
+SCOPE = {
+    "hba1c": ty.observation("mmol/mol"),
+    "egfr": ty.observation("mL/min/1.73m2"),
+    "age": ty.NUMBER,
+    "sex": ty.SEX,
+    "ihd": ty.BOOL,
+}
+
+
+def test_precedence_and_binds_tighter_than_or() -> None:
+    expr = parse_condition("ihd or age > 80 and sex = 'female'", SCOPE)
+    assert isinstance(expr, t.Logic) and expr.op == "or"
+    assert isinstance(expr.operands[1], t.Logic) and expr.operands[1].op == "and"
+
+
+def test_quantity_literal_carries_its_unit() -> None:
+    expr = parse_condition("hba1c.value > 58 'mmol/mol'", SCOPE)
+    assert isinstance(expr, t.Compare)
+    assert expr.right == t.Literal(58.0, ty.Quantity("mmol/mol"))
+
+
+def test_date_literal_and_functions() -> None:
+    expr = parse_condition("hba1c.date < @2026-01-01 and months_since(hba1c.date) >= 12", SCOPE)
+    assert references(expr) == {"hba1c"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "column"),
+    [
+        ("hba1c.value > 7 '%'", "unit mismatch: cannot compare mmol/mol with %", 13),
+        ("hba1c.value > 58", "give the number its unit, e.g. 58 'mmol/mol'", 13),
+        ("hba1c.date > 3", "cannot compare a date with a number", 12),
+        ("hbac1.value > 3 'mmol/mol'", "unknown fact 'hbac1'", 1),
+        ("hba1c.valu > 3 'mmol/mol'", "has no field 'valu'", 7),
+        ("hba1c and ihd", "write exists(hba1c)", 1),
+        ("age >", "ends too early", 5),
+        ('sex = "female"', "single quotes", 7),
+        ("age + ihd > 3", "cannot compute number + bool", 5),
+        ("sex > 'a'", "can only be compared with = or !=", 5),
+        ("foo(age)", "unknown function 'foo'", 1),
+        ("days_since(age) > 3", "needs a date", 1),
+        ("hba1c > 3", "compare a field of 'hba1c'", 7),
+        ("@2026-02-30 > hba1c.date", "not a real date", 1),
+    ],
+)
+def test_errors_say_what_and_where(text: str, message: str, column: int) -> None:
+    with pytest.raises(ExpressionError) as caught:
+        parse_condition(text, SCOPE)
+    assert message in caught.value.message
+    assert caught.value.column == column
+
+
+def test_a_condition_must_be_boolean() -> None:
+    with pytest.raises(ExpressionError, match="must be a condition"):
+        parse_condition("age + 1", SCOPE)
+
+
+def test_no_python_reaches_the_parser() -> None:
+    for text in ("__import__('os')", "age.__class__", "[x for x in age]", "lambda: 1"):
+        with pytest.raises(ExpressionError):
+            parse(text, SCOPE)
+
+
+def test_quantity_arithmetic_keeps_units() -> None:
+    expr = parse("hba1c.value * 1.3", SCOPE)
+    assert expr.type == ty.Quantity("mmol/mol")
+    assert parse("hba1c.value / hba1c.value", SCOPE).type == ty.NUMBER

@@ -1,0 +1,98 @@
+"""The vejviser command as an author and a GP use it: exit codes, file:line messages, outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from service.cli import app
+
+runner = CliRunner()
+BUNDLE = Path(__file__).parent / "fixtures" / "ihd-patient.json"
+
+
+def test_check_passes_on_a_good_set(guideline_dir: Path) -> None:
+    result = runner.invoke(app, ["guidelines", "check", str(guideline_dir)])
+    assert result.exit_code == 0, result.output
+    assert "1 test case(s): all passed." in result.output
+
+
+def test_check_reports_a_typo_with_file_and_line(guideline_dir: Path) -> None:
+    path = guideline_dir / "example.yaml"
+    path.write_text(path.read_text().replace("when: t2d and age", "when: t2dd and age"))
+    result = runner.invoke(app, ["guidelines", "check", str(guideline_dir)])
+    assert result.exit_code == 1
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "t2dd" in text)
+    assert f"example.yaml:{line}:9: unknown fact 't2dd'" in result.output
+
+
+def test_check_fails_when_a_test_case_fails(guideline_dir: Path) -> None:
+    path = guideline_dir / "example.yaml"
+    path.write_text(path.read_text().replace("facts: {hba1c: 67}", "facts: {hba1c: 66}"))
+    result = runner.invoke(app, ["guidelines", "check", str(guideline_dir)])
+    assert result.exit_code == 1
+    assert (
+        "expected fact hba1c = 66, got 67 (2026-03-02, Observation/observation-1)" in result.output
+    )
+    assert "1 failed." in result.output
+
+
+def test_schema_is_json_schema() -> None:
+    result = runner.invoke(app, ["guidelines", "schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert {"register", "facts", "targets", "tests"} <= set(schema["properties"])
+
+
+def test_evaluate_explains_in_text(guideline_dir: Path) -> None:
+    args = [
+        "evaluate",
+        str(BUNDLE),
+        "--as-of",
+        "2026-06-01",
+        "-g",
+        str(guideline_dir),
+        "--language",
+        "en",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        "[warning] HbA1c 67 mmol/mol (2026-03-02) is above the target 58 mmol/mol" in result.output
+    )
+    assert "Target: ischaemic heart disease. Source: Observation/abc" in result.output
+
+
+def test_evaluate_as_json(guideline_dir: Path) -> None:
+    args = [
+        "evaluate",
+        str(BUNDLE),
+        "--as-of",
+        "2026-06-01",
+        "-g",
+        str(guideline_dir),
+        "--format",
+        "json",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (patient,) = json.loads(result.stdout)
+    (guideline,) = patient["guidelines"]
+    assert guideline["targets"][0]["value"] == 58
+    assert guideline["recommendations"][0]["evidence"] == ["Observation/abc", "Condition/ihd"]
+
+
+def test_evaluate_rejects_a_file_that_is_not_fhir(tmp_path: Path, guideline_dir: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("this is not json")
+    result = runner.invoke(app, ["evaluate", str(bad), "-g", str(guideline_dir)])
+    assert result.exit_code == 2
+    assert "bad.json" in result.output
+
+
+def test_evaluate_missing_file(guideline_dir: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "/nonexistent/x.json", "-g", str(guideline_dir)])
+    assert result.exit_code == 2
+    assert "cannot read" in result.output
