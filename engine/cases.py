@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.outcomes import GuidelineOutcome
-from engine.patient import ObservationValue, PatientEngine, TargetValue
+from engine.patient import CompiledRules, ObservationValue, PatientIndex, TargetValue
 from fhir_adapter.codes import system_uri
 from fhir_adapter.normalise import normalise_patient
 from rules import schema as s
@@ -161,36 +161,30 @@ class CaseResult:
 
 def run_cases(guidelines: GuidelineSet) -> list[CaseResult]:
     """Run every test case of every guideline file in the set."""
-    engine = PatientEngine(guidelines)
     results = []
     for file in guidelines.files:
+        rules = CompiledRules(file.guideline)
         for index, case in enumerate(file.cases):
-            results.append(run_case(engine, file, index, case))
+            results.append(run_case(guidelines, rules, file, index, case))
     return results
 
 
 def run_case(
-    engine: PatientEngine, file: GuidelineFile, index: int, case: s.GuidelineCase
+    guidelines: GuidelineSet,
+    rules: CompiledRules,
+    file: GuidelineFile,
+    index: int,
+    case: s.GuidelineCase,
 ) -> CaseResult:
-    guideline = file.guideline
+    """One case, whatever the guideline's status or effective period (drafts are tested too)."""
     patient = normalise_patient(case_resources(case.patient))
-    outcomes = [
-        o
-        for o in engine.evaluate(patient, case.as_of)
-        if o.guideline == guideline.id and o.version == guideline.version
-    ]
-    messages: list[str] = []
-    if not outcomes:
-        messages.append(
-            f"guideline {guideline.id} {guideline.version} is not in force on {case.as_of}"
-        )
-    else:
-        messages += compare(outcomes[0], case.expect)
+    outcome = rules.evaluate(PatientIndex(patient, guidelines.index), case.as_of)
     position = file.document.position(("tests", index))
     failures = tuple(
-        RuleError(file.document.file, position, f"test '{case.name}' failed: {m}") for m in messages
+        RuleError(file.document.file, position, f"test '{case.name}' failed: {message}")
+        for message in compare(outcome, case.expect)
     )
-    return CaseResult(guideline.id, case.name, failures)
+    return CaseResult(file.guideline.id, case.name, failures)
 
 
 def compare(outcome: GuidelineOutcome, expect: s.Expectation) -> list[str]:
@@ -223,7 +217,12 @@ def compare(outcome: GuidelineOutcome, expect: s.Expectation) -> list[str]:
     for name, value in (expect.facts or {}).items():
         fact = outcome.fact(name)
         if fact is None:
-            problems.append(f"fact {name} was not evaluated (the patient is not in the register)")
+            why = (
+                ""
+                if outcome.in_register
+                else "; the patient is not in the register, so only the facts the register needs are"
+            )
+            problems.append(f"fact {name} was not evaluated (no expression reads it{why})")
         elif not _same(fact.value, value):
             problems.append(f"expected fact {name} = {_show(value)}, got {_show(fact.value)}")
     return problems

@@ -217,6 +217,14 @@ def _fact_resolver(fact: t.FactDef) -> FactFn:
             return bool(found), tuple(r.resource for r in found)
 
         return condition
+    if isinstance(primitive, t.ConditionOnset):
+        vs = primitive.valueset
+
+        def onset(ev: Evaluation) -> tuple[Any, tuple[str, ...]]:
+            found = p.first_onset(ev.index.conditions.get(vs, ()), ev.as_of)
+            return (None, ()) if found is None else (found.onset, (found.resource,))
+
+        return onset
     if isinstance(primitive, t.PatientGoal):
         vs = primitive.valueset
 

@@ -99,6 +99,12 @@ def conditions_present(
     return found
 
 
+def first_onset(records: Sequence[ConditionRecord], on: dt.date) -> ConditionRecord | None:
+    """The diagnosis with the earliest onset up to a date; one without onset cannot be dated."""
+    dated = [r for r in records if r.onset is not None and r.onset <= on]
+    return min(dated, key=lambda r: (r.onset, r.resource), default=None)
+
+
 def goal_in_force(records: Sequence[GoalRecord], on: dt.date) -> GoalRecord | None:
     """The most recently started Goal for the measure that has started by the date."""
     started = [r for r in records if r.start is None or r.start <= on]

@@ -170,7 +170,7 @@ def _collect(item: Any, out: ResourceList) -> None:
 
 def _show(text: str) -> str:
     """Quote a short piece of input for a message (codes, units, statuses: never free text)."""
-    return repr(text if len(text) <= 40 else text[:40] + "...")
+    return repr(text if len(text) <= 80 else text[:80] + "...")
 
 
 def _date(value: Any, where: str) -> date:
@@ -765,7 +765,8 @@ def normalise(resources: Iterable[Any], full_urls: Mapping[str, str] | None = No
     seen: set[str] = set()
     known: dict[str, str] = {}
     for index, rtype, resource in clinical:
-        rid = _rid(resource, rtype, index)
+        ident = resource.get("id")
+        rid = f"{rtype}/{ident}" if type(ident) is str and ident else f"{rtype} #{index}"
         try:
             pid = _patient_of(resource, full_urls, known)
         except _Skip as skip:
@@ -779,6 +780,8 @@ def normalise(resources: Iterable[Any], full_urls: Mapping[str, str] | None = No
             continue
         seen.add(rid)
         try:
+            if ident is not None and type(ident) is not str:
+                raise _Skip("id is not a string")
             if rtype == "Observation":
                 acc.observations += _observation_records(resource, rid, acc.issues)
             elif rtype == "Condition":

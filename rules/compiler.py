@@ -115,15 +115,14 @@ def compile_valueset(path: FsPath, display: str) -> tuple[CompiledValueSet | Non
     if model is None:
         return None, problems.errors
     exact, prefixes = compile_codes([(inc.system, inc.codes) for inc in model.include])
-    if model.unit is not None:
-        for index, coding in enumerate(sorted(exact | set(prefixes))):
-            expected = canonical_unit((coding,))
-            if expected is not None and expected != model.unit:
-                problems.at(
-                    ("unit",),
-                    f"unit mismatch: {coding[0]} {coding[1]} is measured in {expected}, "
-                    f"but this value set says {model.unit} (entry {index + 1})",
-                )
+    for coding in sorted(exact | set(prefixes)):
+        expected = canonical_unit((coding,))
+        if expected is not None and expected != model.unit:
+            said = f"says {model.unit}" if model.unit else "declares no unit"
+            problems.at(
+                ("unit",) if model.unit else ("include",),
+                f"unit mismatch: {coding[0]} {coding[1]} is measured in {expected}, but this value set {said}",
+            )
     first = model.include[0]
     preferred = canonical_coding(first.system, first.codes[0])
     valueset = CompiledValueSet(
@@ -268,6 +267,8 @@ class _GuidelineCompiler:
             )
         if kind == "condition_present":
             return t.FactDef(name, t.ConditionPresent(vs, args.include_resolved), ty.BOOL)
+        if kind == "condition_onset":
+            return t.FactDef(name, t.ConditionOnset(vs), ty.DATE)
         if kind == "patient_goal":
             value_type: ty.Type = ty.Quantity(valueset.unit) if valueset.unit else ty.NUMBER
             return t.FactDef(name, t.PatientGoal(vs), value_type)

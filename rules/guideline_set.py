@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from rules.compiler import GuidelineFile, compile_guideline, compile_valueset
@@ -73,6 +74,7 @@ def load_guidelines(directory: Path) -> GuidelineSet:
             )
         seen[key] = loaded.guideline.file
         files.append(loaded)
+    errors += _overlapping_versions(files)
     if errors:
         raise RuleFileError(errors)
     return GuidelineSet(tuple(files), valuesets, ValueSetIndex(tuple(valuesets.values())))
@@ -84,3 +86,26 @@ def _display(path: Path, directory: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _overlapping_versions(files: list[GuidelineFile]) -> list[RuleError]:
+    """Two active versions of one guideline must never be in force on the same day."""
+    errors = []
+    active = sorted(
+        (f.guideline for f in files if f.guideline.status == "active"),
+        key=lambda g: (g.id, g.effective_from),
+    )
+    for earlier, later in pairwise(active):
+        if earlier.id != later.id:
+            continue
+        if earlier.effective_until is None or earlier.effective_until > later.effective_from:
+            errors.append(
+                RuleError(
+                    later.file,
+                    None,
+                    f"versions {earlier.version} ({earlier.file}) and {later.version} of {later.id} "
+                    f"are both in force from {later.effective_from}; give {earlier.version} an "
+                    f"effective.until of {later.effective_from} or earlier",
+                )
+            )
+    return errors

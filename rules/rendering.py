@@ -14,8 +14,12 @@ from rules.tree import Text
 
 MISSING = Text(da="ukendt", en="unknown")
 YES_NO = {"da": ("ja", "nej"), "en": ("yes", "no")}
-UNIT_DISPLAY = {"umol/L": "µmol/L", "mm[Hg]": "mmHg", "mL/min/1.73m2": "mL/min/1.73 m²"}
-NUMBER_WIDTH = 9  # '-12345,67': values in these guidelines stay far below that
+UNIT_DISPLAY = {
+    "da": {"umol/L": "µmol/L", "mm[Hg]": "mmHg", "mL/min/1.73m2": "mL/min/1,73 m²"},
+    "en": {"umol/L": "µmol/L", "mm[Hg]": "mmHg", "mL/min/1.73m2": "mL/min/1.73 m²"},
+}
+NUMBER_WIDTH = 9  # '-12345,67': clinical values here stay far below; see docs/rule-language.md
+COMPARATOR_WIDTH = 2  # '>=' before a bound
 
 
 class Bound(NamedTuple):
@@ -33,8 +37,8 @@ def number(value: float, language: str) -> str:
     return text.replace(".", ",") if language == "da" else text
 
 
-def unit_display(unit: str) -> str:
-    return UNIT_DISPLAY.get(unit, unit)
+def unit_display(unit: str, language: str) -> str:
+    return UNIT_DISPLAY["en" if language == "en" else "da"].get(unit, unit)
 
 
 def render(value: object, type_: ty.Type, language: str) -> str:
@@ -48,7 +52,9 @@ def render(value: object, type_: ty.Type, language: str) -> str:
         return value.comparator + render(value.value, type_, language)
     if isinstance(value, float | int):
         text = number(float(value), language)
-        return f"{text} {unit_display(type_.unit)}" if isinstance(type_, ty.Quantity) else text
+        if isinstance(type_, ty.Quantity):
+            return f"{text} {unit_display(type_.unit, language)}"
+        return text
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, Text):
@@ -60,13 +66,14 @@ def width(type_: ty.Type) -> int | None:
     """The most characters a value of this type renders to; None when it has no bound."""
     missing = max(len(MISSING.da), len(MISSING.en))
     if isinstance(type_, ty.Quantity):
-        return max(1 + NUMBER_WIDTH + 1 + len(unit_display(type_.unit)), missing)
+        unit = max(len(unit_display(type_.unit, language)) for language in UNIT_DISPLAY)
+        return max(COMPARATOR_WIDTH + NUMBER_WIDTH + 1 + unit, missing)
     if type_ == ty.NUMBER:
-        return max(NUMBER_WIDTH, missing)
+        return max(COMPARATOR_WIDTH + NUMBER_WIDTH, missing)
     if type_ == ty.DATE:
         return max(len("2026-01-01"), missing)
     if type_ == ty.BOOL:
-        return max(len(w) for words in YES_NO.values() for w in words)
+        return max(*(len(w) for words in YES_NO.values() for w in words), missing)
     if isinstance(type_, ty.Scalar) and type_.width is not None:
         return max(type_.width, missing)
     return None

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fhir_adapter.codes import SYSTEMS
+
 DURATION_PATTERN = r"^\s*\d+\s+(day|days|week|weeks|month|months|year|years)\s*$"
 Duration = Annotated[
     str,
@@ -104,6 +106,10 @@ class PatientGoal(Strict):
     valueset: Slug
 
 
+class ConditionOnset(Strict):
+    valueset: Slug
+
+
 FACT_PRIMITIVES: dict[str, type[BaseModel] | None] = {
     "latest_observation": ObservationWindow,
     "earliest_observation": ObservationWindow,
@@ -113,6 +119,7 @@ FACT_PRIMITIVES: dict[str, type[BaseModel] | None] = {
     "medication_started": MedicationStarted,
     "condition_present": ConditionPresent,
     "patient_goal": PatientGoal,
+    "condition_onset": ConditionOnset,
     "expression": None,
 }
 
@@ -128,6 +135,9 @@ class Fact(Strict):
     medication_started: MedicationStarted | None = None
     condition_present: ConditionPresent | None = None
     patient_goal: PatientGoal | None = None
+    condition_onset: ConditionOnset | None = Field(
+        default=None, description="Date of the earliest recorded onset (e.g. years with diabetes)."
+    )
     expression: Expression | None = Field(
         default=None, description="A fact defined from other facts, e.g. 'ihd or stroke'."
     )
@@ -219,8 +229,8 @@ Code = Annotated[str, Field(pattern=CODE_PATTERN, description="'system:code', e.
 
 class CaseObservation(Strict):
     code: Code | list[Code]
-    value: float | str | None = Field(
-        default=None, description="A number, or a bound such as '>90'."
+    value: float | Annotated[str, Field(pattern=r"^\s*(<=|>=|<|>)\s*\d+(\.\d+)?\s*$")] | None = (
+        Field(default=None, description="A number, or a bound such as '>90'.")
     )
     unit: str | None = None
     date: dt.date
@@ -272,7 +282,9 @@ IndicatorMembership = Literal["numerator", "denominator", "excepted", "outside"]
 class Expectation(Strict):
     """What the engine must conclude; only the keys given are checked."""
 
-    in_register: bool = Field(alias="register", description="Whether the patient is in the register.")
+    in_register: bool = Field(
+        alias="register", description="Whether the patient is in the register."
+    )
     recommendations: list[Slug] | None = Field(
         default=None, description="Exactly these fire (order does not matter)."
     )
@@ -330,6 +342,17 @@ class ValueSetInclude(Strict):
         description="Short key (npu, loinc, snomed, icpc2, icd10, sks, atc, rxnorm) or URI."
     )
     codes: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+
+    @field_validator("system")
+    @classmethod
+    def _known_system(cls, value: str) -> str:
+        """A misspelt key ('icpc') would otherwise match nothing, silently."""
+        if ":" in value or value in SYSTEMS:
+            return value
+        hint = get_close_matches(value, SYSTEMS, n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        known = ", ".join(SYSTEMS)
+        raise ValueError(f"unknown code system '{value}'{suggestion} (known: {known}, or a URI)")
 
 
 class ValueSet(Strict):

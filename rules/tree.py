@@ -140,6 +140,13 @@ class PatientGoal:
 
 
 @dataclass(frozen=True, slots=True)
+class ConditionOnset:
+    """The earliest onset date of a diagnosis (refuted and entered-in-error never count)."""
+
+    valueset: str
+
+
+@dataclass(frozen=True, slots=True)
 class Derived:
     expr: Expr
 
@@ -151,6 +158,7 @@ Primitive = (
     | MedicationStarted
     | ConditionPresent
     | PatientGoal
+    | ConditionOnset
     | Derived
 )
 

@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 
 from engine.cases import run_case
-from engine.patient import PatientEngine
+from engine.patient import CompiledRules
 from rules.guideline_set import GuidelineSet, load_guidelines
 
 LIBRARY = Path(__file__).resolve().parents[2] / "guidelines"
 
 
 @cache
-def library() -> tuple[GuidelineSet, PatientEngine]:
+def library() -> tuple[GuidelineSet, dict[str, CompiledRules]]:
     guidelines = load_guidelines(LIBRARY)
-    return guidelines, PatientEngine(guidelines)
+    return guidelines, {f.guideline.file: CompiledRules(f.guideline) for f in guidelines.files}
 
 
 def cases() -> list[tuple[str, int]]:
@@ -38,7 +38,7 @@ def test_the_library_loads_and_has_cases() -> None:
 
 @pytest.mark.parametrize(("file", "index"), cases())
 def test_guideline_case(file: str, index: int) -> None:
-    guidelines, engine = library()
+    guidelines, compiled = library()
     loaded = next(f for f in guidelines.files if f.guideline.file == file)
-    result = run_case(engine, loaded, index, loaded.cases[index])
+    result = run_case(guidelines, compiled[file], loaded, index, loaded.cases[index])
     assert result.passed, "\n".join(str(f) for f in result.failures)

@@ -238,3 +238,13 @@ def test_same_input_same_outcome(engine: PatientEngine) -> None:
     assert first == second
     fact = first.fact("hba1c")
     assert fact is not None and fact.value.resource == "Observation/observation-2"
+
+
+def test_condition_onset_is_the_earliest_dated_diagnosis(engine: PatientEngine) -> None:
+    later = {"code": "icd10:E11.9", "onset": "2018-03-01"}
+    out = run(engine, conditions=[later, T2D, {"code": "icpc2:T90"}])
+    fact = out.fact("t2d_onset")
+    assert fact is not None and (fact.value, fact.evidence) == (
+        dt.date(2015, 1, 1),
+        ("Condition/condition-2",),
+    )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
 
+from engine.cases import run_cases
 from rules.errors import RuleFileError
 from rules.guideline_set import load_guidelines
 
@@ -114,3 +116,45 @@ def test_all_errors_are_reported_at_once(guideline_dir: Path) -> None:
     with pytest.raises(RuleFileError) as caught:
         load_guidelines(guideline_dir)
     assert len(caught.value.errors) >= 2
+
+
+def test_misspelt_code_system(guideline_dir: Path) -> None:
+    errors = errors_after(guideline_dir, "system: icpc2", "system: icpc", file="valuesets/t2d.yaml")
+    assert any("unknown code system 'icpc'; did you mean 'icpc2'?" in e for e in errors)
+
+
+def test_measured_codes_need_the_value_set_unit(guideline_dir: Path) -> None:
+    errors = errors_after(guideline_dir, "unit: mmol/mol\n", "", file="valuesets/hba1c.yaml")
+    assert any("is measured in mmol/mol, but this value set declares no unit" in e for e in errors)
+
+
+def test_test_case_value_must_be_a_number_or_bound(guideline_dir: Path) -> None:
+    errors = errors_after(guideline_dir, "value: 67, unit", "value: positive, unit")
+    assert any("value" in e for e in errors)
+
+
+def test_draft_guidelines_run_their_test_cases(guideline_dir: Path) -> None:
+    path = guideline_dir / "example.yaml"
+    path.write_text(path.read_text().replace("version: 1.0.0", "version: 1.0.0\nstatus: draft"))
+    guidelines = load_guidelines(guideline_dir)
+    assert guidelines.in_force(dt.date(2026, 6, 1)) == ()
+    assert all(r.passed for r in run_cases(guidelines))
+
+
+def test_versions_in_force_at_the_same_time_are_rejected(guideline_dir: Path) -> None:
+    text = (guideline_dir / "example.yaml").read_text()
+    (guideline_dir / "example-1.1.yaml").write_text(
+        text.replace("version: 1.0.0", "version: 1.1.0").replace(
+            "from: 2020-01-01", "from: 2026-01-01"
+        )
+    )
+    with pytest.raises(RuleFileError) as caught:
+        load_guidelines(guideline_dir)
+    assert "both in force from 2026-01-01" in str(caught.value)
+    path = guideline_dir / "example.yaml"
+    path.write_text(
+        text.replace(
+            "effective: {from: 2020-01-01}", "effective: {from: 2020-01-01, until: 2026-01-01}"
+        )
+    )
+    assert len(load_guidelines(guideline_dir).guidelines) == 2

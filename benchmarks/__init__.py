@@ -1,0 +1,1 @@
+"""Benchmarks: measured, repeatable timings whose results are written to docs/benchmarks.md."""

@@ -1,0 +1,933 @@
+"""FHIR R4 JSON -> PatientRecord: status rules, values, references, and bad input."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import random
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fhir_adapter.normalise import (
+    FhirInputError,
+    ResourceList,
+    normalise,
+    normalise_patient,
+    read_resources,
+)
+from fhir_adapter.records import Issue, PatientRecord
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SYNTHEA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "synthea-r4-100"
+CPR = "0101011234"  # obviously fake: the CPR identifier of the Danish fixture patient
+
+NPU = "http://npu-terminology.org"
+LOINC = "http://loinc.org"
+ATC = "http://www.whocc.no/atc"
+
+
+def load(name: str) -> ResourceList:
+    return read_resources((FIXTURES / name).read_bytes())
+
+
+def patient(pid: str = "p1", **fields: Any) -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": pid, **fields}
+
+
+def observation(rid: str = "o1", **fields: Any) -> dict[str, Any]:
+    """A final HbA1c of 53 mmol/mol for Patient/p1, with ``fields`` replacing or adding parts."""
+    resource = {
+        "resourceType": "Observation",
+        "id": rid,
+        "status": "final",
+        "code": {"coding": [{"system": NPU, "code": "NPU27300"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2024-03-01",
+        "valueQuantity": {"value": 53, "unit": "mmol/mol"},
+    }
+    resource.update(fields)
+    return {key: value for key, value in resource.items() if value is not None}
+
+
+def medication(rtype: str, rid: str, **fields: Any) -> dict[str, Any]:
+    """A metformin MedicationStatement or MedicationRequest for Patient/p1."""
+    return {
+        "resourceType": rtype,
+        "id": rid,
+        "status": "active",
+        "medicationCodeableConcept": {"coding": [{"system": ATC, "code": "A10BA02"}]},
+        "subject": {"reference": "Patient/p1"},
+        **fields,
+    }
+
+
+def one(*resources: dict[str, Any]) -> PatientRecord:
+    """Normalise Patient/p1 plus ``resources``."""
+    return normalise_patient([patient(), *resources])
+
+
+def reasons(record: PatientRecord) -> dict[str, str]:
+    return {issue.resource: issue.reason for issue in record.issues}
+
+
+# --- the Danish fixture -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def danish() -> PatientRecord:
+    return normalise_patient(load("dk_patient_bundle.json"))
+
+
+def test_danish_patient_demographics_and_practice_ydernummer(danish: PatientRecord) -> None:
+    assert danish[:4] == ("p1", date(1950, 1, 1), "female", "012345")
+    assert danish.issues == ()
+
+
+def test_danish_observations_are_canonical_and_sorted(danish: PatientRecord) -> None:
+    rows = [
+        (o.resource[12:], o.codings[0][1], o.date, o.value, o.unit) for o in danish.observations
+    ]
+    assert rows == [
+        ("hba1c-old-uri", "NPU03835", date(2019, 5, 2), 58.0, "mmol/mol"),  # 7.5 % via old URI
+        ("smoking", "72166-2", date(2023, 11, 20), None, None),  # coded result still counts
+        ("bp", "8462-4", date(2024, 2, 10), 88.0, "mm[Hg]"),
+        ("bp", "8480-6", date(2024, 2, 10), 142.0, "mm[Hg]"),
+        ("creatinine", "NPU04998", date(2024, 3, 1), 71.0, "umol/L"),
+        ("egfr", "DNK35302", date(2024, 3, 1), 90.0, "mL/min/1.73m2"),
+        ("hba1c-new", "NPU27300", date(2024, 3, 1), 61.0, "mmol/mol"),  # 23:30+01:00 stays 1 Mar
+        ("uacr", "NPU19661", date(2024, 3, 1), pytest.approx(22.1), "mg/g"),
+    ]
+
+
+def test_egfr_above_90_keeps_its_comparator(danish: PatientRecord) -> None:
+    (egfr,) = [o for o in danish.observations if o.resource == "Observation/egfr"]
+    assert (egfr.value, egfr.comparator, egfr.status) == (90.0, ">", "corrected")
+
+
+def test_danish_conditions(danish: PatientRecord) -> None:
+    rows = [(c.resource[10:], c.codings, c.onset, c.abatement, c.clinical_status) for c in danish.conditions]  # fmt: skip
+    assert rows == [
+        ("t2d-icpc", (("icpc2", "T90"),), date(2015, 1, 1), None, "active"),
+        ("t2d-sks", (("icd10", "E119"),), date(2015, 6, 12), None, "active"),  # no clinicalStatus
+        ("cystitis", (("icpc2", "U71"),), date(2023, 9, 1), date(2023, 9, 10), "resolved"),
+    ]  # the refuted hypertension is gone
+
+
+def test_danish_medications_from_statements_only(danish: PatientRecord) -> None:
+    rows = [(m.resource[20:], m.codings, m.display, m.start, m.end, m.status) for m in danish.medications]  # fmt: skip
+    assert rows == [
+        ("metformin", (("atc", "A10BA02"),), "Metformin 500 mg", date(2016, 1, 15), None, "active"),
+        ("statin", (("atc", "C10AA05"),), "atorvastatin", date(2020, 4, 1), None, "active"),
+        (
+            "nsaid",
+            (("atc", "M01AE01"),),
+            "ibuprofen",
+            date(2023, 1, 1),
+            date(2023, 1, 14),
+            "stopped",
+        ),
+        ("insulin-asserted", (("atc", "A10AE04"),), None, date(2024, 3, 5), None, "intended"),
+    ]  # not-taken dropped; the MedicationRequest ignored because statements exist
+
+
+def test_danish_goal_targets(danish: PatientRecord) -> None:
+    rows = [(g.resource, g.measure, g.value, g.unit, g.start) for g in danish.goals]
+    assert rows == [
+        ("Goal/targets", (("loinc", "8480-6"),), 135.0, "mm[Hg]", date(2024, 1, 10)),
+        ("Goal/targets", (("npu", "NPU27300"),), 58.0, "mmol/mol", date(2024, 1, 10)),
+    ]
+
+
+def test_cpr_number_never_appears_in_issues() -> None:
+    bad = patient(
+        identifier=[{"system": "urn:oid:1.2.208.176.1.2", "value": CPR}],
+        birthDate=CPR,
+        gender=CPR,
+        generalPractitioner=CPR,
+    )
+    record = normalise_patient([bad])
+    assert len(record.issues) == 3
+    assert CPR not in repr(record)
+    assert CPR not in repr(record.issues)
+
+
+# --- Synthea-style transaction Bundle: urn:uuid references, MedicationRequest fallback ---------
+
+
+def test_urn_uuid_references_resolve_through_full_urls() -> None:
+    record = normalise_patient(load("transaction_urn_uuid.json"))
+    assert record[:4] == (
+        "6c8e8a3e-0000-4000-8000-000000000001",
+        date(1961, 7, 1),
+        "male",
+        "054321",
+    )
+    assert [(o.codings[0][1], o.value, o.unit) for o in record.observations] == [
+        ("4548-4", 64.0, "mmol/mol"),  # 8.0 %
+        ("2160-0", pytest.approx(106.08), "umol/L"),  # 1.2 mg/dL
+        ("8462-4", 81.0, "mm[Hg]"),
+        ("8480-6", 128.0, "mm[Hg]"),
+    ]
+    assert record.conditions[0].codings == (("icd10", "E119"),)
+    assert record.issues == ()
+
+
+def test_medication_request_fallback_status_rules_and_validity_end() -> None:
+    record = normalise_patient(load("transaction_urn_uuid.json"))
+    rows = [(m.codings[0][1], m.display, m.start, m.end, m.status) for m in record.medications]
+    assert rows == [
+        ("316672", "Simvastatin 10 MG", date(2015, 3, 1), None, "stopped"),
+        ("860975", "metformin 500 MG", date(2020, 10, 1), date(2021, 10, 1), "active"),
+    ]  # cancelled and draft requests dropped; urn:uuid Medication resolved
+
+
+def test_without_full_urls_urn_uuid_subjects_are_reported_not_guessed() -> None:
+    resources = list(load("transaction_urn_uuid.json"))  # a plain list loses the fullUrl map
+    result = normalise(resources)
+    assert result["6c8e8a3e-0000-4000-8000-000000000001"].observations == ()
+    assert all("does not resolve to a Patient" in issue.reason for issue in result.issues)
+    assert len(result.issues) == 8
+
+
+def test_full_urls_can_be_passed_explicitly() -> None:
+    resources = load("transaction_urn_uuid.json")
+    record = normalise_patient(list(resources), resources.full_urls)
+    assert len(record.observations) == 4
+
+
+# --- Observation rules ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "kept"),
+    [
+        ("final", True),
+        ("amended", True),
+        ("corrected", True),
+        ("preliminary", False),
+        ("registered", False),
+        ("cancelled", False),
+        ("entered-in-error", False),
+        ("unknown", False),
+    ],
+)
+def test_observation_status(status: str, kept: bool) -> None:
+    record = one(observation(status=status))
+    assert len(record.observations) == int(kept)
+    assert record.issues == ()
+
+
+def test_observation_invalid_status_is_an_issue() -> None:
+    record = one(observation(status="done"), observation("o2", status=None))
+    assert reasons(record) == {
+        "Observation/o1": "status 'done' is not a valid status",
+        "Observation/o2": "has no status",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "comparator", "unit"),
+    [
+        (">90", 90.0, ">", "mL/min/1.73m2"),
+        ("<5", 5.0, "<", "mL/min/1.73m2"),
+        (">= 60", 60.0, ">=", "mL/min/1.73m2"),
+        ("57,5", 57.5, None, "mL/min/1.73m2"),
+    ],
+)
+def test_value_string_with_comparator(
+    text: str, value: float, comparator: str | None, unit: str
+) -> None:
+    egfr = {"coding": [{"system": LOINC, "code": "62238-1"}]}
+    quantity = observation(code=egfr, valueQuantity=None, valueString=f"{text} mL/min/1.73m2")
+    (record,) = one(quantity).observations
+    assert (record.value, record.comparator, record.unit) == (value, comparator, unit)
+
+
+def test_value_string_of_unknown_analyte_needs_no_unit_and_text_is_non_numeric() -> None:
+    code = {"coding": [{"system": LOINC, "code": "5767-9"}]}
+    record = one(
+        observation("a", code=code, valueQuantity=None, valueString="<5"),
+        observation("b", code=code, valueQuantity=None, valueString="positive"),
+    )
+    assert [(o.value, o.comparator, o.unit) for o in record.observations] == [
+        (5.0, "<", None),
+        (None, None, None),
+    ]
+
+
+def test_value_string_number_without_unit_for_a_known_analyte_is_an_issue() -> None:
+    record = one(observation(valueQuantity=None, valueString=">90"))
+    assert record.observations == ()
+    assert reasons(record) == {"Observation/o1": "HbA1c value has no unit (expected mmol/mol)"}
+
+
+def test_value_integer_and_absent_value() -> None:
+    code = {"coding": [{"system": LOINC, "code": "72514-3"}]}
+    record = one(
+        observation("a", code=code, valueQuantity=None, valueInteger=4),
+        observation("b", valueQuantity=None, dataAbsentReason={"text": "haemolysed"}),
+    )
+    assert [(o.resource, o.value, o.unit) for o in record.observations] == [
+        ("Observation/a", 4.0, None),
+        ("Observation/b", None, None),
+    ]
+
+
+def test_hba1c_percent_and_creatinine_mg_per_dl_are_converted() -> None:
+    creatinine = {"coding": [{"system": LOINC, "code": "2160-0"}]}
+    record = one(
+        observation("a", valueQuantity={"value": 6.5, "unit": "%"}),
+        observation("b", code=creatinine, valueQuantity={"value": 0.9, "code": "mg/dL"}),
+    )
+    assert [(o.value, o.unit) for o in record.observations] == [
+        (48.0, "mmol/mol"),
+        (pytest.approx(79.56), "umol/L"),
+    ]
+
+
+def test_ucum_code_wins_over_display_unit() -> None:
+    quantity = {
+        "value": 7.0,
+        "unit": "mmol/mol",
+        "system": "http://unitsofmeasure.org",
+        "code": "%",
+    }
+    (record,) = one(observation(valueQuantity=quantity)).observations
+    assert (record.value, record.unit) == (53.0, "mmol/mol")
+
+
+def test_missing_or_unconvertible_unit_is_an_issue_and_the_rest_is_kept() -> None:
+    record = one(
+        observation("no-unit", valueQuantity={"value": 53}),
+        observation("bad-unit", valueQuantity={"value": 53, "unit": "mg/dL"}),
+        observation("good"),
+    )
+    assert [o.resource for o in record.observations] == ["Observation/good"]
+    assert reasons(record) == {
+        "Observation/no-unit": "HbA1c value has no unit (expected mmol/mol)",
+        "Observation/bad-unit": "HbA1c unit 'mg/dL' cannot be converted to mmol/mol",
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "day"),
+    [
+        ({"effectiveDateTime": "2024-03-01T00:30:00+02:00"}, date(2024, 3, 1)),
+        ({"effectiveDateTime": "2024-03"}, date(2024, 3, 1)),
+        ({"effectivePeriod": {"start": "2024-02-10", "end": "2024-02-11"}}, date(2024, 2, 10)),
+        ({"effectivePeriod": {"end": "2024-02-11"}}, date(2024, 2, 11)),
+        ({"effectiveInstant": "2024-02-12T10:00:00Z"}, date(2024, 2, 12)),
+        ({"issued": "2024-02-13T10:00:00.123+01:00"}, date(2024, 2, 13)),
+        ({"effectivePeriod": {}, "issued": "2024-02-14"}, date(2024, 2, 14)),
+    ],
+)
+def test_observation_date(fields: dict[str, Any], day: date) -> None:
+    resource = observation(**{"effectiveDateTime": None, **fields})
+    assert one(resource).observations[0].date == day
+
+
+def test_observation_without_any_date_is_an_issue() -> None:
+    record = one(observation(effectiveDateTime=None))
+    assert reasons(record) == {"Observation/o1": "has no date (effective[x] or issued)"}
+
+
+def test_blood_pressure_panel_yields_one_record_per_component() -> None:
+    def component(code: str, value: Any, **extra: Any) -> dict[str, Any]:
+        quantity = {"value": value, "unit": "mmHg"}
+        return {"code": {"coding": [{"system": LOINC, "code": code}]}, "valueQuantity": quantity, **extra}  # fmt: skip
+
+    panel = observation(
+        "bp",
+        code={"coding": [{"system": LOINC, "code": "85354-9"}]},
+        valueQuantity=None,
+        effectiveDateTime=None,
+        effectivePeriod={"start": "2024-05-01T08:00:00+02:00"},
+        component=[
+            component("8480-6", 138),
+            component("8462-4", 84),
+            {"code": {"coding": [{"system": LOINC, "code": "8478-0"}]}, "valueString": "irregular"},
+        ],
+    )
+    record = one(panel)
+    assert [(o.resource, o.codings, o.date, o.value) for o in record.observations] == [
+        ("Observation/bp", (("loinc", "8462-4"),), date(2024, 5, 1), 84.0),
+        ("Observation/bp", (("loinc", "8480-6"),), date(2024, 5, 1), 138.0),
+    ]
+    assert record.issues == ()
+
+
+def test_a_bad_component_is_an_issue_and_the_other_component_is_kept() -> None:
+    panel = observation(
+        "bp",
+        code={"coding": [{"system": LOINC, "code": "85354-9"}]},
+        valueQuantity=None,
+        component=[
+            {
+                "code": {"coding": [{"system": LOINC, "code": "8480-6"}]},
+                "valueQuantity": {"value": 138, "unit": "mmHg"},
+            },  # fmt: skip
+            {
+                "code": {"coding": [{"system": LOINC, "code": "8462-4"}]},
+                "valueQuantity": {"value": "84"},
+            },  # fmt: skip
+        ],
+    )
+    record = one(panel)
+    assert [o.codings[0][1] for o in record.observations] == ["8480-6"]
+    assert reasons(record) == {"Observation/bp": "component: valueQuantity.value is not a number"}
+
+
+def test_panel_without_numeric_components_is_an_issue() -> None:
+    panel = observation(valueQuantity=None, component=[{"code": {"text": "x"}}])
+    assert reasons(one(panel)) == {"Observation/o1": "has components but none with a numeric value"}
+
+
+# --- Medication rules -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "kept"),
+    [
+        ("active", True),
+        ("completed", True),
+        ("intended", True),
+        ("stopped", True),
+        ("on-hold", True),
+        ("entered-in-error", False),
+        ("not-taken", False),
+        ("unknown", False),
+    ],
+)
+def test_medication_statement_status(status: str, kept: bool) -> None:
+    record = one(medication("MedicationStatement", "s1", status=status))
+    assert [m.status for m in record.medications] == ([status] if kept else [])
+
+
+@pytest.mark.parametrize(
+    ("status", "kept"),
+    [
+        ("active", True),
+        ("on-hold", True),
+        ("completed", True),
+        ("stopped", True),
+        ("cancelled", False),
+        ("entered-in-error", False),
+        ("draft", False),
+        ("unknown", False),
+    ],
+)
+def test_medication_request_status(status: str, kept: bool) -> None:
+    record = one(medication("MedicationRequest", "r1", status=status, authoredOn="2024-01-02"))
+    assert [m.status for m in record.medications] == ([status] if kept else [])
+
+
+def test_requests_are_ignored_when_the_patient_has_any_statement() -> None:
+    statement = medication("MedicationStatement", "s1", status="entered-in-error")
+    request = medication("MedicationRequest", "r1")
+    assert one(statement, request).medications == ()
+    assert [m.resource for m in one(request).medications] == ["MedicationRequest/r1"]
+
+
+def test_statement_dates() -> None:
+    record = one(
+        medication("MedicationStatement", "a", effectiveDateTime="2024-01-02T10:00:00Z"),
+        medication("MedicationStatement", "b", effectivePeriod={"start": "2023", "end": "2023-06"}),
+        medication("MedicationStatement", "c", dateAsserted="2022-05-05"),
+        medication("MedicationStatement", "d"),
+    )
+    assert [(m.resource[20:], m.start, m.end) for m in record.medications] == [
+        ("d", None, None),
+        ("c", date(2022, 5, 5), None),
+        ("b", date(2023, 1, 1), date(2023, 6, 1)),
+        ("a", date(2024, 1, 2), None),
+    ]
+
+
+def test_medication_references() -> None:
+    contained = {
+        "resourceType": "Medication",
+        "id": "m",
+        "code": {"coding": [{"system": ATC, "code": "N02AA01"}], "text": "morfin"},
+    }
+    shared = {
+        "resourceType": "Medication",
+        "id": "shared",
+        "code": {"coding": [{"system": ATC, "code": "M01AE01", "display": "ibuprofen"}]},
+    }
+    record = one(
+        medication(
+            "MedicationStatement",
+            "contained",
+            medicationCodeableConcept=None,
+            contained=[contained],
+            medicationReference={"reference": "#m"},
+        ),  # fmt: skip
+        medication(
+            "MedicationStatement",
+            "relative",
+            medicationCodeableConcept=None,
+            medicationReference={"reference": "Medication/shared"},
+        ),  # fmt: skip
+        medication(
+            "MedicationStatement",
+            "absolute",
+            medicationCodeableConcept=None,
+            medicationReference={
+                "reference": "https://fhir.example.dk/Medication/shared/_history/2"
+            },
+        ),  # fmt: skip
+        medication(
+            "MedicationStatement",
+            "dangling",
+            medicationCodeableConcept=None,
+            medicationReference={"reference": "Medication/elsewhere"},
+        ),  # fmt: skip
+        medication(
+            "MedicationStatement",
+            "no-contained",
+            medicationCodeableConcept=None,
+            medicationReference={"reference": "#gone"},
+        ),  # fmt: skip
+        shared,
+    )
+    assert {m.resource[20:]: (m.codings[0][1], m.display) for m in record.medications} == {
+        "contained": ("N02AA01", "morfin"),
+        "relative": ("M01AE01", "ibuprofen"),
+        "absolute": ("M01AE01", "ibuprofen"),
+    }
+    assert (
+        reasons(record)
+        == {
+            "MedicationStatement/dangling": "medicationReference 'Medication/elsewhere' does not resolve to a Medication",  # fmt: skip
+            "MedicationStatement/no-contained": "medicationReference '#gone' does not resolve to a Medication",  # fmt: skip
+        }
+    )
+
+
+# --- Condition rules --------------------------------------------------------------------------
+
+
+def condition(rid: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Condition",
+        "id": rid,
+        "code": {"coding": [{"system": "urn:oid:1.2.208.176.2.31", "code": "T90"}]},
+        "subject": {"reference": "Patient/p1"},
+        **fields,
+    }
+
+
+def status_concept(code: str) -> dict[str, Any]:
+    return {"coding": [{"code": code}]}
+
+
+@pytest.mark.parametrize(
+    ("verification", "kept"),
+    [
+        ("confirmed", True),
+        ("unconfirmed", True),
+        ("provisional", True),
+        ("differential", True),
+        ("refuted", False),
+        ("entered-in-error", False),
+    ],
+)
+def test_condition_verification_status(verification: str, kept: bool) -> None:
+    record = one(condition("c", verificationStatus=status_concept(verification)))
+    assert len(record.conditions) == int(kept)
+
+
+def test_condition_clinical_status_onset_and_abatement() -> None:
+    record = one(
+        condition("a", recordedDate="2020-02-02"),
+        condition(
+            "b",
+            clinicalStatus=status_concept("resolved"),
+            onsetPeriod={"start": "2019-01-01"},
+            abatementPeriod={"start": "2019-03-01", "end": "2019-04-01"},
+        ),  # fmt: skip
+        condition("c", onsetAge={"value": 40, "unit": "a"}, recordedDate="2021-01-01"),
+        condition("d", clinicalStatus=status_concept("cured")),
+    )
+    assert [(c.resource, c.onset, c.abatement, c.clinical_status) for c in record.conditions] == [
+        ("Condition/b", date(2019, 1, 1), date(2019, 4, 1), "resolved"),
+        ("Condition/a", date(2020, 2, 2), None, "active"),
+        ("Condition/c", date(2021, 1, 1), None, "active"),
+    ]
+    assert reasons(record) == {
+        "Condition/d": "clinicalStatus 'cured' is not a valid clinical status"
+    }
+
+
+def test_sks_and_icd10_diagnoses_get_the_same_coding() -> None:
+    record = one(
+        condition("sks", code={"coding": [{"system": "urn:oid:1.2.208.176.2.4", "code": "DE119"}]}),
+        condition(
+            "icd", code={"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9"}]}
+        ),  # fmt: skip
+    )
+    assert {c.codings for c in record.conditions} == {(("icd10", "E119"),)}
+
+
+def test_duplicate_codings_collapse() -> None:
+    code = {
+        "coding": [
+            {"system": NPU, "code": "NPU27300"},
+            {"system": "urn:oid:1.2.208.176.2.1", "code": "npu27300"},
+            {"system": LOINC, "code": "59261-8"},
+            {"system": LOINC},  # no code: ignored
+        ]
+    }
+    (record,) = one(observation(code=code)).observations
+    assert record.codings == (("npu", "NPU27300"), ("loinc", "59261-8"))
+
+
+# --- Goals ------------------------------------------------------------------------------------
+
+
+def goal(rid: str, *targets: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Goal",
+        "id": rid,
+        "lifecycleStatus": "active",
+        "description": {"text": "target"},
+        "subject": {"reference": "Patient/p1"},
+        "target": list(targets),
+        **fields,
+    }
+
+
+HBA1C_MEASURE = {"coding": [{"system": NPU, "code": "NPU27300"}]}
+
+
+def test_goal_targets_are_converted_and_bounds_checked() -> None:
+    record = one(
+        goal(
+            "percent",
+            {"measure": HBA1C_MEASURE, "detailQuantity": {"value": 7.0, "unit": "%"}},
+            statusDate="2024-02-01",
+        ),  # fmt: skip
+        goal(
+            "lower",
+            {
+                "measure": HBA1C_MEASURE,
+                "detailQuantity": {"value": 40, "comparator": ">=", "unit": "mmol/mol"},
+            },
+        ),  # fmt: skip
+        goal(
+            "low-only",
+            {"measure": HBA1C_MEASURE, "detailRange": {"low": {"value": 40, "unit": "mmol/mol"}}},
+        ),  # fmt: skip
+        goal("no-unit", {"measure": HBA1C_MEASURE, "detailQuantity": {"value": 58}}),
+        goal("descriptive", {"detailString": "walk daily"}),
+        goal("no-target", target=None),
+    )
+    assert [(g.resource, g.value, g.unit, g.start) for g in record.goals] == [
+        ("Goal/percent", 53.0, "mmol/mol", date(2024, 2, 1))
+    ]
+    assert reasons(record) == {
+        "Goal/lower": "target is a lower bound; only upper-bound targets are used",
+        "Goal/low-only": "target has a measure but no detailQuantity or detailRange.high",
+        "Goal/no-unit": "HbA1c value has no unit (expected mmol/mol)",
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "kept"),
+    [
+        ("active", True),
+        ("accepted", True),
+        ("proposed", False),
+        ("planned", False),
+        ("on-hold", False),
+        ("completed", False),
+        ("cancelled", False),
+        ("entered-in-error", False),
+        ("rejected", False),
+    ],
+)
+def test_goal_lifecycle_status(status: str, kept: bool) -> None:
+    target = {"measure": HBA1C_MEASURE, "detailQuantity": {"value": 58, "unit": "mmol/mol"}}
+    record = one(goal("g", target, lifecycleStatus=status))
+    assert len(record.goals) == int(kept)
+
+
+# --- Patient ----------------------------------------------------------------------------------
+
+
+def test_patient_practice_variants() -> None:
+    yder = {"system": "urn:oid:1.2.208.176.1.4", "value": "099999"}
+    by_identifier = patient("a", generalPractitioner=[{"type": "Organization", "identifier": yder}])
+    by_reference = patient("b", generalPractitioner=[{"reference": "Organization/unknown"}])
+    nothing = patient("c", birthDate="1970")
+    result = normalise([by_identifier, by_reference, nothing])
+    assert [(p.id, p.practice, p.birth_date) for p in result.values()] == [
+        ("a", "099999", None),
+        ("b", "Organization/unknown", None),
+        ("c", None, date(1970, 1, 1)),
+    ]
+
+
+def test_normalise_patient_needs_exactly_one_patient() -> None:
+    with pytest.raises(FhirInputError, match="found none usable"):
+        normalise_patient([observation()])
+    with pytest.raises(FhirInputError, match="Patient #0 has no id"):
+        normalise_patient([{"resourceType": "Patient"}])
+    with pytest.raises(FhirInputError, match="found 2: Patient/a, Patient/b"):
+        normalise_patient([patient("a"), patient("b")])
+
+
+def test_duplicates_are_reported_and_the_first_copy_used() -> None:
+    record = normalise_patient([patient(), patient(), observation(), observation(status="amended")])
+    assert [o.status for o in record.observations] == ["final"]
+    assert [issue.resource for issue in record.issues] == ["Observation/o1", "Patient/p1"]
+
+
+# --- several patients, orphans, determinism ---------------------------------------------------
+
+
+def test_normalise_groups_by_patient_and_keeps_orphans_visible() -> None:
+    other = observation("o2", subject={"reference": "Patient/p2"})
+    stranger = observation("o3", subject={"reference": "Patient/nobody"})
+    result = normalise([patient(), patient("p2"), observation(), other, stranger, "junk"])
+    assert sorted(result) == ["p1", "p2"]
+    assert [o.resource for o in result["p2"].observations] == ["Observation/o2"]
+    assert result.issues == (
+        Issue("resource #5", "is not a JSON object"),
+        Issue("Observation/o3", "refers to Patient/nobody, which is not in the input"),
+    )
+
+
+def test_normalise_patient_includes_orphan_issues() -> None:
+    record = normalise_patient([patient(), observation(subject=None)])
+    assert record.issues == (Issue("Observation/o1", "has no subject"),)
+
+
+def test_records_do_not_depend_on_input_order(danish: PatientRecord) -> None:
+    resources = list(load("dk_patient_bundle.json"))
+    random.Random(7).shuffle(resources)
+    assert normalise_patient(resources) == danish
+
+
+# --- malformed resources ----------------------------------------------------------------------
+
+
+def test_malformed_resources_are_reported_and_the_rest_kept() -> None:
+    bad = [
+        "not an object",
+        {"id": "x"},
+        observation("code-is-text", code="NPU27300"),
+        observation("coding-is-text", code={"coding": ["NPU27300"]}),
+        observation("code-is-number", code={"coding": [{"system": NPU, "code": 27300}]}),
+        observation("no-code", code=None),
+        observation("text-only-code", code={"text": "HbA1c"}),
+        observation("value-is-text", valueQuantity={"value": "53", "unit": "mmol/mol"}),
+        observation("value-is-bool", valueQuantity={"value": True, "unit": "mmol/mol"}),
+        observation("quantity-is-list", valueQuantity=[53]),
+        observation(
+            "bad-comparator", valueQuantity={"value": 5, "comparator": "~", "unit": "mmol/mol"}
+        ),  # fmt: skip
+        observation("bad-date", effectiveDateTime="01-03-2024"),
+        observation("impossible-date", effectiveDateTime="2024-02-30"),
+        observation("date-is-number", effectiveDateTime=20240301),
+        observation("status-is-list", status=["final"]),
+        observation("subject-is-text", subject="Patient/p1"),
+        observation("subject-not-patient", subject={"reference": "Group/g1"}),
+        observation("components-not-list", component={"code": {}}),
+        {**observation(), "id": 17},
+        condition("clinical-status-is-text", clinicalStatus="active"),
+        medication("MedicationStatement", "no-medication", medicationCodeableConcept=None),
+        medication("MedicationStatement", "period-is-text", effectivePeriod="2024"),
+        goal("targets-not-list", target={"measure": HBA1C_MEASURE}),
+        goal("target-is-text", "HbA1c < 53"),
+    ]
+    good = observation("good")
+    result = normalise([patient(), *bad, good])
+    record = result["p1"]
+    assert [o.resource for o in record.observations] == ["Observation/good"]
+    assert record.medications == record.conditions == record.goals == ()
+    issues = {issue.resource: issue.reason for issue in (*record.issues, *result.issues)}
+    assert (
+        issues
+        == {
+            "resource #1": "is not a JSON object",
+            "resource #2": "has no resourceType",
+            "Observation/code-is-text": "code is not an object",
+            "Observation/coding-is-text": "code.coding has an entry that is not an object",
+            "Observation/code-is-number": "code.coding has a system or code that is not a string",
+            "Observation/no-code": "has no code",
+            "Observation/text-only-code": "code has no coding",
+            "Observation/value-is-text": "valueQuantity.value is not a number",
+            "Observation/value-is-bool": "valueQuantity.value is not a number",
+            "Observation/quantity-is-list": "valueQuantity is not an object",
+            "Observation/bad-comparator": "valueQuantity.comparator is not one of <, <=, >=, >",
+            "Observation/bad-date": "effectiveDateTime is not a valid date",
+            "Observation/impossible-date": "effectiveDateTime is not a valid date",
+            "Observation/date-is-number": "effectiveDateTime is not a valid date",
+            "Observation/status-is-list": "status is not a string",
+            "Observation/subject-is-text": "subject is not an object",
+            "Observation/subject-not-patient": "subject 'Group/g1' does not resolve to a Patient",
+            "Observation/components-not-list": "component is not a list",
+            "Observation #19": "id is not a string",
+            "Condition/clinical-status-is-text": "clinicalStatus is not an object",
+            "MedicationStatement/no-medication": "has no medicationCodeableConcept or medicationReference",  # fmt: skip
+            "MedicationStatement/period-is-text": "effectivePeriod is not an object",
+            "Goal/targets-not-list": "target is not a list",
+            "Goal/target-is-text": "a target is not an object",
+        }
+    )
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+FIELDS = [
+    "id", "status", "code", "coding", "system", "subject", "reference", "valueQuantity", "value",
+    "unit", "comparator", "valueString", "valueInteger", "component", "effectiveDateTime",
+    "effectivePeriod", "start", "end", "issued", "clinicalStatus", "verificationStatus",
+    "onsetDateTime", "onsetPeriod", "abatementPeriod", "recordedDate", "medicationReference",
+    "medicationCodeableConcept", "contained", "dispenseRequest", "validityPeriod", "authoredOn",
+    "lifecycleStatus", "target", "measure", "detailQuantity", "detailRange", "high",
+    "birthDate", "gender", "generalPractitioner", "identifier", "resourceType",
+]  # fmt: skip
+TYPES = ["Patient", "Observation", "Condition", "MedicationStatement", "MedicationRequest",
+         "Goal", "Medication", "Organization", "Bundle"]  # fmt: skip
+
+
+@st.composite
+def garbage_resource(draw: st.DrawFn) -> Any:
+    """A resource of a handled type with a valid skeleton and random values in known fields,
+    sometimes nested one level further (components, targets, periods), or plain junk."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(json_values)
+    resource: dict[str, Any] = {"resourceType": draw(st.sampled_from(TYPES))}
+    if draw(st.booleans()):
+        resource.update(copy.deepcopy(observation(draw(st.sampled_from(["a", "b"])))))
+        resource["resourceType"] = draw(st.sampled_from(TYPES))
+    keys = st.sampled_from(FIELDS)
+    nested = st.dictionaries(keys, json_values, max_size=4)
+    values = json_values | nested | st.lists(nested, max_size=3)
+    resource.update(draw(st.dictionaries(keys, values, max_size=6)))
+    return resource
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(garbage_resource(), max_size=8))
+def test_normalise_never_raises_on_garbage(resources: list[Any]) -> None:
+    result = normalise([patient(), *resources])
+    issues = [*result.issues, *(i for p in result.values() for i in p.issues)]
+    # The last-resort handler is for bugs: every bad input must get a reason in plain words.
+    assert not [i for i in issues if i.reason.startswith("could not be read")]
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def test_read_bundle_list_single_resource_and_ndjson() -> None:
+    one_resource = orjson.dumps(observation())
+    as_list = orjson.dumps([patient(), observation()])
+    ndjson = b"\n".join([orjson.dumps(patient()), b"", orjson.dumps(observation()), b"  "])
+    bundle = orjson.dumps({"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": patient()}, {"fullUrl": "x"}]})  # fmt: skip
+    assert [r["resourceType"] for r in read_resources(one_resource)] == ["Observation"]
+    assert len(read_resources(as_list)) == 2
+    assert len(read_resources(ndjson.decode())) == 2
+    assert len(read_resources(b"\xef\xbb\xbf" + ndjson)) == 2
+    assert [r["id"] for r in read_resources(bundle)] == ["p1"]
+    assert read_resources("") == []
+
+
+def test_read_nested_batch_response_bundles_keep_full_urls() -> None:
+    inner = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"fullUrl": "urn:uuid:abc", "resource": patient("abc")}],
+    }
+    outer = {"resourceType": "Bundle", "type": "batch-response", "entry": [{"resource": inner}]}
+    resources = read_resources(orjson.dumps(outer))
+    assert [r["id"] for r in resources] == ["abc"]
+    assert resources.full_urls == {"urn:uuid:abc": "Patient/abc"}
+
+
+def test_ndjson_bad_line_names_the_line() -> None:
+    lines = [orjson.dumps(patient()), b"", orjson.dumps(observation()), b'{"resourceType": "Obs']
+    with pytest.raises(FhirInputError, match=r"^NDJSON line 4 is not valid JSON"):
+        read_resources(b"\n".join(lines))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"<Bundle xmlns='http://hl7.org/fhir'/>", "not valid JSON"),
+        (b'{"resourceType": "Patient",', "not valid JSON"),
+        (b"42", "got JSON int"),
+        (b'"Patient"', "got JSON str"),
+        (b'{"resourceType": "Bundle", "entry": {}}', "Bundle.entry is not a list"),
+    ],
+)
+def test_input_that_is_not_fhir_json_raises(data: bytes, message: str) -> None:
+    with pytest.raises(FhirInputError, match=message):
+        read_resources(data)
+
+
+def test_malformed_bundle_entries_are_passed_on_to_be_reported() -> None:
+    data = orjson.dumps({"resourceType": "Bundle", "entry": [7, {"resource": [1]}]})
+    result = normalise(read_resources(data))
+    assert result.issues == (
+        Issue("resource #0", "is not a JSON object"),
+        Issue("resource #1", "is not a JSON object"),
+    )
+
+
+# --- Synthea: data shaped by someone else -----------------------------------------------------
+
+OBSERVATION_DROPPED = {"entered-in-error", "cancelled", "preliminary", "registered", "unknown"}
+REQUEST_DROPPED = {"cancelled", "entered-in-error", "draft", "unknown"}
+SYNTHEA_FILES = sorted(SYNTHEA.glob("*.json.gz")) if SYNTHEA.is_dir() else []
+
+
+def accounted_for(resource: dict[str, Any], produced: set[str], reported: set[str]) -> bool:
+    """True if the resource became a record, an Issue, or was dropped by a documented rule."""
+    rid = f"{resource['resourceType']}/{resource['id']}"
+    if rid in produced or rid in reported:
+        return True
+    match resource["resourceType"]:
+        case "Observation":
+            return resource["status"] in OBSERVATION_DROPPED
+        case "Condition":
+            codes = [
+                c.get("code") for c in resource.get("verificationStatus", {}).get("coding", [])
+            ]
+            return bool({"refuted", "entered-in-error"} & set(codes))
+        case "MedicationRequest":
+            return resource["status"] in REQUEST_DROPPED
+        case "Goal":
+            targets = [t for t in resource.get("target", []) if "measure" in t]
+            return resource["lifecycleStatus"] not in {"active", "accepted"} or not targets
+    return resource["resourceType"] == "Patient"
+
+
+@pytest.mark.skipif(not SYNTHEA_FILES, reason=f"Synthea sample not found at {SYNTHEA}")
+@pytest.mark.parametrize("path", SYNTHEA_FILES, ids=lambda path: path.name.split("_")[-1][:8])
+def test_synthea_patient(path: Path) -> None:
+    resources = read_resources(gzip.decompress(path.read_bytes()))
+    result = normalise(resources)
+    assert len(result) == 1
+    assert result.issues == ()
+    (record,) = result.values()
+    assert record.observations
+    produced = {r.resource for part in record[4:8] for r in part}
+    reported = {issue.resource for issue in record.issues}
+    assert [r["id"] for r in resources if not accounted_for(r, produced, reported)] == []
+    units = {o.codings: o.unit for o in record.observations if o.value is not None}
+    assert units.get((("loinc", "4548-4"),), "mmol/mol") == "mmol/mol"
+    assert units.get((("loinc", "33914-3"),), "mL/min/1.73m2") == "mL/min/1.73m2"
