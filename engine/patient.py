@@ -10,6 +10,7 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from engine import primitives as p
@@ -61,8 +62,11 @@ class PatientIndex:
             for record in records:
                 for vs in index.of_any(getattr(record, codes)):
                     groups[vs].append(record)
+        for group in self.observations.values():  # windows are found by bisection
+            group.sort(key=_DATE_THEN_RESOURCE)
 
 
+_DATE_THEN_RESOURCE = attrgetter("date", "resource")
 FactFn = Callable[["Evaluation"], tuple[Any, tuple[str, ...]]]
 
 

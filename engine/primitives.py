@@ -7,7 +7,10 @@ patient. Windows include both edges: an observation dated exactly ``as_of - 12 m
 from __future__ import annotations
 
 import datetime as dt
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
+from functools import lru_cache
+from operator import attrgetter
 
 from dateutil.relativedelta import relativedelta
 
@@ -18,6 +21,10 @@ PRESENT_STATUSES = frozenset({"active", "recurrence", "relapse"})
 TAKEN_STATUSES = frozenset({"active", "completed", "stopped"})
 
 
+_DATE = attrgetter("date")
+
+
+@lru_cache(maxsize=4096)
 def window_start(as_of: dt.date, period: Period) -> dt.date:
     """The first day inside a look-back window (month ends clamp: 31 March - 1 month = 28/29 Feb)."""
     return as_of - relativedelta(**{period.unit: period.amount})
@@ -25,8 +32,9 @@ def window_start(as_of: dt.date, period: Period) -> dt.date:
 
 def in_window(
     records: Sequence[ObservationRecord], start: dt.date, as_of: dt.date
-) -> list[ObservationRecord]:
-    return [r for r in records if start <= r.date <= as_of]
+) -> Sequence[ObservationRecord]:
+    """Records dated from start to as_of, both included; ``records`` are sorted by date."""
+    return records[bisect_left(records, start, key=_DATE) : bisect_right(records, as_of, key=_DATE)]
 
 
 def latest(records: Sequence[ObservationRecord]) -> ObservationRecord | None:

@@ -23,6 +23,16 @@ Rules (DOMAIN.md §2), each a documented way for a resource to yield no record w
 - Bundle entries without a resource, and resources of other types, carry nothing we use.
 
 Everything else that cannot become a record becomes an :class:`~fhir_adapter.records.Issue`.
+
+Values: valueQuantity (comparator kept: eGFR ">90" is 90 with ``>``), valueInteger, and
+valueString of the form "<comparator><number> [unit]" are numbers; any other value (coded,
+boolean, range, absent) gives a record with value None, so the observation still counts.
+A number of a known analyte without a convertible unit is an Issue (:mod:`fhir_adapter.units`).
+
+References: "Type/id", an absolute URL ending in Type/id (a /_history suffix is ignored), or a
+Bundle fullUrl such as "urn:uuid:..." (see :class:`ResourceList`). Identifier-only and
+conditional references are not resolved. Resources without an id are named "Type #index"
+(their position in the input).
 """
 
 from __future__ import annotations
@@ -54,20 +64,28 @@ YDERNUMMER = "urn:oid:1.2.208.176.1.4"
 _UCUM = SYSTEMS["ucum"][0]
 _COMPARATORS = frozenset({"<", "<=", ">=", ">"})
 _OBSERVATION_KEEP = frozenset({"final", "amended", "corrected"})
-_OBSERVATION_DROP = frozenset({"entered-in-error", "cancelled", "preliminary", "registered", "unknown"})  # fmt: skip
+_OBSERVATION_DROP = frozenset(
+    {"entered-in-error", "cancelled", "preliminary", "registered", "unknown"}
+)
 _STATEMENT_KEEP = frozenset({"active", "completed", "intended", "stopped", "on-hold"})
 _STATEMENT_DROP = frozenset({"entered-in-error", "not-taken", "unknown"})
 _REQUEST_KEEP = frozenset({"active", "on-hold", "completed", "stopped"})
 _REQUEST_DROP = frozenset({"cancelled", "entered-in-error", "draft", "unknown"})
 _VERIFICATION_DROP = frozenset({"refuted", "entered-in-error"})
-_CLINICAL_STATUSES = frozenset({"active", "recurrence", "relapse", "inactive", "remission", "resolved"})  # fmt: skip
+_CLINICAL_STATUSES = frozenset(
+    {"active", "recurrence", "relapse", "inactive", "remission", "resolved"}
+)
 _GOAL_KEEP = frozenset({"active", "accepted"})
-_GOAL_DROP = frozenset({"proposed", "planned", "on-hold", "completed", "cancelled", "entered-in-error", "rejected"})  # fmt: skip
+_GOAL_DROP = frozenset(
+    {"proposed", "planned", "on-hold", "completed", "cancelled", "entered-in-error", "rejected"}
+)
 _GENDERS = frozenset({"male", "female", "other", "unknown"})
-_CLINICAL_TYPES = frozenset({"Observation", "Condition", "MedicationStatement", "MedicationRequest", "Goal"})  # fmt: skip
+_CLINICAL_TYPES = frozenset(
+    {"Observation", "Condition", "MedicationStatement", "MedicationRequest", "Goal"}
+)
 _BOM = "\ufeff"
-_new = tuple.__new__  # builds a record without NamedTuple.__new__'s Python-level call: 2x faster
 _BOM_BYTES = _BOM.encode()
+_new = tuple.__new__  # builds a record without NamedTuple.__new__'s Python-level call: 2x faster
 
 
 class FhirInputError(ValueError):
@@ -169,7 +187,13 @@ def _collect(item: Any, out: ResourceList) -> None:
 
 
 def _show(text: str) -> str:
-    """Quote a short piece of input for a message (codes, units, statuses: never free text)."""
+    """Quote a short piece of input for a message (statuses, units, references).
+
+    A conditional reference (``Patient?identifier=...|<CPR>``) is never quoted: its search
+    parameters can carry a CPR number. Dates and Patient values are never quoted either.
+    """
+    if "?" in text:
+        return "(a conditional reference)"
     return repr(text if len(text) <= 80 else text[:80] + "...")
 
 
@@ -240,15 +264,13 @@ def _one_coding(system: str, code: str) -> tuple[Coding, ...]:
 
 def _codings(concept: Any, where: str) -> tuple[Coding, ...]:
     """Canonical codings of a CodeableConcept; at least one, or the concept is unusable."""
-    if type(concept) is dict:  # fast path: one well-formed coding, as most resources have
-        coding = concept.get("coding")
-        if type(coding) is list and len(coding) == 1 and type(coding[0]) is dict:
-            system, code = coding[0].get("system"), coding[0].get("code")
-            if type(system) is str and type(code) is str and (single := _one_coding(system, code)):
-                return single
-    else:
+    if type(concept) is not dict:
         raise _Skip(f"has no {where}" if concept is None else f"{where} is not an object")
     coding = concept.get("coding")
+    if type(coding) is list and len(coding) == 1 and type(coding[0]) is dict:  # the usual case
+        system, code = coding[0].get("system"), coding[0].get("code")
+        if type(system) is str and type(code) is str and (single := _one_coding(system, code)):
+            return single
     if type(coding) is not list:
         raise _Skip(f"{where} has no coding" if coding is None else f"{where}.coding is not a list")
     out: list[Coding] = []
@@ -701,7 +723,15 @@ def _patient_record(
 class _Patient:
     """Records gathered for one patient while resources are read."""
 
-    __slots__ = ("conditions", "goals", "has_statements", "issues", "medications", "observations", "requests")  # fmt: skip
+    __slots__ = (
+        "conditions",
+        "goals",
+        "has_statements",
+        "issues",
+        "medications",
+        "observations",
+        "requests",
+    )
 
     def __init__(self) -> None:
         self.observations: list[ObservationRecord] = []

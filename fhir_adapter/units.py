@@ -115,10 +115,7 @@ _UNIT_ALIASES: dict[str, str] = {
     "ml/min/1.73m2": "mL/min/1.73m2",
     "mmhg": "mm[Hg]",
 }
-_FOLD = str.maketrans(
-    {"µ": "u", "μ": "u", "²": "2", ",": ".", " ": None, "{": None, "}": None, "[": None,
-     "]": None, "_": None, "^": None}
-)  # fmt: skip
+_FOLD = str.maketrans({"µ": "u", "μ": "u", "²": "2", ",": ".", **dict.fromkeys(" {}[]_^")})
 
 
 @lru_cache(maxsize=4096)

@@ -175,11 +175,13 @@ class _GuidelineCompiler:
         self.valuesets = valuesets
         self.scope: dict[str, ty.Type] = dict(BUILTINS)
         self.derived_refs: dict[str, set[str]] = {}
+        self.register_refs: set[str] = set()
 
     def compile(self, digest: str) -> t.CompiledGuideline | None:
         m = self.model
         facts = self._facts()
         register = self._condition(("register", "when"), m.register_.when)
+        self.register_refs = references(register) if register is not None else set()
         fact_scope = dict(self.scope)
         targets = self._targets(fact_scope)
         recommendations = tuple(
@@ -334,6 +336,7 @@ class _GuidelineCompiler:
             return None
         used = (
             references(when)
+            | self.register_refs
             | _template_refs(summary)
             | (_template_refs(detail) if detail else set())
         )

@@ -55,6 +55,7 @@ class ValueSetIndex:
 
     valuesets: tuple[CompiledValueSet, ...]
     _memo: dict[Coding, tuple[str, ...]] = field(default_factory=dict)
+    _memo_any: dict[tuple[Coding, ...], tuple[str, ...]] = field(default_factory=dict)
 
     def of(self, coding: Coding) -> tuple[str, ...]:
         found = self._memo.get(coding)
@@ -65,10 +66,8 @@ class ValueSetIndex:
 
     def of_any(self, codings: tuple[Coding, ...]) -> tuple[str, ...]:
         """Value sets any of a resource's codings belongs to (each listed once)."""
-        if len(codings) == 1:
-            return self.of(codings[0])
-        seen: dict[str, None] = {}
-        for coding in codings:
-            for vs in self.of(coding):
-                seen[vs] = None
-        return tuple(seen)
+        found = self._memo_any.get(codings)
+        if found is None:
+            seen = dict.fromkeys(vs for coding in codings for vs in self.of(coding))
+            found = self._memo_any[codings] = tuple(seen)
+        return found

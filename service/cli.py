@@ -160,6 +160,54 @@ def evaluate(
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    guidelines_dir: GuidelinesDir = None,
+    config: Annotated[Path | None, typer.Option(help="YAML settings file.")] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Accept calls without a JWT (local demos only).")
+    ] = False,
+) -> None:
+    """Run the CDS Hooks service (FastAPI on uvicorn)."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import CONFIG_ENV, Settings
+
+    if config is not None:
+        os.environ[CONFIG_ENV] = str(config)
+    overrides: dict[str, object] = {}
+    if guidelines_dir is not None:
+        overrides["guidelines"] = guidelines_dir
+    settings = Settings(**overrides)
+    if no_auth:
+        settings = settings.model_copy(
+            update={"auth": settings.auth.model_copy(update={"enabled": False})}
+        )
+        typer.secho(
+            "WARNING: authentication is OFF (--no-auth): any caller can use this service. "
+            "Never run it like this outside a local demo.",
+            err=True,
+            fg=typer.colors.RED,
+            bold=True,
+        )
+    elif not settings.auth.issuers:
+        raise fail(
+            "No trusted issuers are configured (auth.issuers in the --config file). "
+            "Configure the EHRs allowed to call, or use --no-auth for a local demo.",
+            1,
+        )
+    try:
+        application = create_app(settings)
+    except RuleFileError as exc:
+        for error in exc.errors:
+            typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+    uvicorn.run(application, host=host, port=port, log_level="info", access_log=False)
+
+
 EXAMPLES = REPOSITORY / "examples"
 DEMO_AS_OF = dt.date(2026, 7, 2)
 

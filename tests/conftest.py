@@ -29,3 +29,40 @@ def guideline_dir(tmp_path: Path) -> Path:
     target = tmp_path / "guidelines"
     shutil.copytree(FIXTURE_GUIDELINES, target)
     return target
+
+
+# --- A real FHIR server (sekmet-fhir in .venv-fhir, see tests/support/sekmet.py) ---------------
+
+# ``tests.support`` is imported from the repository root, which pytest (importlib mode) does not
+# put on sys.path by itself.
+import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.support.sekmet import SEKMET, SekmetServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SekmetServer]:
+    """One sekmet FHIR server for the session: fails (never skips) when sekmet is not installed.
+
+    Tests share its data: give loaded resources ids unique to the test. A test that calls
+    ``stop()`` must ``start()`` it again (same port and data) before it ends.
+    """
+    if not SEKMET.exists():
+        pytest.fail(
+            f"sekmet-fhir is missing ({SEKMET}): run `bash scripts/setup.sh` to install it.",
+            pytrace=False,
+        )
+    server = SekmetServer(tmp_path_factory.mktemp("sekmet"))
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -47,7 +47,11 @@ def test_explains_what_fired_and_why(engine: PatientEngine) -> None:
     (card,) = out.recommendations
     assert card.summary.en == "HbA1c 67 mmol/mol (2026-03-02) is above the target 58 mmol/mol"
     assert card.summary.da == "HbA1c 67 mmol/mol (2026-03-02) er over målet 58 mmol/mol"
-    assert card.evidence == ("Observation/observation-1", "Condition/condition-2")
+    assert card.evidence == (
+        "Observation/observation-1",
+        "Condition/condition-2",
+        "Condition/condition-1",
+    )
 
 
 def test_value_exactly_at_the_target_does_not_fire(engine: PatientEngine) -> None:

@@ -111,7 +111,10 @@ def test_egfr_above_90_keeps_its_comparator(danish: PatientRecord) -> None:
 
 
 def test_danish_conditions(danish: PatientRecord) -> None:
-    rows = [(c.resource[10:], c.codings, c.onset, c.abatement, c.clinical_status) for c in danish.conditions]  # fmt: skip
+    rows = [
+        (c.resource[10:], c.codings, c.onset, c.abatement, c.clinical_status)
+        for c in danish.conditions
+    ]
     assert rows == [
         ("t2d-icpc", (("icpc2", "T90"),), date(2015, 1, 1), None, "active"),
         ("t2d-sks", (("icd10", "E119"),), date(2015, 6, 12), None, "active"),  # no clinicalStatus
@@ -120,7 +123,10 @@ def test_danish_conditions(danish: PatientRecord) -> None:
 
 
 def test_danish_medications_from_statements_only(danish: PatientRecord) -> None:
-    rows = [(m.resource[20:], m.codings, m.display, m.start, m.end, m.status) for m in danish.medications]  # fmt: skip
+    rows = [
+        (m.resource[20:], m.codings, m.display, m.start, m.end, m.status)
+        for m in danish.medications
+    ]
     assert rows == [
         ("metformin", (("atc", "A10BA02"),), "Metformin 500 mg", date(2016, 1, 15), None, "active"),
         ("statin", (("atc", "C10AA05"),), "atorvastatin", date(2020, 4, 1), None, "active"),
@@ -151,10 +157,15 @@ def test_cpr_number_never_appears_in_issues() -> None:
         gender=CPR,
         generalPractitioner=CPR,
     )
-    record = normalise_patient([bad])
-    assert len(record.issues) == 3
-    assert CPR not in repr(record)
-    assert CPR not in repr(record.issues)
+    conditional = observation(
+        subject={"reference": f"Patient?identifier=urn:oid:1.2.208.176.1.2|{CPR}"}
+    )
+    result = normalise([bad, conditional])
+    assert len(result["p1"].issues) == 3
+    assert result.issues == (
+        Issue("Observation/o1", "subject (a conditional reference) does not resolve to a Patient"),
+    )
+    assert CPR not in repr(result["p1"])
 
 
 # --- Synthea-style transaction Bundle: urn:uuid references, MedicationRequest fallback ---------
@@ -340,7 +351,11 @@ def test_observation_without_any_date_is_an_issue() -> None:
 def test_blood_pressure_panel_yields_one_record_per_component() -> None:
     def component(code: str, value: Any, **extra: Any) -> dict[str, Any]:
         quantity = {"value": value, "unit": "mmHg"}
-        return {"code": {"coding": [{"system": LOINC, "code": code}]}, "valueQuantity": quantity, **extra}  # fmt: skip
+        return {
+            "code": {"coding": [{"system": LOINC, "code": code}]},
+            "valueQuantity": quantity,
+            **extra,
+        }
 
     panel = observation(
         "bp",
@@ -371,11 +386,11 @@ def test_a_bad_component_is_an_issue_and_the_other_component_is_kept() -> None:
             {
                 "code": {"coding": [{"system": LOINC, "code": "8480-6"}]},
                 "valueQuantity": {"value": 138, "unit": "mmHg"},
-            },  # fmt: skip
+            },
             {
                 "code": {"coding": [{"system": LOINC, "code": "8462-4"}]},
                 "valueQuantity": {"value": "84"},
-            },  # fmt: skip
+            },
         ],
     )
     record = one(panel)
@@ -467,13 +482,13 @@ def test_medication_references() -> None:
             medicationCodeableConcept=None,
             contained=[contained],
             medicationReference={"reference": "#m"},
-        ),  # fmt: skip
+        ),
         medication(
             "MedicationStatement",
             "relative",
             medicationCodeableConcept=None,
             medicationReference={"reference": "Medication/shared"},
-        ),  # fmt: skip
+        ),
         medication(
             "MedicationStatement",
             "absolute",
@@ -481,19 +496,19 @@ def test_medication_references() -> None:
             medicationReference={
                 "reference": "https://fhir.example.dk/Medication/shared/_history/2"
             },
-        ),  # fmt: skip
+        ),
         medication(
             "MedicationStatement",
             "dangling",
             medicationCodeableConcept=None,
             medicationReference={"reference": "Medication/elsewhere"},
-        ),  # fmt: skip
+        ),
         medication(
             "MedicationStatement",
             "no-contained",
             medicationCodeableConcept=None,
             medicationReference={"reference": "#gone"},
-        ),  # fmt: skip
+        ),
         shared,
     )
     assert {m.resource[20:]: (m.codings[0][1], m.display) for m in record.medications} == {
@@ -501,13 +516,10 @@ def test_medication_references() -> None:
         "relative": ("M01AE01", "ibuprofen"),
         "absolute": ("M01AE01", "ibuprofen"),
     }
-    assert (
-        reasons(record)
-        == {
-            "MedicationStatement/dangling": "medicationReference 'Medication/elsewhere' does not resolve to a Medication",  # fmt: skip
-            "MedicationStatement/no-contained": "medicationReference '#gone' does not resolve to a Medication",  # fmt: skip
-        }
-    )
+    assert reasons(record) == {
+        "MedicationStatement/dangling": "medicationReference 'Medication/elsewhere' does not resolve to a Medication",
+        "MedicationStatement/no-contained": "medicationReference '#gone' does not resolve to a Medication",
+    }
 
 
 # --- Condition rules --------------------------------------------------------------------------
@@ -551,7 +563,7 @@ def test_condition_clinical_status_onset_and_abatement() -> None:
             clinicalStatus=status_concept("resolved"),
             onsetPeriod={"start": "2019-01-01"},
             abatementPeriod={"start": "2019-03-01", "end": "2019-04-01"},
-        ),  # fmt: skip
+        ),
         condition("c", onsetAge={"value": 40, "unit": "a"}, recordedDate="2021-01-01"),
         condition("d", clinicalStatus=status_concept("cured")),
     )
@@ -570,7 +582,7 @@ def test_sks_and_icd10_diagnoses_get_the_same_coding() -> None:
         condition("sks", code={"coding": [{"system": "urn:oid:1.2.208.176.2.4", "code": "DE119"}]}),
         condition(
             "icd", code={"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9"}]}
-        ),  # fmt: skip
+        ),
     )
     assert {c.codings for c in record.conditions} == {(("icd10", "E119"),)}
 
@@ -612,18 +624,18 @@ def test_goal_targets_are_converted_and_bounds_checked() -> None:
             "percent",
             {"measure": HBA1C_MEASURE, "detailQuantity": {"value": 7.0, "unit": "%"}},
             statusDate="2024-02-01",
-        ),  # fmt: skip
+        ),
         goal(
             "lower",
             {
                 "measure": HBA1C_MEASURE,
                 "detailQuantity": {"value": 40, "comparator": ">=", "unit": "mmol/mol"},
             },
-        ),  # fmt: skip
+        ),
         goal(
             "low-only",
             {"measure": HBA1C_MEASURE, "detailRange": {"low": {"value": 40, "unit": "mmol/mol"}}},
-        ),  # fmt: skip
+        ),
         goal("no-unit", {"measure": HBA1C_MEASURE, "detailQuantity": {"value": 58}}),
         goal("descriptive", {"detailString": "walk daily"}),
         goal("no-target", target=None),
@@ -732,7 +744,7 @@ def test_malformed_resources_are_reported_and_the_rest_kept() -> None:
         observation("quantity-is-list", valueQuantity=[53]),
         observation(
             "bad-comparator", valueQuantity={"value": 5, "comparator": "~", "unit": "mmol/mol"}
-        ),  # fmt: skip
+        ),
         observation("bad-date", effectiveDateTime="01-03-2024"),
         observation("impossible-date", effectiveDateTime="2024-02-30"),
         observation("date-is-number", effectiveDateTime=20240301),
@@ -753,71 +765,84 @@ def test_malformed_resources_are_reported_and_the_rest_kept() -> None:
     assert [o.resource for o in record.observations] == ["Observation/good"]
     assert record.medications == record.conditions == record.goals == ()
     issues = {issue.resource: issue.reason for issue in (*record.issues, *result.issues)}
-    assert (
-        issues
-        == {
-            "resource #1": "is not a JSON object",
-            "resource #2": "has no resourceType",
-            "Observation/code-is-text": "code is not an object",
-            "Observation/coding-is-text": "code.coding has an entry that is not an object",
-            "Observation/code-is-number": "code.coding has a system or code that is not a string",
-            "Observation/no-code": "has no code",
-            "Observation/text-only-code": "code has no coding",
-            "Observation/value-is-text": "valueQuantity.value is not a number",
-            "Observation/value-is-bool": "valueQuantity.value is not a number",
-            "Observation/quantity-is-list": "valueQuantity is not an object",
-            "Observation/bad-comparator": "valueQuantity.comparator is not one of <, <=, >=, >",
-            "Observation/bad-date": "effectiveDateTime is not a valid date",
-            "Observation/impossible-date": "effectiveDateTime is not a valid date",
-            "Observation/date-is-number": "effectiveDateTime is not a valid date",
-            "Observation/status-is-list": "status is not a string",
-            "Observation/subject-is-text": "subject is not an object",
-            "Observation/subject-not-patient": "subject 'Group/g1' does not resolve to a Patient",
-            "Observation/components-not-list": "component is not a list",
-            "Observation #19": "id is not a string",
-            "Condition/clinical-status-is-text": "clinicalStatus is not an object",
-            "MedicationStatement/no-medication": "has no medicationCodeableConcept or medicationReference",  # fmt: skip
-            "MedicationStatement/period-is-text": "effectivePeriod is not an object",
-            "Goal/targets-not-list": "target is not a list",
-            "Goal/target-is-text": "a target is not an object",
-        }
-    )
+    assert issues == {
+        "resource #1": "is not a JSON object",
+        "resource #2": "has no resourceType",
+        "Observation/code-is-text": "code is not an object",
+        "Observation/coding-is-text": "code.coding has an entry that is not an object",
+        "Observation/code-is-number": "code.coding has a system or code that is not a string",
+        "Observation/no-code": "has no code",
+        "Observation/text-only-code": "code has no coding",
+        "Observation/value-is-text": "valueQuantity.value is not a number",
+        "Observation/value-is-bool": "valueQuantity.value is not a number",
+        "Observation/quantity-is-list": "valueQuantity is not an object",
+        "Observation/bad-comparator": "valueQuantity.comparator is not one of <, <=, >=, >",
+        "Observation/bad-date": "effectiveDateTime is not a valid date",
+        "Observation/impossible-date": "effectiveDateTime is not a valid date",
+        "Observation/date-is-number": "effectiveDateTime is not a valid date",
+        "Observation/status-is-list": "status is not a string",
+        "Observation/subject-is-text": "subject is not an object",
+        "Observation/subject-not-patient": "subject 'Group/g1' does not resolve to a Patient",
+        "Observation/components-not-list": "component is not a list",
+        "Observation #19": "id is not a string",
+        "Condition/clinical-status-is-text": "clinicalStatus is not an object",
+        "MedicationStatement/no-medication": "has no medicationCodeableConcept or medicationReference",
+        "MedicationStatement/period-is-text": "effectivePeriod is not an object",
+        "Goal/targets-not-list": "target is not a list",
+        "Goal/target-is-text": "a target is not an object",
+    }
 
 
+def keys_and_strings(value: Any, keys: set[str], strings: set[str]) -> None:
+    if isinstance(value, dict):
+        keys.update(value)
+        for item in value.values():
+            keys_and_strings(item, keys, strings)
+    elif isinstance(value, list):
+        for item in value:
+            keys_and_strings(item, keys, strings)
+    elif isinstance(value, str):
+        strings.add(value)
+
+
+FIELDS: set[str] = {"valueString", "valueInteger", "effectiveInstant", "issued", "abatementPeriod"}
+PLAUSIBLE: set[str] = {">90", "2024-13", "#m", "Medication/m", "urn:uuid:x"}
+for name in ("dk_patient_bundle.json", "transaction_urn_uuid.json"):
+    keys_and_strings(orjson.loads((FIXTURES / name).read_bytes()), FIELDS, PLAUSIBLE)
+TYPES = sorted({"Bundle", *(r["resourceType"] for r in load("dk_patient_bundle.json"))})
+SKELETONS = [
+    observation(),
+    condition("c"),
+    medication("MedicationStatement", "s"),
+    medication("MedicationRequest", "r"),
+    goal("g", {"measure": HBA1C_MEASURE, "detailQuantity": {"value": 53, "unit": "mmol/mol"}}),
+]
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(sorted(PLAUSIBLE)),
     lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(sorted(FIELDS)) | st.text(max_size=8), children, max_size=4
+        )
     ),
-    max_leaves=12,
+    max_leaves=16,
 )
-FIELDS = [
-    "id", "status", "code", "coding", "system", "subject", "reference", "valueQuantity", "value",
-    "unit", "comparator", "valueString", "valueInteger", "component", "effectiveDateTime",
-    "effectivePeriod", "start", "end", "issued", "clinicalStatus", "verificationStatus",
-    "onsetDateTime", "onsetPeriod", "abatementPeriod", "recordedDate", "medicationReference",
-    "medicationCodeableConcept", "contained", "dispenseRequest", "validityPeriod", "authoredOn",
-    "lifecycleStatus", "target", "measure", "detailQuantity", "detailRange", "high",
-    "birthDate", "gender", "generalPractitioner", "identifier", "resourceType",
-]  # fmt: skip
-TYPES = ["Patient", "Observation", "Condition", "MedicationStatement", "MedicationRequest",
-         "Goal", "Medication", "Organization", "Bundle"]  # fmt: skip
 
 
 @st.composite
 def garbage_resource(draw: st.DrawFn) -> Any:
-    """A resource of a handled type with a valid skeleton and random values in known fields,
-    sometimes nested one level further (components, targets, periods), or plain junk."""
+    """Plain junk, or a handled resource type whose fields (some from a valid skeleton) hold
+    random JSON, FHIR-ish keys nested at any depth."""
     if draw(st.integers(0, 9)) == 0:
         return draw(json_values)
-    resource: dict[str, Any] = {"resourceType": draw(st.sampled_from(TYPES))}
-    if draw(st.booleans()):
-        resource.update(copy.deepcopy(observation(draw(st.sampled_from(["a", "b"])))))
-        resource["resourceType"] = draw(st.sampled_from(TYPES))
-    keys = st.sampled_from(FIELDS)
-    nested = st.dictionaries(keys, json_values, max_size=4)
-    values = json_values | nested | st.lists(nested, max_size=3)
-    resource.update(draw(st.dictionaries(keys, values, max_size=6)))
+    resource: dict[str, Any] = copy.deepcopy(draw(st.sampled_from([{}, *SKELETONS])))
+    resource["resourceType"] = draw(st.sampled_from(TYPES))
+    resource.update(draw(st.dictionaries(st.sampled_from(sorted(FIELDS)), json_values, max_size=6)))
     return resource
 
 
@@ -837,7 +862,13 @@ def test_read_bundle_list_single_resource_and_ndjson() -> None:
     one_resource = orjson.dumps(observation())
     as_list = orjson.dumps([patient(), observation()])
     ndjson = b"\n".join([orjson.dumps(patient()), b"", orjson.dumps(observation()), b"  "])
-    bundle = orjson.dumps({"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": patient()}, {"fullUrl": "x"}]})  # fmt: skip
+    bundle = orjson.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": patient()}, {"fullUrl": "x"}],
+        }
+    )
     assert [r["resourceType"] for r in read_resources(one_resource)] == ["Observation"]
     assert len(read_resources(as_list)) == 2
     assert len(read_resources(ndjson.decode())) == 2

@@ -81,7 +81,11 @@ def test_evaluate_as_json(guideline_dir: Path) -> None:
     (patient,) = json.loads(result.stdout)
     (guideline,) = patient["guidelines"]
     assert guideline["targets"][0]["value"] == 58
-    assert guideline["recommendations"][0]["evidence"] == ["Observation/abc", "Condition/ihd"]
+    assert guideline["recommendations"][0]["evidence"] == [
+        "Observation/abc",
+        "Condition/ihd",
+        "Condition/t2d",
+    ]
 
 
 def test_evaluate_rejects_a_file_that_is_not_fhir(tmp_path: Path, guideline_dir: Path) -> None:

@@ -1,0 +1,271 @@
+"""The FastAPI application: CDS Hooks endpoints, health and readiness.
+
+Handlers stay small: parse and validate at the boundary, then call the pure engine. Request
+bodies are parsed with orjson and validated with pydantic; every error is an OperationOutcome.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import anyio
+import httpx
+import orjson
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.patient import PatientEngine
+from fhir_adapter.normalise import normalise
+from fhir_adapter.records import PatientRecord
+from fhir_adapter.rest import FhirRestClient
+from rules.guideline_set import GuidelineSet, load_guidelines
+from service.auth import build_authenticator, client_auth
+from service.cds_hooks.cards import build_cards
+from service.cds_hooks.discovery import SERVICES_BY_ID, discovery, prefetch_templates
+from service.cds_hooks.errors import CdsError, outcome_response
+from service.cds_hooks.models import CdsRequest
+from service.cds_hooks.prefetch import gather
+from service.feedback import FeedbackRequest, FeedbackStore, IssuedCard
+from service.settings import Settings
+
+log = logging.getLogger("vejviser.service")
+
+
+@dataclass(slots=True)
+class Registry:
+    """The guideline set in service and the engine compiled from it."""
+
+    guidelines: GuidelineSet
+    engine: PatientEngine
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def language_of(request: Request) -> str:
+    """Danish unless the client prefers English (Accept-Language: en...)."""
+    header = request.headers.get("accept-language", "")
+    first = header.split(",")[0].strip().lower()
+    return "en" if first.startswith("en") else "da"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    guidelines = load_guidelines(settings.guidelines)
+    registry = Registry(guidelines, PatientEngine(guidelines))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limits = httpx.Limits(max_connections=settings.fhir_max_connections)
+        async with httpx.AsyncClient(limits=limits, timeout=settings.fhir_budget_seconds) as http:
+            app.state.fhir = FhirRestClient(http)
+            app.state.authenticator = build_authenticator(settings.auth, http)
+            app.state.feedback = FeedbackStore(settings.feedback_database)
+            try:
+                yield
+            finally:
+                app.state.feedback.close()
+
+    app = FastAPI(
+        title="Vejviser CDS Hooks service",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="CDS Hooks 2.0 services evaluating Vejviser's guideline rule files.",
+    )
+    app.state.registry = registry
+    app.state.settings = settings
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Accept-Language"],
+        )
+    _add_error_handlers(app)
+    _add_routes(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(CdsError)
+    async def cds_error(request: Request, exc: CdsError) -> Response:
+        return outcome_response(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        return outcome_response(400, "invalid", _plain_errors(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 401:
+            return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        code = "not-found" if exc.status_code == 404 else "processing"
+        return outcome_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        return outcome_response(500, "exception", "internal error; the request was not processed")
+
+
+def _plain_errors(errors: Any) -> str:
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise CdsError(400, "invalid", "the request body is not JSON") from None
+
+
+def _validate(model: type, data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise CdsError(400, "invalid", _plain_errors(exc.errors(include_url=False))) from None
+
+
+async def authenticated(request: Request) -> Any:
+    """The CDS client behind the request (None when auth is switched off)."""
+    dependency = client_auth(request.app.state.authenticator)
+    return await dependency(request)
+
+
+Client = Annotated[Any, Depends(authenticated)]
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/cds-services", summary="CDS Hooks discovery")
+    async def services(request: Request, client: Client) -> Response:
+        registry: Registry = request.app.state.registry
+        return json_response(discovery(registry.guidelines, dt.date.today()))
+
+    @app.post(
+        "/cds-services/{service_id}",
+        summary="Call a CDS service",
+        openapi_extra={
+            "requestBody": {
+                "content": {"application/json": {"schema": CdsRequest.model_json_schema()}},
+                "required": True,
+            }
+        },
+    )
+    async def call_service(service_id: str, request: Request, client: Client) -> Response:
+        service = SERVICES_BY_ID.get(service_id)
+        if service is None:
+            raise CdsError(404, "not-found", f"no CDS service '{service_id}'")
+        cds_request: CdsRequest = _validate(CdsRequest, await _body(request))
+        if cds_request.hook != service.hook:
+            raise CdsError(
+                400,
+                "invalid",
+                f"service '{service_id}' answers '{service.hook}', not '{cds_request.hook}'",
+            )
+        registry: Registry = request.app.state.registry
+        settings: Settings = request.app.state.settings
+        today = dt.date.today()
+        templates = prefetch_templates(registry.guidelines, today, settings.max_prefetch_url_length)
+        resources = await gather(
+            cds_request, templates, request.app.state.fhir, settings.fhir_budget_seconds
+        )
+        patient, drafts = _patient(cds_request, resources)
+        outcomes = registry.engine.evaluate(patient, today)
+        pairs = build_cards(registry.guidelines, outcomes, patient.id, language_of(request))
+        if drafts:
+            pairs = [(card, issued) for card, issued in pairs if drafts & set(issued.evidence)]
+        issued = [
+            IssuedCard(
+                card_uuid=i.uuid,
+                service_id=service_id,
+                hook_instance=cds_request.hookInstance,
+                patient_id=patient.id,
+                guideline_id=i.guideline.id,
+                guideline_version=i.guideline.version,
+                content_hash=i.guideline.content_hash,
+                recommendation_id=i.recommendation,
+            )
+            for _, i in pairs
+        ]
+        if issued:
+            await anyio.to_thread.run_sync(request.app.state.feedback.record_cards, issued)
+        return json_response({"cards": [card for card, _ in pairs]})
+
+    @app.post(
+        "/cds-services/{service_id}/feedback",
+        summary="Feedback on cards",
+        openapi_extra={
+            "requestBody": {
+                "content": {"application/json": {"schema": FeedbackRequest.model_json_schema()}},
+                "required": True,
+            }
+        },
+    )
+    async def feedback(service_id: str, request: Request, client: Client) -> Response:
+        if service_id not in SERVICES_BY_ID:
+            raise CdsError(404, "not-found", f"no CDS service '{service_id}'")
+        payload: FeedbackRequest = _validate(FeedbackRequest, await _body(request))
+        store: FeedbackStore = request.app.state.feedback
+        await anyio.to_thread.run_sync(store.record_feedback, service_id, payload)
+        return Response(status_code=200)
+
+    @app.get("/health", summary="Liveness")
+    async def health() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/ready", summary="Readiness: a guideline set is loaded")
+    async def ready(request: Request) -> Response:
+        registry: Registry = request.app.state.registry
+        count = len(registry.guidelines.in_force(dt.date.today()))
+        return json_response({"status": "ready", "guidelines_in_force": count})
+
+
+def _patient(request: CdsRequest, resources: list[Any]) -> tuple[PatientRecord, set[str]]:
+    """The context patient's record; draft orders (order-select/-sign) join it as active medication."""
+    patient_id = request.context.patientId
+    drafts = _draft_orders(request)
+    normalised = normalise(resources)
+    patient = normalised.get(patient_id)
+    if patient is None:
+        raise CdsError(
+            412, "not-found", f"no Patient/{patient_id} in the prefetch data or on the FHIR server"
+        )
+    if not drafts:
+        return patient, set()
+    ordered = normalise([{"resourceType": "Patient", "id": patient_id}, *drafts]).get(patient_id)
+    medications = ordered.medications if ordered else ()
+    return patient._replace(medications=patient.medications + medications), {
+        m.resource for m in medications
+    }
+
+
+def _draft_orders(request: CdsRequest) -> list[dict[str, Any]]:
+    bundle = request.context.draftOrders
+    if bundle is None:
+        return []
+    orders = []
+    for entry in bundle.get("entry", []) if isinstance(bundle.get("entry"), list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and resource.get("resourceType") == "MedicationRequest":
+            order = {
+                **resource,
+                "status": "active",
+                "subject": {"reference": f"Patient/{request.context.patientId}"},
+            }
+            order.setdefault("authoredOn", dt.date.today().isoformat())
+            orders.append(order)
+    return orders

@@ -1,0 +1,190 @@
+"""Cards that explain themselves: the data behind them, the target and its reason, the source.
+
+Every field follows CDS Hooks 2.0: a uuid per card, a summary under 140 characters, a source
+naming the guideline, markdown detail, a suggestion whose resources are valid FHIR R4, and the
+override reasons a GP can pick.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from engine.explain import describe
+from engine.outcomes import GuidelineOutcome, RecommendationResult, TargetResult
+from fhir_adapter.codes import system_uri
+from rules import types as ty
+from rules.guideline_set import GuidelineSet
+from rules.rendering import render
+from rules.tree import CompiledGuideline, FactDef, RecommendationDef
+from service.feedback import OVERRIDE_REASONS
+
+SUMMARY_LIMIT = 139
+GUIDELINE_TOPIC_SYSTEM = "https://vejviser.dk/fhir/CodeSystem/guideline"
+PROVENANCE_EXTENSION = "dk.vejviser.provenance"
+WORDS = {
+    "da": {"data": "Data brugt", "target": "Individuelt mål", "order": "Bestil", "age": "Alder"},
+    "en": {"data": "Data used", "target": "Individual target", "order": "Order", "age": "Age"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CardOrigin:
+    """What a card was about, kept so its feedback can be tied back to patient and guideline."""
+
+    uuid: str
+    guideline: CompiledGuideline
+    recommendation: str
+    evidence: tuple[str, ...]
+
+
+def build_cards(
+    guidelines: GuidelineSet,
+    outcomes: list[GuidelineOutcome],
+    patient_id: str,
+    language: str,
+) -> list[tuple[dict[str, Any], CardOrigin]]:
+    """One card per recommendation that fired, most urgent first."""
+    by_key = {(g.id, g.version): g for g in guidelines.guidelines}
+    cards = []
+    for outcome in outcomes:
+        guideline = by_key[(outcome.guideline, outcome.version)]
+        definitions = {r.id: r for r in guideline.recommendations}
+        for result in outcome.recommendations:
+            definition = definitions[result.id]
+            card = _card(guidelines, guideline, outcome, definition, result, patient_id, language)
+            cards.append((card, CardOrigin(card["uuid"], guideline, result.id, result.evidence)))
+    urgency = {"critical": 0, "warning": 1, "info": 2}
+    cards.sort(key=lambda pair: urgency[pair[0]["indicator"]])
+    return cards
+
+
+def _card(
+    guidelines: GuidelineSet,
+    guideline: CompiledGuideline,
+    outcome: GuidelineOutcome,
+    definition: RecommendationDef,
+    result: RecommendationResult,
+    patient_id: str,
+    language: str,
+) -> dict[str, Any]:
+    summary = result.summary.in_language(language)
+    if len(summary) > SUMMARY_LIMIT:  # the loader prevents this; never send an invalid card
+        summary = summary[: SUMMARY_LIMIT - 1] + "…"
+    card: dict[str, Any] = {
+        "uuid": str(uuid.uuid4()),
+        "summary": summary,
+        "indicator": result.indicator,
+        "detail": _detail(guidelines, guideline, outcome, definition, result, language),
+        "source": _source(guideline, language),
+        "overrideReasons": [_reason(r, language) for r in OVERRIDE_REASONS],
+        "extension": {
+            PROVENANCE_EXTENSION: {
+                "guideline": guideline.id,
+                "version": guideline.version,
+                "contentHash": guideline.content_hash,
+                "recommendation": result.id,
+            }
+        },
+    }
+    if definition.suggestion is not None and definition.suggestion.order is not None:
+        card["suggestions"] = [
+            _order_suggestion(guidelines, definition, patient_id, summary, language)
+        ]
+        card["selectionBehavior"] = "at-most-one"
+    return card
+
+
+def _source(guideline: CompiledGuideline, language: str) -> dict[str, Any]:
+    title = guideline.title.in_language(language)
+    source: dict[str, Any] = {
+        "label": f"{title} ({guideline.publisher}, v{guideline.version})",
+        "topic": {"system": GUIDELINE_TOPIC_SYSTEM, "code": guideline.id, "display": title},
+    }
+    if guideline.sources:
+        source["url"] = guideline.sources[0].url
+    return source
+
+
+def _reason(coding: dict[str, Any], language: str) -> dict[str, str]:
+    return {
+        "system": coding["system"],
+        "code": coding["code"],
+        "display": coding["display"][language],
+    }
+
+
+def _detail(
+    guidelines: GuidelineSet,
+    guideline: CompiledGuideline,
+    outcome: GuidelineOutcome,
+    definition: RecommendationDef,
+    result: RecommendationResult,
+    language: str,
+) -> str:
+    words = WORDS[language]
+    parts = [result.detail.in_language(language)] if result.detail is not None else []
+    facts = {f.name: f for f in guideline.facts}
+    lines = []
+    for name in definition.evidence:
+        target = outcome.target(name)
+        if target is not None:
+            lines.append(_target_line(guidelines, target, language))
+        elif name in facts and (line := _fact_line(guidelines, facts[name], outcome, language)):
+            lines.append(line)
+    if lines:
+        parts.append(f"**{words['data']}**\n\n" + "\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def _fact_line(
+    guidelines: GuidelineSet, fact: FactDef, outcome: GuidelineOutcome, language: str
+) -> str | None:
+    result = outcome.fact(fact.name)
+    valueset_id = getattr(fact.primitive, "valueset", None)
+    if result is None or valueset_id is None:
+        return None
+    label = guidelines.valuesets[valueset_id].title.in_language(language)
+    value = describe(result.value, fact.type, language)
+    if isinstance(fact.type, ty.Record):  # an observation already names its resource
+        return f"- {label}: {value}"
+    sources = f" ({', '.join(result.evidence)})" if result.evidence else ""
+    return f"- {label}: {value}{sources}"
+
+
+def _target_line(guidelines: GuidelineSet, target: TargetResult, language: str) -> str:
+    measure = guidelines.valuesets[target.measure].title.in_language(language)
+    value = render(target.value, ty.Quantity(target.unit) if target.unit else ty.NUMBER, language)
+    sources = f" ({', '.join(target.evidence)})" if target.evidence else ""
+    return f"- {WORDS[language]['target']} ({measure}): {value}, {target.reason.in_language(language)}{sources}"
+
+
+def _order_suggestion(
+    guidelines: GuidelineSet,
+    definition: RecommendationDef,
+    patient_id: str,
+    summary: str,
+    language: str,
+) -> dict[str, Any]:
+    assert definition.suggestion is not None and definition.suggestion.order is not None
+    valueset = guidelines.valuesets[definition.suggestion.order]
+    system, code = valueset.preferred
+    label = definition.suggestion.label.in_language(language)
+    service_request = {
+        "resourceType": "ServiceRequest",
+        "status": "draft",
+        "intent": "proposal",
+        "code": {
+            "coding": [{"system": system_uri(system), "code": code}],
+            "text": valueset.title.in_language(language),
+        },
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "reasonCode": [{"text": summary}],
+    }
+    return {
+        "label": label,
+        "uuid": str(uuid.uuid4()),
+        "isRecommended": True,
+        "actions": [{"type": "create", "description": label, "resource": service_request}],
+    }

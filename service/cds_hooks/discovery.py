@@ -1,0 +1,130 @@
+"""The services Vejviser offers and the prefetch templates they ask for.
+
+Templates come from the guidelines' data requirements: the observation codes of every value set a
+fact reads, and a date filter covering the longest look-back window. Absolute dates are safe even
+when an EHR caches discovery: an older date only widens what is sent, and the engine applies the
+exact windows itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from engine.primitives import window_start
+from fhir_adapter.codes import system_uri
+from rules import tree as t
+from rules.guideline_set import GuidelineSet
+
+PATIENT_TOKEN = "{{context.patientId}}"
+LOOKBACK_MARGIN = dt.timedelta(days=31)
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    id: str
+    hook: str
+    title: str
+    description: str
+
+
+SERVICES = (
+    Service(
+        "vejviser-patient-view",
+        "patient-view",
+        "Vejviser: guideline check when a chart is opened",
+        "Evaluates every guideline in force (targets, missing controls, medication safety) and "
+        "returns cards that show the data behind them.",
+    ),
+    Service(
+        "vejviser-order-select",
+        "order-select",
+        "Vejviser: medication check when an order is selected",
+        "Treats the draft medication orders as active medication and returns the cards they cause.",
+    ),
+    Service(
+        "vejviser-order-sign",
+        "order-sign",
+        "Vejviser: medication check before an order is signed",
+        "Treats the draft medication orders as active medication and returns the cards they cause.",
+    ),
+)
+SERVICES_BY_ID = {service.id: service for service in SERVICES}
+
+
+def prefetch_templates(
+    guidelines: GuidelineSet, today: dt.date, max_url_length: int = 2000
+) -> dict[str, str]:
+    """Prefetch keys and queries covering every fact of every guideline in force today."""
+    in_force = guidelines.in_force(today)
+    templates = {
+        "patient": f"Patient/{PATIENT_TOKEN}",
+        "conditions": f"Condition?patient={PATIENT_TOKEN}",
+        "medicationStatements": f"MedicationStatement?patient={PATIENT_TOKEN}",
+        "medicationRequests": f"MedicationRequest?patient={PATIENT_TOKEN}",
+        "goals": f"Goal?patient={PATIENT_TOKEN}&lifecycle-status=active,accepted",
+    }
+    codes, since = _observation_requirements(guidelines, in_force, today)
+    if codes is None:
+        templates["observations"] = _observation_query([], since)
+        return templates
+    for index, chunk in enumerate(_chunks(codes, since, max_url_length), 1):
+        templates[f"observations{index}"] = _observation_query(chunk, since)
+    return templates
+
+
+def _observation_requirements(
+    guidelines: GuidelineSet, in_force: tuple[t.CompiledGuideline, ...], today: dt.date
+) -> tuple[list[str] | None, dt.date]:
+    """Observation codes (None: cannot be listed, fetch all) and the earliest date needed."""
+    codes: dict[str, None] = {}
+    since = today
+    listable = True
+    for guideline in in_force:
+        for fact in guideline.facts:
+            if isinstance(fact.primitive, t.ObservationFact):
+                valueset = guidelines.valuesets[fact.primitive.valueset]
+                since = min(since, window_start(today, fact.primitive.window))
+                listable &= not valueset.prefixes
+                for system, code in sorted(valueset.exact):
+                    codes[f"{system_uri(system)}|{code}"] = None
+    return (list(codes) if listable else None), since - LOOKBACK_MARGIN
+
+
+def _observation_query(codes: list[str], since: dt.date) -> str:
+    query = f"Observation?patient={PATIENT_TOKEN}&date=ge{since.isoformat()}"
+    if codes:
+        query += "&code=" + ",".join(quote(code, safe="|:/") for code in codes)
+    return query
+
+
+def _chunks(codes: list[str], since: dt.date, limit: int) -> list[list[str]]:
+    """Split the code list so no query grows past ``limit`` characters (servers cap URLs)."""
+    chunks: list[list[str]] = [[]]
+    for code in codes:
+        candidate = [*chunks[-1], code]
+        if chunks[-1] and len(_observation_query(candidate, since)) > limit:
+            chunks.append([code])
+        else:
+            chunks[-1] = candidate
+    return chunks
+
+
+def discovery(guidelines: GuidelineSet, today: dt.date) -> dict[str, object]:
+    """The body of ``GET /cds-services``."""
+    prefetch = prefetch_templates(guidelines, today)
+    return {
+        "services": [
+            {
+                "hook": service.hook,
+                "id": service.id,
+                "title": service.title,
+                "description": service.description,
+                "prefetch": prefetch,
+                "usageRequirements": "Send the patient's chart data as prefetch, or fhirServer "
+                "with fhirAuthorization so Vejviser can fetch it.",
+            }
+            for service in SERVICES
+        ]
+    }

@@ -1,0 +1,113 @@
+"""Prefetch as the standard has it: use what the client sent, fetch only the absent keys.
+
+``null`` means "no data" and is never fetched; an OperationOutcome means the client could not fetch
+it, so it counts as absent. Whatever cannot be had within the time budget gives 412: cards are
+never computed from data that is known to be missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import quote
+
+from fhir_adapter.rest import FhirError, FhirNotFound, FhirRestClient, FhirTimeout, FhirUnauthorized
+from service.cds_hooks.discovery import PATIENT_TOKEN
+from service.cds_hooks.errors import CdsError
+from service.cds_hooks.models import CdsRequest
+
+
+def resources_of(key: str, value: Any) -> list[Any]:
+    """The resources in one prefetch value: a resource, or a Bundle's entries."""
+    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+        raise CdsError(400, "invalid", f"prefetch '{key}' is neither a FHIR resource nor null")
+    if value["resourceType"] != "Bundle":
+        return [value]
+    entries = value.get("entry", [])
+    if not isinstance(entries, list):
+        raise CdsError(400, "invalid", f"prefetch '{key}' is a Bundle whose entry is not a list")
+    return [e.get("resource") for e in entries if isinstance(e, dict) and "resource" in e]
+
+
+def next_link(value: Any) -> str | None:
+    """The URL of a searchset's next page, if the client sent only the first."""
+    links = value.get("link") if isinstance(value, dict) else None
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if (
+            isinstance(link, dict)
+            and link.get("relation") == "next"
+            and isinstance(link.get("url"), str)
+        ):
+            return link["url"]
+    return None
+
+
+async def gather(
+    request: CdsRequest,
+    templates: dict[str, str],
+    client: FhirRestClient | None,
+    budget_seconds: float,
+) -> list[Any]:
+    """Every resource the guidelines need for this request, from prefetch and the FHIR server."""
+    supplied = request.prefetch or {}
+    resources: list[Any] = []
+    to_fetch: list[tuple[str, str]] = []
+    for key, value in supplied.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and value.get("resourceType") == "OperationOutcome":
+            if key in templates:
+                to_fetch.append((key, _fill(templates[key], request)))
+            continue
+        resources += resources_of(key, value)
+        following = next_link(value)
+        if following is not None:
+            to_fetch.append((key, following))
+    to_fetch += [
+        (key, _fill(query, request)) for key, query in templates.items() if key not in supplied
+    ]
+    if to_fetch:
+        resources += await _fetch_all(request, to_fetch, client, budget_seconds)
+    return resources
+
+
+def _fill(template: str, request: CdsRequest) -> str:
+    return template.replace(PATIENT_TOKEN, quote(request.context.patientId, safe=""))
+
+
+async def _fetch_all(
+    request: CdsRequest,
+    queries: list[tuple[str, str]],
+    client: FhirRestClient | None,
+    budget_seconds: float,
+) -> list[Any]:
+    keys = ", ".join(sorted({key for key, _ in queries}))
+    if request.fhirServer is None or client is None:
+        raise CdsError(
+            412, "incomplete", f"prefetch data missing ({keys}) and no fhirServer to fetch it from"
+        )
+    token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+    deadline = time.monotonic() + budget_seconds
+    fetches = [client.fetch(request.fhirServer, query, token, deadline) for _, query in queries]
+    results = await asyncio.gather(*fetches, return_exceptions=True)
+    resources: list[Any] = []
+    for (key, _), result in zip(queries, results, strict=True):
+        if isinstance(result, FhirNotFound):
+            continue
+        if isinstance(result, FhirUnauthorized):
+            raise CdsError(
+                412, "security", f"the FHIR server refused access while fetching '{key}'"
+            )
+        if isinstance(result, FhirTimeout):
+            raise CdsError(412, "timeout", f"the FHIR server did not answer '{key}' in time")
+        if isinstance(result, FhirError):
+            raise CdsError(
+                412, "incomplete", f"could not fetch '{key}' from the FHIR server: {result}"
+            )
+        if isinstance(result, BaseException):
+            raise result
+        resources += result if isinstance(result, list) else [result]
+    return resources

@@ -1,0 +1,535 @@
+"""CDS Hooks 2.0 feedback: the request body, the cards we issued, and patient exceptions.
+
+Why this exists: a card is only useful if we learn what the clinician did with it. The service
+records every card it returns (so later feedback can be tied to a patient and a guideline version),
+stores the feedback the EHR posts to ``{base}/cds-services/{id}/feedback`` idempotently, and turns
+an override meaning "the patient declined" or "not suitable for this patient" into a patient-level
+exception. Following the QOF "personalised care adjustment", an exception removes the patient from
+that guideline's indicator denominators, never from its register; population sweeps read them back
+through :meth:`FeedbackStore.all_exceptions`.
+
+Privacy: the store keeps no tokens (the request models drop every field they do not know), and it
+never logs patient ids or free-text comments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, Any, Final, Literal, Self, TypedDict
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+logger = logging.getLogger(__name__)
+
+# --- override reasons ---------------------------------------------------------------------------
+
+# Illustrative URI: Vejviser has no published CodeSystem yet. It must be absolute and stable, because
+# feedback is matched on (system, code); change it only together with a data migration.
+OVERRIDE_REASON_SYSTEM: Final = "https://vejviser.dk/fhir/CodeSystem/override-reason"
+
+
+class Coding(BaseModel):
+    """A CDS Hooks Coding (system and code required by the spec, display optional on input)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    system: Annotated[str, Field(min_length=1)]
+    code: Annotated[str, Field(min_length=1)]
+    display: str | None = None
+
+
+class BilingualCoding(TypedDict):
+    """An override reason as the service offers it: a Coding whose display is per language."""
+
+    system: str
+    code: str
+    display: dict[str, str]  # {"da": ..., "en": ...}, Danish first like every text in Vejviser
+
+
+OVERRIDE_REASONS: Final[tuple[BilingualCoding, ...]] = (
+    {
+        "system": OVERRIDE_REASON_SYSTEM,
+        "code": "patient-declined",
+        "display": {"da": "Patienten har fravalgt", "en": "Patient declined"},
+    },
+    {
+        "system": OVERRIDE_REASON_SYSTEM,
+        "code": "not-suitable",
+        "display": {"da": "Ikke relevant for denne patient", "en": "Not suitable for this patient"},
+    },
+    {
+        "system": OVERRIDE_REASON_SYSTEM,
+        "code": "already-handled",
+        "display": {"da": "Allerede håndteret", "en": "Already handled"},
+    },
+)
+
+# Codes that record a patient exception (QOF: informed dissent, unsuitable). "already-handled" is
+# deliberately absent: the recommendation was met elsewhere, so the patient stays in the denominator
+# and the numerator should pick the action up from the record.
+EXCEPTION_REASON_CODES: Final[frozenset[str]] = frozenset({"patient-declined", "not-suitable"})
+
+
+def override_reason_codings(language: str = "da") -> list[Coding]:
+    """``card.overrideReasons`` for cards rendered in ``language`` (da | en)."""
+    key = "en" if language == "en" else "da"
+    return [
+        Coding(system=r["system"], code=r["code"], display=r["display"][key])
+        for r in OVERRIDE_REASONS
+    ]
+
+
+def creates_exception(reason: Coding) -> bool:
+    """Only our own codes count: a client-defined reason never removes a patient from a count."""
+    return reason.system == OVERRIDE_REASON_SYSTEM and reason.code in EXCEPTION_REASON_CODES
+
+
+# --- request models -----------------------------------------------------------------------------
+
+# One POST reports what one user did with one response's cards; a bound keeps a bad client cheap.
+MAX_FEEDBACK_ITEMS: Final = 500
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})?")
+
+
+def _canonical_uuid(value: str) -> str:
+    """Card and suggestion ids are uuids; lower case so "ABC..." and "abc..." are one card."""
+    if not _UUID.fullmatch(value):
+        raise ValueError("must be a uuid (8-4-4-4-12 hexadecimal digits)")
+    return value.lower()
+
+
+def _utc_datetime(value: Any) -> datetime:
+    """RFC 3339 date-time, returned in UTC.
+
+    The spec asks for UTC with an offset; a value without one is read as UTC rather than rejected,
+    because a rejected POST is not retried and the override it carried would be lost.
+    """
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value.upper()):
+        raise ValueError("must be an RFC 3339 date-time, e.g. 2020-12-11T09:30:00Z")
+    try:
+        parsed = datetime.fromisoformat(value.upper())
+    except ValueError as err:
+        raise ValueError(f"not a valid date-time: {err}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _blank_to_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+Uuid = Annotated[str, AfterValidator(_canonical_uuid)]
+UtcDateTime = Annotated[datetime, BeforeValidator(_utc_datetime)]
+
+
+class AcceptedSuggestion(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: Uuid
+
+
+class OverrideReason(BaseModel):
+    """Why the user dismissed a card: a reason Coding, a free-text comment, or both (cds-fb-3)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    reason: Coding | None = None
+    user_comment: Annotated[str | None, BeforeValidator(_blank_to_none)] = Field(
+        default=None, alias="userComment"
+    )
+
+    @model_validator(mode="after")
+    def _reason_or_comment(self) -> Self:
+        if self.reason is None and self.user_comment is None:
+            raise ValueError("overrideReason needs a reason, a userComment, or both")
+        return self
+
+
+class FeedbackItem(BaseModel):
+    """One end-user interaction with one card (CDS Hooks 2.0 "Feedback")."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    card: Uuid
+    outcome: Literal["accepted", "overridden"]
+    accepted_suggestions: tuple[AcceptedSuggestion, ...] | None = Field(
+        default=None, alias="acceptedSuggestions"
+    )
+    override_reason: OverrideReason | None = Field(default=None, alias="overrideReason")
+    outcome_timestamp: UtcDateTime = Field(alias="outcomeTimestamp")
+
+    @model_validator(mode="after")
+    def _consistent_outcome(self) -> Self:
+        """accepted needs suggestions (cds-fb-2); a card is either accepted or overridden."""
+        if self.outcome == "accepted":
+            if not self.accepted_suggestions:
+                raise ValueError("acceptedSuggestions is required (one or more) when accepted")
+            if self.override_reason is not None:
+                raise ValueError("overrideReason is only allowed when the outcome is overridden")
+        elif self.accepted_suggestions:
+            raise ValueError("acceptedSuggestions is only allowed when the outcome is accepted")
+        return self
+
+
+class FeedbackRequest(BaseModel):
+    """The body POSTed to ``{base}/cds-services/{id}/feedback``; unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    feedback: Annotated[list[FeedbackItem], Field(min_length=1, max_length=MAX_FEEDBACK_ITEMS)]
+
+
+# --- store records ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCard:
+    """A card the service returned: what feedback on its uuid is about."""
+
+    card_uuid: str
+    service_id: str
+    hook_instance: str
+    patient_id: str
+    guideline_id: str | None = None
+    guideline_version: str | None = None
+    content_hash: str | None = None
+    recommendation_id: str | None = None
+    issued_at: datetime | None = None  # None: the store's clock at record time
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackResult:
+    """What one feedback POST did. ``stored + duplicates`` is the number of items posted."""
+
+    stored: int
+    duplicates: int
+    unknown_cards: int  # items whose card this service never issued (stored all the same)
+    exceptions: int = 0  # patient exceptions newly recorded
+
+
+@dataclass(frozen=True, slots=True)
+class PatientException:
+    """A patient excepted from a guideline's indicator denominators (not from its register)."""
+
+    patient_id: str
+    guideline_id: str
+    recommendation_id: str | None
+    reason_code: str
+    recorded_at: datetime  # when the clinician overrode the card (the feedback's outcomeTimestamp)
+    card_uuid: str
+
+
+class FeedbackStoreError(RuntimeError):
+    """The store file cannot be used (e.g. written by a newer Vejviser)."""
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS issued_cards (
+    card_uuid TEXT PRIMARY KEY,
+    service_id TEXT NOT NULL,
+    hook_instance TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    guideline_id TEXT,
+    guideline_version TEXT,
+    content_hash TEXT,
+    recommendation_id TEXT,
+    issued_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS issued_cards_issued_at ON issued_cards (issued_at);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY,
+    service_id TEXT NOT NULL,
+    card_uuid TEXT NOT NULL,
+    outcome TEXT NOT NULL CHECK (outcome IN ('accepted', 'overridden')),
+    accepted_suggestions TEXT,
+    override_code TEXT,
+    override_system TEXT,
+    override_display TEXT,
+    user_comment TEXT,
+    outcome_timestamp TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    UNIQUE (service_id, card_uuid, outcome, outcome_timestamp)
+);
+CREATE INDEX IF NOT EXISTS feedback_card ON feedback (card_uuid);
+CREATE TABLE IF NOT EXISTS exceptions (
+    patient_id TEXT NOT NULL,
+    guideline_id TEXT NOT NULL,
+    recommendation_id TEXT,
+    reason_code TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    card_uuid TEXT NOT NULL,
+    UNIQUE (card_uuid)
+);
+CREATE INDEX IF NOT EXISTS exceptions_patient ON exceptions (patient_id);
+"""
+
+_INSERT_CARD: Final = (
+    "INSERT OR IGNORE INTO issued_cards (card_uuid, service_id, hook_instance, patient_id,"
+    " guideline_id, guideline_version, content_hash, recommendation_id, issued_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_FEEDBACK: Final = (
+    "INSERT OR IGNORE INTO feedback (service_id, card_uuid, outcome, accepted_suggestions,"
+    " override_code, override_system, override_display, user_comment, outcome_timestamp,"
+    " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_EXCEPTION: Final = (
+    "INSERT OR IGNORE INTO exceptions (patient_id, guideline_id, recommendation_id, reason_code,"
+    " recorded_at, card_uuid) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_SELECT_EXCEPTIONS: Final = (
+    "SELECT patient_id, guideline_id, recommendation_id, reason_code, recorded_at, card_uuid"
+    " FROM exceptions"
+)
+
+
+def _timestamp(moment: datetime) -> str:
+    """Fixed-width UTC text, so equal instants are equal keys and text order is time order."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class FeedbackStore:
+    """Issued cards, feedback and patient exceptions in one SQLite file.
+
+    Thread-safe: one connection guarded by a lock. SQLite serialises writers anyway, so a lock costs
+    nothing in throughput and spares us busy-retries and per-thread connections to track; WAL lets
+    other processes (a sweep, a second worker) read while we write. Every method is a short
+    transaction, cheap enough to call from an async handler directly or via ``anyio.to_thread``.
+    """
+
+    def __init__(
+        self, path: str | Path, *, clock: Callable[[], datetime] = _utc_now, timeout: float = 5.0
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        # Autocommit mode: transactions are opened explicitly, so none is left open by accident.
+        self._conn = sqlite3.connect(
+            self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives an application crash; only an OS crash or power loss can
+            # drop the last commits. That is the right trade for a write on every CDS request.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._create_schema()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _create_schema(self) -> None:
+        with self._transaction() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            if row[0] is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] > SCHEMA_VERSION:
+                raise FeedbackStoreError(
+                    f"{self.path} has feedback schema version {row[0]}; this Vejviser knows "
+                    f"version {SCHEMA_VERSION} and will not write to it"
+                )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` under the store lock; commit on success, roll back on error."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def record_cards(self, cards: Sequence[IssuedCard]) -> int:
+        """Remember the cards of one response; returns how many were new.
+
+        Runs on every CDS request, so it is one ``executemany`` in one transaction. A uuid already
+        recorded keeps its first row: card uuids are unique, so a repeat is a retry, not news.
+        """
+        if not cards:
+            return 0
+        now = _timestamp(self._clock())
+        rows = [
+            (
+                card.card_uuid.lower(),
+                card.service_id,
+                card.hook_instance,
+                card.patient_id,
+                card.guideline_id,
+                card.guideline_version,
+                card.content_hash,
+                card.recommendation_id,
+                now if card.issued_at is None else _timestamp(card.issued_at),
+            )
+            for card in cards
+        ]
+        with self._transaction() as conn:
+            return conn.executemany(_INSERT_CARD, rows).rowcount
+
+    def record_feedback(self, service_id: str, request: FeedbackRequest) -> FeedbackResult:
+        """Store a feedback POST idempotently and derive patient exceptions from it.
+
+        The natural key (service, card, outcome, outcomeTimestamp) makes a re-post a no-op. Feedback
+        on a card this service never issued (issued before the store existed, or by another
+        service) is stored all the same - the spec has the service accept it - but, with no patient
+        to attach it to, it never creates an exception.
+        """
+        received_at = _timestamp(self._clock())
+        uuids = sorted({item.card for item in request.feedback})
+        stored = duplicates = unknown = exceptions = 0
+        with self._transaction() as conn:
+            placeholders = ",".join("?" * len(uuids))
+            issued = {
+                row[0]: row[1:]
+                for row in conn.execute(
+                    "SELECT card_uuid, patient_id, guideline_id, recommendation_id"
+                    f" FROM issued_cards WHERE service_id = ? AND card_uuid IN ({placeholders})",
+                    (service_id, *uuids),
+                )
+            }
+            for item in request.feedback:
+                reason = item.override_reason.reason if item.override_reason else None
+                comment = item.override_reason.user_comment if item.override_reason else None
+                suggestions = (
+                    json.dumps([s.id for s in item.accepted_suggestions])
+                    if item.accepted_suggestions
+                    else None
+                )
+                outcome_at = _timestamp(item.outcome_timestamp)
+                cursor = conn.execute(
+                    _INSERT_FEEDBACK,
+                    (
+                        service_id,
+                        item.card,
+                        item.outcome,
+                        suggestions,
+                        reason.code if reason else None,
+                        reason.system if reason else None,
+                        reason.display if reason else None,
+                        comment,
+                        outcome_at,
+                        received_at,
+                    ),
+                )
+                if cursor.rowcount:
+                    stored += 1
+                else:
+                    duplicates += 1
+                card = issued.get(item.card)
+                if card is None:
+                    unknown += 1
+                    continue
+                patient_id, guideline_id, recommendation_id = card
+                if (
+                    item.outcome == "overridden"
+                    and reason is not None
+                    and creates_exception(reason)
+                    and guideline_id
+                ):
+                    cursor = conn.execute(
+                        _INSERT_EXCEPTION,
+                        (
+                            patient_id,
+                            guideline_id,
+                            recommendation_id,
+                            reason.code,
+                            outcome_at,
+                            item.card,
+                        ),
+                    )
+                    exceptions += cursor.rowcount
+        result = FeedbackResult(stored, duplicates, unknown, exceptions)
+        # Counts only: patient ids and comments stay out of the log.
+        logger.info(
+            "feedback for %s: %d stored, %d duplicate, %d on unknown cards, %d new exceptions",
+            service_id,
+            result.stored,
+            result.duplicates,
+            result.unknown_cards,
+            result.exceptions,
+        )
+        return result
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def count_feedback(self, service_id: str | None = None) -> int:
+        """How many feedback rows are stored (for one service, or all): for health pages and tests."""
+        sql, params = "SELECT count(*) FROM feedback", ()
+        if service_id is not None:
+            sql, params = f"{sql} WHERE service_id = ?", (service_id,)
+        with self._lock:
+            return int(self._conn.execute(sql, params).fetchone()[0])
+
+    def exceptions_for(self, patient_id: str) -> list[PatientException]:
+        """One patient's exceptions, oldest first (what a patient-view card should respect)."""
+        return self._read_exceptions(
+            f"{_SELECT_EXCEPTIONS} WHERE patient_id = ? ORDER BY recorded_at, card_uuid",
+            (patient_id,),
+        )
+
+    def all_exceptions(self) -> list[PatientException]:
+        """Every exception, by patient then time: the input a population sweep joins against."""
+        return self._read_exceptions(
+            f"{_SELECT_EXCEPTIONS} ORDER BY patient_id, recorded_at, card_uuid", ()
+        )
+
+    def _read_exceptions(self, sql: str, params: tuple[str, ...]) -> list[PatientException]:
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [
+            PatientException(
+                patient_id=row[0],
+                guideline_id=row[1],
+                recommendation_id=row[2],
+                reason_code=row[3],
+                recorded_at=datetime.fromisoformat(row[4]),
+                card_uuid=row[5],
+            )
+            for row in rows
+        ]
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,51 @@
+"""Service configuration: a YAML file (``--config`` / $VEJVISER_CONFIG) overridden by environment
+variables (``VEJVISER_FHIR_BUDGET_SECONDS=2``, nested with ``__``: ``VEJVISER_AUTH__ENABLED``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from service.auth import AuthSettings
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+CONFIG_ENV = "VEJVISER_CONFIG"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VEJVISER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    guidelines: Path = Field(default=REPOSITORY / "guidelines", description="Guideline directory.")
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    fhir_budget_seconds: float = Field(
+        default=3.0, gt=0, le=60, description="Total time for fetching missing prefetch data."
+    )
+    fhir_max_connections: int = Field(default=20, ge=1, le=1000)
+    max_prefetch_url_length: int = Field(default=2000, ge=200)
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS.")
+    feedback_database: Path = Field(default=Path("vejviser-feedback.sqlite"))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config = os.environ.get(CONFIG_ENV)
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if config:
+            sources += (YamlConfigSettingsSource(settings_cls, yaml_file=Path(config)),)
+        return sources

@@ -1,0 +1,279 @@
+"""The CDS Hooks service end to end in-process: discovery, prefetch rules, cards, errors, feedback."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from fhir.resources.R4B import get_fhir_model_class
+
+from service.app import create_app
+from service.auth import AuthSettings
+from service.settings import Settings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LIBRARY = Path(__file__).resolve().parents[2] / "guidelines"
+PATIENT_VIEW = "/cds-services/vejviser-patient-view"
+
+
+def make_client(tmp_path: Path, guidelines: Path) -> TestClient:
+    settings = Settings(
+        guidelines=guidelines,
+        auth=AuthSettings(enabled=False),
+        feedback_database=tmp_path / "feedback.sqlite",
+    )
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture
+def client(tmp_path: Path, guideline_dir: Path) -> Iterator[TestClient]:
+    with make_client(tmp_path, guideline_dir) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def library_client(tmp_path: Path) -> Iterator[TestClient]:
+    with make_client(tmp_path, LIBRARY) as test_client:
+        yield test_client
+
+
+def bundle_resources() -> list[dict[str, Any]]:
+    bundle = json.loads((FIXTURES / "ihd-patient.json").read_text())
+    return [entry["resource"] for entry in bundle["entry"]]
+
+
+def searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": r} for r in resources],
+    }
+
+
+def full_prefetch(client: TestClient) -> dict[str, Any]:
+    """Every discovery key filled from the fixture patient, as an EHR would."""
+    keys = client.get("/cds-services").json()["services"][0]["prefetch"]
+    resources = bundle_resources()
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for resource in resources:
+        by_type.setdefault(resource["resourceType"], []).append(resource)
+    prefetch: dict[str, Any] = {}
+    for key, query in keys.items():
+        if query.startswith("Patient/"):
+            prefetch[key] = by_type["Patient"][0]
+        else:
+            prefetch[key] = searchset(by_type.get(query.split("?")[0], []))
+    return prefetch
+
+
+def request(
+    prefetch: dict[str, Any] | None, hook: str = "patient-view", **extra: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "hook": hook,
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/gp1", "patientId": "p1"},
+        **extra,
+    }
+    if prefetch is not None:
+        body["prefetch"] = prefetch
+    return body
+
+
+def test_discovery_lists_services_with_prefetch(client: TestClient) -> None:
+    services = client.get("/cds-services").json()["services"]
+    assert {s["hook"] for s in services} == {"patient-view", "order-select", "order-sign"}
+    prefetch = services[0]["prefetch"]
+    assert prefetch["patient"] == "Patient/{{context.patientId}}"
+    observations = [q for k, q in prefetch.items() if k.startswith("observations")]
+    assert observations and "http://npu-terminology.org|NPU27300" in observations[0]
+    assert "date=ge" in observations[0]
+
+
+def test_cards_from_full_prefetch(client: TestClient) -> None:
+    response = client.post(
+        PATIENT_VIEW, json=request(full_prefetch(client)), headers={"Accept-Language": "en"}
+    )
+    assert response.status_code == 200, response.text
+    (card,) = response.json()["cards"]
+    assert card["summary"] == "HbA1c 67 mmol/mol (2026-03-02) is above the target 58 mmol/mol"
+    assert len(card["summary"]) < 140
+    assert card["indicator"] == "warning"
+    assert uuid.UUID(card["uuid"])
+    assert card["source"]["label"].startswith("Example HbA1c (Vejviser tests, v1.0.0)")
+    assert card["source"]["url"].startswith("https://")
+    assert (
+        "Individual target (HbA1c): 58 mmol/mol, ischaemic heart disease (Condition/ihd)"
+        in card["detail"]
+    )
+    assert "HbA1c: 67 mmol/mol (2026-03-02, Observation/abc)" in card["detail"]
+    assert {r["code"] for r in card["overrideReasons"]} >= {"patient-declined", "not-suitable"}
+    assert card["extension"]["dk.vejviser.provenance"]["guideline"] == "example-hba1c"
+
+
+def test_cards_are_danish_by_default(client: TestClient) -> None:
+    (card,) = client.post(PATIENT_VIEW, json=request(full_prefetch(client))).json()["cards"]
+    assert card["summary"] == "HbA1c 67 mmol/mol (2026-03-02) er over målet 58 mmol/mol"
+
+
+def test_null_means_no_data(client: TestClient) -> None:
+    prefetch = dict.fromkeys(full_prefetch(client))
+    prefetch["patient"] = bundle_resources()[0]
+    prefetch["conditions"] = searchset(
+        [r for r in bundle_resources() if r["resourceType"] == "Condition"]
+    )
+    response = client.post(PATIENT_VIEW, json=request(prefetch), headers={"Accept-Language": "en"})
+    assert response.status_code == 200, response.text
+    (card,) = response.json()["cards"]
+    assert card["summary"] == "No HbA1c in 12 months"
+    (suggestion,) = card["suggestions"]
+    assert card["selectionBehavior"] == "at-most-one"
+    (action,) = suggestion["actions"]
+    assert action["type"] == "create" and action["description"]
+    resource = action["resource"]
+    get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    assert resource["code"]["coding"][0] == {
+        "system": "http://npu-terminology.org",
+        "code": "NPU27300",
+    }
+
+
+def test_missing_prefetch_without_fhir_server_is_412(client: TestClient) -> None:
+    prefetch = full_prefetch(client)
+    del prefetch["conditions"]
+    response = client.post(PATIENT_VIEW, json=request(prefetch))
+    assert response.status_code == 412
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert "conditions" in body["issue"][0]["diagnostics"]
+
+
+def test_operation_outcome_value_counts_as_absent(client: TestClient) -> None:
+    prefetch = full_prefetch(client)
+    prefetch["conditions"] = {"resourceType": "OperationOutcome", "issue": []}
+    assert client.post(PATIENT_VIEW, json=request(prefetch)).status_code == 412
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status"),
+    [
+        (lambda b: b.pop("hook"), 400),
+        (lambda b: b.pop("hookInstance"), 400),
+        (lambda b: b.pop("context"), 400),
+        (lambda b: b["context"].pop("patientId"), 400),
+        (lambda b: b.update(hook="order-sign"), 400),
+        (lambda b: b.update(fhirAuthorization={"access_token": "x", "token_type": "Bearer"}), 400),
+        (lambda b: b["prefetch"].update(patient="not a resource"), 400),
+        (lambda b: b.update(extension={"com.example.x": {"a": 1}}, unknownField=[1, 2]), 200),
+        (lambda b: b["context"].update(extension={"x": 1}), 200),
+    ],
+)
+def test_request_validation(client: TestClient, mutate: Any, status: int) -> None:
+    body = request(full_prefetch(client))
+    mutate(body)
+    response = client.post(PATIENT_VIEW, json=body)
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_non_json_body_is_400(client: TestClient) -> None:
+    response = client.post(
+        PATIENT_VIEW, content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["code"] == "invalid"
+
+
+def test_unknown_service_is_404(client: TestClient) -> None:
+    response = client.post("/cds-services/nope", json=request({}))
+    assert response.status_code == 404
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_order_select_treats_draft_orders_as_active(library_client: TestClient) -> None:
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01", "gender": "male"}
+    egfr = {
+        "resourceType": "Observation",
+        "id": "egfr",
+        "status": "final",
+        "subject": {"reference": "Patient/p1"},
+        "code": {"coding": [{"system": "http://npu-terminology.org", "code": "DNK35302"}]},
+        "effectiveDateTime": "2026-11-01",
+        "valueQuantity": {"value": 24, "unit": "mL/min/1.73m2"},
+    }
+    keys = library_client.get("/cds-services").json()["services"][1]["prefetch"]
+    prefetch: dict[str, Any] = {key: searchset([]) for key in keys}
+    prefetch["patient"] = patient
+    for key in keys:
+        if key.startswith("observations"):
+            prefetch[key] = searchset([egfr])
+    draft = {
+        "resourceType": "MedicationRequest",
+        "id": "draft-metformin",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {
+            "coding": [{"system": "http://www.whocc.no/atc", "code": "A10BA02"}]
+        },
+    }
+    context = {
+        "userId": "Practitioner/gp1",
+        "patientId": "p1",
+        "selections": ["MedicationRequest/draft-metformin"],
+    }
+    context["draftOrders"] = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": draft}],
+    }
+    body = request(prefetch, hook="order-select")
+    body["context"] = context
+    response = library_client.post("/cds-services/vejviser-order-select", json=body)
+    assert response.status_code == 200, response.text
+    cards = response.json()["cards"]
+    assert cards and cards[0]["indicator"] == "critical"
+    without_draft = copy.deepcopy(body)
+    without_draft["context"].pop("draftOrders")
+    assert (
+        library_client.post("/cds-services/vejviser-order-select", json=without_draft).json()[
+            "cards"
+        ]
+        == []
+    )
+
+
+def test_feedback_posted_twice_is_stored_once(client: TestClient) -> None:
+    (card,) = client.post(PATIENT_VIEW, json=request(full_prefetch(client))).json()["cards"]
+    feedback = {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "overrideReason": {"reason": card["overrideReasons"][0]},
+                "outcomeTimestamp": "2026-11-25T10:00:00Z",
+            }
+        ]
+    }
+    url = f"{PATIENT_VIEW}/feedback"
+    assert client.post(url, json=feedback).status_code == 200
+    assert client.post(url, json=feedback).status_code == 200
+    store = client.app.state.feedback
+    assert store.count_feedback() == 1
+
+
+def test_malformed_feedback_is_400(client: TestClient) -> None:
+    response = client.post(f"{PATIENT_VIEW}/feedback", json={"feedback": [{"outcome": "maybe"}]})
+    assert response.status_code == 400
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json()["status"] == "ready"

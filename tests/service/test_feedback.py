@@ -1,0 +1,449 @@
+"""Feedback: request validation per CDS Hooks 2.0, idempotent storage, patient exceptions."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from service.feedback import (
+    EXCEPTION_REASON_CODES,
+    OVERRIDE_REASON_SYSTEM,
+    OVERRIDE_REASONS,
+    SCHEMA_VERSION,
+    FeedbackRequest,
+    FeedbackResult,
+    FeedbackStore,
+    FeedbackStoreError,
+    IssuedCard,
+    override_reason_codings,
+)
+
+SERVICE = "vejviser-patient-view"
+CARD = "4e0a3a1e-3283-4575-ab82-028d55fe2719"
+SUGGESTION = "e56e1945-20b3-4393-8503-a1a20fd73152"
+WHEN = "2020-12-11T09:30:00Z"
+
+
+def accepted(card: str = CARD, when: str = WHEN) -> dict[str, Any]:
+    return {
+        "card": card,
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": SUGGESTION}],
+        "outcomeTimestamp": when,
+    }
+
+
+def overridden(card: str = CARD, code: str | None = None, when: str = WHEN) -> dict[str, Any]:
+    item: dict[str, Any] = {"card": card, "outcome": "overridden", "outcomeTimestamp": when}
+    if code is not None:
+        item["overrideReason"] = {
+            "reason": {"system": OVERRIDE_REASON_SYSTEM, "code": code},
+            "userComment": "talt med patienten",
+        }
+    return item
+
+
+def request(*items: dict[str, Any]) -> FeedbackRequest:
+    return FeedbackRequest.model_validate({"feedback": list(items)})
+
+
+def issued(card: str = CARD, patient: str = "pat-1", guideline: str = "dm2-hba1c") -> IssuedCard:
+    return IssuedCard(
+        card_uuid=card,
+        service_id=SERVICE,
+        hook_instance=str(uuid.uuid4()),
+        patient_id=patient,
+        guideline_id=guideline,
+        guideline_version="2024.1",
+        content_hash="sha256:abc",
+        recommendation_id="measure-hba1c",
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[FeedbackStore]:
+    with FeedbackStore(tmp_path / "vejviser-feedback.sqlite") as opened:
+        yield opened
+
+
+def count(path: Path, table: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+# --- the request body ---------------------------------------------------------------------------
+
+
+def test_spec_examples_parse() -> None:
+    body = request(
+        accepted(),
+        {
+            "card": "f6b95768-b1c8-40dc-8385-bf3504b82ffb",
+            "outcome": "overridden",
+            "outcomeTimestamp": WHEN,
+        },
+        {
+            "card": "9368d37b-283f-44a0-93ea-547cebab93ed",
+            "outcome": "overridden",
+            "overrideReason": {
+                "reason": {"code": "d7ecf885", "system": "https://example.com/override"},
+                "userComment": "clinician entered comment",
+            },
+            "outcomeTimestamp": "1985-04-12T23:20:50.52Z",
+        },
+    )
+    first, second, third = body.feedback
+    assert first.accepted_suggestions is not None
+    assert first.accepted_suggestions[0].id == SUGGESTION
+    assert second.override_reason is None
+    assert third.override_reason is not None
+    assert third.override_reason.reason is not None
+    assert third.override_reason.reason.code == "d7ecf885"
+    assert third.override_reason.user_comment == "clinician entered comment"
+    assert third.outcome_timestamp == datetime(1985, 4, 12, 23, 20, 50, 520000, tzinfo=UTC)
+
+
+def test_unknown_fields_and_extensions_are_ignored() -> None:
+    item = accepted() | {"extension": {"com.example.x": 1}, "access_token": "secret"}
+    body = FeedbackRequest.model_validate(
+        {"feedback": [item], "extension": {"com.example.y": True}, "fhirAuthorization": {}}
+    )
+    assert "secret" not in body.model_dump_json()
+
+
+def test_timestamps_are_normalised_to_utc() -> None:
+    (item,) = request(accepted(when="2020-12-11T10:30:00+01:00")).feedback
+    assert item.outcome_timestamp == datetime(2020, 12, 11, 9, 30, tzinfo=UTC)
+    (naive,) = request(accepted(when="2020-12-11T09:30:00")).feedback  # read as UTC
+    assert naive.outcome_timestamp == item.outcome_timestamp
+
+
+def test_card_uuid_is_lower_cased() -> None:
+    (item,) = request(accepted(card=CARD.upper())).feedback
+    assert item.card == CARD
+
+
+def test_override_reason_comment_only_is_allowed() -> None:
+    item = overridden() | {"overrideReason": {"userComment": "ikke nu"}}
+    (parsed,) = request(item).feedback
+    assert parsed.override_reason is not None
+    assert parsed.override_reason.reason is None
+
+
+def _without(item: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k != key}
+
+
+MALFORMED: dict[str, Any] = {
+    "no feedback array": {},
+    "empty feedback array": {"feedback": []},
+    "feedback not an array": {"feedback": accepted()},
+    "missing card": {"feedback": [_without(accepted(), "card")]},
+    "card not a uuid": {"feedback": [accepted(card="card-1")]},
+    "card urn form": {"feedback": [accepted(card=f"urn:uuid:{CARD}")]},
+    "card a number": {"feedback": [accepted() | {"card": 42}]},
+    "missing outcome": {"feedback": [_without(accepted(), "outcome")]},
+    "bad outcome": {"feedback": [accepted() | {"outcome": "ignored"}]},
+    "outcome wrong case": {"feedback": [accepted() | {"outcome": "Accepted"}]},
+    "missing timestamp": {"feedback": [_without(accepted(), "outcomeTimestamp")]},
+    "timestamp not a date": {"feedback": [accepted(when="yesterday")]},
+    "timestamp date only": {"feedback": [accepted(when="2020-12-11")]},
+    "timestamp impossible": {"feedback": [accepted(when="2020-13-45T00:00:00Z")]},
+    "timestamp epoch number": {"feedback": [accepted() | {"outcomeTimestamp": 1607676600}]},
+    "accepted without suggestions": {"feedback": [_without(accepted(), "acceptedSuggestions")]},
+    "accepted with empty suggestions": {"feedback": [accepted() | {"acceptedSuggestions": []}]},
+    "suggestion without id": {"feedback": [accepted() | {"acceptedSuggestions": [{}]}]},
+    "suggestion id not a uuid": {"feedback": [accepted() | {"acceptedSuggestions": [{"id": "x"}]}]},
+    "overrideReason with accepted": {
+        "feedback": [accepted() | {"overrideReason": {"userComment": "nej"}}]
+    },
+    "acceptedSuggestions with overridden": {
+        "feedback": [overridden() | {"acceptedSuggestions": [{"id": SUGGESTION}]}]
+    },
+    "overrideReason empty": {"feedback": [overridden() | {"overrideReason": {}}]},
+    "overrideReason blank comment only": {
+        "feedback": [overridden() | {"overrideReason": {"userComment": "  "}}]
+    },
+    "reason without code": {
+        "feedback": [
+            overridden() | {"overrideReason": {"reason": {"system": OVERRIDE_REASON_SYSTEM}}}
+        ]
+    },
+    "reason without system": {
+        "feedback": [overridden() | {"overrideReason": {"reason": {"code": "patient-declined"}}}]
+    },
+}
+
+
+@pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_feedback_is_rejected(body: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        FeedbackRequest.model_validate(body)
+
+
+def test_validation_error_names_the_field() -> None:
+    with pytest.raises(ValidationError) as caught:
+        FeedbackRequest.model_validate({"feedback": [accepted(), accepted(when="noon")]})
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("feedback", 1, "outcomeTimestamp")
+
+
+def test_too_many_items_are_rejected() -> None:
+    items = [accepted(card=str(uuid.uuid4())) for _ in range(501)]
+    with pytest.raises(ValidationError):
+        FeedbackRequest.model_validate({"feedback": items})
+
+
+def test_validates_from_json_bytes() -> None:
+    raw = b'{"feedback":[{"card":"%s","outcome":"overridden","outcomeTimestamp":"%s"}]}' % (
+        CARD.encode(),
+        WHEN.encode(),
+    )
+    assert FeedbackRequest.model_validate_json(raw).feedback[0].outcome == "overridden"
+
+
+# --- override reasons ---------------------------------------------------------------------------
+
+
+def test_override_reasons_are_bilingual_codings_in_our_system() -> None:
+    codes = [reason["code"] for reason in OVERRIDE_REASONS]
+    assert codes == ["patient-declined", "not-suitable", "already-handled"]
+    assert all(reason["system"] == OVERRIDE_REASON_SYSTEM for reason in OVERRIDE_REASONS)
+    assert all(list(reason["display"]) == ["da", "en"] for reason in OVERRIDE_REASONS)
+    da = override_reason_codings("da")
+    en = override_reason_codings("en")
+    assert da[0].display == "Patienten har fravalgt"
+    assert en[0].display == "Patient declined"
+    assert da[2].display == "Allerede håndteret"
+    assert all(c.system and c.code and c.display for c in [*da, *en])  # CDS Hooks: all three
+    assert {"patient-declined", "not-suitable"} == EXCEPTION_REASON_CODES
+    assert "already-handled" not in EXCEPTION_REASON_CODES
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+def test_schema_and_wal_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "fb.sqlite"
+    FeedbackStore(path).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"schema_version", "issued_cards", "feedback", "exceptions"} <= tables
+    FeedbackStore(path).close()  # reopening adds no second version row
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 1
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fb.sqlite"
+    FeedbackStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(FeedbackStoreError, match="schema version"):
+        FeedbackStore(path)
+
+
+def test_record_cards(store: FeedbackStore) -> None:
+    cards = [issued(str(uuid.uuid4())) for _ in range(3)]
+    assert store.record_cards(cards) == 3
+    assert store.record_cards(cards[:1]) == 0  # a retry keeps the first row
+    assert store.record_cards([]) == 0
+    assert count(store.path, "issued_cards") == 3
+
+
+def test_accepted_feedback_is_stored(store: FeedbackStore) -> None:
+    store.record_cards([issued()])
+    result = store.record_feedback(SERVICE, request(accepted()))
+    assert result == FeedbackResult(stored=1, duplicates=0, unknown_cards=0, exceptions=0)
+    with sqlite3.connect(store.path) as conn:
+        row = conn.execute(
+            "SELECT card_uuid, outcome, accepted_suggestions, outcome_timestamp FROM feedback"
+        ).fetchone()
+    assert row == (CARD, "accepted", f'["{SUGGESTION}"]', "2020-12-11T09:30:00.000000Z")
+
+
+def test_posted_twice_is_stored_once(store: FeedbackStore) -> None:
+    store.record_cards([issued()])
+    body = request(accepted(), overridden(code="patient-declined"))
+    first = store.record_feedback(SERVICE, body)
+    again = store.record_feedback(SERVICE, body)
+    assert (first.stored, first.duplicates) == (2, 0)
+    assert (again.stored, again.duplicates) == (0, 2)
+    # the same instant written with another offset is the same feedback
+    shifted = store.record_feedback(SERVICE, request(accepted(when="2020-12-11T10:30:00+01:00")))
+    assert (shifted.stored, shifted.duplicates) == (0, 1)
+    assert store.count_feedback() == 2
+    assert store.count_feedback(SERVICE) == 2
+    assert store.count_feedback("another-service") == 0
+    assert len(store.exceptions_for("pat-1")) == 1
+
+
+def test_duplicate_within_one_post_is_stored_once(store: FeedbackStore) -> None:
+    result = store.record_feedback(SERVICE, request(accepted(), accepted()))
+    assert (result.stored, result.duplicates) == (1, 1)
+
+
+def test_a_later_action_on_the_same_card_is_new_feedback(store: FeedbackStore) -> None:
+    store.record_feedback(SERVICE, request(overridden()))
+    later = store.record_feedback(SERVICE, request(accepted(when="2020-12-12T08:00:00Z")))
+    assert later.stored == 1
+    assert count(store.path, "feedback") == 2
+
+
+def test_patient_declined_creates_one_exception_for_the_right_patient(
+    store: FeedbackStore,
+) -> None:
+    other = "11111111-2222-4333-8444-555555555555"
+    store.record_cards([issued(CARD, patient="pat-1"), issued(other, patient="pat-2")])
+    result = store.record_feedback(SERVICE, request(overridden(CARD, code="patient-declined")))
+    assert result.exceptions == 1
+    # the clinician overrides the same card again later: still one exception
+    again = store.record_feedback(
+        SERVICE, request(overridden(CARD, code="patient-declined", when="2020-12-12T08:00:00Z"))
+    )
+    assert (again.stored, again.exceptions) == (1, 0)
+
+    (exception,) = store.exceptions_for("pat-1")
+    assert exception.patient_id == "pat-1"
+    assert exception.guideline_id == "dm2-hba1c"
+    assert exception.recommendation_id == "measure-hba1c"
+    assert exception.reason_code == "patient-declined"
+    assert exception.card_uuid == CARD
+    assert exception.recorded_at == datetime(2020, 12, 11, 9, 30, tzinfo=UTC)
+    assert store.exceptions_for("pat-2") == []
+    assert store.all_exceptions() == [exception]
+
+
+def test_not_suitable_creates_an_exception(store: FeedbackStore) -> None:
+    store.record_cards([issued()])
+    store.record_feedback(SERVICE, request(overridden(code="not-suitable")))
+    assert [e.reason_code for e in store.exceptions_for("pat-1")] == ["not-suitable"]
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        overridden(code="already-handled"),
+        overridden(),  # dismissed without a reason
+        overridden() | {"overrideReason": {"userComment": "patienten ville ikke"}},
+        overridden()
+        | {
+            "overrideReason": {
+                "reason": {"system": "https://ehr.example/reasons", "code": "patient-declined"}
+            }
+        },
+        accepted(),
+    ],
+    ids=["already-handled", "no-reason", "comment-only", "foreign-system", "accepted"],
+)
+def test_other_outcomes_create_no_exception(store: FeedbackStore, item: dict[str, Any]) -> None:
+    store.record_cards([issued()])
+    result = store.record_feedback(SERVICE, request(item))
+    assert (result.stored, result.exceptions) == (1, 0)
+    assert store.all_exceptions() == []
+
+
+def test_unknown_card_is_stored_and_counted(store: FeedbackStore) -> None:
+    store.record_cards([issued()])
+    stranger = str(uuid.uuid4())
+    result = store.record_feedback(
+        SERVICE, request(overridden(CARD), overridden(stranger, code="patient-declined"))
+    )
+    assert result == FeedbackResult(stored=2, duplicates=0, unknown_cards=1, exceptions=0)
+    assert count(store.path, "feedback") == 2
+    assert store.all_exceptions() == []  # no patient to attach it to
+
+
+def test_card_issued_by_another_service_is_unknown_here(store: FeedbackStore) -> None:
+    store.record_cards([issued()])
+    result = store.record_feedback("vejviser-order-sign", request(overridden(code="not-suitable")))
+    assert (result.unknown_cards, result.exceptions) == (1, 0)
+
+
+def test_card_without_guideline_creates_no_exception(store: FeedbackStore) -> None:
+    store.record_cards(
+        [IssuedCard(card_uuid=CARD, service_id=SERVICE, hook_instance="h", patient_id="pat-1")]
+    )
+    result = store.record_feedback(SERVICE, request(overridden(code="patient-declined")))
+    assert (result.unknown_cards, result.exceptions) == (0, 0)
+
+
+def test_persists_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "vejviser-feedback.sqlite"
+    with FeedbackStore(path) as first:
+        first.record_cards([issued()])
+        first.record_feedback(SERVICE, request(overridden(code="patient-declined")))
+    with FeedbackStore(path) as second:
+        (exception,) = second.exceptions_for("pat-1")
+        assert exception.card_uuid == CARD
+        again = second.record_feedback(SERVICE, request(overridden(code="patient-declined")))
+        assert again == FeedbackResult(stored=0, duplicates=1, unknown_cards=0, exceptions=0)
+        assert second.record_cards([issued()]) == 0
+
+
+def test_concurrent_record_cards(store: FeedbackStore) -> None:
+    threads, per_thread = 8, 50
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def work() -> None:
+        try:
+            start.wait()
+            for _ in range(per_thread):
+                store.record_cards([issued(str(uuid.uuid4())) for _ in range(3)])
+        except BaseException as err:  # surfaced below; a thread cannot fail the test itself
+            errors.append(err)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    assert count(store.path, "issued_cards") == threads * per_thread * 3
+
+
+def test_concurrent_feedback_and_cards_from_two_stores(tmp_path: Path) -> None:
+    """Two stores on one file (two uvicorn workers): WAL and the busy timeout keep both working."""
+    path = tmp_path / "fb.sqlite"
+    with FeedbackStore(path) as one, FeedbackStore(path) as two:
+        cards = [issued(str(uuid.uuid4()), patient=f"pat-{i}") for i in range(40)]
+
+        def post(target: FeedbackStore, chunk: list[IssuedCard]) -> None:
+            for card in chunk:
+                target.record_cards([card])
+                target.record_feedback(
+                    SERVICE, request(overridden(card.card_uuid, code="patient-declined"))
+                )
+
+        workers = [
+            threading.Thread(target=post, args=(one, cards[:20])),
+            threading.Thread(target=post, args=(two, cards[20:])),
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert len(one.all_exceptions()) == 40
+
+
+def test_no_patient_ids_in_info_logs(
+    store: FeedbackStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.record_cards([issued(patient="0101501234")])
+    with caplog.at_level(logging.DEBUG, logger="service.feedback"):
+        store.record_feedback(SERVICE, request(overridden(code="patient-declined")))
+    assert caplog.records
+    assert "0101501234" not in caplog.text
+    assert "talt med patienten" not in caplog.text  # free-text comments stay out too
