@@ -101,7 +101,10 @@ class FhirRestClient:
 
     The caller owns the client (connection limits, timeouts, TLS, closing it). Per request the
     client's timeouts are shortened to the remaining budget; redirects are never followed, so
-    the token cannot travel to a host named in a ``Location`` header.
+    the token cannot travel to a host named in a ``Location`` header. The client's cookie jar is
+    shared by every user and tenant: give it one that stores nothing, e.g.
+    ``cookies=http.cookiejar.CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))``, or a
+    session cookie set for one token is sent along with the next user's.
     """
 
     def __init__(

@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Annotated, Any
 
 import anyio
@@ -66,7 +67,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limits = httpx.Limits(max_connections=settings.fhir_max_connections)
-        async with httpx.AsyncClient(limits=limits, timeout=settings.fhir_budget_seconds) as http:
+        # One client for every user and EHR: it must never carry one caller's cookies to another.
+        no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+        async with httpx.AsyncClient(
+            limits=limits, timeout=settings.fhir_budget_seconds, cookies=no_cookies
+        ) as http:
             app.state.fhir = FhirRestClient(http)
             app.state.authenticator = build_authenticator(settings.auth, http)
             app.state.feedback = FeedbackStore(settings.feedback_database)

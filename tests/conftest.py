@@ -1,14 +1,16 @@
-"""Shared fixtures: the small test guideline set in tests/fixtures/guidelines."""
+"""Shared fixtures: the small test guideline set and a real FHIR server (sekmet-fhir)."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from engine.patient import PatientEngine
 from rules.guideline_set import GuidelineSet, load_guidelines
+from tests.support.sekmet import SEKMET, SekmetServer
 
 FIXTURE_GUIDELINES = Path(__file__).parent / "fixtures" / "guidelines"
 
@@ -32,17 +34,6 @@ def guideline_dir(tmp_path: Path) -> Path:
 
 
 # --- A real FHIR server (sekmet-fhir in .venv-fhir, see tests/support/sekmet.py) ---------------
-
-# ``tests.support`` is imported from the repository root, which pytest (importlib mode) does not
-# put on sys.path by itself.
-import sys  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from tests.support.sekmet import SEKMET, SekmetServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """The services Vejviser offers and the prefetch templates they ask for.
 
 Templates come from the guidelines' data requirements: the observation codes of every value set a
-fact reads, and a date filter covering the longest look-back window. Absolute dates are safe even
+fact reads (as ``combo-code``, so blood-pressure components inside a panel match too), and a date
+filter covering the longest look-back window. Absolute dates are safe even
 when an EHR caches discovery: an older date only widens what is sent, and the engine applies the
 exact windows itself.
 """
@@ -63,7 +64,7 @@ def prefetch_templates(
         "conditions": f"Condition?patient={PATIENT_TOKEN}",
         "medicationStatements": f"MedicationStatement?patient={PATIENT_TOKEN}",
         "medicationRequests": f"MedicationRequest?patient={PATIENT_TOKEN}",
-        "goals": f"Goal?patient={PATIENT_TOKEN}&lifecycle-status=active,accepted",
+        "goals": f"Goal?patient={PATIENT_TOKEN}",
     }
     codes, since = _observation_requirements(guidelines, in_force, today)
     if codes is None:
@@ -95,7 +96,7 @@ def _observation_requirements(
 def _observation_query(codes: list[str], since: dt.date) -> str:
     query = f"Observation?patient={PATIENT_TOKEN}&date=ge{since.isoformat()}"
     if codes:
-        query += "&code=" + ",".join(quote(code, safe="|:/") for code in codes)
+        query += "&combo-code=" + ",".join(quote(code, safe="|:/") for code in codes)
     return query
 
 

@@ -12,7 +12,14 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from fhir_adapter.rest import FhirError, FhirNotFound, FhirRestClient, FhirTimeout, FhirUnauthorized
+from fhir_adapter.rest import (
+    FhirError,
+    FhirNotFound,
+    FhirRejected,
+    FhirRestClient,
+    FhirTimeout,
+    FhirUnauthorized,
+)
 from service.cds_hooks.discovery import PATIENT_TOKEN
 from service.cds_hooks.errors import CdsError
 from service.cds_hooks.models import CdsRequest
@@ -65,13 +72,23 @@ async def gather(
         resources += resources_of(key, value)
         following = next_link(value)
         if following is not None:
-            to_fetch.append((key, following))
+            to_fetch.append((key, _relative(following, request, key)))
     to_fetch += [
         (key, _fill(query, request)) for key, query in templates.items() if key not in supplied
     ]
     if to_fetch:
         resources += await _fetch_all(request, to_fetch, client, budget_seconds)
     return resources
+
+
+def _relative(url: str, request: CdsRequest, key: str) -> str:
+    """A next-page URL relative to fhirServer; pages elsewhere are never fetched with the token."""
+    base = (request.fhirServer or "").rstrip("/") + "/"
+    if request.fhirServer is None or not url.startswith(base):
+        raise CdsError(
+            412, "incomplete", f"prefetch '{key}' has more pages than sent, not on fhirServer"
+        )
+    return url[len(base) :]
 
 
 def _fill(template: str, request: CdsRequest) -> str:
@@ -93,21 +110,56 @@ async def _fetch_all(
     deadline = time.monotonic() + budget_seconds
     fetches = [client.fetch(request.fhirServer, query, token, deadline) for _, query in queries]
     results = await asyncio.gather(*fetches, return_exceptions=True)
+    rejected = [
+        (key, query)
+        for (key, query), r in zip(queries, results, strict=True)
+        if isinstance(r, FhirRejected)
+    ]
     resources: list[Any] = []
+    if rejected:
+        resources += await _from_everything(request, rejected, client, token, deadline)
     for (key, _), result in zip(queries, results, strict=True):
-        if isinstance(result, FhirNotFound):
+        if isinstance(result, FhirNotFound | FhirRejected):
             continue
-        if isinstance(result, FhirUnauthorized):
-            raise CdsError(
-                412, "security", f"the FHIR server refused access while fetching '{key}'"
-            )
-        if isinstance(result, FhirTimeout):
-            raise CdsError(412, "timeout", f"the FHIR server did not answer '{key}' in time")
-        if isinstance(result, FhirError):
-            raise CdsError(
-                412, "incomplete", f"could not fetch '{key}' from the FHIR server: {result}"
-            )
-        if isinstance(result, BaseException):
-            raise result
+        _raise_for(key, result)
         resources += result if isinstance(result, list) else [result]
     return resources
+
+
+async def _from_everything(
+    request: CdsRequest,
+    rejected: list[tuple[str, str]],
+    client: FhirRestClient,
+    token: str | None,
+    deadline: float,
+) -> list[Any]:
+    """Searches the server does not support, answered from the patient's ``$everything``.
+
+    Servers differ in the search parameters they implement (one may not search Goal by patient
+    at all). ``Patient/{id}/$everything`` is standard and returns the patient's compartment, so
+    the rejected resource types are taken from it instead of failing the whole request.
+    """
+    patient = quote(request.context.patientId, safe="")
+    assert request.fhirServer is not None
+    try:
+        everything = await client.fetch(
+            request.fhirServer, f"Patient/{patient}/$everything", token, deadline
+        )
+    except FhirError as exc:
+        _raise_for(rejected[0][0], exc)
+        raise
+    wanted = {query.split("?")[0] for _, query in rejected}
+    found = everything if isinstance(everything, list) else [everything]
+    return [r for r in found if isinstance(r, dict) and r.get("resourceType") in wanted]
+
+
+def _raise_for(key: str, result: object) -> None:
+    """Turn a failed fetch into the 412 the standard asks for, naming the prefetch key."""
+    if isinstance(result, FhirUnauthorized):
+        raise CdsError(412, "security", f"the FHIR server refused access while fetching '{key}'")
+    if isinstance(result, FhirTimeout):
+        raise CdsError(412, "timeout", f"the FHIR server did not answer '{key}' in time")
+    if isinstance(result, FhirError):
+        raise CdsError(412, "incomplete", f"could not fetch '{key}' from the FHIR server: {result}")
+    if isinstance(result, BaseException):
+        raise result

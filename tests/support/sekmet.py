@@ -9,6 +9,7 @@ request body).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -48,9 +49,20 @@ def free_port() -> int:
 class SekmetServer:
     """One sekmet process on 127.0.0.1 with its data in ``workdir``; restartable, data kept."""
 
-    def __init__(self, workdir: Path, *, executable: Path = SEKMET) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        executable: Path = SEKMET,
+        server_auth: dict[str, Any] | None = None,
+    ) -> None:
+        """``server_auth`` replaces ``{types: [none]}``, e.g. ``{"types": ["bearer"], "tokens":
+        ["t1"]}`` (static tokens) or ``{"types": ["smart"], "smart_clients": [{"client_id": ...,
+        "jwks": {...}, "scopes": "system/*.rs"}]}`` (SMART Backend Services, token URL
+        ``/auth/token``, 401 without or with a bad token, 403 when the scopes do not cover it)."""
         self.workdir = workdir
         self.executable = executable
+        self.server_auth = server_auth or {"types": ["none"]}
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/fhir"
         self.db_path = workdir / "data" / "sekmet.db"
@@ -66,12 +78,12 @@ class SekmetServer:
                     f"base_url: {self.base_url}",
                     "host: 127.0.0.1",
                     f"port: {self.port}",
-                    f"data_dir: {self.workdir / 'data'}",
-                    f"own_private_key_path: {self.workdir / 'keys' / 'sekmet_private.pem'}",
+                    f"data_dir: {json.dumps(str(self.workdir / 'data'))}",
+                    f"own_private_key_path: {json.dumps(str(self.workdir / 'keys' / 'sekmet.pem'))}",
                     "simulator: {enabled: false}",
                     'validation: {inbound: "off"}',
                     "log_inbound: false",
-                    'server_auth: {types: ["none"]}',
+                    f"server_auth: {json.dumps(self.server_auth)}",  # JSON is YAML
                     "",
                 ]
             ),
@@ -129,21 +141,25 @@ class SekmetServer:
             process.kill()
             process.wait(timeout=5)
 
-    def load(self, resources: Iterable[dict[str, Any]]) -> None:
+    def load(self, resources: Iterable[dict[str, Any]], *, access_token: str | None = None) -> None:
         """Store resources under their own ids (one transaction of PUTs), then ANALYZE.
 
         POST entries would get new server ids; PUT keeps fixture ids. Without ANALYZE sekmet's
         SQLite picks bad plans after a bulk load (sorted searches took seconds, not ~17 ms).
+        ``access_token`` is needed only when ``server_auth`` is not ``none``.
         """
         entries = []
         for resource in resources:
             ref = f"{resource['resourceType']}/{resource['id']}"
             entries.append({"resource": resource, "request": {"method": "PUT", "url": ref}})
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+        if access_token:
+            headers["Authorization"] = f"Bearer {access_token}"
         response = httpx.post(
             self.base_url,
             json=bundle,
-            headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"},
+            headers=headers,
             timeout=60.0,
         )
         if response.status_code != 200:

@@ -1,0 +1,255 @@
+"""Prefetch fetched from a real FHIR server (sekmet-fhir): the same cards as full prefetch.
+
+Covers what CDS_HOOKS.md lists: full, none, partial and null prefetch, paging, a server that is
+down, too slow, or refuses the token (412), on Danish fixtures and on Synthea patients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import gzip
+import json
+import random
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.auth import AuthSettings
+from service.settings import Settings
+from synth.patients import generate_patient
+from tests.support.sekmet import SekmetServer, free_port
+
+LIBRARY = Path(__file__).resolve().parents[2] / "guidelines"
+SYNTHEA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "synthea-r4-100"
+PATIENT_VIEW = "/cds-services/vejviser-patient-view"
+SYNTHEA_DIABETICS = ("Patria_Schimmel_d2f8f862", "Louis_Maggio_2e275d4b", "Nikki_Ferry_a185cc91")
+
+
+def make_client(tmp_path: Path, budget: float = 5.0) -> TestClient:
+    settings = Settings(
+        guidelines=LIBRARY,
+        auth=AuthSettings(enabled=False),
+        feedback_database=tmp_path / "feedback.sqlite",
+        fhir_budget_seconds=budget,
+    )
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with make_client(tmp_path) as test_client:
+        yield test_client
+
+
+def danish_patient(patient_id: str, resources: int = 60) -> list[dict[str, Any]]:
+    """A seeded synthetic Danish patient; 60 resources make sekmet page its searches (20 a page)."""
+    rng = random.Random(patient_id)
+    patient = generate_patient(rng, patient_id, resources, dt.date.today())
+    return [r for r in patient if r["resourceType"] != "Organization"]
+
+
+def prefetch_for(client: TestClient, resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """What an EHR would send: every discovery key, filled from the patient's resources."""
+    keys = client.get("/cds-services").json()["services"][0]["prefetch"]
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for resource in resources:
+        by_type.setdefault(resource["resourceType"], []).append(resource)
+    prefetch: dict[str, Any] = {}
+    for key, query in keys.items():
+        resource_type = query.split("?")[0].split("/")[0]
+        if "?" not in query:
+            prefetch[key] = by_type[resource_type][0]
+        else:
+            entries = [{"resource": r} for r in by_type.get(resource_type, [])]
+            prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+    return prefetch
+
+
+def call(
+    client: TestClient, patient_id: str, server: str | None, prefetch: dict[str, Any] | None
+) -> Any:
+    body: dict[str, Any] = {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/gp", "patientId": patient_id},
+    }
+    if server is not None:
+        body["fhirServer"] = server
+        body["fhirAuthorization"] = {
+            "access_token": "opaque-token",
+            "token_type": "Bearer",
+            "scope": "patient/*.read",
+        }
+    if prefetch is not None:
+        body["prefetch"] = prefetch
+    return client.post(PATIENT_VIEW, json=body, headers={"Accept-Language": "en"})
+
+
+def comparable(cards: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return sorted((c["indicator"], c["summary"], c["detail"]) for c in cards)
+
+
+def test_no_prefetch_gives_the_same_cards_as_full_prefetch(
+    client: TestClient, fhir_server: SekmetServer
+) -> None:
+    resources = danish_patient("dk-nopre")
+    fhir_server.load(resources)
+    full = call(client, "dk-nopre", None, prefetch_for(client, resources))
+    fetched = call(client, "dk-nopre", fhir_server.base_url, None)
+    assert full.status_code == 200 and fetched.status_code == 200, fetched.text
+    assert full.json()["cards"], "the patient should get at least one card"
+    assert comparable(fetched.json()["cards"]) == comparable(full.json()["cards"])
+
+
+def test_partial_prefetch_fetches_only_the_absent_keys(
+    client: TestClient, fhir_server: SekmetServer
+) -> None:
+    resources = danish_patient("dk-partial")
+    fhir_server.load(resources)
+    prefetch = prefetch_for(client, resources)
+    full = call(client, "dk-partial", None, prefetch)
+    partial = {k: v for k, v in prefetch.items() if not k.startswith("observations")}
+    fetched = call(client, "dk-partial", fhir_server.base_url, partial)
+    assert fetched.status_code == 200, fetched.text
+    assert comparable(fetched.json()["cards"]) == comparable(full.json()["cards"])
+
+
+def test_null_keys_are_never_fetched(client: TestClient) -> None:
+    resources = danish_patient("dk-null")
+    prefetch = dict.fromkeys(prefetch_for(client, resources))
+    prefetch["patient"] = resources[0]
+    dead = f"http://127.0.0.1:{free_port()}/fhir"
+    response = call(client, "dk-null", dead, prefetch)
+    assert response.status_code == 200, response.text
+
+
+def test_server_down_is_412(client: TestClient) -> None:
+    response = call(client, "dk-down", f"http://127.0.0.1:{free_port()}/fhir", None)
+    assert response.status_code == 412
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[str]:
+    """A server that accepts connections and never answers: a FHIR server that is too slow."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/fhir"
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def test_too_slow_server_is_412_within_the_budget(tmp_path: Path) -> None:
+    with make_client(tmp_path, budget=0.3) as slow_client, silent_server() as url:
+        response = call(slow_client, "dk-slow", url, None)
+    assert response.status_code == 412
+    assert response.json()["issue"][0]["code"] == "timeout"
+
+
+def test_expired_token_at_the_fhir_server_is_412(client: TestClient, tmp_path: Path) -> None:
+    (tmp_path / "guarded").mkdir()
+    guarded = SekmetServer(
+        tmp_path / "guarded", server_auth={"types": ["bearer"], "tokens": ["valid-token"]}
+    )
+    guarded.start()
+    try:
+        response = call(client, "dk-token", guarded.base_url, None)
+    finally:
+        guarded.stop()
+    assert response.status_code == 412
+    assert response.json()["issue"][0]["code"] == "security"
+    assert "opaque-token" not in response.text
+
+
+def test_a_first_page_in_prefetch_is_completed_from_the_server(
+    client: TestClient, fhir_server: SekmetServer
+) -> None:
+    resources = danish_patient("dk-paged", resources=80)
+    fhir_server.load(resources)
+    prefetch = prefetch_for(client, resources)
+    full = call(client, "dk-paged", None, prefetch)
+    paged = dict(prefetch)
+    for key in [k for k in prefetch if k.startswith("observations")]:
+        del paged[key]
+    page = httpx.get(
+        f"{fhir_server.base_url}/Observation",
+        params={"patient": "dk-paged", "_count": "10"},
+        headers={"Accept": "application/fhir+json"},
+    ).json()
+    assert any(link["relation"] == "next" for link in page["link"])
+    paged["observations1"] = page
+    for key in [k for k in prefetch if k.startswith("observations") and k != "observations1"]:
+        paged[key] = None
+    response = call(client, "dk-paged", fhir_server.base_url, paged)
+    assert response.status_code == 200, response.text
+    assert comparable(response.json()["cards"]) == comparable(full.json()["cards"])
+
+
+def synthea_resources(prefix: str) -> list[dict[str, Any]]:
+    """A Synthea bundle as plain resources: urn:uuid references rewritten to Type/id, and
+    references to resources the trimmed bundle lacks (encounters...) left out, as a server
+    would refuse them."""
+    (path,) = SYNTHEA.glob(f"{prefix}*.json.gz")
+    bundle = json.loads(gzip.decompress(path.read_bytes()))
+    by_url = {
+        e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}"
+        for e in bundle["entry"]
+    }
+    return [_resolved(e["resource"], by_url) for e in bundle["entry"]]
+
+
+def _resolved(node: Any, by_url: dict[str, str]) -> Any:
+    if isinstance(node, list):
+        return [_resolved(item, by_url) for item in node if not _dangling(item, by_url)]
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str) and node["reference"] in by_url:
+            return {**node, "reference": by_url[node["reference"]]}
+        return {k: _resolved(v, by_url) for k, v in node.items() if not _dangling(v, by_url)}
+    return node
+
+
+def _dangling(node: Any, by_url: dict[str, str]) -> bool:
+    reference = node.get("reference") if isinstance(node, dict) else None
+    return (
+        isinstance(reference, str) and reference.startswith("urn:uuid:") and reference not in by_url
+    )
+
+
+@pytest.mark.parametrize("prefix", SYNTHEA_DIABETICS)
+def test_synthea_patients_from_the_fhir_server(
+    client: TestClient, fhir_server: SekmetServer, prefix: str
+) -> None:
+    resources = synthea_resources(prefix)
+    patient_id = resources[0]["id"]
+    fhir_server.load(resources)
+    full = call(client, patient_id, None, prefetch_for(client, resources))
+    fetched = call(client, patient_id, fhir_server.base_url, None)
+    assert full.status_code == 200 and fetched.status_code == 200, fetched.text
+    assert comparable(fetched.json()["cards"]) == comparable(full.json()["cards"])
+    assert any("diabetes" in c["source"]["label"].lower() for c in full.json()["cards"])
