@@ -40,6 +40,7 @@ import math
 import os
 import pstats
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -213,11 +214,13 @@ class VejviserServer:
         serve += ["--guidelines", str(GUIDELINES), "--config", str(config)]
         if self.profile_to is None:
             return [str(VEJVISER), *serve]
-        return [sys.executable, "-m", "cProfile", "-o", str(self.profile_to), str(VEJVISER), *serve]
+        return [sys.executable, "-m", "benchmarks.profiled_serve", str(self.profile_to), *serve]
 
     def start(self) -> None:
         # A developer's VEJVISER_* variables must not change what is measured.
         env = {k: v for k, v in os.environ.items() if not k.startswith("VEJVISER_")}
+        if self.profile_to is not None:  # benchmarks.profiled_serve is not an installed package
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command(),
@@ -548,6 +551,8 @@ class Profile:
     """Profiled busy time per request (ms): inflated by cProfile, compare shares, not ms."""
     by_own: list[ProfileRow]
     by_cumulative: list[ProfileRow]
+    by_package: list[tuple[str, float, float]]
+    """(package, own ms per request, share of busy time), largest first."""
 
 
 def _idle(func: tuple[str, int, str]) -> bool:
@@ -589,20 +594,89 @@ def read_profile(path: Path, requests: int, top: int = 15) -> Profile:
     project = ("service/", "engine/", "fhir_adapter/", "rules/")
     ours = [r for r in rows if r.function.startswith(project)]
     by_cumulative = sorted(ours, key=lambda r: r.cumulative_ms, reverse=True)[:top]
-    return Profile(requests, busy * 1000 / per, by_own, by_cumulative)
+    packages: dict[str, float] = {}
+    for func, (_, _, tt, _, _) in raw.items():
+        if not _idle(func):
+            name = package_of(func)
+            packages[name] = packages.get(name, 0.0) + tt
+    by_package = sorted(
+        ((name, tt * 1000 / per, tt / busy) for name, tt in packages.items()),
+        key=lambda item: item[1],
+        reverse=True,
+    )
+    return Profile(requests, busy * 1000 / per, by_own, by_cumulative, by_package[:top])
+
+
+_BUILTIN_MODULE = re.compile(r"<(?:built-in method |method '\w+' of ')?([A-Za-z_][\w]*)[.']")
+
+
+def package_of(func: tuple[str, int, str]) -> str:
+    """Where a profiled function lives: a project package (``engine``), an installed package
+    (``h11``), a standard-library module (``stdlib asyncio``) or a C built-in's module."""
+    filename, _, name = func
+    if filename == "~":
+        found = _BUILTIN_MODULE.match(name)
+        module = found.group(1) if found else "builtins"
+        return "C built-ins" if module in {"builtins", "dict", "list", "str", "tuple"} else module
+    path = Path(filename)
+    parts = path.parts
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1]
+    try:
+        return path.relative_to(ROOT).parts[0]
+    except ValueError:
+        pass
+    stdlib = next((i for i, part in enumerate(parts) if part.startswith("python3")), None)
+    if stdlib is not None and stdlib + 1 < len(parts):
+        return f"stdlib {Path(parts[stdlib + 1]).stem}"
+    return path.name
 
 
 def profile_server(workdir: Path, size: int, seconds: float, as_of: date) -> Profile:
-    """Serve the ``size``-resource full-prefetch case at concurrency 1 under cProfile."""
+    """Profile the ``size``-resource full-prefetch case at concurrency 1 in a real server.
+
+    The server runs under :mod:`benchmarks.profiled_serve`; the profiler is switched on after a
+    warm-up and off after ``seconds``, so the figures cover exactly the requests counted here.
+    Requests come from this process, one at a time over one keep-alive connection.
+    """
     target = workdir / "server.prof"
     server = VejviserServer(workdir, profile_to=target)
-    with running(server):
+    with running(server), httpx.Client(timeout=30.0) as client:
         (case,) = full_prefetch_cases(server.base_url, [size], as_of)
-        call_once(server.base_url, case.body)
-        result = run_load(server, case, 1, seconds, 1.0, workdir)
-    # The profile covers start-up and warm-up too; per-request figures divide by every request
-    # served (the check call included), so start-up adds a little to the import rows only.
-    return read_profile(target, result.completed + 1)
+        url = f"{server.base_url}/cds-services/{SERVICE_ID}"
+        headers = {"Content-Type": "application/json"}
+
+        def send() -> None:
+            content = case.body.replace(PLACEHOLDER.encode(), str(uuid.uuid4()).encode())
+            response = client.post(url, content=content, headers=headers)
+            if response.status_code != 200:
+                raise ServiceError(response.status_code, response.text[:500])
+
+        for _ in range(20):
+            send()
+        os.kill(server.pid, signal.SIGUSR1)
+        time.sleep(0.2)  # the handler runs between bytecodes of the idle event loop
+        requests = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            send()
+            requests += 1
+        os.kill(server.pid, signal.SIGUSR2)
+        _wait_for_file(target)
+    return read_profile(target, requests)
+
+
+def _wait_for_file(path: Path, timeout: float = 30.0) -> None:
+    """Until ``path`` exists and stopped growing (the profiler writes it on SIGUSR2)."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        size = path.stat().st_size if path.exists() else -1
+        if size > 0 and size == last:
+            return
+        last = size
+        time.sleep(0.2)
+    raise RuntimeError(f"the profiled server wrote no {path.name}")
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -701,6 +775,12 @@ def render_profile(profile: Profile) -> list[str]:
         f"{profile.requests:,} requests; {profile.busy_ms:.2f} ms of profiled busy time per "
         "request (cProfile inflates this; compare shares). Idle time in the event loop's "
         "`epoll` is left out; the feedback store's worker thread is not profiled.",
+        "",
+        "Own time by package:",
+        "",
+        "| package | own ms/req | share of busy |",
+        "|---|---:|---:|",
+        *(f"| {name} | {ms:.3f} | {share:.1%} |" for name, ms, share in profile.by_package),
         "",
         "Own time (top functions anywhere):",
         "",

@@ -28,6 +28,7 @@ class TargetResult:
     reason: Text
     source: str  # goal | case | default
     evidence: tuple[str, ...]
+    set_by: str  # id of the guideline whose rule chose it (another one, for a multimorbid patient)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ class TargetValue(NamedTuple):
     value: float
     reason: t.Text
     source: str
+    guideline: str  # the guideline whose rule set it (across guidelines: highest precedence)
 
 
 class PatientIndex:
@@ -141,9 +142,13 @@ class CompiledRules:
         )
 
     def evaluate(self, index: PatientIndex, as_of: dt.date) -> GuidelineOutcome:
+        """This guideline alone, with its own targets: what its test cases check."""
         ev = Evaluation(self, index, as_of)
+        return self.finish(ev, self.register(ev) is True)
+
+    def finish(self, ev: Evaluation, in_register: bool) -> GuidelineOutcome:
+        """Facts, targets (possibly shared across guidelines), recommendations, indicators."""
         g = self.guideline
-        in_register = self.register(ev) is True
         if not in_register:
             return GuidelineOutcome(g.id, g.version, g.content_hash, False, _facts(ev), (), (), ())
         for name in self.fact_names:
@@ -166,12 +171,32 @@ class PatientEngine:
         self.compiled = tuple(CompiledRules(g) for g in guidelines.guidelines)
 
     def evaluate(self, patient: PatientRecord, as_of: dt.date) -> list[GuidelineOutcome]:
+        """All guidelines in force; one target per measure across them (highest precedence)."""
         index = PatientIndex(patient, self.guidelines.index)
-        return [
-            rules.evaluate(index, as_of)
-            for rules in self.compiled
-            if rules.guideline.in_force(as_of)
-        ]
+        started = []
+        for rules in self.compiled:
+            if rules.guideline.in_force(as_of):
+                ev = Evaluation(rules, index, as_of)
+                started.append((rules, ev, rules.register(ev) is True))
+        _share_targets([(rules, ev) for rules, ev, in_register in started if in_register])
+        return [rules.finish(ev, in_register) for rules, ev, in_register in started]
+
+
+def _share_targets(evaluations: list[tuple[CompiledRules, Evaluation]]) -> None:
+    """Give every guideline the winning target for each measure the patient has targets for."""
+    best: dict[str, tuple[int, str, TargetValue, tuple[str, ...]]] = {}
+    for rules, ev in evaluations:
+        for target in rules.guideline.targets:
+            value = ev.value(target.name)
+            candidate = (target.precedence, rules.guideline.id, value, ev.evidence[target.name])
+            current = best.get(target.measure)
+            if current is None or candidate[:2] > current[:2]:
+                best[target.measure] = candidate
+    for rules, ev in evaluations:
+        for target in rules.guideline.targets:
+            _, _, value, evidence = best[target.measure]
+            ev.values[target.name] = value
+            ev.evidence[target.name] = evidence
 
 
 # -- fact primitives --------------------------------------------------------------------------
@@ -282,15 +307,16 @@ def _target_resolver(target: t.TargetDef) -> FactFn:
     measure = target.measure
 
     def resolve(ev: Evaluation) -> tuple[Any, tuple[str, ...]]:
+        guideline = ev.compiled.guideline.id
         goal = p.goal_in_force(ev.index.goals.get(measure, ()), ev.as_of)
         if goal is not None:
-            return TargetValue(goal.value, t.GOAL_REASON, "goal"), (goal.resource,)
+            return TargetValue(goal.value, t.GOAL_REASON, "goal", guideline), (goal.resource,)
         for (when, case), names in zip(cases, case_refs, strict=True):
             if when is None:
-                return TargetValue(case.value, case.reason, "default"), ()
+                return TargetValue(case.value, case.reason, "default", guideline), ()
             if when(ev) is True:
                 evidence = tuple(dict.fromkeys(r for n in names for r in ev.evidence[n]))
-                return TargetValue(case.value, case.reason, "case"), evidence
+                return TargetValue(case.value, case.reason, "case", guideline), evidence
         raise AssertionError("a target always ends with its default")
 
     return resolve
@@ -318,6 +344,7 @@ def _target_result(ev: Evaluation, target: t.TargetDef) -> TargetResult:
         value.reason,
         value.source,
         ev.evidence[target.name],
+        value.guideline,
     )
 
 

@@ -314,7 +314,12 @@ class _GuidelineCompiler:
         reasons = [c.reason for c in cases] + [t.GOAL_REASON]
         reason_width = max(max(len(r.da), len(r.en)) for r in reasons)
         return t.TargetDef(
-            name, spec.measure, valueset.unit, tuple(cases), ty.target(valueset.unit, reason_width)
+            name,
+            spec.measure,
+            valueset.unit,
+            spec.precedence,
+            tuple(cases),
+            ty.target(valueset.unit, reason_width),
         )
 
     # -- recommendations and indicators -----------------------------------------------------------
@@ -342,7 +347,7 @@ class _GuidelineCompiler:
         )
         evidence = tuple(sorted(self._expand(used) - set(BUILTINS)))
         return t.RecommendationDef(
-            rec.id, when, rec.indicator, summary, detail, suggestion, evidence
+            rec.id, when, rec.indicator, summary, detail, suggestion, evidence, rec.group
         )
 
     def _expand(self, names: set[str]) -> set[str]:

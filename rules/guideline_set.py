@@ -75,6 +75,7 @@ def load_guidelines(directory: Path) -> GuidelineSet:
         seen[key] = loaded.guideline.file
         files.append(loaded)
     errors += _overlapping_versions(files)
+    errors += _ambiguous_targets(files)
     if errors:
         raise RuleFileError(errors)
     return GuidelineSet(tuple(files), valuesets, ValueSetIndex(tuple(valuesets.values())))
@@ -108,4 +109,33 @@ def _overlapping_versions(files: list[GuidelineFile]) -> list[RuleError]:
                     f"effective.until of {later.effective_from} or earlier",
                 )
             )
+    return errors
+
+
+def _ambiguous_targets(files: list[GuidelineFile]) -> list[RuleError]:
+    """Two guidelines targeting one measure need different precedences, or one patient could
+    get two targets for it with no rule to choose."""
+    errors = []
+    seen: dict[tuple[str, int], tuple[str, str]] = {}
+    for file in files:
+        g = file.guideline
+        own: set[str] = set()
+        for target in g.targets:
+            if target.measure in own:
+                errors.append(
+                    RuleError(g.file, None, f"two targets for the measure '{target.measure}'")
+                )
+            own.add(target.measure)
+            key = (target.measure, target.precedence)
+            other = seen.get(key)
+            if other is not None and other[0] != g.id:
+                errors.append(
+                    RuleError(
+                        g.file,
+                        file.document.position(("targets", target.name)),
+                        f"target '{target.name}' has the same precedence ({target.precedence}) for "
+                        f"'{target.measure}' as {other[0]} ({other[1]}); give one a higher precedence",
+                    )
+                )
+            seen.setdefault(key, (g.id, g.file))
     return errors

@@ -185,6 +185,13 @@ class Target(Strict):
     """A patient's own target for a measure: their FHIR Goal, else the first matching case."""
 
     measure: Slug = Field(description="Value set of the measure; its unit is the target's unit.")
+    precedence: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="When several guidelines set a target for this measure for one patient, the "
+        "highest precedence wins everywhere (a multimorbid patient gets one target per measure).",
+    )
     cases: list[TargetCase] = Field(default_factory=list)
     default: TargetDefault
 
@@ -207,6 +214,10 @@ class Recommendation(Strict):
     summary: Text = Field(description="Template; must render to fewer than 140 characters.")
     detail: Text | None = None
     suggestion: Suggestion | None = None
+    group: Slug | None = Field(
+        default=None,
+        description="Cards of one group for one patient are shown once, naming every guideline.",
+    )
 
 
 class Indicator(Strict):

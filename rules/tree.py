@@ -199,6 +199,7 @@ class TargetDef:
     name: str
     measure: str
     unit: str | None
+    precedence: int  # across guidelines: the highest sets the patient's target for the measure
     cases: tuple[TargetCase, ...]  # the last one is the default (when=None)
     type: Type
 
@@ -234,6 +235,7 @@ class RecommendationDef:
     detail: Templates | None
     suggestion: SuggestionDef | None
     evidence: tuple[str, ...]  # facts and targets whose resources back the card
+    group: str | None  # cards of one group are shown once per patient
 
 
 @dataclass(frozen=True, slots=True)

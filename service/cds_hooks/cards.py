@@ -24,8 +24,18 @@ SUMMARY_LIMIT = 139
 GUIDELINE_TOPIC_SYSTEM = "https://vejviser.dk/fhir/CodeSystem/guideline"
 PROVENANCE_EXTENSION = "dk.vejviser.provenance"
 WORDS = {
-    "da": {"data": "Data brugt", "target": "Individuelt mål", "order": "Bestil", "age": "Alder"},
-    "en": {"data": "Data used", "target": "Individual target", "order": "Order", "age": "Age"},
+    "da": {
+        "data": "Data brugt",
+        "target": "Individuelt mål",
+        "set_by": "fastsat af",
+        "also": "Også i",
+    },
+    "en": {
+        "data": "Data used",
+        "target": "Individual target",
+        "set_by": "set by",
+        "also": "Also in",
+    },
 }
 
 
@@ -54,10 +64,33 @@ def build_cards(
         for result in outcome.recommendations:
             definition = definitions[result.id]
             card = _card(guidelines, guideline, outcome, definition, result, patient_id, language)
-            cards.append((card, CardOrigin(card["uuid"], guideline, result.id, result.evidence)))
+            origin = CardOrigin(card["uuid"], guideline, result.id, result.evidence)
+            cards.append((card, origin, definition.group))
     urgency = {"critical": 0, "warning": 1, "info": 2}
-    cards.sort(key=lambda pair: urgency[pair[0]["indicator"]])
-    return cards
+    cards.sort(key=lambda triple: urgency[triple[0]["indicator"]])
+    return _grouped(cards, language)
+
+
+def _grouped(
+    cards: list[tuple[dict[str, Any], CardOrigin, str | None]], language: str
+) -> list[tuple[dict[str, Any], CardOrigin]]:
+    """One card per group for the patient (the most urgent), naming the other guidelines."""
+    kept: list[tuple[dict[str, Any], CardOrigin]] = []
+    first_of_group: dict[str, dict[str, Any]] = {}
+    for card, origin, group in cards:
+        if group is None or group not in first_of_group:
+            kept.append((card, origin))
+            if group is not None:
+                first_of_group[group] = card
+            continue
+        leader = first_of_group[group]
+        also = f"**{WORDS[language]['also']}**: "
+        if also not in leader["detail"]:
+            leader["detail"] += f"\n\n{also}"
+        else:
+            leader["detail"] += "; "
+        leader["detail"] += card["source"]["label"]
+    return kept
 
 
 def _card(
@@ -130,7 +163,7 @@ def _detail(
     for name in definition.evidence:
         target = outcome.target(name)
         if target is not None:
-            lines.append(_target_line(guidelines, target, language))
+            lines.append(_target_line(guidelines, guideline, target, language))
         elif name in facts and (line := _fact_line(guidelines, facts[name], outcome, language)):
             lines.append(line)
     if lines:
@@ -153,11 +186,19 @@ def _fact_line(
     return f"- {label}: {value}{sources}"
 
 
-def _target_line(guidelines: GuidelineSet, target: TargetResult, language: str) -> str:
+def _target_line(
+    guidelines: GuidelineSet, guideline: CompiledGuideline, target: TargetResult, language: str
+) -> str:
+    words = WORDS[language]
     measure = guidelines.valuesets[target.measure].title.in_language(language)
     value = render(target.value, ty.Quantity(target.unit) if target.unit else ty.NUMBER, language)
-    sources = f" ({', '.join(target.evidence)})" if target.evidence else ""
-    return f"- {WORDS[language]['target']} ({measure}): {value}, {target.reason.in_language(language)}{sources}"
+    line = f"- {words['target']} ({measure}): {value}, {target.reason.in_language(language)}"
+    if target.set_by != guideline.id:
+        setter = next((g for g in guidelines.guidelines if g.id == target.set_by), None)
+        line += (
+            f"; {words['set_by']} {setter.title.in_language(language) if setter else target.set_by}"
+        )
+    return line + (f" ({', '.join(target.evidence)})" if target.evidence else "")
 
 
 def _order_suggestion(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ from engine.cases import case_resources
 from engine.outcomes import GuidelineOutcome
 from engine.patient import PatientEngine
 from fhir_adapter.normalise import normalise_patient
+from rules.errors import RuleFileError
+from rules.guideline_set import load_guidelines
 from rules.schema import CasePatient
 
 AS_OF = dt.date(2026, 6, 1)
@@ -252,3 +255,48 @@ def test_condition_onset_is_the_earliest_dated_diagnosis(engine: PatientEngine) 
         dt.date(2015, 1, 1),
         ("Condition/condition-2",),
     )
+
+
+ELDERLY = """
+id: example-elderly
+version: 1.0.0
+title: {da: Eksempel ældre, en: Example elderly}
+publisher: Vejviser tests
+description: {da: Testvejledning, en: Test guideline}
+sources:
+  - {title: "Test source", url: "https://example.org/test", date: 2020-01-01}
+effective: {from: 2020-01-01}
+register:
+  description: {da: 80 år eller ældre, en: 80 or older}
+  when: age >= 80
+targets:
+  hba1c_goal:
+    measure: hba1c
+    precedence: 10
+    default: {value: 64, reason: {da: ældre (test), en: elderly (test)}}
+"""
+
+
+def test_one_target_per_measure_across_guidelines(guideline_dir: Path) -> None:
+    (guideline_dir / "elderly.yaml").write_text(ELDERLY, encoding="utf-8")
+    engine = PatientEngine(load_guidelines(guideline_dir))
+    old = run(
+        engine, birth_date="1944-01-01", conditions=[T2D], observations=[hba1c(60, "2026-03-02")]
+    )
+    target = old.target("hba1c_target")
+    assert target is not None and (target.value, target.set_by) == (64, "example-elderly")
+    assert target.reason.en == "elderly (test)"
+    assert recs(old) == set()
+    younger = run(
+        engine, birth_date="1950-01-01", conditions=[T2D], observations=[hba1c(60, "2026-03-02")]
+    )
+    target = younger.target("hba1c_target")
+    assert target is not None and (target.value, target.set_by) == (53, "example-hba1c")
+
+
+def test_equal_precedence_for_one_measure_is_refused(guideline_dir: Path) -> None:
+    (guideline_dir / "elderly.yaml").write_text(
+        ELDERLY.replace("precedence: 10", "precedence: 0"), encoding="utf-8"
+    )
+    with pytest.raises(RuleFileError, match="same precedence"):
+        load_guidelines(guideline_dir)

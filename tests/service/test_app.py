@@ -277,3 +277,23 @@ def test_malformed_feedback_is_400(client: TestClient) -> None:
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").json()["status"] == "ready"
+
+
+def test_related_cards_are_grouped(tmp_path: Path, guideline_dir: Path) -> None:
+    path = guideline_dir / "example.yaml"
+    text = path.read_text().replace(
+        "    indicator: warning\n", "    indicator: warning\n    group: hba1c-high\n"
+    )
+    path.write_text(text)
+    twin = text.replace("id: example-hba1c", "id: example-twin").replace(
+        "Example HbA1c", "Example twin"
+    )
+    twin = twin.replace("    measure: hba1c\n", "    measure: hba1c\n    precedence: 5\n")
+    (guideline_dir / "twin.yaml").write_text(twin)
+    with make_client(tmp_path, guideline_dir) as grouped_client:
+        prefetch = full_prefetch(grouped_client)
+        response = grouped_client.post(
+            PATIENT_VIEW, json=request(prefetch), headers={"Accept-Language": "en"}
+        )
+    (card,) = response.json()["cards"]
+    assert "**Also in**: Example" in card["detail"]

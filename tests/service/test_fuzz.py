@@ -1,0 +1,694 @@
+"""Fuzzing the prefetch: bad input never gives a 5xx.
+
+Why this exists: a CDS client sends whatever its EHR holds, and the service reads every prefetch
+resource itself (``fhir_adapter.normalise`` works on plain dicts, not a validating model). A crash
+there would turn one odd resource into a 500 for the whole chart. These tests send resources with
+wrong types, missing fields, absurd values (huge numbers, impossible dates, 10,000-character
+strings), unknown resourceTypes, duplicate ids, references to other patients, deep nesting and
+Bundles with thousands of entries, and check the contract of ``service.app``:
+
+- no response is a 5xx;
+- every 4xx body is a FHIR OperationOutcome;
+- every 200 carries a ``cards`` list whose summaries are under 140 characters (CDS Hooks 2.0).
+
+The default run keeps the example counts small; the ``slow`` variants (run by ``.ci/run``) send
+many more. Each test prints how many requests it sent and the statuses it got, so the numbers in
+docs/robustness.md can be checked against a run. A fhirServer, when a request names one, is an
+in-process stub (see :func:`_fhir_stub`): the fuzz never touches the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fhir_adapter.codes import SYSTEMS, system_uri
+from fhir_adapter.normalise import YDERNUMMER
+from fhir_adapter.rest import FhirRestClient
+from rules.guideline_set import load_guidelines
+from service.app import create_app
+from service.auth import AuthSettings
+from service.cds_hooks.discovery import prefetch_templates
+from service.settings import Settings
+
+LIBRARY = Path(__file__).resolve().parents[2] / "guidelines"
+PATIENT_VIEW = "/cds-services/vejviser-patient-view"
+ORDER_SELECT = "/cds-services/vejviser-order-select"
+PATIENT_ID = "p1"
+FHIR_BASE = "https://fhir.example.test/fhir"
+"""The fhirServer fuzzed requests may name; answered by :func:`_fhir_stub`, never the network."""
+
+ORJSON_MAX_DEPTH = 1024
+"""orjson.loads refuses deeper JSON (measured with orjson 3.x: 1,024 levels parse, 1,025 do not)."""
+
+_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=_HEALTH)
+"""Default run: enough to catch a regression in seconds."""
+SLOW = settings(max_examples=2_000, deadline=None, suppress_health_check=_HEALTH)
+"""``-m slow`` (run by .ci/run): the numbers quoted in docs/robustness.md."""
+
+GUIDELINES = load_guidelines(LIBRARY)
+TODAY = dt.date.today()
+PREFETCH_KEYS = tuple(prefetch_templates(GUIDELINES, TODAY))
+"""The keys discovery asks for today; all of them present means no FHIR fetch is needed."""
+
+# --- counting ------------------------------------------------------------------------------------
+
+_statuses: Counter[int] = Counter()
+"""Statuses of the requests sent by the running test (reset per test by :func:`_report`)."""
+
+
+@pytest.fixture(autouse=True)
+def _report(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
+    """Print how many requests a test sent and what came back, even without ``-s``: the docs
+    quote these counts, so they must be visible in an ordinary CI log."""
+    _statuses.clear()
+    yield
+    if _statuses:
+        total = sum(_statuses.values())
+        spread = ", ".join(f"{code}: {n}" for code, n in sorted(_statuses.items()))
+        server_errors = sum(n for code, n in _statuses.items() if code >= 500)
+        with capsys.disabled():
+            print(
+                f"\n[fuzz] {request.node.name}: {total} requests ({spread}); "
+                f"{server_errors} 5xx"
+            )
+
+
+# --- the app ---------------------------------------------------------------------------------------
+
+
+def _fhir_stub(request: httpx.Request) -> httpx.Response:
+    """A FHIR server that has a bare Patient for every read and nothing for every search.
+
+    Why: a fuzzed request may name a fhirServer (and a Bundle may carry a ``next`` link), and the
+    fetch path must be exercised too, but a fuzz must not depend on, or send anything to, the
+    network.
+    """
+    parts = request.url.path.rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == "Patient":
+        return httpx.Response(200, json={"resourceType": "Patient", "id": parts[-1]})
+    return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": []})
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """One app for the module (the shipped guidelines, auth off) with the FHIR stub plugged in.
+
+    ``raise_server_exceptions=False``: a crash must show up as the 500 a client would see, which
+    is what the assertions are about; the traceback is in the captured log of a failing test.
+    """
+    settings_ = Settings(
+        guidelines=LIBRARY,
+        auth=AuthSettings(enabled=False),
+        feedback_database=tmp_path_factory.mktemp("fuzz") / "feedback.sqlite",
+    )
+    with TestClient(create_app(settings_), raise_server_exceptions=False) as test_client:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(_fhir_stub))
+        test_client.app.state.fhir = FhirRestClient(http)  # type: ignore[attr-defined]
+        yield test_client
+        asyncio.run(http.aclose())
+
+
+def post(client: TestClient, path: str, payload: bytes, language: str = "da") -> httpx.Response:
+    """POST raw JSON bytes and check the no-5xx contract on whatever comes back."""
+    response = client.post(
+        path,
+        content=payload,
+        headers={"Content-Type": "application/json", "Accept-Language": language},
+    )
+    _statuses[response.status_code] += 1
+    check_contract(response, payload)
+    return response
+
+
+def check_contract(response: httpx.Response, payload: bytes) -> None:
+    """No 5xx; a 4xx is an OperationOutcome; a 200 has cards with summaries under 140 chars."""
+    status = response.status_code
+    shown = payload[:2_000].decode("utf-8", "replace")
+    assert status < 500, f"HTTP {status}: {response.text[:500]}\nrequest (first 2,000 bytes): {shown}"
+    body = response.json()
+    if status >= 400:
+        assert body["resourceType"] == "OperationOutcome", response.text[:500]
+        assert body["issue"] and body["issue"][0]["diagnostics"]
+    else:
+        assert status == 200, response.text[:500]
+        assert isinstance(body["cards"], list)
+        for card in body["cards"]:
+            assert isinstance(card["summary"], str) and len(card["summary"]) < 140, card
+
+
+def encode(body: Any) -> bytes:
+    """JSON as a client could send it: ``json`` (not orjson) so integers beyond 64 bits survive."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
+
+
+# --- strategies: values --------------------------------------------------------------------------
+
+ABSURD_NUMBERS: list[int | float] = [
+    0,
+    -0.0,
+    -1,
+    1e308,
+    -1e308,
+    5e-324,
+    1e-300,
+    2**53 + 1,
+    2**63 - 1,
+    -(2**63),
+    2**64,  # beyond 64 bits: orjson reads it as a float
+    10**30,
+    -(10**30),
+]
+numbers = st.one_of(
+    st.sampled_from(ABSURD_NUMBERS),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(),
+    st.floats(min_value=0, max_value=300),  # plausible lab values, so rules fire
+)
+
+WEIRD_STRINGS = [
+    "",
+    " ",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "null",
+    "undefined",
+    "1e999",
+    "\x00",
+    "\u202e",  # right-to-left override
+    "<script>alert(1)</script>",
+    "'; DROP TABLE feedback; --",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "٣٤٥",  # Arabic-Indic digits
+    "0101011234",  # CPR-shaped
+    "{{context.patientId}}",
+]
+long_strings = st.builds(
+    str.__mul__, st.sampled_from(["x", "ø", "𝔘", "9", "/", " "]), st.sampled_from([10_000, 100_000])
+)
+strings = st.one_of(st.sampled_from(WEIRD_STRINGS), st.text(max_size=30), long_strings)
+
+ABSURD_DATES = [
+    "0000-00-00",
+    "9999-12-31",
+    "0001-01-01",
+    "2026-02-30",
+    "2026-13-01",
+    "2026-00-10",
+    "-0001-01-01",
+    "10000-01-01",
+    "2026",
+    "2026-02",
+    "2026-1-1",
+    "20260101",
+    "2026-02-03T25:61:61Z",
+    "2026-02-03T10:00:00+99:00",
+    "2026-02-03T10:00:00.123456789Z",
+    "today",
+]
+dates = st.one_of(
+    st.sampled_from(ABSURD_DATES),
+    # around today, so observations fall inside the guidelines' look-back windows
+    st.dates(TODAY - dt.timedelta(days=3 * 365), TODAY + dt.timedelta(days=400)).map(
+        dt.date.isoformat
+    ),
+    st.dates().map(dt.date.isoformat),
+    st.datetimes().map(lambda d: d.isoformat() + "Z"),
+)
+
+scalars = st.one_of(st.none(), st.booleans(), numbers, strings)
+wrong = st.one_of(
+    scalars,
+    st.lists(scalars, max_size=3),
+    st.dictionaries(st.text(max_size=6), scalars, max_size=3),
+)
+"""Any JSON of the wrong shape: a string, number or list where an object is expected, etc."""
+
+
+def field(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly a valid value (so the reader gets past this field), sometimes the wrong type."""
+    return st.one_of(valid, valid, valid, wrong)
+
+
+@st.composite
+def obj(
+    draw: st.DrawFn,
+    required: dict[str, st.SearchStrategy[Any]],
+    optional: dict[str, st.SearchStrategy[Any]] | None = None,
+) -> dict[str, Any]:
+    """A JSON object whose ``optional`` keys come and go; one in ten loses a required one too."""
+    value = draw(st.fixed_dictionaries(required, optional=optional or {}))
+    if value and draw(st.integers(0, 9)) == 0:
+        del value[draw(st.sampled_from(sorted(value)))]
+    return value
+
+
+# --- strategies: FHIR-ish elements ---------------------------------------------------------------
+
+
+def _library_codes() -> list[tuple[str, str]]:
+    """(system URI, code) of every code in the shipped value sets, so fuzzed data meet the rules."""
+    codes = set()
+    for valueset in GUIDELINES.valuesets.values():
+        for system, code in (*valueset.exact, *valueset.prefixes):
+            codes.add((system_uri(system), code))
+    return sorted(codes)
+
+
+LIBRARY_CODES = _library_codes()
+SYSTEM_URIS = sorted({uri for uris in SYSTEMS.values() for uri in uris})
+
+
+def code_variants(code: str) -> st.SearchStrategy[str]:
+    """The code as written, and the spellings EHRs produce (case, dots, padding, SKS 'D', children)."""
+    return st.sampled_from(
+        [code, code.lower(), f" {code} ", f"{code[:3]}.{code[3:]}", f"D{code}", f"{code}9", ""]
+    )
+
+
+library_coding = st.sampled_from(LIBRARY_CODES).flatmap(
+    lambda pair: obj(
+        {"system": field(st.just(pair[0])), "code": field(code_variants(pair[1]))},
+        {"display": field(strings)},
+    )
+)
+odd_coding = obj(
+    {
+        "system": field(st.sampled_from([*SYSTEM_URIS, "", "npu", "HTTP://LOINC.ORG", "urn:oid:"])),
+        "code": field(strings),
+    },
+    {"display": field(strings), "userSelected": wrong},
+)
+coding = st.one_of(library_coding, library_coding, odd_coding)
+concept = obj({"coding": field(st.lists(coding, max_size=3))}, {"text": field(strings)})
+
+
+def status_concept(codes: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """clinicalStatus / verificationStatus: a CodeableConcept with a status code."""
+    status_coding = obj({"code": field(st.sampled_from(codes))}, {"system": field(strings)})
+    return obj({"coding": field(st.lists(status_coding, max_size=2))})
+
+
+REFERENCES = [
+    f"Patient/{PATIENT_ID}",
+    "Patient/p2",  # another patient
+    "Patient/P1",
+    f"{FHIR_BASE}/Patient/{PATIENT_ID}",
+    f"{FHIR_BASE}/Patient/{PATIENT_ID}/_history/3",
+    "urn:uuid:5b4a3c2d-0000-4000-8000-000000000001",
+    "Patient?identifier=urn:oid:1.2.208.176.1.2|0101011234",
+    "Patient/",
+    "/p1",
+    PATIENT_ID,
+    "#p1",
+    "Group/p1",
+]
+subject = obj(
+    {"reference": field(st.one_of(st.just(f"Patient/{PATIENT_ID}"), st.sampled_from(REFERENCES)))},
+    {"display": field(strings), "identifier": wrong},
+)
+period = obj({}, {"start": field(dates), "end": field(dates)})
+UNITS = [
+    "mmol/mol",
+    "%",
+    "mg/dL",
+    "mg/dl",
+    "umol/L",
+    "µmol/L",
+    "mmol/L",
+    "mL/min/1.73m2",
+    "mL/min",
+    "mg/g",
+    "mg/mmol",
+    "mm[Hg]",
+    "mmHg",
+    "g/L",
+    "kg",
+    "1",
+    "{ratio}",
+    "%{HbA1c}",
+    "mmol/mol/mol",
+    "10*9/L",
+    "",
+]
+units = st.one_of(st.sampled_from(UNITS), strings)
+COMPARATORS = ["<", "<=", ">=", ">", "ad", "=", "", "≤"]
+quantity = obj(
+    {"value": field(numbers)},
+    {
+        "unit": field(units),
+        "code": field(units),
+        "system": field(st.sampled_from(["http://unitsofmeasure.org", "", "urn:x"])),
+        "comparator": field(st.sampled_from(COMPARATORS)),
+    },
+)
+VALUE_STRINGS = [">90", "<5", "7,5 %", "67 mmol/mol", ">=", "-", "+.5", "..5", "0x10", " > 90 mL/min"]
+ids = st.sampled_from(["o1", "o2", "c1", "m1", PATIENT_ID, "", "a" * 64, "../p1", "x y"])
+"""A small pool, so duplicate ids within one Bundle are common."""
+
+# --- strategies: resources -----------------------------------------------------------------------
+
+component = obj({"code": field(concept), "valueQuantity": field(quantity)}, {"valueString": wrong})
+observation = obj(
+    {
+        "resourceType": st.just("Observation"),
+        "status": field(
+            st.sampled_from(["final", "amended", "corrected", "preliminary", "FINAL", ""])
+        ),
+        "code": field(concept),
+        "subject": field(subject),
+    },
+    {
+        "id": field(ids),
+        "effectiveDateTime": field(dates),
+        "effectivePeriod": field(period),
+        "effectiveInstant": field(dates),
+        "issued": field(dates),
+        "valueQuantity": field(quantity),
+        "valueString": field(st.one_of(st.sampled_from(VALUE_STRINGS), strings)),
+        "valueInteger": field(numbers),
+        "valueBoolean": wrong,
+        "component": field(st.lists(component, max_size=3)),
+        "extension": wrong,
+    },
+)
+condition = obj(
+    {"resourceType": st.just("Condition"), "code": field(concept), "subject": field(subject)},
+    {
+        "id": field(ids),
+        "clinicalStatus": field(
+            status_concept(["active", "resolved", "inactive", "remission", "relapse", "unknown"])
+        ),
+        "verificationStatus": field(
+            status_concept(["confirmed", "refuted", "entered-in-error", "provisional"])
+        ),
+        "onsetDateTime": field(dates),
+        "onsetPeriod": field(period),
+        "onsetAge": wrong,
+        "recordedDate": field(dates),
+        "abatementDateTime": field(dates),
+        "abatementPeriod": field(period),
+    },
+)
+medication = obj(
+    {"resourceType": st.just("Medication")},
+    {"id": field(st.sampled_from(["m1", "m2", ""])), "code": field(concept)},
+)
+medication_reference = obj(
+    {"reference": field(st.sampled_from(["#m1", "Medication/m1", "Medication/none", "#", "urn:x"]))}
+)
+_medication_fields = {
+    "id": field(ids),
+    "medicationCodeableConcept": field(concept),
+    "medicationReference": field(medication_reference),
+    "contained": field(st.lists(medication, max_size=2)),
+}
+statement = obj(
+    {
+        "resourceType": st.just("MedicationStatement"),
+        "status": field(st.sampled_from(["active", "completed", "stopped", "not-taken", "x"])),
+        "subject": field(subject),
+    },
+    {
+        **_medication_fields,
+        "effectiveDateTime": field(dates),
+        "effectivePeriod": field(period),
+        "dateAsserted": field(dates),
+    },
+)
+medication_request = obj(
+    {
+        "resourceType": st.just("MedicationRequest"),
+        "status": field(st.sampled_from(["active", "on-hold", "draft", "cancelled", "x"])),
+        "subject": field(subject),
+    },
+    {
+        **_medication_fields,
+        "intent": field(st.sampled_from(["order", "plan", "proposal"])),
+        "authoredOn": field(dates),
+        "dispenseRequest": field(obj({}, {"validityPeriod": field(period)})),
+    },
+)
+target = obj(
+    {},
+    {
+        "measure": field(concept),
+        "detailQuantity": field(quantity),
+        "detailRange": field(obj({}, {"low": field(quantity), "high": field(quantity)})),
+        "dueDate": field(dates),
+    },
+)
+goal = obj(
+    {
+        "resourceType": st.just("Goal"),
+        "lifecycleStatus": field(st.sampled_from(["active", "accepted", "proposed", "x"])),
+        "subject": field(subject),
+    },
+    {
+        "id": field(ids),
+        "target": field(st.lists(target, max_size=3)),
+        "startDate": field(dates),
+        "statusDate": field(dates),
+    },
+)
+organization = obj(
+    {"resourceType": st.just("Organization")},
+    {
+        "id": field(st.sampled_from(["org1", "org2"])),
+        "identifier": field(
+            st.lists(
+                obj({"system": field(st.sampled_from([YDERNUMMER, "x"])), "value": field(strings)}),
+                max_size=2,
+            )
+        ),
+    },
+)
+practitioner_reference = obj(
+    {},
+    {
+        "reference": field(st.sampled_from(["Organization/org1", "Practitioner/x", "#org", ""])),
+        "identifier": field(obj({"system": field(st.just(YDERNUMMER)), "value": field(strings)})),
+    },
+)
+
+
+def patient(pid: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """A Patient whose demographics are fuzzed; birthDate 9999-12-31 is a negative age."""
+    return obj(
+        {"resourceType": st.just("Patient"), "id": pid},
+        {
+            "birthDate": field(dates),
+            "gender": field(st.sampled_from(["male", "female", "other", "unknown", "M", ""])),
+            "generalPractitioner": field(st.lists(practitioner_reference, max_size=2)),
+            "deceasedBoolean": wrong,
+            "name": wrong,
+        },
+    )
+
+
+the_patient = patient(field(st.just(PATIENT_ID)))
+any_patient = patient(field(st.sampled_from([PATIENT_ID, "p2", "P1", ""])))
+unknown_resource = obj(
+    {
+        "resourceType": st.sampled_from(
+            ["Foo", "", "patient", "OBSERVATION", "Encounter", "Observation\x00", "Bundle "]
+        )
+    },
+    {"id": field(ids), "subject": field(subject)},
+)
+resource = st.one_of(
+    observation,
+    observation,
+    condition,
+    statement,
+    medication_request,
+    goal,
+    medication,
+    organization,
+    any_patient,
+    unknown_resource,
+    wrong,  # a "resource" that is not an object at all
+)
+LINK_URLS = [
+    f"{FHIR_BASE}/Observation?patient=p1&_page=2",
+    "Observation?patient=p1&_page=2",
+    "https://elsewhere.example/fhir/Observation?_page=2",
+    "//elsewhere.example/fhir/Observation",
+    "/Observation?_page=2",
+    "http://",
+    FHIR_BASE,
+    f"{FHIR_BASE}/",
+    "",
+]
+link = obj(
+    {
+        "relation": field(st.sampled_from(["next", "self", "previous"])),
+        "url": field(st.sampled_from(LINK_URLS)),
+    }
+)
+entry = st.one_of(
+    obj(
+        {"resource": resource},
+        {
+            "fullUrl": field(st.sampled_from(["urn:uuid:1", "urn:uuid:2", f"{FHIR_BASE}/Patient/p1"])),
+            "search": field(obj({"mode": field(st.sampled_from(["match", "include", "outcome"]))})),
+        },
+    ),
+    st.just({}),
+    wrong,
+)
+
+
+def bundle(entries: st.SearchStrategy[Any], with_links: bool = False) -> st.SearchStrategy[Any]:
+    """A Bundle of fuzzed entries; ``with_links`` adds next/self links (pages to fetch)."""
+    optional = {
+        "type": field(st.sampled_from(["searchset", "collection", "transaction", ""])),
+        "total": field(numbers),
+        "id": field(ids),
+    }
+    if with_links:
+        optional["link"] = field(st.lists(link, max_size=2))
+    return obj(
+        {"resourceType": st.just("Bundle"), "entry": field(st.lists(entries, max_size=8))}, optional
+    )
+
+
+OUTCOME = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "x"}]}
+prefetch_value = st.one_of(
+    bundle(entry),
+    bundle(entry),
+    bundle(entry),
+    bundle(entry, with_links=True),
+    st.none(),  # "no data"
+    resource,
+    st.just(OUTCOME),  # the client could not fetch it: counts as absent
+)
+patient_value = st.one_of(
+    the_patient,
+    the_patient,
+    the_patient,
+    bundle(st.builds(lambda r: {"resource": r}, the_patient)),
+    any_patient,
+    st.none(),
+    st.just(OUTCOME),
+)
+
+
+@st.composite
+def prefetches(draw: st.DrawFn) -> dict[str, Any]:
+    """Every discovery key, with fuzzed values; now and then a key is missing, an unknown key is
+    added, or one value is not a resource at all (a string, number, list...)."""
+    prefetch = {
+        key: draw(patient_value if key == "patient" else prefetch_value) for key in PREFETCH_KEYS
+    }
+    trouble = draw(st.integers(0, 9))
+    if trouble == 0:
+        del prefetch[draw(st.sampled_from(PREFETCH_KEYS))]
+    elif trouble == 1:
+        prefetch[draw(st.text(max_size=10))] = draw(prefetch_value)
+    elif trouble == 2:
+        prefetch[draw(st.sampled_from(PREFETCH_KEYS))] = draw(wrong)
+    return prefetch
+
+
+@st.composite
+def cds_requests(
+    draw: st.DrawFn, hook: str, context_extra: st.SearchStrategy[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A request envelope that is mostly valid (so the prefetch is read) around a fuzzed prefetch;
+    half the time with a fhirServer, so missing keys and next links are fetched from the stub."""
+    context: dict[str, Any] = {
+        "patientId": draw(
+            st.one_of(
+                st.just(PATIENT_ID),
+                st.just(PATIENT_ID),
+                st.just(PATIENT_ID),
+                st.sampled_from(["p2", "P1", "", "a" * 65, "p 1", "../p1"]),
+            )
+        ),
+        "userId": draw(field(st.just("Practitioner/gp1"))),
+    }
+    if context_extra is not None:
+        context.update(draw(context_extra))
+    body: dict[str, Any] = {
+        "hook": hook,
+        "hookInstance": str(uuid.uuid4()),
+        "context": context,
+        "prefetch": draw(prefetches()),
+    }
+    if draw(st.booleans()):
+        body["fhirServer"] = FHIR_BASE
+    if draw(st.integers(0, 9)) == 0:
+        body["extension"] = draw(wrong)
+    return body
+
+
+draft_order = st.one_of(medication_request, medication_request, resource)
+draft_orders = st.one_of(
+    bundle(st.builds(lambda r: {"resource": r}, draft_order)),
+    bundle(st.builds(lambda r: {"resource": r}, draft_order)),
+    bundle(entry),
+    obj({"entry": wrong}),
+    st.just({}),
+    wrong,  # not an object: 400 from the request model
+)
+order_context = obj(
+    {"draftOrders": draft_orders},
+    {"selections": field(st.lists(st.one_of(st.just("MedicationRequest/o1"), strings), max_size=3))},
+)
+languages = st.sampled_from(["da", "en", "en-GB,da;q=0.5", "", "xx"])
+
+
+# --- the fuzz --------------------------------------------------------------------------------------
+
+
+def run_patient_view(client: TestClient, body: dict[str, Any], language: str) -> None:
+    post(client, PATIENT_VIEW, encode(body), language)
+
+
+def run_order_select(client: TestClient, body: dict[str, Any], language: str) -> None:
+    post(client, ORDER_SELECT, encode(body), language)
+
+
+def _fuzz(
+    run: Callable[[TestClient, dict[str, Any], str], None],
+    requests: st.SearchStrategy[dict[str, Any]],
+    profile: settings,
+) -> Callable[[TestClient], None]:
+    """One Hypothesis test of ``run`` over ``requests``, under ``profile`` (FAST or SLOW)."""
+
+    @profile
+    @given(body=requests, language=languages)
+    def test(client: TestClient, body: dict[str, Any], language: str) -> None:
+        run(client, body, language)
+
+    test.__doc__ = run.__doc__
+    return test
+
+
+patient_view_requests = cds_requests("patient-view")
+order_select_requests = cds_requests("order-select", order_context)
+
+test_patient_view_fuzzed_prefetch = _fuzz(run_patient_view, patient_view_requests, FAST)
+test_order_select_fuzzed_draft_orders = _fuzz(run_order_select, order_select_requests, FAST)
+test_patient_view_fuzzed_prefetch_slow = pytest.mark.slow(
+    _fuzz(run_patient_view, patient_view_requests, SLOW)
+)
+test_order_select_fuzzed_draft_orders_slow = pytest.mark.slow(
+    _fuzz(run_order_select, order_select_requests, SLOW)
+)
