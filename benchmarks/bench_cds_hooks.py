@@ -16,16 +16,18 @@ client side with ``perf_counter_ns``. Cases:
   the key's resource type (as ``tests/service/test_app.py`` does), at concurrency 1, 8 and 32;
 - prefetch fetched from the FHIR server: no prefetch, ``fhirServer`` pointing at a local
   sekmet-fhir holding the same patients (``tests/support/sekmet.py``), at concurrency 1 and 8.
-  sekmet serves ~54 requests/s behind one lock, and every call needs one read and five searches,
-  so this case measures sekmet more than Vejviser.
+  sekmet serves ~54 requests/s behind one lock, and every call needs a read and a search per
+  other discovery key, so this case measures sekmet more than Vejviser. Queries sekmet refuses
+  are noted in the report (see :func:`fhir_cases`).
 
 Each case runs for a fixed window after a warm-up. The load generator competes with the server
 for the machine's 2 cores; its CPU use is reported next to the server's. Everything listens on
 127.0.0.1 and every process started is stopped at the end.
 
-With ``--profile`` (the default of a full run) the server runs once more under ``cProfile`` while
-the 500-resource full-prefetch case is sent at concurrency 1, and the section lists where its
-time goes (the thread that writes the feedback store is not profiled).
+With ``--profile`` (the default of a full run) the server runs once more, under ``cProfile``
+(:mod:`benchmarks.profiled_serve`, switched on after a warm-up), while the 500-resource
+full-prefetch case is sent at concurrency 1; the section lists where the server's time goes per
+request (the thread that writes the feedback store is not profiled).
 
 Run: ``.venv/bin/python -m benchmarks.bench_cds_hooks`` (``--quick`` for a smoke run that does
 not rewrite docs/benchmarks.md). This benchmark owns the section of docs/benchmarks.md between
@@ -764,6 +766,18 @@ def verdicts(results: Sequence[Measurement]) -> list[str]:
         lines.append(
             f"- Goal ≥ {GOAL_RPS:g} requests/s, {size} resources, full prefetch: {met} "
             f"(best {best.rate:,.1f} req/s at concurrency {best.concurrency})."
+        )
+    ceilings = [
+        f"{m.case.resources} resources {cpu:.2f} ms (≈ {1000 / cpu:,.0f} req/s)"
+        for m in full
+        if m.concurrency == 1 and m.requests and (cpu := m.server_cpu_seconds * 1000 / m.requests)
+    ]
+    if ceilings:
+        lines.append(
+            "- Server CPU per request at concurrency 1: "
+            + "; ".join(ceilings)
+            + ". `vejviser serve` runs one uvicorn process, which uses one core at most, so "
+            "that is its ceiling whatever the load generator does."
         )
     return lines
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.outcomes import GuidelineOutcome
-from engine.patient import CompiledRules, ObservationValue, PatientIndex, TargetValue
+from engine.patient import CompiledRules, ObservationValue, PatientEngine, PatientIndex, TargetValue
 from fhir_adapter.codes import system_uri
 from fhir_adapter.normalise import normalise_patient
 from rules import schema as s
@@ -161,30 +161,48 @@ class CaseResult:
 
 def run_cases(guidelines: GuidelineSet) -> list[CaseResult]:
     """Run every test case of every guideline file in the set."""
+    library = PatientEngine(guidelines)
     results = []
     for file in guidelines.files:
         rules = CompiledRules(file.guideline)
         for index, case in enumerate(file.cases):
-            results.append(run_case(guidelines, rules, file, index, case))
+            results.append(run_case(guidelines, library, rules, file, index, case))
     return results
 
 
 def run_case(
     guidelines: GuidelineSet,
+    library: PatientEngine,
     rules: CompiledRules,
     file: GuidelineFile,
     index: int,
     case: s.GuidelineCase,
 ) -> CaseResult:
-    """One case, whatever the guideline's status or effective period (drafts are tested too)."""
+    """One case: this guideline alone (drafts and future versions too), or with the library."""
     patient = normalise_patient(case_resources(case.patient))
-    outcome = rules.evaluate(PatientIndex(patient, guidelines.index), case.as_of)
     position = file.document.position(("tests", index))
+    guideline = file.guideline
+    if case.with_library:
+        outcome = next(
+            (
+                o
+                for o in library.evaluate(patient, case.as_of)
+                if (o.guideline, o.version) == (guideline.id, guideline.version)
+            ),
+            None,
+        )
+        if outcome is None:
+            message = f"test '{case.name}' failed: the guideline is not in force on {case.as_of}"
+            return CaseResult(
+                guideline.id, case.name, (RuleError(file.document.file, position, message),)
+            )
+    else:
+        outcome = rules.evaluate(PatientIndex(patient, guidelines.index), case.as_of)
     failures = tuple(
         RuleError(file.document.file, position, f"test '{case.name}' failed: {message}")
         for message in compare(outcome, case.expect)
     )
-    return CaseResult(file.guideline.id, case.name, failures)
+    return CaseResult(guideline.id, case.name, failures)
 
 
 def compare(outcome: GuidelineOutcome, expect: s.Expectation) -> list[str]:
@@ -204,6 +222,11 @@ def compare(outcome: GuidelineOutcome, expect: s.Expectation) -> list[str]:
         if target is None or not math.isclose(target.value, value):
             got_text = "none" if target is None else f"{_show(target.value)} ({target.reason.en})"
             problems.append(f"expected target {name} = {_show(value)}, got {got_text}")
+    for name, setter in (expect.targets_set_by or {}).items():
+        target = outcome.target(name)
+        if target is None or target.set_by != setter:
+            got_text = "none" if target is None else target.set_by
+            problems.append(f"expected target {name} to be set by {setter}, got {got_text}")
     for name, phrase in (expect.target_reasons or {}).items():
         target = outcome.target(name)
         if target is None or phrase.lower() not in target.reason.en.lower():

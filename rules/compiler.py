@@ -443,6 +443,7 @@ class _GuidelineCompiler:
             "recommendations": {r.id for r in self.model.recommendations},
             "targets": set(self.model.targets),
             "target_reasons": set(self.model.targets),
+            "targets_set_by": set(self.model.targets),
             "indicators": {i.id for i in self.model.indicators},
             "facts": set(self.model.facts) | set(BUILTINS),
         }

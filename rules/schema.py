@@ -303,6 +303,9 @@ class Expectation(Strict):
     target_reasons: dict[Identifier, str] | None = Field(
         default=None, description="A word or phrase the English reason must contain."
     )
+    targets_set_by: dict[Identifier, Slug] | None = Field(
+        default=None, description="Which guideline's rule chose the target (with_library cases)."
+    )
     indicators: dict[Slug, IndicatorMembership] | None = None
     facts: dict[Identifier, Any] | None = Field(
         default=None, description="Expected fact values: number, bool, date, or null for missing."
@@ -311,6 +314,11 @@ class Expectation(Strict):
 
 class GuidelineCase(Strict):
     name: str = Field(min_length=1)
+    with_library: bool = Field(
+        default=False,
+        description="Evaluate with every guideline in the directory, so targets shared across "
+        "guidelines (multimorbid patients) apply; otherwise this guideline alone.",
+    )
     as_of: dt.date
     patient: CasePatient
     expect: Expectation

@@ -6,8 +6,10 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/vejviser guidelines check guidelines/
+.venv/bin/vejviser guidelines docs --check
 status=0
-.venv/bin/pytest "$@" || status=$?
+# The whole suite: the slow-marked suites too (plain `pytest` skips them for a fast loop).
+.venv/bin/pytest -m "slow or not slow" "$@" || status=$?
 if [ "$status" -eq 5 ]; then
   echo "pytest collected no tests: that is a failure, not a pass" >&2
   exit 1

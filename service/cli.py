@@ -21,6 +21,7 @@ from engine.explain import explain_text, outcome_json
 from engine.patient import PatientEngine
 from fhir_adapter.normalise import FhirInputError, normalise, read_resources
 from rules import schema
+from rules.catalogue import listing, render_catalogue
 from rules.errors import RuleFileError
 from rules.guideline_set import GuidelineSet, load_guidelines
 
@@ -35,6 +36,10 @@ guidelines_app = typer.Typer(
     help="Check, document and export the guideline rule files.", no_args_is_help=True
 )
 app.add_typer(guidelines_app, name="guidelines")
+conformance_app = typer.Typer(
+    help="Check a running service against a standard.", no_args_is_help=True
+)
+app.add_typer(conformance_app, name="conformance")
 
 
 class Format(StrEnum):
@@ -97,6 +102,46 @@ def check(
         typer.echo(summary + f"{failed} failed.", err=True)
         raise typer.Exit(1)
     typer.echo(summary + "all passed.")
+
+
+@guidelines_app.command("list")
+def list_guidelines(
+    directory: Annotated[Path | None, typer.Argument(help="Guideline directory.")] = None,
+    output: Annotated[Format, typer.Option("--format", help="text or json.")] = Format.text,
+) -> None:
+    """List every guideline version: id, version, title, effective period and status."""
+    rows = listing(load_or_exit(directory or default_guidelines()))
+    if output is Format.json:
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    for row in rows:
+        until = f" until {row['effective_until']}" if row["effective_until"] else ""
+        typer.echo(
+            f"{row['id']:<28} {row['version']:<8} {row['status']:<8} "
+            f"from {row['effective_from']}{until}  {row['title']['en']}"
+        )
+
+
+@guidelines_app.command("docs")
+def docs(
+    directory: Annotated[Path | None, typer.Argument(help="Guideline directory.")] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the catalogue.")] = REPOSITORY
+    / "docs"
+    / "guidelines.md",
+    check_only: Annotated[
+        bool, typer.Option("--check", help="Exit 1 if the file is not up to date; write nothing.")
+    ] = False,
+) -> None:
+    """Render the guideline catalogue (docs/guidelines.md) from the rule files."""
+    text = render_catalogue(load_or_exit(directory or default_guidelines()))
+    current = out.read_text(encoding="utf-8") if out.exists() else None
+    if check_only:
+        if current != text:
+            raise fail(f"{out} is out of date: run `vejviser guidelines docs`", 1)
+        typer.echo(f"{out} is up to date.")
+        return
+    out.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {out}")
 
 
 @guidelines_app.command("schema")
@@ -231,4 +276,75 @@ def demo(
             outcomes = [o for o in engine.evaluate(patient, DEMO_AS_OF) if o.in_register]
             typer.echo(explain_text(guidelines, outcomes, language.value))
     if failed:
+        raise typer.Exit(1)
+
+
+@conformance_app.command("cds-hooks")
+def cds_hooks_conformance(
+    base_url: Annotated[
+        str, typer.Option(help="Base URL of the service: the part before /cds-services.")
+    ],
+    service_id: Annotated[
+        str | None,
+        typer.Option(help="Service to call (default: the first patient-view service)."),
+    ] = None,
+    private_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM private key the service trusts; with --kid and --iss it signs JWTs."
+        ),
+    ] = None,
+    kid: Annotated[str | None, typer.Option(help="Key id the service knows the key by.")] = None,
+    iss: Annotated[str | None, typer.Option(help="Issuer the service trusts the key for.")] = None,
+    patient_bundle: Annotated[
+        Path | None,
+        typer.Option(help="FHIR Bundle with one patient (default: the shipped test patient)."),
+    ] = None,
+    cors_origin: Annotated[
+        str | None,
+        typer.Option(help="An Origin the service allows; without it CORS is only probed."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds allowed per request.")] = 10.0,
+    output: Annotated[Format, typer.Option("--format", help="text or json.")] = Format.text,
+) -> None:
+    """Check a CDS Hooks 2.0 service against the checklist (exit 1 if any check fails).
+
+    JWT checks run only with --private-key, --kid and --iss; without them they are reported
+    as not run, never as passed.
+    """
+    from urllib.parse import urlsplit
+
+    from conformance.cds_hooks.client import Signer, SigningKeyError
+    from conformance.cds_hooks.fixture import FixtureError
+    from conformance.cds_hooks.suite import SuiteConfig, run_suite, to_json, to_text
+
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        raise fail(f"--base-url must be an absolute http(s) URL, got {base_url!r}")
+    given = [private_key is not None, kid is not None, iss is not None]
+    if any(given) and not all(given):
+        raise fail("--private-key, --kid and --iss go together: give all three or none")
+    signer = None
+    if private_key is not None and kid is not None and iss is not None:
+        try:
+            signer = Signer.from_pem(private_key, kid, iss)
+        except SigningKeyError as exc:
+            raise fail(str(exc)) from None
+    config = SuiteConfig(
+        base_url=base_url.rstrip("/"),
+        service_id=service_id,
+        signer=signer,
+        patient_bundle=patient_bundle,
+        cors_origin=cors_origin,
+        timeout=timeout,
+    )
+    try:
+        results = run_suite(config)
+    except FixtureError as exc:
+        raise fail(str(exc)) from None
+    if output is Format.json:
+        sys.stdout.write(to_json(results, config.base_url) + "\n")
+    else:
+        typer.echo(to_text(results))
+    if any(result.status == "failed" for result in results):
         raise typer.Exit(1)

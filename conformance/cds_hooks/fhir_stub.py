@@ -126,7 +126,7 @@ def _handler(stub: FhirStub) -> Callable[..., BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         """GET only; everything else is 405, as a read-only FHIR server would answer."""
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             status, body = stub._respond(self.path, self.headers.get("Authorization"))
             data = json.dumps(body).encode()
             self.send_response(status)
@@ -135,10 +135,10 @@ def _handler(stub: FhirStub) -> Callable[..., BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self.send_error(405)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             """Silent: the suite reports what matters."""
 
     return Handler

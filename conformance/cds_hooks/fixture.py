@@ -210,10 +210,7 @@ def searchset(resources: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         "resourceType": "Bundle",
         "type": "searchset",
         "total": len(resources),
-        "entry": [
-            {"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
-            for r in resources
-        ],
+        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
         **extra,
     }
 

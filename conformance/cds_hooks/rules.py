@@ -187,7 +187,9 @@ def coding_problems(coding: Any, where: str, *, display_required: bool) -> list[
     if not isinstance(coding, dict):
         return [f"{where} is not a Coding object"]
     wanted = ("system", "code", "display") if display_required else ("system", "code")
-    return [f"{where}.{name} is missing or empty" for name in wanted if not nonblank(coding.get(name))]
+    return [
+        f"{where}.{name} is missing or empty" for name in wanted if not nonblank(coding.get(name))
+    ]
 
 
 def card_problems(cards: list[Any]) -> list[str]:

@@ -8,20 +8,21 @@ from pathlib import Path
 import pytest
 
 from engine.cases import run_case
-from engine.patient import CompiledRules
+from engine.patient import CompiledRules, PatientEngine
 from rules.guideline_set import GuidelineSet, load_guidelines
 
 LIBRARY = Path(__file__).resolve().parents[2] / "guidelines"
 
 
 @cache
-def library() -> tuple[GuidelineSet, dict[str, CompiledRules]]:
+def library() -> tuple[GuidelineSet, PatientEngine, dict[str, CompiledRules]]:
     guidelines = load_guidelines(LIBRARY)
-    return guidelines, {f.guideline.file: CompiledRules(f.guideline) for f in guidelines.files}
+    compiled = {f.guideline.file: CompiledRules(f.guideline) for f in guidelines.files}
+    return guidelines, PatientEngine(guidelines), compiled
 
 
 def cases() -> list[tuple[str, int]]:
-    guidelines, _ = library()
+    guidelines, _, _ = library()
     return [
         (file.guideline.file, index)
         for file in guidelines.files
@@ -30,7 +31,7 @@ def cases() -> list[tuple[str, int]]:
 
 
 def test_the_library_loads_and_has_cases() -> None:
-    guidelines, _ = library()
+    guidelines, _, _ = library()
     assert len(guidelines.files) >= 3
     for file in guidelines.files:
         assert len(file.cases) >= 6, f"{file.guideline.id} has fewer than 6 test cases"
@@ -38,7 +39,7 @@ def test_the_library_loads_and_has_cases() -> None:
 
 @pytest.mark.parametrize(("file", "index"), cases())
 def test_guideline_case(file: str, index: int) -> None:
-    guidelines, compiled = library()
+    guidelines, engine, compiled = library()
     loaded = next(f for f in guidelines.files if f.guideline.file == file)
-    result = run_case(guidelines, compiled[file], loaded, index, loaded.cases[index])
+    result = run_case(guidelines, engine, compiled[file], loaded, index, loaded.cases[index])
     assert result.passed, "\n".join(str(f) for f in result.failures)

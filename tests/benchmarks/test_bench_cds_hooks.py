@@ -161,7 +161,9 @@ def test_section_goes_between_its_own_markers(tmp_path: Path) -> None:
     write_section(docs, section.replace("2 cores", "two cores"))
     text = docs.read_text()
     assert other in text
-    assert text.count(BEGIN) == 1 and "two cores" in text and "| 2 cores" not in text
+    assert (
+        text.count(BEGIN) == 1 and "Machine: two cores" in text and "Machine: 2 cores" not in text
+    )
 
 
 def test_profile_is_read_per_request(tmp_path: Path) -> None:

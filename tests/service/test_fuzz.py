@@ -82,10 +82,7 @@ def _report(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) 
         spread = ", ".join(f"{code}: {n}" for code, n in sorted(_statuses.items()))
         server_errors = sum(n for code, n in _statuses.items() if code >= 500)
         with capsys.disabled():
-            print(
-                f"\n[fuzz] {request.node.name}: {total} requests ({spread}); "
-                f"{server_errors} 5xx"
-            )
+            print(f"\n[fuzz] {request.node.name}: {total} requests ({spread}); {server_errors} 5xx")
 
 
 # --- the app ---------------------------------------------------------------------------------------
@@ -139,7 +136,9 @@ def check_contract(response: httpx.Response, payload: bytes) -> None:
     """No 5xx; a 4xx is an OperationOutcome; a 200 has cards with summaries under 140 chars."""
     status = response.status_code
     shown = payload[:2_000].decode("utf-8", "replace")
-    assert status < 500, f"HTTP {status}: {response.text[:500]}\nrequest (first 2,000 bytes): {shown}"
+    assert status < 500, (
+        f"HTTP {status}: {response.text[:500]}\nrequest (first 2,000 bytes): {shown}"
+    )
     body = response.json()
     if status >= 400:
         assert body["resourceType"] == "OperationOutcome", response.text[:500]
@@ -240,9 +239,25 @@ wrong = st.one_of(
 """Any JSON of the wrong shape: a string, number or list where an object is expected, etc."""
 
 
+def weighted(*options: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
+    """One of ``options``, picked in proportion to its weight (``st.one_of`` picks evenly).
+    Shrinking goes towards the first option, so list the valid one first."""
+    return st.sampled_from([s for weight, s in options for _ in range(weight)]).flatmap(
+        lambda strategy: strategy
+    )
+
+
 def field(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """Mostly a valid value (so the reader gets past this field), sometimes the wrong type."""
-    return st.one_of(valid, valid, valid, wrong)
+    """Mostly a valid value, one time in eight the wrong type. Mostly valid, because a resource
+    with any bad field is skipped as a whole: the rules and card texts only see data (huge
+    values, odd units, far dates) from resources that got past the reader."""
+    return weighted((7, valid), (1, wrong))
+
+
+def rarely(bad: st.SearchStrategy[Any], valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``valid``, one time in twenty ``bad``: for the envelope, where one bad value is a 400 or
+    412 for the whole request, so that most requests get as far as the prefetch reader."""
+    return weighted((19, valid), (1, bad))
 
 
 @st.composite
@@ -250,11 +265,14 @@ def obj(
     draw: st.DrawFn,
     required: dict[str, st.SearchStrategy[Any]],
     optional: dict[str, st.SearchStrategy[Any]] | None = None,
+    keep: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """A JSON object whose ``optional`` keys come and go; one in ten loses a required one too."""
+    """A JSON object whose ``optional`` keys come and go; one in twenty loses a required key
+    too (any but those in ``keep``)."""
     value = draw(st.fixed_dictionaries(required, optional=optional or {}))
-    if value and draw(st.integers(0, 9)) == 0:
-        del value[draw(st.sampled_from(sorted(value)))]
+    losable = sorted(set(value) - set(keep))
+    if losable and draw(st.integers(0, 19)) == 0:
+        del value[draw(st.sampled_from(losable))]
     return value
 
 
@@ -357,7 +375,18 @@ quantity = obj(
         "comparator": field(st.sampled_from(COMPARATORS)),
     },
 )
-VALUE_STRINGS = [">90", "<5", "7,5 %", "67 mmol/mol", ">=", "-", "+.5", "..5", "0x10", " > 90 mL/min"]
+VALUE_STRINGS = [
+    ">90",
+    "<5",
+    "7,5 %",
+    "67 mmol/mol",
+    ">=",
+    "-",
+    "+.5",
+    "..5",
+    "0x10",
+    " > 90 mL/min",
+]
 ids = st.sampled_from(["o1", "o2", "c1", "m1", PATIENT_ID, "", "a" * 64, "../p1", "x y"])
 """A small pool, so duplicate ids within one Bundle are common."""
 
@@ -487,7 +516,7 @@ practitioner_reference = obj(
 )
 
 
-def patient(pid: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+def patient(pid: st.SearchStrategy[Any], keep: tuple[str, ...] = ()) -> st.SearchStrategy[Any]:
     """A Patient whose demographics are fuzzed; birthDate 9999-12-31 is a negative age."""
     return obj(
         {"resourceType": st.just("Patient"), "id": pid},
@@ -498,10 +527,12 @@ def patient(pid: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
             "deceasedBoolean": wrong,
             "name": wrong,
         },
+        keep=keep,
     )
 
 
-the_patient = patient(field(st.just(PATIENT_ID)))
+the_patient = patient(st.just(PATIENT_ID), keep=("resourceType", "id"))
+"""The context patient, present and named: most requests should get as far as the rules."""
 any_patient = patient(field(st.sampled_from([PATIENT_ID, "p2", "P1", ""])))
 unknown_resource = obj(
     {
@@ -511,7 +542,7 @@ unknown_resource = obj(
     },
     {"id": field(ids), "subject": field(subject)},
 )
-resource = st.one_of(
+resource_object = st.one_of(
     observation,
     observation,
     condition,
@@ -522,8 +553,8 @@ resource = st.one_of(
     organization,
     any_patient,
     unknown_resource,
-    wrong,  # a "resource" that is not an object at all
 )
+resource = st.one_of(resource_object, wrong)  # an entry's "resource" may not be an object at all
 LINK_URLS = [
     f"{FHIR_BASE}/Observation?patient=p1&_page=2",
     "Observation?patient=p1&_page=2",
@@ -545,7 +576,9 @@ entry = st.one_of(
     obj(
         {"resource": resource},
         {
-            "fullUrl": field(st.sampled_from(["urn:uuid:1", "urn:uuid:2", f"{FHIR_BASE}/Patient/p1"])),
+            "fullUrl": field(
+                st.sampled_from(["urn:uuid:1", "urn:uuid:2", f"{FHIR_BASE}/Patient/p1"])
+            ),
             "search": field(obj({"mode": field(st.sampled_from(["match", "include", "outcome"]))})),
         },
     ),
@@ -564,45 +597,47 @@ def bundle(entries: st.SearchStrategy[Any], with_links: bool = False) -> st.Sear
     if with_links:
         optional["link"] = field(st.lists(link, max_size=2))
     return obj(
-        {"resourceType": st.just("Bundle"), "entry": field(st.lists(entries, max_size=8))}, optional
+        {"resourceType": st.just("Bundle"), "entry": st.lists(entries, max_size=8)},
+        optional,
+        keep=("resourceType", "entry"),
     )
 
 
 OUTCOME = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "x"}]}
-prefetch_value = st.one_of(
-    bundle(entry),
-    bundle(entry),
-    bundle(entry),
-    bundle(entry, with_links=True),
-    st.none(),  # "no data"
-    resource,
-    st.just(OUTCOME),  # the client could not fetch it: counts as absent
+prefetch_value = weighted(
+    (16, bundle(entry)),
+    (1, bundle(entry, with_links=True)),  # a next page: fetched from fhirServer, or 412
+    (1, st.none()),  # "no data"
+    (1, resource_object),  # a single resource instead of a searchset
+    (1, st.just(OUTCOME)),  # the client could not fetch it: counts as absent, so fetched or 412
 )
-patient_value = st.one_of(
-    the_patient,
-    the_patient,
-    the_patient,
-    bundle(st.builds(lambda r: {"resource": r}, the_patient)),
-    any_patient,
-    st.none(),
-    st.just(OUTCOME),
+patient_value = weighted(
+    (16, the_patient),
+    (1, bundle(st.builds(lambda r: {"resource": r}, the_patient))),
+    (1, any_patient),
+    (1, st.none()),
+    (1, st.just(OUTCOME)),
 )
 
 
 @st.composite
 def prefetches(draw: st.DrawFn) -> dict[str, Any]:
     """Every discovery key, with fuzzed values; now and then a key is missing, an unknown key is
-    added, or one value is not a resource at all (a string, number, list...)."""
+    added, one value is not a resource at all (a string, number, list...) or is a Bundle whose
+    entry is not a list. The last two are a 400 for the whole request, hence only now and then."""
     prefetch = {
         key: draw(patient_value if key == "patient" else prefetch_value) for key in PREFETCH_KEYS
     }
-    trouble = draw(st.integers(0, 9))
+    trouble = draw(st.integers(0, 19))
     if trouble == 0:
         del prefetch[draw(st.sampled_from(PREFETCH_KEYS))]
     elif trouble == 1:
         prefetch[draw(st.text(max_size=10))] = draw(prefetch_value)
     elif trouble == 2:
         prefetch[draw(st.sampled_from(PREFETCH_KEYS))] = draw(wrong)
+    elif trouble == 3:
+        broken = {"resourceType": "Bundle", "type": "searchset", "entry": draw(wrong)}
+        prefetch[draw(st.sampled_from(PREFETCH_KEYS))] = broken
     return prefetch
 
 
@@ -614,14 +649,9 @@ def cds_requests(
     half the time with a fhirServer, so missing keys and next links are fetched from the stub."""
     context: dict[str, Any] = {
         "patientId": draw(
-            st.one_of(
-                st.just(PATIENT_ID),
-                st.just(PATIENT_ID),
-                st.just(PATIENT_ID),
-                st.sampled_from(["p2", "P1", "", "a" * 65, "p 1", "../p1"]),
-            )
+            rarely(st.sampled_from(["p2", "P1", "", "a" * 65, "p 1", "../p1"]), st.just(PATIENT_ID))
         ),
-        "userId": draw(field(st.just("Practitioner/gp1"))),
+        "userId": draw(rarely(wrong, st.just("Practitioner/gp1"))),
     }
     if context_extra is not None:
         context.update(draw(context_extra))
@@ -634,7 +664,7 @@ def cds_requests(
     if draw(st.booleans()):
         body["fhirServer"] = FHIR_BASE
     if draw(st.integers(0, 9)) == 0:
-        body["extension"] = draw(wrong)
+        body["extension"] = draw(wrong)  # ignored by the standard's rules, whatever it holds
     return body
 
 
@@ -649,7 +679,11 @@ draft_orders = st.one_of(
 )
 order_context = obj(
     {"draftOrders": draft_orders},
-    {"selections": field(st.lists(st.one_of(st.just("MedicationRequest/o1"), strings), max_size=3))},
+    {
+        "selections": field(
+            st.lists(st.one_of(st.just("MedicationRequest/o1"), strings), max_size=3)
+        )
+    },
 )
 languages = st.sampled_from(["da", "en", "en-GB,da;q=0.5", "", "xx"])
 
