@@ -206,13 +206,15 @@ def fill(template: str, context: dict[str, Any]) -> str | None:
 
 
 def searchset(resources: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    return {
+    """A searchset Bundle; an empty one has no ``entry`` (FHIR JSON allows no empty arrays)."""
+    bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",
         "total": len(resources),
-        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
-        **extra,
     }
+    if resources:
+        bundle["entry"] = [{"resource": r, "search": {"mode": "match"}} for r in resources]
+    return {**bundle, **extra}
 
 
 def answer(query: str, patient: Patient) -> dict[str, Any] | None:
@@ -256,7 +258,9 @@ def _bare(resource: dict[str, Any]) -> set[tuple[str | None, str]]:
     return {(None, code) for _, code in _codings(resource)}
 
 
-def full_prefetch(templates: dict[str, str], context: dict[str, Any], patient: Patient) -> dict:
+def full_prefetch(
+    templates: dict[str, str], context: dict[str, Any], patient: Patient
+) -> dict[str, Any]:
     """Every advertised key answered from the patient, as a complete EHR prefetch would be."""
     prefetch: dict[str, Any] = {}
     for key, template in templates.items():

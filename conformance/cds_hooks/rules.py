@@ -223,7 +223,7 @@ def card_problems(cards: list[Any]) -> list[str]:
 
 def _uuid_problems(value: Any, where: str, seen: dict[str, int], index: int) -> list[str]:
     if not isinstance(value, str):
-        return [f"{where} is missing (needed to send feedback on the card)"]
+        return [f"{where} is missing (needed for feedback)"]
     try:
         canonical = str(uuid.UUID(value))
     except ValueError:

@@ -68,6 +68,8 @@ EXPECTED: dict[str, Status] = {
     "prefetch.null_is_no_data": Status.passed,  # answering 200 without fetching is right here
     "prefetch.empty_bundle_is_no_data": Status.passed,
     "prefetch.operation_outcome_is_absent": Status.failed,
+    "prefetch.none_without_fhirserver_412": Status.failed,
+    "prefetch.none_sent_all_fetched": Status.failed,  # never fetches
     "prefetch.fetches_only_missing_keys": Status.failed,  # never fetches (cqf-ruler #536)
     "prefetch.operation_outcome_refetched": Status.failed,
     "prefetch.follows_next_links": Status.failed,

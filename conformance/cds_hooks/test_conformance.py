@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +59,7 @@ def free_port() -> int:
 @dataclass
 class RunningService:
     base_url: str
+    workdir: Path
     key_path: Path
     log_path: Path
 
@@ -109,7 +113,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
         process = subprocess.Popen(
             command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
         )
-    running = RunningService(f"http://127.0.0.1:{port}", key_path, log_path)
+    running = RunningService(f"http://127.0.0.1:{port}", workdir, key_path, log_path)
     try:
         _wait_for_health(process, running)
         yield running
@@ -168,6 +172,27 @@ def test_check(name: str, results: dict[str, CheckResult], service: RunningServi
         f"{name} {result.status}: {result.reason}\n{result.snippet}\n"
         f"service log:\n{service.log_tail()}"
     )
+
+
+def test_service_log_holds_no_tokens(
+    results: dict[str, CheckResult], service: RunningService
+) -> None:
+    """Neither the JWTs nor the fhirAuthorization tokens the suite sent end up in the log."""
+    log = service.log_path.read_text(errors="replace")
+    assert not re.search(r"conformance-[0-9a-f]{32}", log), "a fhirAuthorization token was logged"
+    assert not re.search(r"eyJ[A-Za-z0-9_-]{10,}", log), "a JWT (or its header) was logged"
+
+
+def test_feedback_sent_twice_is_stored_once(
+    results: dict[str, CheckResult], service: RunningService
+) -> None:
+    """What feedback.accepts_and_is_idempotent cannot see from outside: one row per card."""
+    assert results["feedback.accepts_and_is_idempotent"].status is Status.passed
+    with closing(sqlite3.connect(service.workdir / "feedback.sqlite", timeout=10)) as db:
+        rows, cards = db.execute(
+            "SELECT count(*), count(DISTINCT card_uuid) FROM feedback"
+        ).fetchone()
+    assert rows == cards > 0
 
 
 def test_cli_by_hand_passes(service: RunningService) -> None:

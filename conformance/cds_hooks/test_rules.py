@@ -117,7 +117,7 @@ def test_card_rules() -> None:
         ]
     )
     assert problems == [
-        "cards[0].uuid is missing (needed to send feedback on the card)",
+        "cards[0].uuid is missing (needed for feedback)",
         "cards[0].summary has 140 characters (must be < 140)",
         "cards[0].indicator is 'hard-stop', not info|warning|critical",
         "cards[0].source is required (an object with a label)",

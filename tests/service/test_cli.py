@@ -106,19 +106,28 @@ def test_list_as_text_and_json(guideline_dir: Path) -> None:
     text = runner.invoke(app, ["guidelines", "list", str(guideline_dir)])
     assert text.exit_code == 0
     assert "example-hba1c" in text.output and "from 2020-01-01" in text.output
-    rows = json.loads(runner.invoke(app, ["guidelines", "list", str(guideline_dir), "--format", "json"]).output)
+    rows = json.loads(
+        runner.invoke(app, ["guidelines", "list", str(guideline_dir), "--format", "json"]).output
+    )
     assert rows[0]["id"] == "example-hba1c" and rows[0]["status"] == "active"
     assert rows[0]["effective_until"] is None
 
 
 def test_docs_writes_and_checks_the_catalogue(guideline_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "guidelines.md"
-    assert runner.invoke(app, ["guidelines", "docs", str(guideline_dir), "--out", str(out)]).exit_code == 0
+    assert (
+        runner.invoke(app, ["guidelines", "docs", str(guideline_dir), "--out", str(out)]).exit_code
+        == 0
+    )
     text = out.read_text()
     assert "### Eksempel HbA1c (da)" in text and "### Example HbA1c (en)" in text
     assert "`frail`: 70 mmol/mol — frail elderly" in text
-    check = runner.invoke(app, ["guidelines", "docs", str(guideline_dir), "--out", str(out), "--check"])
+    check = runner.invoke(
+        app, ["guidelines", "docs", str(guideline_dir), "--out", str(out), "--check"]
+    )
     assert check.exit_code == 0
     out.write_text(text + "edited by hand\n")
-    stale = runner.invoke(app, ["guidelines", "docs", str(guideline_dir), "--out", str(out), "--check"])
+    stale = runner.invoke(
+        app, ["guidelines", "docs", str(guideline_dir), "--out", str(out), "--check"]
+    )
     assert stale.exit_code == 1 and "out of date" in stale.output

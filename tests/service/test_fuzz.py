@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -594,19 +593,16 @@ def bundle(entries: st.SearchStrategy[Any], with_links: bool = False) -> st.Sear
         "total": field(numbers),
         "id": field(ids),
     }
+    required = {"resourceType": st.just("Bundle"), "entry": st.lists(entries, max_size=8)}
     if with_links:
-        optional["link"] = field(st.lists(link, max_size=2))
-    return obj(
-        {"resourceType": st.just("Bundle"), "entry": st.lists(entries, max_size=8)},
-        optional,
-        keep=("resourceType", "entry"),
-    )
+        required["link"] = field(st.lists(link, min_size=1, max_size=2))
+    return obj(required, optional, keep=("resourceType", "entry"))
 
 
 OUTCOME = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "x"}]}
 prefetch_value = weighted(
-    (16, bundle(entry)),
-    (1, bundle(entry, with_links=True)),  # a next page: fetched from fhirServer, or 412
+    (15, bundle(entry)),
+    (2, bundle(entry, with_links=True)),  # a next page: fetched from fhirServer, or 412
     (1, st.none()),  # "no data"
     (1, resource_object),  # a single resource instead of a searchset
     (1, st.just(OUTCOME)),  # the client could not fetch it: counts as absent, so fetched or 412
