@@ -92,10 +92,14 @@ def episodes(
 def conditions_present(
     records: Sequence[ConditionRecord], on: dt.date, include_resolved: bool
 ) -> list[ConditionRecord]:
-    """Diagnoses in force on a date (or ever, with ``include_resolved``), onset not after it."""
+    """Diagnoses in force on a date (or ever, with ``include_resolved``), onset not after it.
+
+    Without an onset, the date the diagnosis was recorded stands in: it was known by then.
+    """
     found = []
     for r in records:
-        if r.onset is not None and r.onset > on:
+        began = r.onset or r.recorded
+        if began is not None and began > on:
             continue
         if include_resolved:
             found.append(r)
@@ -108,7 +112,11 @@ def conditions_present(
 
 
 def first_onset(records: Sequence[ConditionRecord], on: dt.date) -> ConditionRecord | None:
-    """The diagnosis with the earliest onset up to a date; one without onset cannot be dated."""
+    """The diagnosis with the earliest onset up to a date.
+
+    Only a recorded onset dates a disease: the date a diagnosis was entered (a new practice
+    system, a re-coding) would make a long-standing disease look new.
+    """
     dated = [r for r in records if r.onset is not None and r.onset <= on]
     return min(dated, key=lambda r: (r.onset, r.resource), default=None)
 

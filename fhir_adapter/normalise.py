@@ -13,7 +13,8 @@ Rules (DOMAIN.md §2), each a documented way for a resource to yield no record w
 - Observation: only status final, amended, corrected; entered-in-error, cancelled, preliminary,
   registered and unknown are dropped. An Observation with components yields one record per
   component that has a valueQuantity (components with another value type are not records).
-- Condition: verificationStatus refuted or entered-in-error is dropped.
+- Condition: verificationStatus refuted, entered-in-error, unconfirmed, provisional and
+  differential is dropped (a register counts diagnoses, not suspicions).
 - MedicationStatement: status entered-in-error, not-taken, unknown is dropped.
 - MedicationRequest: status cancelled, entered-in-error, draft, unknown is dropped, and requests
   are used only for a patient with no MedicationStatement at all (statements are the better
@@ -71,7 +72,7 @@ _STATEMENT_KEEP = frozenset({"active", "completed", "intended", "stopped", "on-h
 _STATEMENT_DROP = frozenset({"entered-in-error", "not-taken", "unknown"})
 _REQUEST_KEEP = frozenset({"active", "on-hold", "completed", "stopped"})
 _REQUEST_DROP = frozenset({"cancelled", "entered-in-error", "draft", "unknown"})
-_VERIFICATION_DROP = frozenset({"refuted", "entered-in-error"})
+_VERIFICATION_DROP = frozenset({"refuted", "entered-in-error", "unconfirmed", "provisional", "differential"})  # fmt: skip
 _CLINICAL_STATUSES = frozenset(
     {"active", "recurrence", "relapse", "inactive", "remission", "resolved"}
 )
@@ -515,14 +516,13 @@ def _condition_record(resource: dict[str, Any], rid: str) -> ConditionRecord | N
     if onset is None and period is not None:
         start, end = _period(period, "onsetPeriod")
         onset = start or end
-    if onset is None:  # onsetAge, onsetRange, onsetString: no date to use
-        onset = _optional_date(resource, "recordedDate")
+    recorded = _optional_date(resource, "recordedDate")
     abatement = _optional_date(resource, "abatementDateTime")
     period = resource.get("abatementPeriod")
     if abatement is None and period is not None:
         start, end = _period(period, "abatementPeriod")
         abatement = end or start
-    return ConditionRecord(rid, codings, onset, abatement, clinical)
+    return ConditionRecord(rid, codings, onset, abatement, clinical, recorded)
 
 
 def _contained(resource: dict[str, Any], local_id: str) -> dict[str, Any] | None:

@@ -43,9 +43,10 @@ class ConditionRecord(NamedTuple):
 
     resource: str
     codings: tuple[Coding, ...]
-    onset: date | None  # onset[x] or, failing that, recordedDate
+    onset: date | None  # onset[x] (dateTime or period start): when the disease began
     abatement: date | None
     clinical_status: str  # active | recurrence | relapse | inactive | remission | resolved
+    recorded: date | None = None  # recordedDate: when it was entered, not when it began
 
 
 class GoalRecord(NamedTuple):

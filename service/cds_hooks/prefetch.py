@@ -84,11 +84,15 @@ async def gather(
 def _relative(url: str, request: CdsRequest, key: str) -> str:
     """A next-page URL relative to fhirServer; pages elsewhere are never fetched with the token."""
     base = (request.fhirServer or "").rstrip("/") + "/"
-    if request.fhirServer is None or not url.startswith(base):
+    relative = url[len(base) :] if request.fhirServer and url.startswith(base) else ""
+    # What FhirRestClient.fetch refuses (ValueError, a 500): the base itself, "//host/...", or a
+    # URL nested in the path. None of them is a page on fhirServer.
+    page = relative.strip().lstrip("/")
+    if not page or relative.startswith("//") or "://" in page.split("?", 1)[0]:
         raise CdsError(
             412, "incomplete", f"prefetch '{key}' has more pages than sent, not on fhirServer"
         )
-    return url[len(base) :]
+    return relative
 
 
 def _fill(template: str, request: CdsRequest) -> str:

@@ -300,3 +300,19 @@ def test_equal_precedence_for_one_measure_is_refused(guideline_dir: Path) -> Non
     )
     with pytest.raises(RuleFileError, match="same precedence"):
         load_guidelines(guideline_dir)
+
+
+def test_recorded_date_is_not_an_onset(engine: PatientEngine) -> None:
+    recorded_only = {
+        "resourceType": "Condition",
+        "id": "re-entered",
+        "subject": {"reference": "Patient/case-patient"},
+        "code": {"coding": [{"system": "urn:oid:1.2.208.176.2.31", "code": "T90"}]},
+        "recordedDate": "2026-01-10",
+    }
+    out = run(engine, resources=[recorded_only])
+    assert out.in_register  # known since it was recorded
+    onset = out.fact("t2d_onset")
+    assert onset is not None and onset.value is None  # but not how long the disease has lasted
+    before = run(engine, as_of=dt.date(2026, 1, 9), resources=[recorded_only])
+    assert not before.in_register

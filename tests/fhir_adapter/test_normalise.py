@@ -112,13 +112,14 @@ def test_egfr_above_90_keeps_its_comparator(danish: PatientRecord) -> None:
 
 def test_danish_conditions(danish: PatientRecord) -> None:
     rows = [
-        (c.resource[10:], c.codings, c.onset, c.abatement, c.clinical_status)
+        (c.resource[10:], c.codings, c.onset, c.abatement, c.clinical_status, c.recorded)
         for c in danish.conditions
     ]
     assert rows == [
-        ("t2d-icpc", (("icpc2", "T90"),), date(2015, 1, 1), None, "active"),
-        ("t2d-sks", (("icd10", "E119"),), date(2015, 6, 12), None, "active"),  # no clinicalStatus
-        ("cystitis", (("icpc2", "U71"),), date(2023, 9, 1), date(2023, 9, 10), "resolved"),
+        # no clinicalStatus, and only a recordedDate: recorded is not onset
+        ("t2d-sks", (("icd10", "E119"),), None, None, "active", date(2015, 6, 12)),
+        ("t2d-icpc", (("icpc2", "T90"),), date(2015, 1, 1), None, "active", None),
+        ("cystitis", (("icpc2", "U71"),), date(2023, 9, 1), date(2023, 9, 10), "resolved", None),
     ]  # the refuted hypertension is gone
 
 
@@ -543,9 +544,9 @@ def status_concept(code: str) -> dict[str, Any]:
     ("verification", "kept"),
     [
         ("confirmed", True),
-        ("unconfirmed", True),
-        ("provisional", True),
-        ("differential", True),
+        ("unconfirmed", False),  # a register counts diagnoses, not suspicions
+        ("provisional", False),
+        ("differential", False),
         ("refuted", False),
         ("entered-in-error", False),
     ],
@@ -567,10 +568,13 @@ def test_condition_clinical_status_onset_and_abatement() -> None:
         condition("c", onsetAge={"value": 40, "unit": "a"}, recordedDate="2021-01-01"),
         condition("d", clinicalStatus=status_concept("cured")),
     )
-    assert [(c.resource, c.onset, c.abatement, c.clinical_status) for c in record.conditions] == [
-        ("Condition/b", date(2019, 1, 1), date(2019, 4, 1), "resolved"),
-        ("Condition/a", date(2020, 2, 2), None, "active"),
-        ("Condition/c", date(2021, 1, 1), None, "active"),
+    rows = [
+        (c.resource, c.onset, c.abatement, c.clinical_status, c.recorded) for c in record.conditions
+    ]
+    assert rows == [
+        ("Condition/a", None, None, "active", date(2020, 2, 2)),
+        ("Condition/c", None, None, "active", date(2021, 1, 1)),
+        ("Condition/b", date(2019, 1, 1), date(2019, 4, 1), "resolved", None),
     ]
     assert reasons(record) == {
         "Condition/d": "clinicalStatus 'cured' is not a valid clinical status"

@@ -665,13 +665,13 @@ def cds_requests(
 
 
 draft_order = st.one_of(medication_request, medication_request, resource)
-draft_orders = st.one_of(
-    bundle(st.builds(lambda r: {"resource": r}, draft_order)),
-    bundle(st.builds(lambda r: {"resource": r}, draft_order)),
-    bundle(entry),
-    obj({"entry": wrong}),
-    st.just({}),
-    wrong,  # not an object: 400 from the request model
+draft_orders = weighted(
+    (12, bundle(st.builds(lambda r: {"resource": r}, draft_order))),
+    (2, bundle(entry)),
+    (1, obj({"entry": wrong})),
+    (1, st.just({})),
+    (1, st.none()),
+    (1, wrong),  # not an object: 400 from the request model
 )
 order_context = obj(
     {"draftOrders": draft_orders},
@@ -686,39 +686,275 @@ languages = st.sampled_from(["da", "en", "en-GB,da;q=0.5", "", "xx"])
 
 # --- the fuzz --------------------------------------------------------------------------------------
 
-
-def run_patient_view(client: TestClient, body: dict[str, Any], language: str) -> None:
-    post(client, PATIENT_VIEW, encode(body), language)
-
-
-def run_order_select(client: TestClient, body: dict[str, Any], language: str) -> None:
-    post(client, ORDER_SELECT, encode(body), language)
-
-
-def _fuzz(
-    run: Callable[[TestClient, dict[str, Any], str], None],
-    requests: st.SearchStrategy[dict[str, Any]],
-    profile: settings,
-) -> Callable[[TestClient], None]:
-    """One Hypothesis test of ``run`` over ``requests``, under ``profile`` (FAST or SLOW)."""
-
-    @profile
-    @given(body=requests, language=languages)
-    def test(client: TestClient, body: dict[str, Any], language: str) -> None:
-        run(client, body, language)
-
-    test.__doc__ = run.__doc__
-    return test
-
-
 patient_view_requests = cds_requests("patient-view")
 order_select_requests = cds_requests("order-select", order_context)
 
-test_patient_view_fuzzed_prefetch = _fuzz(run_patient_view, patient_view_requests, FAST)
-test_order_select_fuzzed_draft_orders = _fuzz(run_order_select, order_select_requests, FAST)
-test_patient_view_fuzzed_prefetch_slow = pytest.mark.slow(
-    _fuzz(run_patient_view, patient_view_requests, SLOW)
+
+@FAST
+@given(body=patient_view_requests, language=languages)
+def test_patient_view_fuzzed_prefetch(
+    client: TestClient, body: dict[str, Any], language: str
+) -> None:
+    post(client, PATIENT_VIEW, encode(body), language)
+
+
+@pytest.mark.slow
+@SLOW
+@given(body=patient_view_requests, language=languages)
+def test_patient_view_fuzzed_prefetch_slow(
+    client: TestClient, body: dict[str, Any], language: str
+) -> None:
+    post(client, PATIENT_VIEW, encode(body), language)
+
+
+@FAST
+@given(body=order_select_requests, language=languages)
+def test_order_select_fuzzed_draft_orders(
+    client: TestClient, body: dict[str, Any], language: str
+) -> None:
+    post(client, ORDER_SELECT, encode(body), language)
+
+
+@pytest.mark.slow
+@SLOW
+@given(body=order_select_requests, language=languages)
+def test_order_select_fuzzed_draft_orders_slow(
+    client: TestClient, body: dict[str, Any], language: str
+) -> None:
+    post(client, ORDER_SELECT, encode(body), language)
+
+
+# --- huge bundles ----------------------------------------------------------------------------------
+
+
+def plain_prefetch(**values: Any) -> dict[str, Any]:
+    """Every discovery key with an empty searchset and the context patient, then ``values``."""
+    empty = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    prefetch: dict[str, Any] = dict.fromkeys(PREFETCH_KEYS, empty)
+    prefetch["patient"] = {
+        "resourceType": "Patient",
+        "id": PATIENT_ID,
+        "birthDate": "1950-01-01",
+        "gender": "female",
+    }
+    prefetch.update(values)
+    return prefetch
+
+
+def patient_view(prefetch: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"patientId": PATIENT_ID, "userId": "Practitioner/gp1"},
+        "prefetch": prefetch,
+        **extra,
+    }
+
+
+OBSERVATION_KEY = next(key for key in PREFETCH_KEYS if key.startswith("observations"))
+T2D = {
+    "resourceType": "Condition",
+    "id": "t2d",
+    "subject": {"reference": f"Patient/{PATIENT_ID}"},
+    "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9"}]},
+    "onsetDateTime": "2015-01-01",
+}
+
+
+@st.composite
+def huge_bundles(draw: st.DrawFn) -> dict[str, Any]:
+    """A searchset of 1,000-5,000 copies of one fuzzed Observation: distinct ids, all the same id,
+    or a few ids repeated. Drawing thousands of distinct resources would make Hypothesis, not the
+    service, the bottleneck; copies still make the reader and the rules walk every entry."""
+    template = draw(observation)
+    count = draw(st.integers(1_000, 5_000))
+    naming = draw(st.sampled_from(["distinct", "same", "few"]))
+    entries = []
+    for index in range(count):
+        copy = dict(template)
+        copy["id"] = {"distinct": f"o{index}", "same": "o1", "few": f"o{index % 7}"}[naming]
+        entries.append({"fullUrl": f"urn:uuid:{index}", "resource": copy})
+    return {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+
+
+def _huge(client: TestClient, bundle_: dict[str, Any]) -> None:
+    conditions = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": T2D}]}
+    prefetch = plain_prefetch(**{OBSERVATION_KEY: bundle_, "conditions": conditions})
+    post(client, PATIENT_VIEW, encode(patient_view(prefetch)))
+
+
+@settings(FAST, max_examples=5)
+@given(bundle_=huge_bundles())
+def test_huge_bundles(client: TestClient, bundle_: dict[str, Any]) -> None:
+    _huge(client, bundle_)
+
+
+@pytest.mark.slow
+@settings(SLOW, max_examples=100)
+@given(bundle_=huge_bundles())
+def test_huge_bundles_slow(client: TestClient, bundle_: dict[str, Any]) -> None:
+    _huge(client, bundle_)
+
+
+def test_bundle_of_twenty_thousand_observations(client: TestClient) -> None:
+    """The 'huge bundle' example: 20,000 valid HbA1c results, 100 of them high, plus duplicates
+    of every id and a reference to another patient on each tenth: cards, not a crash."""
+    entries = []
+    for index in range(20_000):
+        day = TODAY - dt.timedelta(days=index % 700)
+        entries.append(
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": f"hba1c-{index % 10_000}",  # every id twice
+                    "status": "final",
+                    "subject": {"reference": "Patient/p2" if index % 10 == 0 else "Patient/p1"},
+                    "code": {
+                        "coding": [{"system": "http://npu-terminology.org", "code": "NPU27300"}]
+                    },
+                    "effectiveDateTime": day.isoformat(),
+                    "valueQuantity": {"value": 90 if index < 100 else 50, "unit": "mmol/mol"},
+                }
+            }
+        )
+    observations = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+    conditions = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": T2D}]}
+    prefetch = plain_prefetch(**{OBSERVATION_KEY: observations, "conditions": conditions})
+    response = post(client, PATIENT_VIEW, encode(patient_view(prefetch)), "en")
+    assert response.status_code == 200
+    assert response.json()["cards"], "a diabetic with a high HbA1c gets a card"
+
+
+# --- deep nesting ----------------------------------------------------------------------------------
+
+DEEP = "__deep__"
+"""Placeholder replaced by the nested JSON text: ``json.dumps`` itself stops at ~1,000 levels."""
+
+NESTING_PLACES: dict[str, Callable[[], dict[str, Any]]] = {
+    "prefetch value": lambda: patient_view(plain_prefetch(conditions=DEEP)),
+    "resource field": lambda: patient_view(
+        plain_prefetch(
+            **{
+                OBSERVATION_KEY: {
+                    "resourceType": "Bundle",
+                    "entry": [{"resource": {"resourceType": "Observation", "valueQuantity": DEEP}}],
+                }
+            }
+        )
+    ),
+    "bundle entry": lambda: patient_view(
+        plain_prefetch(conditions={"resourceType": "Bundle", "entry": [DEEP]})
+    ),
+    "extension": lambda: patient_view(plain_prefetch(), extension=DEEP),
+    "draftOrders": lambda: {
+        "hook": "order-select",
+        "hookInstance": "x",
+        "context": {"patientId": PATIENT_ID, "draftOrders": {"resourceType": "Bundle", "x": DEEP}},
+        "prefetch": plain_prefetch(),
+    },
+}
+
+
+def nested(depth: int, kind: str) -> str:
+    """``depth`` levels of arrays or objects as JSON text."""
+    if kind == "list":
+        return "[" * depth + "]" * depth
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+def _deep(client: TestClient, place: str, depth: int, kind: str) -> None:
+    """Deep nesting somewhere in the request: JSON orjson refuses is a 400, the rest is no 5xx."""
+    body = NESTING_PLACES[place]()
+    path = ORDER_SELECT if place == "draftOrders" else PATIENT_VIEW
+    payload = encode(body).replace(f'"{DEEP}"'.encode(), nested(depth, kind).encode())
+    try:
+        orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        too_deep = True
+    else:
+        too_deep = False
+    response = post(client, path, payload)
+    if too_deep:
+        assert response.status_code == 400, response.text
+
+
+@FAST
+@given(
+    place=st.sampled_from(sorted(NESTING_PLACES)),
+    depth=st.one_of(st.integers(50, 1_100), st.sampled_from([254, 255, 256, 1_020, 1_025, 5_000])),
+    kind=st.sampled_from(["list", "dict"]),
 )
-test_order_select_fuzzed_draft_orders_slow = pytest.mark.slow(
-    _fuzz(run_order_select, order_select_requests, SLOW)
+def test_deep_nesting(client: TestClient, place: str, depth: int, kind: str) -> None:
+    _deep(client, place, depth, kind)
+
+
+@pytest.mark.slow
+@settings(SLOW, max_examples=500)
+@given(
+    place=st.sampled_from(sorted(NESTING_PLACES)),
+    depth=st.integers(50, 20_000),
+    kind=st.sampled_from(["list", "dict"]),
 )
+def test_deep_nesting_slow(client: TestClient, place: str, depth: int, kind: str) -> None:
+    _deep(client, place, depth, kind)
+
+
+@pytest.mark.parametrize("depth", [ORJSON_MAX_DEPTH + 1, 100_000])
+def test_json_deeper_than_orjson_reads_is_400(client: TestClient, depth: int) -> None:
+    payload = encode(patient_view(plain_prefetch(conditions=DEEP)))
+    payload = payload.replace(f'"{DEEP}"'.encode(), nested(depth, "list").encode())
+    response = post(client, PATIENT_VIEW, payload)
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["diagnostics"] == "the request body is not JSON"
+
+
+# --- bodies that are not (quite) JSON ---------------------------------------------------------------
+
+VALID = encode(patient_view(plain_prefetch()))
+RAW_BODIES: dict[str, tuple[bytes, int | None]] = {
+    # name: (body, the status it must get; None: any status below 500)
+    "empty": (b"", 400),
+    "null": (b"null", 400),
+    "array": (b"[]", 400),
+    "number": (b"1", 400),
+    "string": (b'"patient-view"', 400),
+    "NaN": (VALID.replace(b'"1950-01-01"', b"NaN"), 400),
+    "Infinity": (VALID.replace(b'"1950-01-01"', b"-Infinity"), 400),
+    "1e400": (VALID.replace(b'"1950-01-01"', b"1e400"), 400),
+    "400-digit integer": (VALID.replace(b'"1950-01-01"', b"9" * 400), 400),
+    "2**64": (VALID.replace(b'"1950-01-01"', str(2**64).encode()), None),
+    "lone surrogate": (VALID.replace(b"Practitioner/gp1", b"\\ud800"), 400),
+    "invalid UTF-8": (VALID.replace(b"Practitioner/gp1", b"\xff\xfe"), 400),
+    "byte-order mark": (b"\xef\xbb\xbf" + VALID, 400),
+    "truncated": (VALID[: len(VALID) // 2], 400),
+    "duplicate keys": (
+        VALID.replace(b'"hook": "patient-view"', b'"hook": 1, "hook": "patient-view"'),
+        200,
+    ),
+    "trailing garbage": (VALID + b" x", 400),
+    "5 MB string": (VALID.replace(b'"1950-01-01"', b'"' + b"9" * 5_000_000 + b'"'), 200),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RAW_BODIES))
+def test_raw_bodies(client: TestClient, name: str) -> None:
+    payload, status = RAW_BODIES[name]
+    response = post(client, PATIENT_VIEW, payload)
+    if status is not None:
+        assert response.status_code == status, response.text
+
+
+# --- next links ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", LINK_URLS)
+def test_next_links(client: TestClient, url: str) -> None:
+    """A searchset with a ``next`` link is fetched from fhirServer only if the page is on it;
+    any other link (another origin, the base itself, a relative path) is a 412, never a crash
+    (fhirServer's own base was a 500 once: FhirRestClient refuses an empty relative URL)."""
+    page = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    page["link"] = [{"relation": "next", "url": url}]
+    body = patient_view(plain_prefetch(conditions=page), fhirServer=FHIR_BASE)
+    response = post(client, PATIENT_VIEW, encode(body))
+    on_server = url.startswith(FHIR_BASE + "/") and url != FHIR_BASE + "/"
+    assert response.status_code == (200 if on_server else 412), response.text
