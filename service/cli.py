@@ -260,21 +260,33 @@ DEMO_AS_OF = dt.date(2026, 7, 2)
 @app.command()
 def demo(
     language: Annotated[Language, typer.Option(help="Language of texts.")] = Language.da,
+    patients: Annotated[int, typer.Option(help="Synthetic patients.", min=1)] = 300,
 ) -> None:
-    """Check the shipped guidelines, then explain them for the example patients in examples/."""
+    """The library's test cases, a synthetic population, the example patients, a CDS Hooks call."""
+    from service.demo import population_report, service_call, shifted
+
     guidelines = load_or_exit(default_guidelines())
     results = run_cases(guidelines)
     failed = [r for r in results if not r.passed]
     typer.echo(
-        f"Guideline library: {len(guidelines.files)} guidelines, {len(results)} test cases, "
+        f"== 1. Guideline library: {len(guidelines.files)} guidelines, {len(results)} test cases, "
         f"{len(failed)} failed.\n"
     )
+    typer.echo("== 2. A synthetic population (seed 2026) through the per-patient engine\n")
+    typer.echo(population_report(guidelines, patients, 3, 2026, dt.date.today()) + "\n")
     engine = PatientEngine(guidelines)
     for path in sorted(EXAMPLES.glob("*.json")):
         for patient in normalise(read_resources(path.read_bytes())).values():
-            typer.echo(f"== {path.name}: Patient/{patient.id}, reference date {DEMO_AS_OF} ==\n")
+            typer.echo(f"== 3. {path.name}: Patient/{patient.id}, reference date {DEMO_AS_OF}\n")
             outcomes = [o for o in engine.evaluate(patient, DEMO_AS_OF) if o.in_register]
             typer.echo(explain_text(guidelines, outcomes, language.value))
+    example = EXAMPLES / "ihd-diabetes.json"
+    bundle = shifted(example.read_text(encoding="utf-8"), (dt.date.today() - DEMO_AS_OF).days)
+    typer.echo("== 4. The CDS Hooks service (uvicorn, --no-auth) answers patient-view for it:\n")
+    for card in service_call(bundle, "inge", language.value):
+        typer.echo(
+            f"  [{card['indicator']}] {card['summary']}\n      source: {card['source']['label']}"
+        )
     if failed:
         raise typer.Exit(1)
 
