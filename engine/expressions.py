@@ -11,9 +11,7 @@ import operator
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from dateutil.relativedelta import relativedelta
-
-from engine.primitives import months_between
+from engine.primitives import months_between, years_between
 from rules import tree as t
 from rules.rendering import Bound
 
@@ -145,7 +143,7 @@ def _call(function: str, args: tuple[Compiled, ...]) -> Compiled:
             return float((scope.as_of - value).days)
         if function == "months_since":
             return months_between(value, scope.as_of)
-        return float(relativedelta(scope.as_of, value).years)
+        return years_between(value, scope.as_of)
 
     return since
 

@@ -136,6 +136,12 @@ def age(birth_date: dt.date | None, on: dt.date) -> float | None:
 
 
 def months_between(start: dt.date, end: dt.date) -> float:
-    """Full months from start to end (negative when end is earlier)."""
-    delta = relativedelta(end, start)
-    return float(delta.years * 12 + delta.months)
+    """Full months from start to end: a month is complete when the day of month is reached again
+    (31 January to 28 February is 0 months). Written out so SQL can say exactly the same."""
+    months = (end.year - start.year) * 12 + end.month - start.month
+    return float(months - (end.day < start.day))
+
+
+def years_between(start: dt.date, end: dt.date) -> float:
+    """Full years, from full months (so both engines floor the same way)."""
+    return float(months_between(start, end) // 12)
