@@ -268,9 +268,14 @@ class VejviserServer:
 
 @contextlib.contextmanager
 def running(server: VejviserServer) -> Iterator[VejviserServer]:
+    """The server for the ``with`` block; if the block fails, its log goes to stderr (the log
+    lives in a temporary directory that is about to be deleted)."""
     server.start()
     try:
         yield server
+    except BaseException:
+        print(f"--- vejviser log (tail) ---\n{server.log_tail()}", file=sys.stderr)
+        raise
     finally:
         server.stop()
 
@@ -286,6 +291,8 @@ class Case:
     resources: int
     body: bytes
     cards: int = 0
+    check_error: str | None = None
+    """Why the check call before the load failed (only allowed where errors are a finding)."""
 
 
 @dataclass(slots=True)
@@ -453,59 +460,39 @@ def fhir_server(workdir: Path, sizes: Sequence[int], as_of: date) -> Iterator[st
         server.stop()
 
 
-def rejected_queries(fhir_base: str, keys: dict[str, str], patient_id: str) -> dict[str, int]:
-    """Discovery keys whose query the FHIR server refuses, with the HTTP status it gave.
+def probe_fhir(fhir_base: str, keys: dict[str, str], patient_id: str) -> list[str]:
+    """Notes on the FHIR server alone: each discovery query (and ``$everything``) sent once, as
+    the service sends it (``Prefer: handling=strict``), with its status and time.
 
-    The service asks with ``Prefer: handling=strict``, under which a server answers 400 to a
-    search parameter it does not support; sekmet-fhir is young and lacks some.
+    Why: the FHIR server rows are dominated by the server, and a query it refuses (a young
+    server lacks search parameters) changes what the service has to do.
     """
     headers = {"Accept": "application/fhir+json", "Prefer": "handling=strict"}
-    rejected: dict[str, int] = {}
-    with httpx.Client(timeout=30.0, headers=headers) as client:
-        for key, query in keys.items():
-            filled = query.replace(PATIENT_TOKEN, patient_id)
-            status = client.get(f"{fhir_base}/{filled}").status_code
+    queries = {key: query.replace(PATIENT_TOKEN, patient_id) for key, query in keys.items()}
+    queries["$everything"] = f"Patient/{patient_id}/$everything"
+    timings, refused = [], []
+    with httpx.Client(timeout=60.0, headers=headers) as client:
+        for key, query in queries.items():
+            started = time.perf_counter()
+            status = client.get(f"{fhir_base}/{query}").status_code
+            ms = (time.perf_counter() - started) * 1000
+            timings.append(f"`{key}` {ms:,.0f} ms" + ("" if status == 200 else f" (HTTP {status})"))
             if status != 200:
-                rejected[key] = status
-    return rejected
+                refused.append(f"`{keys.get(key, query)}`")
+    notes = [f"sekmet-fhir alone, one request at a time, {patient_id}: " + ", ".join(timings) + "."]
+    if refused:
+        notes.append(
+            f"sekmet-fhir refuses {', '.join(refused)} under `Prefer: handling=strict`; the "
+            "FHIR server rows include whatever the service does instead."
+        )
+    return notes
 
 
-def fhir_cases(
-    vejviser_base: str, fhir_base: str, sizes: Sequence[int], as_of: date
-) -> tuple[list[Case], list[str]]:
-    """Requests with ``fhirServer`` and no prefetch, and notes for the report.
-
-    A query the FHIR server refuses is noted; the request still goes without prefetch, so the
-    rows include whatever the service does about it. Only if the service then fails (412) is
-    that key sent as prefetch, filled as in :func:`build_prefetch`, and the note says so: a
-    benchmark of error responses would measure nothing useful.
-    """
-    keys = discovery_keys(vejviser_base)
-    rejected = rejected_queries(fhir_base, keys, patient_id_for(sizes[0]))
-    notes = []
-    if rejected:
-        refused = ", ".join(f"`{keys[k]}` (HTTP {status})" for k, status in rejected.items())
-        notes.append(f"sekmet-fhir refuses {refused} under `Prefer: handling=strict`.")
-    cases = []
-    for size in sizes:
-        pid = patient_id_for(size)
-        case = Case(FETCHED, size, request_body(pid, None, fhir_base))
-        try:
-            case.cards = call_once(vejviser_base, case.body)
-        except ServiceError as exc:
-            if exc.status != 412 or not rejected:
-                raise
-            full = build_prefetch(keys, patient_resources(size, as_of), pid)
-            prefetch = {key: full[key] for key in rejected}
-            case = Case(FETCHED, size, request_body(pid, prefetch, fhir_base))
-            case.cards = call_once(vejviser_base, case.body)
-            notes.append(
-                f"Without prefetch the service answered {size}-resource calls with 412 "
-                f"({exc.detail}); those rows send {', '.join(f'`{k}`' for k in rejected)} "
-                "as prefetch and fetch the rest."
-            )
-        cases.append(case)
-    return cases, notes
+def fhir_cases(vejviser_base: str, fhir_base: str, sizes: Sequence[int]) -> list[Case]:
+    """Requests with ``fhirServer`` and no prefetch: the service fetches every key."""
+    return [
+        Case(FETCHED, size, request_body(patient_id_for(size), None, fhir_base)) for size in sizes
+    ]
 
 
 def measure(
@@ -515,17 +502,28 @@ def measure(
     seconds: float,
     warmup: float,
     workdir: Path,
+    allow_errors: bool = False,
 ) -> list[Measurement]:
+    """Each case at each concurrency. A case is first sent once: a failure there stops the
+    benchmark (a fast 4xx must not pass for a fast service) unless ``allow_errors``, where
+    failing calls are a result in themselves (the FHIR server case: timeouts of the budget)."""
     results = []
     for case in cases:
-        case.cards = call_once(server.base_url, case.body)  # a 4xx must not be benchmarked
+        try:
+            case.cards = call_once(server.base_url, case.body)
+        except ServiceError as exc:
+            if not allow_errors:
+                raise
+            case.check_error = str(exc)
+            print(f"{case.label} {case.resources}: {exc}", file=sys.stderr)
         for concurrency in concurrencies:
             result = run_load(server, case, concurrency, seconds, warmup, workdir)
             stats = latency_ms(result.latencies_ns)
+            cpu = result.server_cpu_seconds * 1000 / max(result.requests, 1)
             print(
                 f"{case.label:>14} {case.resources:>4} res c={concurrency:<2} "
                 f"{result.rate:7.1f} req/s  p50 {stats['p50']:7.2f}  p99 {stats['p99']:7.2f} ms"
-                f"  errors {result.errors}",
+                f"  server CPU {cpu:6.2f} ms/req  errors {result.errors}",
                 file=sys.stderr,
             )
             results.append(result)
@@ -693,6 +691,7 @@ def render(
     in_force: int | None = None,
     notes: Sequence[str] = (),
     profile: Profile | None = None,
+    code: str | None = None,
 ) -> str:
     """The markdown section, markers included."""
     lines = [
@@ -716,6 +715,8 @@ def render(
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {machine_info}",
     ]
+    if code is not None:
+        lines.append(f"- Code: {code}")
     if in_force is not None:
         lines.append(f"- Guidelines: `guidelines/`, {in_force} in force today")
     lines += [f"- Note: {note}" for note in notes]
@@ -733,7 +734,7 @@ def render(
         cpu_per = m.server_cpu_seconds * 1000 / m.requests if m.requests else 0.0
         lines.append(
             f"| {m.case.label} | {m.case.resources} | {len(m.case.body) / 1024:,.0f} "
-            f"| {m.case.cards} | {m.concurrency} | {m.requests:,} | {m.rate:,.1f} "
+            f"| {'–' if m.case.check_error else m.case.cards} | {m.concurrency} | {m.requests:,} | {m.rate:,.1f} "
             f"| {stats['p50']:.2f} | {stats['p95']:.2f} | {stats['p99']:.2f} | {stats['max']:.2f} "
             f"| {cpu_per:.2f} | {m.server_cpu_seconds / window:.0%} "
             f"| {m.client_cpu_seconds / window:.0%} | {m.other_cpu_seconds / window:.0%} "
@@ -821,6 +822,21 @@ def _profile_line(row: ProfileRow) -> str:
     )
 
 
+def code_version() -> str:
+    """The commit measured, and whether the working tree differed from it (then the numbers
+    belong to uncommitted code)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown (not a git checkout)"
+    dirty = git("status", "--porcelain")
+    return f"commit {commit}" + (" with uncommitted changes" if dirty else "")
+
+
 def write_section(path: Path, section: str) -> None:
     """Replace this benchmark's section between its markers; keep the rest of the file."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -871,6 +887,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile_on = (not args.quick) if args.profile is None else args.profile
     as_of = date.today()  # the service evaluates as of today: the patient's data must be recent
     machine_info = machine()
+    code = code_version()
     notes: list[str] = []
 
     with tempfile.TemporaryDirectory(prefix="bench-cds-hooks-") as tmp:
@@ -889,18 +906,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if base is None:
                         notes.append("FHIR server case skipped: sekmet-fhir is not installed.")
                     else:
-                        fetched, fetch_notes = fhir_cases(server.base_url, base, SIZES, as_of)
-                        notes += fetch_notes
+                        keys = discovery_keys(server.base_url)
+                        notes += probe_fhir(base, keys, patient_id_for(max(SIZES)))
+                        fetched = fhir_cases(server.base_url, base, SIZES)
                         results += measure(
-                            server, fetched, FHIR_CONCURRENCY, seconds, warmup, workdir
+                            server, fetched, FHIR_CONCURRENCY, seconds, warmup, workdir, True
                         )
+                        notes += [
+                            f"FHIR server, {c.resources} resources: the check call got "
+                            f"{c.check_error}"
+                            for c in fetched
+                            if c.check_error
+                        ]
         profile = None
         if profile_on:
             print("profiling the server ...", file=sys.stderr)
             profile = profile_server(workdir, GOAL_SIZE, min(seconds, PROFILE_SECONDS), as_of)
 
     section = render(
-        results, _command(argv), seconds, warmup, machine_info, in_force, notes, profile
+        results, _command(argv), seconds, warmup, machine_info, in_force, notes, profile, code
     )
     print(section)
     if args.quick or args.no_write:

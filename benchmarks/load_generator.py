@@ -35,6 +35,8 @@ from time import perf_counter_ns
 import httpx
 import orjson
 
+_CLIENT, _MACHINE = "\0client", "\0machine"  # snapshot keys that no --watch name can be
+
 PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
 """Stands for the hookInstance in a body template; a valid UUID, so the template is a valid request."""
 
@@ -110,15 +112,17 @@ async def run(
     start = perf_counter_ns()
     window_start = start + int(warmup * 1e9)
     window_end = window_start + int(seconds * 1e9)
-    cpu_before: dict[str, float] = {}
-    client_before = machine_before = 0.0
+    cpu: dict[str, dict[str, float]] = {}
 
-    async def mark_window_start() -> None:
-        nonlocal client_before, machine_before
-        await asyncio.sleep(max(0.0, (window_start - perf_counter_ns()) / 1e9))
-        client_before = time.process_time()
-        machine_before = machine_cpu_seconds()
-        cpu_before.update({name: process_cpu_seconds(pid) for name, pid in watch.items()})
+    def cpu_snapshot() -> dict[str, float]:
+        snapshot = {name: process_cpu_seconds(pid) for name, pid in watch.items()}
+        snapshot[_CLIENT] = time.process_time()
+        snapshot[_MACHINE] = machine_cpu_seconds()
+        return snapshot
+
+    async def snapshot_at(moment_ns: int, name: str) -> None:
+        await asyncio.sleep(max(0.0, (moment_ns - perf_counter_ns()) / 1e9))
+        cpu[name] = cpu_snapshot()
 
     async def worker(client: httpx.AsyncClient) -> None:
         while perf_counter_ns() < window_end:
@@ -140,16 +144,14 @@ async def run(
                 result.statuses[key] = result.statuses.get(key, 0) + 1
 
     async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
-        marker = asyncio.create_task(mark_window_start())
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        await marker
-    result.client_cpu_seconds = time.process_time() - client_before
-    result.machine_cpu_seconds = machine_cpu_seconds() - machine_before
-    # Workers stop sending at window_end but the last answers arrive a little later; the CPU
-    # figures cover that tail too, which is at most one request per worker.
-    result.watched_cpu_seconds = {
-        name: process_cpu_seconds(pid) - cpu_before.get(name, 0.0) for name, pid in watch.items()
-    }
+        # CPU is read at the window's edges exactly, not when the last answer arrives: under
+        # heavy load that can be long after the window closed.
+        timers = [snapshot_at(window_start, "start"), snapshot_at(window_end, "end")]
+        await asyncio.gather(*timers, *(worker(client) for _ in range(concurrency)))
+    used = {name: cpu["end"][name] - cpu["start"][name] for name in cpu["end"]}
+    result.client_cpu_seconds = used.pop(_CLIENT)
+    result.machine_cpu_seconds = used.pop(_MACHINE)
+    result.watched_cpu_seconds = used
     result.window_ns = window_end - window_start
     return result
 

@@ -15,9 +15,11 @@ from rules.tree import CompiledGuideline, Text
 
 WORDS = {
     "da": {"register": "Register", "yes": "ja", "no": "nej", "target": "Mål", "facts": "Fakta",
-           "indicators": "Indikatorer", "evidence": "data", "none": "ingen anbefalinger"},
+           "indicators": "Indikatorer", "evidence": "data", "none": "ingen anbefalinger",
+           "set_by": "fastsat af"},
     "en": {"register": "Register", "yes": "yes", "no": "no", "target": "Target", "facts": "Facts",
-           "indicators": "Indicators", "evidence": "data", "none": "no recommendations"},
+           "indicators": "Indicators", "evidence": "data", "none": "no recommendations",
+           "set_by": "set by"},
 }  # fmt: skip
 
 
@@ -50,6 +52,8 @@ def explain_text(
                 target.value, ty.Quantity(target.unit) if target.unit else ty.NUMBER, language
             )
             evidence = f"; {', '.join(target.evidence)}" if target.evidence else ""
+            if target.set_by != outcome.guideline:
+                evidence += f"; {words['set_by']} {target.set_by}"
             lines.append(
                 f"  {words['target']} {target.name}: {value} - {target.reason.in_language(language)} "
                 f"({target.source}{evidence})"
@@ -118,6 +122,7 @@ def outcome_json(outcome: GuidelineOutcome) -> dict[str, Any]:
                 "unit": t.unit,
                 "reason": to_json(t.reason),
                 "source": t.source,
+                "set_by": t.set_by,
                 "evidence": list(t.evidence),
             }
             for t in outcome.targets

@@ -1,12 +1,27 @@
 """FHIR R4 JSON -> :class:`~fhir_adapter.records.PatientRecord`: the one normalisation path.
 
-A CDS Hooks prefetch, a Bundle on disk and bulk NDJSON all pass through :func:`read_resources`
-and :func:`normalise`, so status filtering, unit conversion and code aliases happen once.
+A CDS Hooks prefetch, a Bundle on disk and bulk NDJSON all pass through :func:`resource_records`,
+so status filtering, unit conversion and code aliases happen once.
 
-Shape: one small function per resource type turns a resource dict into records (or raises
-``_Skip`` with a reason in plain words); :func:`normalise` sorts resources by type, attributes
-them to patients and assembles sorted records. It runs on every CDS Hooks call, so it reads
-plain dicts with ``dict.get`` and type checks instead of a validation library.
+Shape: :func:`resource_records` turns one resource into the records it yields, the patient they
+belong to and its Issues; below it, one small function per resource type (each raises ``_Skip``
+with a reason in plain words when the resource cannot become a record). :func:`normalise` reads a
+whole input with it: it sorts resources by type, attributes their records to patients and
+assembles sorted PatientRecords. That runs on every CDS Hooks call, so the code reads plain dicts
+with ``dict.get`` and type checks instead of a validation library, and the usual Observation shape
+has a fast path (see :func:`_common_observation`).
+
+Bulk ingest (resources streamed by type, not grouped by patient) calls :func:`resource_records`
+per resource and applies what :func:`normalise` applies across resources itself:
+
+- ``medications`` and ``organizations`` are looked up, so read Medication and Organization
+  resources first (Organizations through :func:`resource_records` too).
+- Duplicates: :func:`normalise` keeps the first resource with a given ``resource`` name and
+  reports the others.
+- The MedicationRequest fallback is per patient: MedicationRequest records come back marked
+  ``medication_source="request"`` and count only for a patient with no MedicationStatement at
+  all; every MedicationStatement of a patient, including one dropped by its status, comes back
+  marked ``"statement"``. Issues of a request that is not used are not reported.
 
 Rules (DOMAIN.md §2), each a documented way for a resource to yield no record without an Issue:
 
@@ -43,7 +58,8 @@ from collections.abc import Iterable, Mapping
 from datetime import date
 from functools import lru_cache
 from operator import itemgetter
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -57,13 +73,14 @@ from fhir_adapter.records import (
     ObservationRecord,
     PatientRecord,
 )
-from fhir_adapter.units import UnitError, to_canonical
+from fhir_adapter.units import UnitError, conversion, to_canonical
 
 YDERNUMMER = "urn:oid:1.2.208.176.1.4"
 """Identifier system of a practice's ydernummer (DOMAIN.md §2)."""
 
 _UCUM = SYSTEMS["ucum"][0]
 _COMPARATORS = frozenset({"<", "<=", ">=", ">"})
+_EXACT_INT = 2**53  # integers up to this size are exact as floats (and never overflow)
 _OBSERVATION_KEEP = frozenset({"final", "amended", "corrected"})
 _OBSERVATION_DROP = frozenset(
     {"entered-in-error", "cancelled", "preliminary", "registered", "unknown"}
@@ -84,6 +101,18 @@ _GENDERS = frozenset({"male", "female", "other", "unknown"})
 _CLINICAL_TYPES = frozenset(
     {"Observation", "Condition", "MedicationStatement", "MedicationRequest", "Goal"}
 )
+# Observation elements (FHIR R4) other than value[x]: an Observation with only these keys has no
+# value of its own beside its components (see _common_observation).
+_OBSERVATION_ELEMENTS = frozenset(
+    {
+        "resourceType", "id", "meta", "implicitRules", "language", "text", "contained",
+        "extension", "modifierExtension", "identifier", "basedOn", "partOf", "status",
+        "category", "code", "subject", "focus", "encounter", "effectiveDateTime",
+        "effectivePeriod", "effectiveTiming", "effectiveInstant", "issued", "performer",
+        "dataAbsentReason", "interpretation", "note", "bodySite", "method", "specimen",
+        "device", "referenceRange", "hasMember", "derivedFrom", "component",
+    }
+)  # fmt: skip
 _BOM = "\ufeff"
 _BOM_BYTES = _BOM.encode()
 _new = tuple.__new__  # builds a record without NamedTuple.__new__'s Python-level call: 2x faster
@@ -113,6 +142,41 @@ class Normalised(dict[str, PatientRecord]):
     def __init__(self, patients: dict[str, PatientRecord], issues: tuple[Issue, ...]):
         super().__init__(patients)
         self.issues = issues
+
+
+class OrganizationRecord(NamedTuple):
+    """What a practice (or a cluster of practices) contributes: its ydernummer, and the
+    Organization it is part of, which is how practices are grouped (DOMAIN.md §2)."""
+
+    resource: str  # "Organization/<id>"
+    ydernummer: str | None
+    part_of: str | None  # partOf as "Organization/<id>" when it resolves, else as written
+
+
+class ResourceRecords(NamedTuple):
+    """Everything one resource yields (:func:`resource_records`).
+
+    ``patient`` is the id of the Patient the records belong to (a Patient's own id), None for
+    a resource that belongs to no patient or whose patient cannot be found (then ``issues``
+    says why). ``issues`` are this resource's only, so records and Issues can be written
+    wherever the resource is read.
+    """
+
+    resource: str  # "Type/<id>", or "Type #<index>" / "resource #<index>" without an id
+    patient: str | None
+    observations: tuple[ObservationRecord, ...] = ()
+    medications: tuple[MedicationRecord, ...] = ()
+    # "statement" for every MedicationStatement of a patient, even one without a record;
+    # "request" for a MedicationRequest, whose records count only without statements.
+    medication_source: Literal["statement", "request"] | None = None
+    conditions: tuple[ConditionRecord, ...] = ()
+    goals: tuple[GoalRecord, ...] = ()
+    patient_record: PatientRecord | None = None  # a Patient's demographics (no records)
+    organization: OrganizationRecord | None = None
+    issues: tuple[Issue, ...] = ()
+
+
+_NO_ORGANIZATIONS: Mapping[str, OrganizationRecord] = MappingProxyType({})
 
 
 class _Skip(Exception):  # noqa: N818 - control flow, not an error type
@@ -198,9 +262,8 @@ def _show(text: str) -> str:
     return repr(text if len(text) <= 80 else text[:80] + "...")
 
 
-def _date(value: Any, where: str) -> date:
-    """Date part as written (no time-zone shift); YYYY and YYYY-MM mean the first day.
-    The value is never echoed: a misplaced CPR number must not end up in a message."""
+def _parse_date(value: Any) -> date | None:
+    """Date part as written (no time-zone shift); YYYY and YYYY-MM mean the first day."""
     if type(value) is str:
         try:
             if len(value) >= 10 and value[4] == "-" and value[7] == "-":
@@ -211,7 +274,16 @@ def _date(value: Any, where: str) -> date:
                 return date(int(value), 1, 1)
         except ValueError:
             pass
-    raise _Skip(f"{where} is not a valid date")
+    return None
+
+
+def _date(value: Any, where: str) -> date:
+    """:func:`_parse_date`, or a _Skip. The value is never echoed: a misplaced CPR number must
+    not end up in a message."""
+    day = _parse_date(value)
+    if day is None:
+        raise _Skip(f"{where} is not a valid date")
+    return day
 
 
 def _optional_date(container: dict[str, Any], key: str) -> date | None:
@@ -258,20 +330,49 @@ def _status(
 
 
 @lru_cache(maxsize=65536)
-def _one_coding(system: str, code: str) -> tuple[Coding, ...]:
-    canonical = canonical_coding(system, code)
-    return (canonical,) if canonical[1] else ()
+def _canonical_codings(*systems_and_codes: str) -> tuple[Coding, ...]:
+    """Canonical codings of well-formed entries given as system, code, system, code...:
+    the general loop of :func:`_codings` (duplicates collapse), () if none has a code."""
+    pairs = zip(systems_and_codes[::2], systems_and_codes[1::2], strict=True)
+    return tuple(dict.fromkeys(c for c in (canonical_coding(*pair) for pair in pairs) if c[1]))
+
+
+def _usual_codings(concept: Any) -> tuple[Coding, ...] | None:
+    """Codings of the usual CodeableConcept (one or two coding entries, each with a string
+    system and code), cached per distinct entry list; None or () for anything else, which
+    :func:`_codings` reads entry by entry to report what is wrong."""
+    coding = concept.get("coding") if type(concept) is dict else None
+    if type(coding) is not list:
+        return None
+    if len(coding) == 1:
+        entry = coding[0]
+        if type(entry) is dict:
+            system, code = entry.get("system"), entry.get("code")
+            if type(system) is str and type(code) is str:
+                return _canonical_codings(system, code)
+    elif len(coding) == 2:
+        first, second = coding
+        if type(first) is dict and type(second) is dict:
+            system, code = first.get("system"), first.get("code")
+            system2, code2 = second.get("system"), second.get("code")
+            if (
+                type(system) is str
+                and type(code) is str
+                and type(system2) is str
+                and type(code2) is str
+            ):
+                return _canonical_codings(system, code, system2, code2)
+    return None
 
 
 def _codings(concept: Any, where: str) -> tuple[Coding, ...]:
     """Canonical codings of a CodeableConcept; at least one, or the concept is unusable."""
+    usual = _usual_codings(concept)
+    if usual:
+        return usual
     if type(concept) is not dict:
         raise _Skip(f"has no {where}" if concept is None else f"{where} is not an object")
     coding = concept.get("coding")
-    if type(coding) is list and len(coding) == 1 and type(coding[0]) is dict:  # the usual case
-        system, code = coding[0].get("system"), coding[0].get("code")
-        if type(system) is str and type(code) is str and (single := _one_coding(system, code)):
-            return single
     if type(coding) is not list:
         raise _Skip(f"{where} has no coding" if coding is None else f"{where}.coding is not a list")
     out: list[Coding] = []
@@ -340,39 +441,34 @@ def _resolve(reference: str, full_urls: Mapping[str, str]) -> str | None:
     return full_urls.get(reference) or _parse_reference(reference)
 
 
-def _patient_of(
-    resource: dict[str, Any], full_urls: Mapping[str, str], known: dict[str, str]
-) -> str:
-    """Patient id of the resource's subject; ``known`` caches references already resolved."""
+def _patient_of(resource: dict[str, Any], full_urls: Mapping[str, str]) -> str:
+    """Patient id of the resource's subject."""
     subject = resource.get("subject")
     if type(subject) is not dict:
         raise _Skip("has no subject" if subject is None else "subject is not an object")
     reference = subject.get("reference")
     if type(reference) is not str:
         raise _Skip("subject has no literal reference to a Patient")
-    pid = known.get(reference)
-    if pid is None:
-        key = _resolve(reference, full_urls)
-        if key is None or not key.startswith("Patient/"):
-            raise _Skip(f"subject {_show(reference)} does not resolve to a Patient")
-        pid = known[reference] = key[8:]
-    return pid
+    key = _resolve(reference, full_urls)
+    if key is None or not key.startswith("Patient/"):
+        raise _Skip(f"subject {_show(reference)} does not resolve to a Patient")
+    return key[8:]
 
 
 # --- values -----------------------------------------------------------------------------------
 
 
-def _number(value: Any, where: str) -> float:
+def _number(value: Any) -> float | None:
+    """A finite JSON number as a float; None for anything else (bool, text, inf, nan, 1e400)."""
     kind = type(value)
     if kind is float:
-        if math.isfinite(value):
-            return value
-    elif kind is int:
+        return value if math.isfinite(value) else None
+    if kind is int:
         try:
             return float(value)
         except OverflowError:
-            pass
-    raise _Skip(f"{where} is not a number")
+            return None
+    return None
 
 
 def _quantity(quantity: Any, where: str) -> tuple[float | None, str | None, str | None]:
@@ -380,8 +476,8 @@ def _quantity(quantity: Any, where: str) -> tuple[float | None, str | None, str 
     if type(quantity) is not dict:
         raise _Skip(f"{where} is not an object")
     number = quantity.get("value")
-    if number is not None and (type(number) is not float or not math.isfinite(number)):
-        number = _number(number, f"{where}.value")
+    if number is not None and (number := _number(number)) is None:
+        raise _Skip(f"{where}.value is not a number")
     comparator = quantity.get("comparator")
     if comparator is not None and (type(comparator) is not str or comparator not in _COMPARATORS):
         raise _Skip(f"{where}.comparator is not one of <, <=, >=, >")
@@ -420,7 +516,10 @@ def _value(element: dict[str, Any]) -> tuple[float | None, str | None, str | Non
     if integer is not None:
         if type(integer) is not int:
             raise _Skip("valueInteger is not an integer")
-        return _number(integer, "valueInteger"), None, None
+        number = _number(integer)
+        if number is None:
+            raise _Skip("valueInteger is not a number")
+        return number, None, None
     return None, None, None
 
 
@@ -461,23 +560,107 @@ def _observation(
     return _new(ObservationRecord, (rid, codings, day, value, comparator, unit, status))
 
 
+def _common_value(
+    rid: str, codings: tuple[Coding, ...], day: date, status: str, quantity: Any
+) -> ObservationRecord | None:
+    """The record of a valueQuantity with a finite number and a convertible unit, as
+    :func:`_quantity` and :func:`_observation` read it; None for any other quantity."""
+    if type(quantity) is not dict:
+        return None
+    value = quantity.get("value")
+    if type(value) is int and -_EXACT_INT <= value <= _EXACT_INT:
+        value = float(value)
+    elif type(value) is not float or not math.isfinite(value):
+        return None
+    comparator = quantity.get("comparator")
+    if comparator is not None and (type(comparator) is not str or comparator not in _COMPARATORS):
+        return None
+    code, text = quantity.get("code"), quantity.get("unit")
+    if (code is not None and type(code) is not str) or (text is not None and type(text) is not str):
+        return None
+    unit = code if code and quantity.get("system") in (None, _UCUM) else text or code
+    try:
+        convert, unit = conversion(codings, unit)
+    except UnitError:
+        return None
+    if convert is not None:
+        value = convert(value)
+    return _new(ObservationRecord, (rid, codings, day, value, comparator, unit, status))
+
+
+def _common_observation(
+    resource: dict[str, Any], full_urls: Mapping[str, str]
+) -> ResourceRecords | None:
+    """What an Observation of the usual shape yields; None for any other Observation, which
+    the general path (:func:`_clinical_records`) reads from the start.
+
+    Why: Observations are most of a patient's resources and normalise runs on every CDS Hooks
+    call, so this reads them with few calls and no bookkeeping for Issues. The usual shape: an
+    id, a subject that resolves to a Patient, a kept status, one or two well-formed codings, an
+    effectiveDateTime, and a valueQuantity with a number in a convertible unit, or components
+    that each have one (a blood-pressure panel). That is exactly the shape for which the general
+    path yields records and no Issue, so it need not repeat its checks and messages here.
+    """
+    ident = resource.get("id")
+    subject = resource.get("subject")
+    reference = subject.get("reference") if type(subject) is dict else None
+    status = resource.get("status")
+    if (
+        type(ident) is not str
+        or not ident
+        or type(reference) is not str
+        or type(status) is not str
+        or status not in _OBSERVATION_KEEP
+    ):
+        return None
+    patient = full_urls.get(reference) or _parse_reference(reference)
+    codings = _usual_codings(resource.get("code"))
+    day = _parse_date(resource.get("effectiveDateTime"))
+    if patient is None or not patient.startswith("Patient/") or not codings or day is None:
+        return None
+    rid = f"Observation/{ident}"
+    components = resource.get("component")
+    if components is None:
+        record = _common_value(rid, codings, day, status, resource.get("valueQuantity"))
+        if record is None:
+            return None
+        records: tuple[ObservationRecord, ...] = (record,)
+    else:
+        # With keys other than these the Observation may have a value of its own.
+        if type(components) is not list or not resource.keys() <= _OBSERVATION_ELEMENTS:
+            return None
+        parts = []
+        for component in components:
+            if type(component) is not dict:
+                return None
+            quantity = component.get("valueQuantity")
+            if quantity is not None:
+                part = _usual_codings(component.get("code"))
+                record = _common_value(rid, part, day, status, quantity) if part else None
+                if record is None:
+                    return None
+                parts.append(record)
+        if not parts:
+            return None
+        records = tuple(parts)
+    return _new(ResourceRecords, (rid, patient[8:], records, (), None, (), (), None, None, ()))
+
+
 def _observation_records(
     resource: dict[str, Any], rid: str, issues: list[Issue]
-) -> list[ObservationRecord]:
+) -> tuple[ObservationRecord, ...]:
     """Records of one Observation: one, or one per numeric component (blood-pressure panels).
 
     A component that cannot be read is an Issue of its own; the other components still count.
     """
-    status = resource.get("status")
-    if type(status) is not str or status not in _OBSERVATION_KEEP:
-        status = _status(resource, "status", _OBSERVATION_KEEP, _OBSERVATION_DROP)
-        if status is None:
-            return []
+    status = _status(resource, "status", _OBSERVATION_KEEP, _OBSERVATION_DROP)
+    if status is None:
+        return ()
     codings = _codings(resource.get("code"), "code")
     day = _observation_date(resource)
     components = resource.get("component")
     if components is None:
-        return [_observation(rid, codings, day, status, resource)]
+        return (_observation(rid, codings, day, status, resource),)
     if type(components) is not list:
         raise _Skip("component is not a list")
     records = []
@@ -500,11 +683,12 @@ def _observation_records(
             issues.append(Issue(rid, skip.args[0]))
     if not records and len(issues) == reported:
         raise _Skip("has components but none with a numeric value")
-    return records
+    return tuple(records)
 
 
 def _condition_record(resource: dict[str, Any], rid: str) -> ConditionRecord | None:
-    """A Condition unless refuted or entered in error; clinicalStatus defaults to active."""
+    """A Condition unless its verificationStatus drops it (see the module rules);
+    clinicalStatus defaults to active."""
     if _concept_code(resource, "verificationStatus") in _VERIFICATION_DROP:
         return None
     clinical = _concept_code(resource, "clinicalStatus") or "active"
@@ -663,9 +847,22 @@ def _ydernummer(identifiers: Any) -> str | None:
     return None
 
 
+def _organization_record(
+    resource: dict[str, Any], rid: str, full_urls: Mapping[str, str]
+) -> OrganizationRecord:
+    """An Organization always yields its record: a missing ydernummer or an unusable partOf
+    (not a literal reference) is None, as neither is needed to read the other resources."""
+    part_of = resource.get("partOf")
+    target = part_of.get("reference") if type(part_of) is dict else None
+    if type(target) is not str or not target:
+        target = None
+    parent = target and (_resolve(target, full_urls) or target)
+    return OrganizationRecord(rid, _ydernummer(resource.get("identifier")), parent)
+
+
 def _practice(
     patient: dict[str, Any],
-    organizations: Mapping[str, dict[str, Any]],
+    organizations: Mapping[str, OrganizationRecord],
     full_urls: Mapping[str, str],
 ) -> str | None:
     """Ydernummer of the general practitioner's Organization (from the Organization in the
@@ -682,7 +879,7 @@ def _practice(
         target = _optional_str(reference, "reference", "generalPractitioner")
         key = _resolve(target, full_urls) if target else None
         organization = organizations.get(key) if key else None
-        number = _ydernummer(organization.get("identifier")) if organization else None
+        number = organization.ydernummer if organization else None
         number = number or _ydernummer(reference.get("identifier"))
         if number:
             return number
@@ -693,7 +890,7 @@ def _practice(
 def _patient_record(
     resource: dict[str, Any],
     pid: str,
-    organizations: Mapping[str, dict[str, Any]],
+    organizations: Mapping[str, OrganizationRecord],
     full_urls: Mapping[str, str],
     issues: list[Issue],
 ) -> PatientRecord:
@@ -717,6 +914,120 @@ def _patient_record(
     return PatientRecord(pid, birth_date, sex, practice)
 
 
+# --- one resource -----------------------------------------------------------------------------
+
+
+def _rid(resource: dict[str, Any], rtype: str, index: int) -> str:
+    rid = resource.get("id")
+    return f"{rtype}/{rid}" if type(rid) is str and rid else f"{rtype} #{index}"
+
+
+def resource_records(
+    resource: Any,
+    full_urls: Mapping[str, str],
+    medications: Mapping[str, dict[str, Any]],
+    organizations: Mapping[str, OrganizationRecord] = _NO_ORGANIZATIONS,
+    index: int = 0,
+) -> ResourceRecords:
+    """The records one resource yields, the patient they belong to, and its Issues.
+
+    ``full_urls`` maps Bundle fullUrls to ``"Type/id"`` (empty for NDJSON); ``medications``
+    holds Medication resources and ``organizations`` the records of Organizations (this
+    function's ``organization``), both keyed ``"Type/id"``, for the references of
+    MedicationStatements, MedicationRequests and Patients. ``index`` is the resource's position
+    in its input, the name of a resource without an id. Never raises for a bad resource.
+    See the module docstring for what a caller applies across resources.
+    """
+    if type(resource) is not dict:
+        return _orphan(f"resource #{index}", "is not a JSON object")
+    rtype = resource.get("resourceType")
+    if rtype == "Observation" and (common := _common_observation(resource, full_urls)):
+        return common
+    if type(rtype) is not str:
+        return _orphan(f"resource #{index}", "has no resourceType")
+    rid = _rid(resource, rtype, index)
+    if rtype in _CLINICAL_TYPES:
+        return _clinical_records(resource, rtype, rid, full_urls, medications)
+    if rtype == "Patient":
+        return _patient_records(resource, rid, organizations, full_urls)
+    if rtype == "Organization":
+        return ResourceRecords(
+            rid, None, organization=_organization_record(resource, rid, full_urls)
+        )
+    return ResourceRecords(rid, None)
+
+
+def _orphan(rid: str, reason: str) -> ResourceRecords:
+    return ResourceRecords(rid, None, issues=(Issue(rid, reason),))
+
+
+def _clinical_records(
+    resource: dict[str, Any],
+    rtype: str,
+    rid: str,
+    full_urls: Mapping[str, str],
+    medications: Mapping[str, dict[str, Any]],
+) -> ResourceRecords:
+    try:
+        pid = _patient_of(resource, full_urls)
+    except _Skip as skip:
+        return _orphan(rid, skip.args[0])
+    ident = resource.get("id")
+    observations: tuple[ObservationRecord, ...] = ()
+    medication: MedicationRecord | None = None
+    source: Literal["statement", "request"] | None = None
+    condition: ConditionRecord | None = None
+    goals: list[GoalRecord] = []
+    issues: list[Issue] = []
+    try:
+        if ident is not None and type(ident) is not str:
+            raise _Skip("id is not a string")
+        if rtype == "Observation":
+            observations = _observation_records(resource, rid, issues)
+        elif rtype == "Condition":
+            condition = _condition_record(resource, rid)
+        elif rtype == "MedicationStatement":
+            source = "statement"
+            medication = _statement_record(resource, rid, medications, full_urls)
+        elif rtype == "MedicationRequest":
+            source = "request"
+            medication = _request_record(resource, rid, medications, full_urls)
+        else:
+            goals = _goal_records(resource, rid, issues)
+    except _Skip as skip:
+        issues.append(Issue(rid, skip.args[0]))
+    except Exception as exc:  # last resort: one bad resource must not stop the others
+        issues.append(Issue(rid, f"could not be read ({type(exc).__name__})"))
+    return ResourceRecords(
+        rid,
+        pid,
+        observations,
+        () if medication is None else (medication,),
+        source,
+        () if condition is None else (condition,),
+        tuple(goals),
+        issues=tuple(issues),
+    )
+
+
+def _patient_records(
+    resource: dict[str, Any],
+    rid: str,
+    organizations: Mapping[str, OrganizationRecord],
+    full_urls: Mapping[str, str],
+) -> ResourceRecords:
+    pid = resource.get("id")
+    if type(pid) is not str or not pid:
+        return _orphan(rid, "has no id, so no resource can refer to it")
+    issues: list[Issue] = []
+    try:
+        patient = _patient_record(resource, pid, organizations, full_urls, issues)
+    except Exception as exc:  # last resort, as in _clinical_records
+        issues.append(Issue(rid, f"could not be read ({type(exc).__name__})"))
+        patient = PatientRecord(pid, None, None, None)
+    return ResourceRecords(rid, pid, patient_record=patient, issues=tuple(issues))
+
+
 # --- assembly ---------------------------------------------------------------------------------
 
 
@@ -736,22 +1047,28 @@ class _Patient:
     def __init__(self) -> None:
         self.observations: list[ObservationRecord] = []
         self.medications: list[MedicationRecord] = []
-        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.requests: list[ResourceRecords] = []  # used only if there is no statement
         self.conditions: list[ConditionRecord] = []
         self.goals: list[GoalRecord] = []
         self.issues: list[Issue] = []
         self.has_statements = False
 
+    def add(self, found: ResourceRecords) -> None:
+        if found.medication_source == "request":
+            self.requests.append(found)
+            return
+        self.has_statements = self.has_statements or found.medication_source == "statement"
+        self.observations += found.observations
+        self.medications += found.medications
+        self.conditions += found.conditions
+        self.goals += found.goals
+        self.issues += found.issues
+
     def resources(self) -> list[str]:
         """Every resource that yielded a record or awaits use (for orphan reporting)."""
         names = [r.resource for r in (*self.observations, *self.medications, *self.conditions)]
-        names += [r.resource for r in self.goals] + [rid for rid, _ in self.requests]
+        names += [r.resource for r in (*self.goals, *self.requests)]
         return list(dict.fromkeys(names))
-
-
-def _rid(resource: dict[str, Any], rtype: str, index: int) -> str:
-    rid = resource.get("id")
-    return f"{rtype}/{rid}" if type(rid) is str and rid else f"{rtype} #{index}"
 
 
 _BY_DATE = itemgetter(2, 0, 1)  # ObservationRecord: date, resource, codings
@@ -772,85 +1089,58 @@ def normalise(resources: Iterable[Any], full_urls: Mapping[str, str] | None = No
         full_urls = resources.full_urls if isinstance(resources, ResourceList) else {}
     orphans: list[Issue] = []
     patients: list[tuple[int, dict[str, Any]]] = []
-    clinical: list[tuple[int, str, dict[str, Any]]] = []
+    clinical: list[tuple[int, dict[str, Any]]] = []
     medications: dict[str, dict[str, Any]] = {}
-    organizations: dict[str, dict[str, Any]] = {}
+    organizations: dict[str, OrganizationRecord] = {}
     for index, resource in enumerate(resources):
-        if type(resource) is not dict:
-            orphans.append(Issue(f"resource #{index}", "is not a JSON object"))
-            continue
-        rtype = resource.get("resourceType")
+        rtype = resource.get("resourceType") if type(resource) is dict else None
         if type(rtype) is not str:
-            orphans.append(Issue(f"resource #{index}", "has no resourceType"))
+            orphans += resource_records(resource, full_urls, medications, index=index).issues
         elif rtype in _CLINICAL_TYPES:
-            clinical.append((index, rtype, resource))
+            clinical.append((index, resource))
         elif rtype == "Patient":
             patients.append((index, resource))
         elif rtype == "Medication":
             medications.setdefault(_rid(resource, rtype, index), resource)
         elif rtype == "Organization":
-            organizations.setdefault(_rid(resource, rtype, index), resource)
+            found = resource_records(resource, full_urls, medications, index=index)
+            organizations.setdefault(found.resource, found.organization)  # type: ignore[arg-type]
 
     gathered: dict[str, _Patient] = {}
     seen: set[str] = set()
-    known: dict[str, str] = {}
-    for index, rtype, resource in clinical:
-        ident = resource.get("id")
-        rid = f"{rtype}/{ident}" if type(ident) is str and ident else f"{rtype} #{index}"
-        try:
-            pid = _patient_of(resource, full_urls, known)
-        except _Skip as skip:
-            orphans.append(Issue(rid, skip.args[0]))
+    for index, resource in clinical:
+        found = resource_records(resource, full_urls, medications, index=index)
+        pid = found.patient
+        if pid is None:
+            orphans += found.issues
             continue
         acc = gathered.get(pid)
         if acc is None:
             acc = gathered[pid] = _Patient()
+        rid = found.resource
         if rid in seen:
             acc.issues.append(Issue(rid, "appears more than once in the input; the first is used"))
             continue
         seen.add(rid)
-        try:
-            if ident is not None and type(ident) is not str:
-                raise _Skip("id is not a string")
-            if rtype == "Observation":
-                acc.observations += _observation_records(resource, rid, acc.issues)
-            elif rtype == "Condition":
-                condition = _condition_record(resource, rid)
-                if condition is not None:
-                    acc.conditions.append(condition)
-            elif rtype == "MedicationStatement":
-                acc.has_statements = True
-                statement = _statement_record(resource, rid, medications, full_urls)
-                if statement is not None:
-                    acc.medications.append(statement)
-            elif rtype == "MedicationRequest":
-                acc.requests.append((rid, resource))
-            else:
-                acc.goals += _goal_records(resource, rid, acc.issues)
-        except _Skip as skip:
-            acc.issues.append(Issue(rid, skip.args[0]))
-        except Exception as exc:  # last resort: one bad resource must not stop the others
-            acc.issues.append(Issue(rid, f"could not be read ({type(exc).__name__})"))
+        acc.add(found)
 
     records: dict[str, PatientRecord] = {}
     for index, resource in patients:
-        pid = resource.get("id")
-        if type(pid) is not str or not pid:
-            orphans.append(Issue(f"Patient #{index}", "has no id, so no resource can refer to it"))
+        found = resource_records(resource, full_urls, medications, organizations, index)
+        pid = found.patient
+        if pid is None:
+            orphans += found.issues
             continue
-        rid = f"Patient/{pid}"
         if pid in records:
             first = records[pid]
-            duplicate = Issue(rid, "appears more than once in the input; the first is used")
+            duplicate = Issue(
+                found.resource, "appears more than once in the input; the first is used"
+            )
             records[pid] = first._replace(issues=(*first.issues, duplicate))
             continue
         acc = gathered.pop(pid, None) or _Patient()
-        try:
-            patient = _patient_record(resource, pid, organizations, full_urls, acc.issues)
-        except Exception as exc:  # last resort, as above
-            acc.issues.append(Issue(rid, f"could not be read ({type(exc).__name__})"))
-            patient = PatientRecord(pid, None, None, None)
-        records[pid] = _assemble(patient, acc, medications, full_urls)
+        acc.issues += found.issues
+        records[pid] = _assemble(found.patient_record, acc)  # type: ignore[arg-type]
 
     for pid, acc in gathered.items():
         reason = f"refers to Patient/{pid}, which is not in the input"
@@ -858,25 +1148,12 @@ def normalise(resources: Iterable[Any], full_urls: Mapping[str, str] | None = No
     return Normalised(records, tuple(orphans))
 
 
-def _assemble(
-    patient: PatientRecord,
-    acc: _Patient,
-    medications: Mapping[str, dict[str, Any]],
-    full_urls: Mapping[str, str],
-) -> PatientRecord:
+def _assemble(patient: PatientRecord, acc: _Patient) -> PatientRecord:
     """Sorted, immutable records; MedicationRequests only when there is no MedicationStatement."""
     if not acc.has_statements:
-        for rid, resource in acc.requests:
-            try:
-                request = _request_record(resource, rid, medications, full_urls)
-            except _Skip as skip:
-                acc.issues.append(Issue(rid, skip.args[0]))
-                continue
-            except Exception as exc:  # last resort, as in normalise
-                acc.issues.append(Issue(rid, f"could not be read ({type(exc).__name__})"))
-                continue
-            if request is not None:
-                acc.medications.append(request)
+        for request in acc.requests:
+            acc.medications += request.medications
+            acc.issues += request.issues
     acc.observations.sort(key=_BY_DATE)
     acc.medications.sort(key=lambda r: (_dated(r.start), r.resource))
     acc.conditions.sort(key=lambda r: (_dated(r.onset), r.resource))

@@ -148,15 +148,21 @@ def to_canonical(
     a number without a trustworthy unit must not reach a threshold. An unknown analyte keeps its
     value and gets its unit spelled consistently.
     """
-    convert, canonical = _conversion(codings, unit)
+    convert, canonical = conversion(codings, unit)
     return (value if convert is None else convert(value)), canonical
 
 
 @lru_cache(maxsize=8192)
-def _conversion(
+def conversion(
     codings: tuple[Coding, ...], unit: str | None
 ) -> tuple[Callable[[float], float] | None, str | None]:
-    """(conversion or None for none needed, resulting unit): cached, as pairs repeat."""
+    """(conversion, or None when none is needed; canonical unit) for values of these codings in
+    this unit, raising :class:`UnitError` as :func:`to_canonical` does.
+
+    Cached per (codings, unit), as the pairs repeat across a patient's results; a caller
+    converting many values (:mod:`fhir_adapter.normalise`) looks the pair up here once per
+    value instead of going through :func:`to_canonical`.
+    """
     key = _analyte(codings)
     spelled = _normalise_unit(unit) if unit else None
     if key is None:

@@ -142,7 +142,7 @@ def _source(src: s.Source) -> t.SourceRef:
     return t.SourceRef(src.title, src.url, src.date, src.note)
 
 
-def _text(text: s.Text) -> t.Text:
+def _text(text: s.Text | s.Reason) -> t.Text:
     return t.Text(text.da, text.en)
 
 
@@ -311,8 +311,8 @@ class _GuidelineCompiler:
             )
             cases.append(t.TargetCase(when, case.value, _text(case.reason)))
         cases.append(t.TargetCase(None, spec.default.value, _text(spec.default.reason)))
-        reasons = [c.reason for c in cases] + [t.GOAL_REASON]
-        reason_width = max(max(len(r.da), len(r.en)) for r in reasons)
+        # A shared target's reason may come from another guideline: size for the longest allowed.
+        reason_width = max(s.REASON_LENGTH, len(t.GOAL_REASON.da), len(t.GOAL_REASON.en))
         return t.TargetDef(
             name,
             spec.measure,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
+from difflib import get_close_matches
 from functools import cache
 
 from lark import Lark, Token, Tree
@@ -184,7 +185,11 @@ class _Checker:
         name = str(token)
         if name not in self.scope:
             known = ", ".join(sorted(self.scope)) or "none"
-            raise ExpressionError(f"unknown fact '{name}' (known here: {known})", _column(token))
+            hint = get_close_matches(name, list(self.scope), n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise ExpressionError(
+                f"unknown fact '{name}'{suggestion} (known here: {known})", _column(token)
+            )
         return t.Ref(name, self.scope[name])
 
     def _path(self, node: Tree) -> t.Expr:

@@ -93,17 +93,18 @@ def _overlapping_versions(files: list[GuidelineFile]) -> list[RuleError]:
     """Two active versions of one guideline must never be in force on the same day."""
     errors = []
     active = sorted(
-        (f.guideline for f in files if f.guideline.status == "active"),
-        key=lambda g: (g.id, g.effective_from),
+        (f for f in files if f.guideline.status == "active"),
+        key=lambda f: (f.guideline.id, f.guideline.effective_from),
     )
-    for earlier, later in pairwise(active):
+    for earlier_file, later_file in pairwise(active):
+        earlier, later = earlier_file.guideline, later_file.guideline
         if earlier.id != later.id:
             continue
         if earlier.effective_until is None or earlier.effective_until > later.effective_from:
             errors.append(
                 RuleError(
                     later.file,
-                    None,
+                    later_file.document.position(("effective",)),
                     f"versions {earlier.version} ({earlier.file}) and {later.version} of {later.id} "
                     f"are both in force from {later.effective_from}; give {earlier.version} an "
                     f"effective.until of {later.effective_from} or earlier",
@@ -119,11 +120,14 @@ def _ambiguous_targets(files: list[GuidelineFile]) -> list[RuleError]:
     seen: dict[tuple[str, int], tuple[str, str]] = {}
     for file in files:
         g = file.guideline
+        if g.status != "active":
+            continue
         own: set[str] = set()
         for target in g.targets:
+            where = file.document.position(("targets", target.name))
             if target.measure in own:
                 errors.append(
-                    RuleError(g.file, None, f"two targets for the measure '{target.measure}'")
+                    RuleError(g.file, where, f"two targets for the measure '{target.measure}'")
                 )
             own.add(target.measure)
             key = (target.measure, target.precedence)
@@ -132,7 +136,7 @@ def _ambiguous_targets(files: list[GuidelineFile]) -> list[RuleError]:
                 errors.append(
                     RuleError(
                         g.file,
-                        file.document.position(("targets", target.name)),
+                        where,
                         f"target '{target.name}' has the same precedence ({target.precedence}) for "
                         f"'{target.measure}' as {other[0]} ({other[1]}); give one a higher precedence",
                     )

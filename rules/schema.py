@@ -11,7 +11,7 @@ import re
 from difflib import get_close_matches
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fhir_adapter.codes import SYSTEMS
 
@@ -168,17 +168,27 @@ class Fact(Strict):
         raise AssertionError("validated to have one primitive")
 
 
+REASON_LENGTH = 50
+
+
+class Reason(Strict):
+    """Why a target applies; short, as it may appear in card summaries of other guidelines too."""
+
+    da: str = Field(min_length=1, max_length=REASON_LENGTH)
+    en: str = Field(min_length=1, max_length=REASON_LENGTH)
+
+
 class TargetCase(Strict):
     """One row of an individual-target table: when it applies, the target and why."""
 
     when: Expression
     value: float
-    reason: Text
+    reason: Reason
 
 
 class TargetDefault(Strict):
     value: float
-    reason: Text
+    reason: Reason
 
 
 class Target(Strict):
@@ -234,19 +244,37 @@ class Indicator(Strict):
     )
 
 
-CODE_PATTERN = r"^[A-Za-z0-9.-]+:\S+$"
-Code = Annotated[str, Field(pattern=CODE_PATTERN, description="'system:code', e.g. 'icpc2:T90'.")]
+def _known_code(value: str) -> str:
+    """'system:code' with a known system key: a misspelt key would silently match nothing."""
+    key, separator, code = value.partition(":")
+    if not separator or not code or key not in SYSTEMS:
+        hint = get_close_matches(key, SYSTEMS, n=1)
+        suggestion = f"; did you mean '{hint[0]}:{code}'?" if hint else ""
+        raise ValueError(f"'{value}' is not 'system:code' with a known system{suggestion}")
+    return value
+
+
+Code = Annotated[
+    str, AfterValidator(_known_code), Field(description="'system:code', e.g. 'icpc2:T90'.")
+]
 
 
 class CaseObservation(Strict):
     code: Code | list[Code]
-    value: float | Annotated[str, Field(pattern=r"^\s*(<=|>=|<|>)\s*\d+(\.\d+)?\s*$")] | None = (
-        Field(default=None, description="A number, or a bound such as '>90'.")
+    value: float | str | None = Field(
+        default=None, description="A number, or a bound such as '>90'."
     )
     unit: str | None = None
     date: dt.date
     status: str = "final"
     components: list[CaseObservation] | None = None
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _number_or_bound(cls, value: object) -> object:
+        if isinstance(value, str) and not re.fullmatch(r"\s*(<=|>=|<|>)\s*\d+(\.\d+)?\s*", value):
+            raise ValueError(f"'{value}' is neither a number nor a bound such as '>90'")
+        return value
 
 
 class CaseMedication(Strict):

@@ -76,20 +76,19 @@ def _grouped(
 ) -> list[tuple[dict[str, Any], CardOrigin]]:
     """One card per group for the patient (the most urgent), naming the other guidelines."""
     kept: list[tuple[dict[str, Any], CardOrigin]] = []
-    first_of_group: dict[str, dict[str, Any]] = {}
+    leaders: dict[str, tuple[dict[str, Any], list[str]]] = {}
     for card, origin, group in cards:
-        if group is None or group not in first_of_group:
+        if group is None or group not in leaders:
             kept.append((card, origin))
             if group is not None:
-                first_of_group[group] = card
+                leaders[group] = (card, [card["source"]["label"]])
             continue
-        leader = first_of_group[group]
-        also = f"**{WORDS[language]['also']}**: "
-        if also not in leader["detail"]:
-            leader["detail"] += f"\n\n{also}"
-        else:
-            leader["detail"] += "; "
-        leader["detail"] += card["source"]["label"]
+        labels = leaders[group][1]
+        if card["source"]["label"] not in labels:
+            labels.append(card["source"]["label"])
+    for card, labels in leaders.values():
+        if len(labels) > 1:
+            card["detail"] += f"\n\n**{WORDS[language]['also']}**: " + "; ".join(labels[1:])
     return kept
 
 
@@ -166,8 +165,8 @@ def _detail(
             lines.append(_target_line(guidelines, guideline, target, language))
         elif name in facts and (line := _fact_line(guidelines, facts[name], outcome, language)):
             lines.append(line)
-    if lines:
-        parts.append(f"**{words['data']}**\n\n" + "\n".join(lines))
+    if lines:  # two facts can show the same record (latest in 12 months and ever): once
+        parts.append(f"**{words['data']}**\n\n" + "\n".join(dict.fromkeys(lines)))
     return "\n\n".join(parts)
 
 

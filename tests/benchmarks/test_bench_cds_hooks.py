@@ -5,8 +5,10 @@ starts processes and runs for minutes."""
 
 from __future__ import annotations
 
+import asyncio
 import cProfile
 import datetime as dt
+import os
 import uuid
 from pathlib import Path
 
@@ -32,7 +34,8 @@ from benchmarks.bench_cds_hooks import (
     request_body,
     write_section,
 )
-from benchmarks.load_generator import PLACEHOLDER, split_template
+from benchmarks.load_generator import PLACEHOLDER, LoadResult, split_template
+from benchmarks.load_generator import run as run_load
 from rules.guideline_set import load_guidelines
 from service.app import create_app
 from service.auth import AuthSettings
@@ -180,3 +183,53 @@ def test_profile_is_read_per_request(tmp_path: Path) -> None:
     assert "orjson" in {name for name, _, _ in profile.by_package}
     assert package_of((str(LIBRARY.parent / "engine" / "patient.py"), 1, "f")) == "engine"
     assert package_of(("~", 0, "<method 'get' of 'dict' objects>")) == "C built-ins"
+
+
+async def _tiny_http_server(statuses: list[int]) -> asyncio.Server:
+    """A keep-alive HTTP/1.1 responder (no uvicorn): answers ``{}`` with the next status."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                body = orjson.loads(await reader.readexactly(length))
+                assert uuid.UUID(body["hookInstance"]) != uuid.UUID(PLACEHOLDER)
+                status = statuses.pop(0) if statuses else 200
+                writer.write(
+                    f"HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\n{{}}".encode("ascii")
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def test_load_generator_measures_only_the_window() -> None:
+    async def scenario() -> LoadResult:
+        server = await _tiny_http_server([200, 412])
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            result = await run_load(
+                f"http://127.0.0.1:{port}/cds-services/x",
+                request_body(PID),
+                concurrency=2,
+                seconds=0.3,
+                warmup=0.1,
+                watch={"self": os.getpid()},
+            )
+            await asyncio.sleep(0.05)  # let the handlers see the client hang up
+        return result
+
+    result = asyncio.run(scenario())
+    assert result.latencies_ns and all(ns > 0 for ns in result.latencies_ns)
+    assert sum(result.statuses.values()) == len(result.latencies_ns)
+    assert set(result.statuses) <= {"200", "412"}
+    assert result.completed >= len(result.latencies_ns)  # warm-up answers are not in the window
+    assert result.window_ns == 300_000_000
+    assert set(result.watched_cpu_seconds) == {"self"} and result.failures == 0

@@ -158,3 +158,25 @@ def test_versions_in_force_at_the_same_time_are_rejected(guideline_dir: Path) ->
         )
     )
     assert len(load_guidelines(guideline_dir).guidelines) == 2
+
+
+def test_misspelt_fact_name_gets_a_suggestion(guideline_dir: Path) -> None:
+    errors = errors_after(guideline_dir, "when: t2d and age >= 18", "when: t2e and age >= 18")
+    assert any("unknown fact 't2e'; did you mean 't2d'?" in e for e in errors)
+
+
+def test_test_case_codes_need_a_known_system(guideline_dir: Path) -> None:
+    errors = errors_after(
+        guideline_dir, 'conditions: [{code: "icpc2:T90"', 'conditions: [{code: "icpc:T90"'
+    )
+    assert any("did you mean 'icpc2:T90'?" in e for e in errors)
+
+
+def test_test_case_value_words(guideline_dir: Path) -> None:
+    errors = errors_after(guideline_dir, "value: 67, unit", "value: positive, unit")
+    assert any("'positive' is neither a number nor a bound such as '>90'" in e for e in errors)
+
+
+def test_target_reasons_are_short(guideline_dir: Path) -> None:
+    errors = errors_after(guideline_dir, "en: frail elderly}", "en: " + "x" * 51 + "}")
+    assert any("reason" in e and "50" in e for e in errors)

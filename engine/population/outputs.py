@@ -1,0 +1,643 @@
+"""What a population sweep publishes, as rows: pure functions from engine outcomes to file contents.
+
+Why pure: everything that decides *what* a quality unit sees - which patients are on a practice's
+list and why, how indicators are counted and suppressed, what changed between two dates - is
+decided here without DuckDB or a disk, so it is testable in microseconds and the same on every
+engine. :mod:`engine.population.run` only queries, writes and publishes.
+
+The closed room (DESIGN principle 6) is encoded in the row builders: lists are keyed by the
+patient's own practice; aggregate rows above practice level are suppressed below a threshold.
+See docs/sweeps.md for the rules in words.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Protocol
+
+import pyarrow as pa
+
+from engine.population.outcomes import PopulationOutcome
+from rules import types as ty
+from rules.rendering import render
+from rules.tree import CompiledGuideline, Template
+
+LEVELS = ("practice", "cluster", "all")
+ALL = "all"
+Z95 = 1.959963984540054  # the 97.5th percentile of the standard normal distribution
+IN_DENOMINATOR = frozenset({"numerator", "denominator"})
+SLOT_UNAVAILABLE = "…"  # a template slot the sweep cannot compute (never happens in the library)
+
+
+# -- exceptions from CDS feedback ----------------------------------------------------------------
+
+
+class ExceptionLike(Protocol):
+    """What the runner needs of :class:`service.feedback.PatientException` (kept structural so the
+    engine does not import the service)."""
+
+    @property
+    def patient_id(self) -> str: ...
+    @property
+    def guideline_id(self) -> str: ...
+    @property
+    def recommendation_id(self) -> str | None: ...
+    @property
+    def reason_code(self) -> str: ...
+    @property
+    def recorded_at(self) -> dt.datetime: ...
+
+
+ExceptionReasons = Mapping[tuple[str, str], tuple[str, ...]]
+"""(patient, guideline id) -> the override reason codes in force for it."""
+
+
+def exceptions_in_force(exceptions: Iterable[ExceptionLike], as_of: dt.date) -> ExceptionReasons:
+    """Exceptions recorded on or before the reference date, so a sweep of an earlier date gives
+    the same answer whenever it is rerun (and the over-time comparison shows when one began)."""
+    found: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for e in exceptions:
+        if e.recorded_at.date() <= as_of:
+            found[(e.patient_id, e.guideline_id)].add(e.reason_code)
+    return {key: tuple(sorted(codes)) for key, codes in found.items()}
+
+
+def apply_exceptions(outcome: PopulationOutcome, reasons: ExceptionReasons) -> PopulationOutcome:
+    """A patient excepted from a guideline leaves its indicator denominators, never its register
+    (QOF's personalised care adjustment); recommendations still fire and are marked on the list."""
+    if not outcome.in_register or (outcome.patient, outcome.guideline) not in reasons:
+        return outcome
+    indicators = tuple(
+        (indicator, "excepted" if membership in IN_DENOMINATOR else membership)
+        for indicator, membership in outcome.indicators
+    )
+    return replace(outcome, indicators=indicators)
+
+
+# -- outcomes.parquet ----------------------------------------------------------------------------
+
+OUTCOME_SCHEMA = pa.schema(
+    [
+        ("patient", pa.string()),
+        ("practice", pa.string()),
+        ("cluster", pa.string()),
+        ("guideline", pa.string()),
+        ("version", pa.string()),
+        ("content_hash", pa.string()),
+        ("in_register", pa.bool_()),
+        ("recommendations", pa.list_(pa.string())),
+        (
+            "indicators",
+            pa.list_(pa.struct([("indicator", pa.string()), ("membership", pa.string())])),
+        ),
+        (
+            "targets",
+            pa.list_(
+                pa.struct(
+                    [
+                        ("name", pa.string()),
+                        ("value", pa.float64()),
+                        ("source", pa.string()),
+                        ("set_by", pa.string()),
+                    ]
+                )
+            ),
+        ),
+        ("exceptions", pa.list_(pa.string())),
+    ]
+)
+
+
+def outcome_order(o: PopulationOutcome) -> tuple[str, str, str]:
+    """One order for every output, so a rerun writes the same bytes (DuckDB's row order is not
+    stable across threads)."""
+    return (o.practice or "", o.patient, o.guideline)
+
+
+def outcomes_table(
+    outcomes: Iterable[PopulationOutcome],
+    clusters: Mapping[str, str],
+    content_hashes: Mapping[tuple[str, str], str],
+    reasons: ExceptionReasons,
+) -> pa.Table:
+    """One row per patient and guideline in force: the engine's outcome, nested as lists.
+
+    Nested rather than one column per indicator because guidelines have different indicators;
+    ``UNNEST(indicators)`` gives the long patient/guideline/indicator/membership table.
+    """
+    rows = [
+        {
+            "patient": o.patient,
+            "practice": o.practice,
+            "cluster": clusters.get(o.practice) if o.practice is not None else None,
+            "guideline": o.guideline,
+            "version": o.version,
+            "content_hash": content_hashes[(o.guideline, o.version)],
+            "in_register": o.in_register,
+            "recommendations": list(o.recommendations),
+            "indicators": [{"indicator": i, "membership": m} for i, m in o.indicators],
+            "targets": [
+                {"name": n, "value": v, "source": s, "set_by": b} for n, v, s, b in o.targets
+            ],
+            "exceptions": list(reasons.get((o.patient, o.guideline), ())),
+        }
+        for o in sorted(outcomes, key=outcome_order)
+    ]
+    return pa.Table.from_pylist(rows, schema=OUTCOME_SCHEMA)
+
+
+# -- indicators ----------------------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float] | None:
+    """The Wilson score interval for a proportion (95 % by default).
+
+    Why Wilson: practice denominators are small and rates often near 0 or 1, where the normal
+    approximation gives intervals outside [0, 1] or of zero width; Wilson's stays inside and is
+    what NHS Digital's PHE tools and most quality registries use for proportions.
+    """
+    if trials <= 0:
+        return None
+    p = successes / trials
+    z2 = z * z
+    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = z / (1 + z2 / trials) * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True, slots=True)
+class IndicatorRow:
+    """One indicator for one unit (a practice, a cluster, everyone) on one reference date.
+
+    ``denominator`` counts patients in the denominator after exceptions (numerator included);
+    ``excepted`` those taken out by the rule's exceptions or by CDS feedback. ``None`` is a
+    suppressed or undefined cell.
+    """
+
+    level: str
+    id: str
+    guideline: str
+    version: str
+    indicator: str
+    title: str
+    register: int | None
+    numerator: int | None
+    denominator: int | None
+    excepted: int | None
+    rate: float | None
+    ci_low: float | None
+    ci_high: float | None
+    suppressed: bool
+
+
+INDICATOR_COLUMNS = tuple(f.name for f in fields(IndicatorRow))
+
+
+def _units(practice: str | None, clusters: Mapping[str, str]) -> list[tuple[str, str]]:
+    units = [("all", ALL)]
+    if practice is not None:
+        units.append(("practice", practice))
+        cluster = clusters.get(practice)
+        if cluster is not None:
+            units.append(("cluster", cluster))
+    return units
+
+
+def indicator_rows(
+    outcomes: Iterable[PopulationOutcome],
+    guidelines: Sequence[CompiledGuideline],
+    clusters: Mapping[str, str],
+    language: str,
+) -> list[IndicatorRow]:
+    """Unsuppressed counts, rates and Wilson intervals for every unit, guideline and indicator.
+
+    Every unit that has patients gets a row for every indicator in force, zeros included: a
+    practice with nobody in a register should see 0, not a missing line. Patients without a
+    practice count only in ``all``; practices without a cluster in no cluster.
+    """
+    by_id = {g.id: g for g in guidelines}
+    counts: dict[tuple[str, str, str, str], list[int]] = {}
+    units: set[tuple[str, str]] = set()
+    for o in outcomes:
+        here = _units(o.practice, clusters)
+        units.update(here)
+        if not o.in_register:
+            continue
+        memberships = dict(o.indicators)
+        for indicator in by_id[o.guideline].indicators:
+            membership = memberships.get(indicator.id, "outside")
+            for level, unit in here:
+                c = counts.setdefault((level, unit, o.guideline, indicator.id), [0, 0, 0, 0])
+                c[0] += 1
+                c[1] += membership == "numerator"
+                c[2] += membership in IN_DENOMINATOR
+                c[3] += membership == "excepted"
+    rows = []
+    rank = {level: n for n, level in enumerate(LEVELS)}
+    for level, unit in sorted(units, key=lambda u: (rank[u[0]], u[1])):
+        for g in sorted(guidelines, key=lambda g: g.id):
+            for indicator in g.indicators:
+                register, numerator, denominator, excepted = counts.get(
+                    (level, unit, g.id, indicator.id), (0, 0, 0, 0)
+                )
+                ci = wilson_interval(numerator, denominator)
+                rows.append(
+                    IndicatorRow(
+                        level,
+                        unit,
+                        g.id,
+                        g.version,
+                        indicator.id,
+                        indicator.title.in_language(language),
+                        register,
+                        numerator,
+                        denominator,
+                        excepted,
+                        numerator / denominator if denominator else None,
+                        ci[0] if ci else None,
+                        ci[1] if ci else None,
+                        False,
+                    )
+                )
+    return rows
+
+
+def suppress(row: IndicatorRow, below: int) -> IndicatorRow:
+    """The row as it may leave the practice: small counts blanked.
+
+    The rate and its counts go together: if the numerator or the rest of the denominator
+    (denominator - numerator) is below ``below`` - zero included, since 0 % and 100 % tell
+    something about every patient in the denominator - numerator, denominator, rate and interval
+    are blanked and ``suppressed`` is set. The register and excepted counts are blanked on their
+    own when below the threshold.
+    """
+    small = row.numerator is not None and (
+        row.numerator < below or (row.denominator or 0) - row.numerator < below
+    )
+    register = row.register if row.register is not None and row.register >= below else None
+    excepted = row.excepted if row.excepted is not None and row.excepted >= below else None
+    if not small:
+        return replace(row, register=register, excepted=excepted)
+    return replace(
+        row,
+        register=register,
+        numerator=None,
+        denominator=None,
+        excepted=excepted,
+        rate=None,
+        ci_low=None,
+        ci_high=None,
+        suppressed=True,
+    )
+
+
+def for_the_run(rows: Iterable[IndicatorRow], below: int) -> list[IndicatorRow]:
+    """indicators.csv: practice rows as the practice sees itself, every other level suppressed."""
+    return [row if row.level == "practice" else suppress(row, below) for row in rows]
+
+
+def for_sharing(rows: Iterable[IndicatorRow], below: int) -> list[IndicatorRow]:
+    """indicators-shared.csv: what may leave the practices (a cluster comparing its practices):
+    every level suppressed, practice rows too."""
+    return [suppress(row, below) for row in rows]
+
+
+def indicator_row_from_csv(record: Mapping[str, str]) -> IndicatorRow:
+    """Read back a row of indicators.csv (blank cells are suppressed or undefined)."""
+
+    def number(name: str) -> int | None:
+        return int(record[name]) if record[name] else None
+
+    def ratio(name: str) -> float | None:
+        return float(record[name]) if record[name] else None
+
+    return IndicatorRow(
+        record["level"],
+        record["id"],
+        record["guideline"],
+        record["version"],
+        record["indicator"],
+        record["title"],
+        number("register"),
+        number("numerator"),
+        number("denominator"),
+        number("excepted"),
+        ratio("rate"),
+        ratio("ci_low"),
+        ratio("ci_high"),
+        record["suppressed"] == "true",
+    )
+
+
+# -- patient lists -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a patient is on a list, in words: the rendered card summary and the values behind it."""
+
+    text: str
+    key_values: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListRow:
+    patient: str
+    guideline: str
+    version: str
+    guideline_title: str
+    recommendation: str
+    severity: str
+    reason: str
+    suggestion: str
+    key_values: str
+    exception: str  # override reason codes from CDS feedback, "|"-separated
+
+
+LIST_COLUMNS = tuple(f.name for f in fields(ListRow))
+
+
+def render_parts(parts: Sequence[str | tuple[object, ty.Type]], language: str) -> str:
+    """A template with its values, rendered exactly as the per-patient engine renders a card."""
+    return "".join(
+        part if isinstance(part, str) else render(part[0], part[1], language) for part in parts
+    )
+
+
+def plain_summary(template: Template) -> str:
+    """A summary without values, for when the values are unavailable: the literal words with the
+    slots shown as an ellipsis."""
+    return "".join(part if isinstance(part, str) else SLOT_UNAVAILABLE for part in template.parts)
+
+
+def key_values_text(items: Iterable[tuple[str, str]]) -> str:
+    """``name: value`` pairs for the list's key-values column."""
+    return "; ".join(f"{name}: {value}" for name, value in items)
+
+
+def list_rows(
+    outcomes: Iterable[PopulationOutcome],
+    guidelines: Sequence[CompiledGuideline],
+    reasons: Mapping[tuple[str, str, str], Reason],
+    exceptions: ExceptionReasons,
+    language: str,
+) -> dict[str, list[ListRow]]:
+    """Each practice's patient list: one row per patient and recommendation that fired.
+
+    Keyed by the patient's own practice and by nothing else, so a list can only ever hold that
+    practice's patients; patients without a practice are on no list. Every practice with patients
+    gets a list, possibly empty. A patient excepted by CDS feedback stays on the list, marked,
+    because the GP decided about the patient, not about the data.
+    """
+    by_id = {g.id: g for g in guidelines}
+    found: dict[str, list[tuple[tuple[str, int, str], ListRow]]] = {}
+    for o in outcomes:
+        if o.practice is None:
+            continue
+        rows = found.setdefault(o.practice, [])
+        g = by_id[o.guideline]
+        fired = set(o.recommendations)
+        for number, rec in enumerate(g.recommendations):
+            if rec.id not in fired:
+                continue
+            reason = reasons.get((o.patient, g.id, rec.id))
+            row = ListRow(
+                o.patient,
+                g.id,
+                g.version,
+                g.title.in_language(language),
+                rec.id,
+                rec.indicator,
+                reason.text if reason else plain_summary(rec.summary.in_language(language)),
+                rec.suggestion.label.in_language(language) if rec.suggestion else "",
+                reason.key_values if reason else "",
+                "|".join(exceptions.get((o.patient, g.id), ())),
+            )
+            rows.append(((g.id, number, o.patient), row))
+    return {
+        practice: [row for _, row in sorted(rows, key=lambda r: r[0])]
+        for practice, rows in sorted(found.items())
+    }
+
+
+# -- over time -----------------------------------------------------------------------------------
+
+ListKey = tuple[str, str, str]  # practice, guideline, recommendation
+
+
+def list_members(records: Iterable[Mapping[str, object]]) -> dict[ListKey, set[str]]:
+    """Who is on which list, from outcome rows (as read back from outcomes.parquet)."""
+    members: dict[ListKey, set[str]] = defaultdict(set)
+    for r in records:
+        practice = r["practice"]
+        if practice is None:
+            continue
+        for rec in r["recommendations"] or ():  # type: ignore[union-attr]
+            members[(str(practice), str(r["guideline"]), str(rec))].add(str(r["patient"]))
+    return dict(members)
+
+
+@dataclass(frozen=True, slots=True)
+class ListChange:
+    practice: str
+    guideline: str
+    recommendation: str
+    patient: str
+    change: str  # entered | left
+
+
+@dataclass(frozen=True, slots=True)
+class IndicatorChange:
+    """An indicator's rate at both dates; ``rate_change`` only when both rates are shown."""
+
+    level: str
+    id: str
+    guideline: str
+    indicator: str
+    previous: IndicatorRow | None
+    current: IndicatorRow | None
+
+    @property
+    def rate_change(self) -> float | None:
+        if self.previous is None or self.current is None:
+            return None
+        if self.previous.rate is None or self.current.rate is None:
+            return None
+        return self.current.rate - self.previous.rate
+
+
+@dataclass(frozen=True, slots=True)
+class ComparisonReport:
+    """What changed between two sweeps: the question a cluster asks after 3, 6 or 12 months."""
+
+    previous: str  # reference date (or directory name) of the earlier sweep
+    current: str
+    lists: tuple[ListChange, ...]
+    indicators: tuple[IndicatorChange, ...]
+
+
+def compare_lists(
+    previous: Mapping[ListKey, set[str]], current: Mapping[ListKey, set[str]]
+) -> tuple[ListChange, ...]:
+    """Patients who entered or left each practice's list for each recommendation."""
+    changes = []
+    for key in sorted(set(previous) | set(current)):
+        before, after = previous.get(key, set()), current.get(key, set())
+        for patient in sorted(after - before):
+            changes.append(ListChange(*key, patient, "entered"))
+        for patient in sorted(before - after):
+            changes.append(ListChange(*key, patient, "left"))
+    return tuple(
+        sorted(changes, key=lambda c: (c.practice, c.guideline, c.recommendation, c.change))
+    )
+
+
+def compare_indicators(
+    previous: Iterable[IndicatorRow], current: Iterable[IndicatorRow]
+) -> tuple[IndicatorChange, ...]:
+    """Each indicator row matched by level, unit, guideline and indicator (any version)."""
+
+    def key(r: IndicatorRow) -> tuple[str, str, str, str]:
+        return (r.level, r.id, r.guideline, r.indicator)
+
+    before = {key(r): r for r in previous}
+    after = {key(r): r for r in current}
+    rank = {level: n for n, level in enumerate(LEVELS)}
+    keys = sorted(set(before) | set(after), key=lambda k: (rank.get(k[0], 9), *k[1:]))
+    return tuple(IndicatorChange(*k, before.get(k), after.get(k)) for k in keys)
+
+
+COMPARISON_COLUMNS = (
+    "kind",
+    "level",
+    "id",
+    "guideline",
+    "item",
+    "patient",
+    "change",
+    "previous_numerator",
+    "previous_denominator",
+    "previous_rate",
+    "current_numerator",
+    "current_denominator",
+    "current_rate",
+    "rate_change",
+    "suppressed",
+)
+
+
+def comparison_records(report: ComparisonReport) -> list[dict[str, object]]:
+    """comparison.csv: list changes (kind=list, identifiable, practice level) then indicator
+    movements (kind=indicator), in one long table a spreadsheet can filter."""
+    records: list[dict[str, object]] = []
+    for c in report.lists:
+        records.append(
+            {
+                "kind": "list",
+                "level": "practice",
+                "id": c.practice,
+                "guideline": c.guideline,
+                "item": c.recommendation,
+                "patient": c.patient,
+                "change": c.change,
+            }
+        )
+    for i in report.indicators:
+        p, c = i.previous, i.current
+        records.append(
+            {
+                "kind": "indicator",
+                "level": i.level,
+                "id": i.id,
+                "guideline": i.guideline,
+                "item": i.indicator,
+                "change": "new" if p is None else "gone" if c is None else "",
+                "previous_numerator": p.numerator if p else None,
+                "previous_denominator": p.denominator if p else None,
+                "previous_rate": p.rate if p else None,
+                "current_numerator": c.numerator if c else None,
+                "current_denominator": c.denominator if c else None,
+                "current_rate": c.rate if c else None,
+                "rate_change": i.rate_change,
+                "suppressed": bool((p and p.suppressed) or (c and c.suppressed)),
+            }
+        )
+    return records
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{100 * rate:.1f} %"
+
+
+def _fraction(row: IndicatorRow | None) -> str:
+    if row is None:
+        return "(not computed)"
+    if row.suppressed:
+        return "(suppressed)"
+    return f"{row.numerator}/{row.denominator} = {_percent(row.rate)}"
+
+
+def comparison_markdown(report: ComparisonReport) -> str:
+    """comparison.md: counts only (no patient identifiers), per practice, cluster and overall."""
+    lines = [f"# Sweep comparison: {report.previous} → {report.current}", ""]
+    moves: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for c in report.lists:
+        moves[(c.practice, c.guideline, c.recommendation)][c.change == "left"] += 1
+    units = sorted({(i.level, i.id) for i in report.indicators}, key=lambda u: LEVELS.index(u[0]))
+    for level, unit in units:
+        lines += [f"## {level} {unit}", ""]
+        if level == "practice":
+            lines += ["| guideline | recommendation | entered | left |", "|---|---|---:|---:|"]
+            for (practice, guideline, rec), (entered, left) in sorted(moves.items()):
+                if practice == unit:
+                    lines.append(f"| {guideline} | {rec} | {entered} | {left} |")
+            lines.append("")
+        lines += [
+            "| guideline | indicator | before | now | change |",
+            "|---|---|---|---|---:|",
+        ]
+        for i in report.indicators:
+            if (i.level, i.id) != (level, unit):
+                continue
+            change = i.rate_change
+            moved = "-" if change is None else f"{100 * change:+.1f} points"
+            lines.append(
+                f"| {i.guideline} | {i.indicator} | {_fraction(i.previous)} | "
+                f"{_fraction(i.current)} | {moved} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -- CSV -----------------------------------------------------------------------------------------
+
+
+def cell(value: object) -> str:
+    """Blank for None, four decimals for rates, lower-case booleans: stable across reruns."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def csv_text(columns: Sequence[str], records: Iterable[Mapping[str, object]]) -> str:
+    """RFC 4180 CSV with a header and LF line ends."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for record in records:
+        writer.writerow([cell(record.get(c)) for c in columns])
+    return buffer.getvalue()
+
+
+def as_record(row: IndicatorRow | ListRow) -> dict[str, object]:
+    return {f.name: getattr(row, f.name) for f in fields(row)}

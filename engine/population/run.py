@@ -1,0 +1,617 @@
+"""The sweep runner: sweeps one or more reference dates and publishes the outputs atomically.
+
+Why a separate module: this is the only place in the population engine with side effects
+(queries beyond :func:`~engine.population.duckdb_engine.sweep`, files, renames, locks). What goes
+into each file is decided by the pure functions in :mod:`engine.population.outputs` and
+:mod:`engine.population.measure_report`.
+
+Layout of a published run (``out_dir/<run id>/``)::
+
+    manifest.json                      what produced it: guidelines, snapshot, dates, counts
+    <as-of>/outcomes.parquet           one row per patient x guideline in force
+    <as-of>/indicators.csv             practice rows unsuppressed; cluster and all suppressed
+    <as-of>/indicators-shared.csv      every level suppressed: what may leave the practices
+    <as-of>/lists/<ydernummer>.csv     each practice's own patient list
+    <as-of>/measure_reports/<ydernummer>/<guideline>.{summary,subject-list}.json
+    comparisons/<first>_<as-of>/comparison.{csv,md}   each later date against the first
+
+Safety (DESIGN principle 7): everything is written under ``out_dir/.partial-<run id>/`` and
+renamed to ``out_dir/<run id>/`` only when complete. The run id is derived from the inputs, so a
+run killed half-way and restarted finds its own stale partial directory, removes it and writes
+the same bytes again; a run whose final directory exists is not redone.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+import sqlglot.expressions as exp
+
+from engine.population import outputs as out
+from engine.population.duckdb_engine import DIALECT, sweep
+from engine.population.measure_report import (
+    population_counts,
+    practice_members,
+    subject_list_report,
+    summary_report,
+)
+from engine.population.outcomes import PopulationOutcome
+from engine.population.sql import GuidelineSql, col, compile_sweep, lit, table_name
+from rules import tree as t
+from rules import types as ty
+from rules.guideline_set import GuidelineSet
+from rules.rendering import Bound, render
+
+FORMAT = 1  # bump when the layout or a file's columns change: it is part of the run id
+MANIFEST = "manifest.json"
+
+
+class RunInProgressError(RuntimeError):
+    """Another process is running the same sweep (same inputs) into the same directory."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunManifest:
+    """What a published run contains and what produced it (written as manifest.json)."""
+
+    run_id: str
+    directory: Path
+    snapshot: str  # the caller's name for the data (e.g. the bulk export's transactionTime)
+    as_of: tuple[str, ...]
+    guidelines: dict[str, list[dict[str, str]]]  # as-of -> id, version, content_hash, file
+    suppress_below: int
+    language: str
+    practices: int
+    clusters: int
+    exceptions: int
+    rows: dict[str, int]  # file (relative to the run directory) -> data rows or files
+    timings: dict[str, float]  # step -> seconds
+    comparisons: tuple[str, ...]
+    format: int = FORMAT
+    completed: str = ""  # UTC timestamp of publication
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("directory")
+        return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+    @classmethod
+    def read(cls, directory: Path) -> RunManifest:
+        data = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+        data["as_of"] = tuple(data["as_of"])
+        data["comparisons"] = tuple(data["comparisons"])
+        return cls(directory=directory, **data)
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def run_sweep(
+    con: duckdb.DuckDBPyConnection,
+    guidelines: GuidelineSet,
+    as_of_dates: Sequence[dt.date],
+    out_dir: Path,
+    clusters: Mapping[str, str] | None = None,
+    suppress_below: int = 5,
+    exceptions: Iterable[out.ExceptionLike] | None = None,
+    *,
+    snapshot: str = "",
+    language: str = "da",
+) -> RunManifest:
+    """Sweep every reference date over the facts loaded in ``con`` and publish the outputs.
+
+    ``clusters`` maps ydernummer -> cluster id (from Organization.partOf or a clusters file);
+    ``exceptions`` are CDS-feedback patient exceptions (``FeedbackStore.all_exceptions()``);
+    ``snapshot`` names the data and is part of the run id, so give each data load its own.
+    Returns the manifest of the published run (the existing one if this exact run was published
+    before). Raises :class:`RunInProgressError` if the same run is being written right now.
+    """
+    dates = sorted(set(as_of_dates))
+    if not dates:
+        raise ValueError("at least one reference date is needed")
+    if suppress_below < 1:
+        raise ValueError("suppress_below must be at least 1")
+    clusters = dict(clusters or {})
+    exception_list = list(exceptions or ())
+    run_id = run_identity(
+        guidelines, dates, snapshot, clusters, suppress_below, exception_list, language
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / run_id
+    partial = out_dir / f".partial-{run_id}"
+    with _exclusive(out_dir / f".lock-{run_id}"):
+        if (final / MANIFEST).is_file():
+            return RunManifest.read(final)
+        if partial.exists():  # a run with these inputs was killed: never trust its files
+            shutil.rmtree(partial)
+        partial.mkdir()
+        rows: dict[str, int] = {}
+        timings: dict[str, float] = {}
+        practices: set[str] = set()
+        for as_of in dates:
+            practices |= _sweep_date(
+                con,
+                guidelines,
+                as_of,
+                partial,
+                clusters,
+                suppress_below,
+                exception_list,
+                language,
+                rows,
+                timings,
+            )
+        comparisons = []
+        for as_of in dates[1:]:
+            name = f"{dates[0]}_{as_of}"
+            started = time.perf_counter()
+            report = compare(partial / str(dates[0]), partial / str(as_of))
+            written = write_comparison(report, partial / "comparisons" / name)
+            rows.update({f"comparisons/{name}/{k}": v for k, v in written.items()})
+            timings[f"comparisons/{name}"] = round(time.perf_counter() - started, 3)
+            comparisons.append(name)
+        manifest = RunManifest(
+            run_id=run_id,
+            directory=final,
+            snapshot=snapshot,
+            as_of=tuple(str(d) for d in dates),
+            guidelines={
+                str(d): [
+                    {
+                        "id": g.id,
+                        "version": g.version,
+                        "content_hash": g.content_hash,
+                        "file": g.file,
+                    }
+                    for g in sorted(guidelines.in_force(d), key=lambda g: g.id)
+                ]
+                for d in dates
+            },
+            suppress_below=suppress_below,
+            language=language,
+            practices=len(practices),
+            clusters=len({clusters[p] for p in practices if p in clusters}),
+            exceptions=len(exception_list),
+            rows=dict(sorted(rows.items())),
+            timings=timings,
+            comparisons=tuple(comparisons),
+            completed=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        _write(partial / MANIFEST, manifest.to_json())  # last: a manifest means complete
+        _fsync_dir(partial)
+        partial.rename(final)  # atomic on one file system; fails if final has files
+        _fsync_dir(out_dir)
+        (out_dir / f".lock-{run_id}").unlink(missing_ok=True)
+        return manifest
+
+
+def run_identity(
+    guidelines: GuidelineSet,
+    dates: Sequence[dt.date],
+    snapshot: str,
+    clusters: Mapping[str, str],
+    suppress_below: int,
+    exceptions: Sequence[out.ExceptionLike],
+    language: str,
+) -> str:
+    """``<first>_<last>-<digest>``: the same inputs always give the same id, so a restart finds
+    the partial directory of the run it continues, and any change of input gives a new run."""
+    inputs = {
+        "format": FORMAT,
+        "guidelines": sorted(
+            (f.guideline.id, f.guideline.version, f.guideline.content_hash)
+            for f in guidelines.files
+        ),
+        "dates": [str(d) for d in dates],
+        "snapshot": snapshot,
+        "clusters": sorted(clusters.items()),
+        "suppress_below": suppress_below,
+        "language": language,
+        "exceptions": sorted(
+            (
+                e.patient_id,
+                e.guideline_id,
+                e.recommendation_id or "",
+                e.reason_code,
+                e.recorded_at.isoformat(),
+            )
+            for e in exceptions
+        ),
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return f"{dates[0]}_{dates[-1]}-{digest[:12]}"
+
+
+def _sweep_date(
+    con: duckdb.DuckDBPyConnection,
+    guidelines: GuidelineSet,
+    as_of: dt.date,
+    partial: Path,
+    clusters: Mapping[str, str],
+    suppress_below: int,
+    exceptions: Sequence[out.ExceptionLike],
+    language: str,
+    rows: dict[str, int],
+    timings: dict[str, float],
+) -> set[str]:
+    """One reference date: sweep, render reasons, write every file. Returns the practices."""
+    directory = partial / str(as_of)
+    in_force = guidelines.in_force(as_of)
+    hashes = {(g.id, g.version): g.content_hash for g in guidelines.guidelines}
+
+    started = time.perf_counter()
+    raw = list(sweep(con, guidelines, as_of))
+    timings[f"{as_of}/sweep"] = round(time.perf_counter() - started, 3)
+
+    started = time.perf_counter()
+    reasons = list_reasons(con, guidelines, as_of, raw, language)  # while the tables are there
+    timings[f"{as_of}/reasons"] = round(time.perf_counter() - started, 3)
+
+    started = time.perf_counter()
+    excepted = out.exceptions_in_force(exceptions, as_of)
+    outcomes = sorted((out.apply_exceptions(o, excepted) for o in raw), key=out.outcome_order)
+    table = out.outcomes_table(outcomes, clusters, hashes, excepted)
+    _write_parquet(directory / "outcomes.parquet", table)
+    rows[f"{as_of}/outcomes.parquet"] = table.num_rows
+
+    indicators = out.indicator_rows(outcomes, in_force, clusters, language)
+    for name, publish in (
+        ("indicators.csv", out.for_the_run),
+        ("indicators-shared.csv", out.for_sharing),
+    ):
+        published = publish(indicators, suppress_below)
+        _write(
+            directory / name,
+            out.csv_text(out.INDICATOR_COLUMNS, (out.as_record(r) for r in published)),
+        )
+        rows[f"{as_of}/{name}"] = len(published)
+
+    lists = out.list_rows(outcomes, in_force, reasons, excepted, language)
+    for practice, entries in lists.items():
+        _write(
+            directory / "lists" / f"{_safe(practice)}.csv",
+            out.csv_text(out.LIST_COLUMNS, (out.as_record(r) for r in entries)),
+            # a BOM so that Excel, which is how most practices open a CSV, reads æ, ø and å
+            encoding="utf-8-sig",
+        )
+    rows[f"{as_of}/lists"] = sum(len(entries) for entries in lists.values())
+
+    members = practice_members(outcomes)
+    reports = 0
+    for practice in lists:
+        for g in sorted(in_force, key=lambda g: g.id):
+            if not g.indicators:
+                continue
+            mine = members.get(practice, {}).get(g.id, {})
+            base = directory / "measure_reports" / _safe(practice) / g.id
+            summary = summary_report(practice, g, population_counts(mine), as_of, language)
+            subjects = subject_list_report(practice, g, mine, as_of, language)
+            _write(base.with_name(f"{g.id}.summary.json"), _json(summary))
+            _write(base.with_name(f"{g.id}.subject-list.json"), _json(subjects))
+            reports += 2
+    rows[f"{as_of}/measure_reports"] = reports
+    timings[f"{as_of}/write"] = round(time.perf_counter() - started, 3)
+    return set(lists)
+
+
+# -- reasons in words ----------------------------------------------------------------------------
+
+
+def list_reasons(
+    con: duckdb.DuckDBPyConnection,
+    guidelines: GuidelineSet,
+    as_of: dt.date,
+    outcomes: Sequence[PopulationOutcome],
+    language: str,
+) -> dict[tuple[str, str, str], out.Reason]:
+    """Each fired recommendation's card summary rendered with the patient's own values.
+
+    Why in SQL and not by the per-patient engine: the sweep has facts tables, not records, and
+    must not need them. The summary's expressions are compiled by the population compiler over
+    the tables :func:`sweep` just built (``g<n>_base``, ``winners``) and rendered by
+    :func:`rules.rendering.render`, so the text equals the card the GP would see in the EHR
+    (the tests check this against the per-patient engine). Must run right after ``sweep`` for the
+    same date. A slot the compiler cannot express renders as an ellipsis.
+    """
+    fired: dict[str, dict[str, tuple[str, ...]]] = {}
+    for o in outcomes:
+        if o.recommendations:
+            fired.setdefault(o.guideline, {})[o.patient] = o.recommendations
+    by_id = {g.id: g for g in guidelines.in_force(as_of)}
+    reasons: dict[tuple[str, str, str], out.Reason] = {}
+    for _, sql in compile_sweep(guidelines, as_of):
+        patients = fired.get(sql.g.id)
+        if not patients:
+            continue
+        plan = _ReasonPlan(sql, by_id, language)
+        result = con.execute(plan.query().sql(DIALECT))
+        names = [d[0] for d in result.description]
+        for values in result.fetchall():
+            row = dict(zip(names, values, strict=True))
+            recs = patients.get(str(row["patient"]))
+            for rec in sql.g.recommendations if recs else ():
+                if rec.id in recs:
+                    reasons[(str(row["patient"]), sql.g.id, rec.id)] = plan.reason(rec, row)
+    return reasons
+
+
+Row = Mapping[str, Any]
+
+
+class _ReasonPlan:
+    """The columns one guideline's summaries and evidence need, and how to render them."""
+
+    def __init__(
+        self, sql: GuidelineSql, by_id: Mapping[str, t.CompiledGuideline], language: str
+    ) -> None:
+        self.sql = sql
+        self.by_id = by_id
+        self.language = language
+        self.columns: dict[str, exp.Expression] = {}
+        self._aliases: dict[str, str] = {}
+        self.facts = {f.name: f for f in sql.g.facts}
+        self.targets = {target.name: target for target in sql.g.targets}
+        self.slots = {
+            rec.id: [
+                part if isinstance(part, str) else (self._slot(part), part.type)
+                for part in rec.summary.in_language(language).parts
+            ]
+            for rec in sql.g.recommendations
+        }
+        self.evidence = {
+            rec.id: [(name, fn) for name in rec.evidence if (fn := self._key_value(name))]
+            for rec in sql.g.recommendations
+        }
+
+    def query(self) -> exp.Select:
+        """``SELECT patient, <columns> FROM (base with shared targets) WHERE in_register``."""
+        select = exp.select(col("patient")).from_(exp.alias_(exp.paren(self._shared()), "o"))
+        for alias, expression in self.columns.items():
+            select = select.select(exp.alias_(expression, alias), append=True)
+        return select.where(col("in_register"))
+
+    def reason(self, rec: t.RecommendationDef, row: Row) -> out.Reason:
+        parts = [
+            part if isinstance(part, str) else (part[0](row), part[1])
+            for part in self.slots[rec.id]
+        ]
+        text = "".join(
+            part
+            if isinstance(part, str)
+            else out.SLOT_UNAVAILABLE
+            if part[0] is _UNAVAILABLE
+            else render(part[0], part[1], self.language)
+            for part in parts
+        )
+        return out.Reason(
+            text, out.key_values_text((n, fn(row)) for n, fn in self.evidence[rec.id])
+        )
+
+    def _shared(self) -> exp.Select:
+        """The guideline's base table with the patient's shared targets, named as in
+        :meth:`GuidelineSql.outcomes` so compiled expressions find their columns."""
+        select = exp.select(exp.Star()).from_(
+            exp.alias_(exp.to_table(table_name(self.sql.index, "base")), "b")
+        )
+        for target in self.sql.g.targets:
+            alias = f"w_{target.name}"
+            on = exp.and_(
+                exp.EQ(this=col("patient", alias), expression=col("patient", "b")),
+                exp.EQ(this=col("measure", alias), expression=lit(target.measure)),
+            )
+            select = select.join(
+                exp.alias_(exp.to_table("winners"), alias), on=on, join_type="left"
+            ).select(
+                exp.alias_(col("value", alias), f"{target.name}__shared"),
+                exp.alias_(col("source", alias), f"{target.name}__shared_source"),
+                exp.alias_(col("reason", alias), f"{target.name}__shared_reason"),
+                exp.alias_(col("guideline", alias), f"{target.name}__set_by"),
+                append=True,
+            )
+        return select
+
+    def _column(self, expression: exp.Expression) -> str:
+        """One query column per distinct expression, however many slots read it."""
+        key = expression.sql(DIALECT)
+        alias = self._aliases.get(key)
+        if alias is None:
+            alias = self._aliases[key] = f"c{len(self.columns)}"
+            self.columns[alias] = expression
+        return alias
+
+    def _slot(self, expr: t.Expr) -> Callable[[Row], Any]:
+        if isinstance(expr, t.Field) and isinstance(expr.record, t.Ref):
+            name = expr.record.name
+            if name in self.targets and expr.name == "reason":
+                return self._target_reason(self.targets[name])
+            fact = self.facts.get(name)
+            observation = fact is not None and isinstance(fact.primitive, t.ObservationFact)
+            if observation and expr.name == "value":
+                return self._bound(name)
+        try:
+            alias = self._column(self.sql.condition(expr, own=False))
+        except Exception:  # an expression the compiler has no SQL for: say so, do not fail
+            return lambda row: _UNAVAILABLE
+        return lambda row: row[alias]
+
+    def _bound(self, fact: str) -> Callable[[Row], Any]:
+        """An observation's value, as a bound when the lab reported one (eGFR '>90')."""
+        value = self._column(col(f"{fact}__value"))
+        comparator = self._column(col(f"{fact}__cmp"))
+
+        def read(row: Row) -> Any:
+            if row[value] is None or row[comparator] is None:
+                return row[value]
+            return Bound(row[value], row[comparator])
+
+        return read
+
+    def _target_reason(self, target: t.TargetDef) -> Callable[[Row], Any]:
+        """The winning rule's reason: a case index into the target of the guideline that set it
+        (-1: the patient's own Goal), as the per-patient engine's TargetValue.reason."""
+        index = self._column(col(f"{target.name}__shared_reason"))
+        set_by = self._column(col(f"{target.name}__set_by"))
+
+        def read(row: Row) -> Any:
+            if row[index] is None or row[set_by] is None:
+                return None
+            if int(row[index]) < 0:
+                return t.GOAL_REASON
+            winner = self.by_id.get(str(row[set_by]))
+            same = [x for x in winner.targets if x.measure == target.measure] if winner else []
+            return same[0].cases[int(row[index])].reason if same else None
+
+        return read
+
+    def _key_value(self, name: str) -> Callable[[Row], str] | None:
+        """The value behind a recommendation for the list's key-values column: observations
+        with their dates, counts, onset dates, goals and targets (yes/no facts are left out: the
+        reason already says them)."""
+        language = self.language
+        if name in self.targets:
+            target = self.targets[name]
+            value = self._column(col(f"{name}__shared"))
+            unit: ty.Type = ty.Quantity(target.unit) if target.unit else ty.NUMBER
+            return lambda row: render(row[value], unit, language)
+        fact = self.facts.get(name)
+        if fact is None:
+            return None
+        primitive = fact.primitive
+        if isinstance(primitive, t.ObservationFact) and primitive.which != "count":
+            read = self._bound(name)
+            date = self._column(col(f"{name}__date"))
+            value_type = fact.type.field_type("value") if isinstance(fact.type, ty.Record) else None
+            kind = value_type or ty.NUMBER
+
+            def observation(row: Row) -> str:
+                if row[date] is None:
+                    return render(None, kind, language)
+                return f"{render(read(row), kind, language)} ({row[date].isoformat()})"
+
+            return observation
+        if isinstance(primitive, t.ObservationFact | t.ConditionOnset | t.PatientGoal):
+            plain = self._column(col(name))
+            return lambda row: render(row[plain], fact.type, language)
+        return None
+
+
+_UNAVAILABLE = object()
+
+
+# -- over time -----------------------------------------------------------------------------------
+
+
+def _as_of_directory(directory: Path) -> Path:
+    """An as-of directory as given, or a run directory's latest date."""
+    directory = Path(directory)
+    if (directory / MANIFEST).is_file():
+        return directory / RunManifest.read(directory).as_of[-1]
+    return directory
+
+
+def compare(previous_run_dir: Path, current_run_dir: Path) -> out.ComparisonReport:
+    """Who entered or left each practice's lists and how each indicator moved between two sweeps.
+
+    Either argument is a published run directory (its latest date is used) or one of its
+    ``<as-of>`` directories, so a cluster can compare this quarter's run with last quarter's.
+    """
+    before, after = _as_of_directory(previous_run_dir), _as_of_directory(current_run_dir)
+    columns = ["patient", "practice", "guideline", "recommendations"]
+    return out.ComparisonReport(
+        before.name,
+        after.name,
+        out.compare_lists(
+            out.list_members(
+                pq.read_table(before / "outcomes.parquet", columns=columns).to_pylist()
+            ),
+            out.list_members(
+                pq.read_table(after / "outcomes.parquet", columns=columns).to_pylist()
+            ),
+        ),
+        out.compare_indicators(_read_indicators(before), _read_indicators(after)),
+    )
+
+
+def write_comparison(report: out.ComparisonReport, directory: Path) -> dict[str, int]:
+    """comparison.csv (identifiable: list changes carry patient ids) and comparison.md (counts)."""
+    records = out.comparison_records(report)
+    _write(directory / "comparison.csv", out.csv_text(out.COMPARISON_COLUMNS, records))
+    _write(directory / "comparison.md", out.comparison_markdown(report))
+    return {"comparison.csv": len(records)}
+
+
+def _read_indicators(directory: Path) -> list[out.IndicatorRow]:
+    with (directory / "indicators.csv").open(encoding="utf-8", newline="") as f:
+        return [out.indicator_row_from_csv(r) for r in csv.DictReader(f)]
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def _safe(name: str) -> str:
+    """A ydernummer as a file name; anything else (a reference used as practice) made safe."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return cleaned if cleaned and cleaned == name else f"{cleaned}-{_digest(name)}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _json(resource: Mapping[str, Any]) -> str:
+    return json.dumps(resource, indent=2, ensure_ascii=False) + "\n"
+
+
+def _write(path: Path, text: str, encoding: str = "utf-8") -> None:
+    """Write and fsync, so a published run survives a power cut as well as a kill."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding=encoding, newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_parquet(path: Path, table: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        pq.write_table(table, f, compression="zstd")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """An advisory lock per run id: a partial directory is stale only if nobody holds it."""
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise RunInProgressError(f"{lock.name[len('.lock-') :]} is being written") from error
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
