@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ import httpx
 from engine.patient import PatientEngine
 from fhir_adapter.normalise import normalise_patient
 from rules.guideline_set import GuidelineSet
+from service.cds_hooks.prefetch import prefetch_from
 from synth.patients import generate_patient, make_practice
 
 DATE = re.compile(r'"(\d{4}-\d{2}-\d{2})')
@@ -97,7 +99,7 @@ def service_call(bundle: dict[str, Any], patient_id: str, language: str) -> list
                     "hook": "patient-view",
                     "hookInstance": str(uuid.uuid4()),
                     "context": {"userId": "Practitioner/demo", "patientId": patient_id},
-                    "prefetch": _prefetch(keys, bundle),
+                    "prefetch": prefetch_from(keys, [e["resource"] for e in bundle["entry"]]),
                 }
                 response = client.post(
                     "/cds-services/vejviser-patient-view",
@@ -111,24 +113,7 @@ def service_call(bundle: dict[str, Any], patient_id: str, language: str) -> list
             process.wait(timeout=10)
 
 
-def _prefetch(keys: dict[str, str], bundle: dict[str, Any]) -> dict[str, Any]:
-    by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for entry in bundle["entry"]:
-        by_type[entry["resource"]["resourceType"]].append(entry["resource"])
-    prefetch: dict[str, Any] = {}
-    for key, query in keys.items():
-        resource_type = query.split("?")[0].split("/")[0]
-        if "?" not in query:
-            prefetch[key] = by_type[resource_type][0]
-        else:
-            entries = [{"resource": r} for r in by_type.get(resource_type, [])]
-            prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
-    return prefetch
-
-
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

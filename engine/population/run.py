@@ -210,7 +210,7 @@ def run_identity(
     exceptions: Sequence[out.ExceptionLike],
     language: str,
 ) -> str:
-    """``<first>_<last>-<digest>``: the same inputs always give the same id, so a restart finds
+    """``<first>_<last>-<digest>`` (``<date>-<digest>`` for one date): the same inputs always give the same id, so a restart finds
     the partial directory of the run it continues, and any change of input gives a new run."""
     inputs = {
         "format": FORMAT,
@@ -235,7 +235,8 @@ def run_identity(
         ),
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-    return f"{dates[0]}_{dates[-1]}-{digest[:12]}"
+    span = str(dates[0]) if len(dates) == 1 else f"{dates[0]}_{dates[-1]}"
+    return f"{span}-{digest[:12]}"
 
 
 def _sweep_date(
@@ -251,10 +252,6 @@ def _sweep_date(
     timings: dict[str, float],
 ) -> set[str]:
     """One reference date: sweep, render reasons, write every file. Returns the practices."""
-    directory = partial / str(as_of)
-    in_force = guidelines.in_force(as_of)
-    hashes = {(g.id, g.version): g.content_hash for g in guidelines.guidelines}
-
     started = time.perf_counter()
     raw = list(sweep(con, guidelines, as_of))
     timings[f"{as_of}/sweep"] = round(time.perf_counter() - started, 3)
@@ -264,11 +261,43 @@ def _sweep_date(
     timings[f"{as_of}/reasons"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
+    written, practices = write_outputs(
+        partial / str(as_of),
+        guidelines,
+        as_of,
+        raw,
+        reasons,
+        clusters,
+        suppress_below,
+        exceptions,
+        language,
+    )
+    rows.update({f"{as_of}/{name}": count for name, count in written.items()})
+    timings[f"{as_of}/write"] = round(time.perf_counter() - started, 3)
+    return practices
+
+
+def write_outputs(
+    directory: Path,
+    guidelines: GuidelineSet,
+    as_of: dt.date,
+    raw: Iterable[PopulationOutcome],
+    reasons: Mapping[tuple[str, str, str], out.Reason],
+    clusters: Mapping[str, str],
+    suppress_below: int,
+    exceptions: Iterable[out.ExceptionLike],
+    language: str,
+) -> tuple[dict[str, int], set[str]]:
+    """Every file of one reference date from the sweep's outcomes; returns the row counts per
+    file and the practices that got a list. Usable without a sweep (tests, other engines)."""
+    in_force = guidelines.in_force(as_of)
+    hashes = {(g.id, g.version): g.content_hash for g in guidelines.guidelines}
+    rows: dict[str, int] = {}
     excepted = out.exceptions_in_force(exceptions, as_of)
     outcomes = sorted((out.apply_exceptions(o, excepted) for o in raw), key=out.outcome_order)
     table = out.outcomes_table(outcomes, clusters, hashes, excepted)
     _write_parquet(directory / "outcomes.parquet", table)
-    rows[f"{as_of}/outcomes.parquet"] = table.num_rows
+    rows["outcomes.parquet"] = table.num_rows
 
     indicators = out.indicator_rows(outcomes, in_force, clusters, language)
     for name, publish in (
@@ -280,7 +309,7 @@ def _sweep_date(
             directory / name,
             out.csv_text(out.INDICATOR_COLUMNS, (out.as_record(r) for r in published)),
         )
-        rows[f"{as_of}/{name}"] = len(published)
+        rows[name] = len(published)
 
     lists = out.list_rows(outcomes, in_force, reasons, excepted, language)
     for practice, entries in lists.items():
@@ -290,7 +319,7 @@ def _sweep_date(
             # a BOM so that Excel, which is how most practices open a CSV, reads æ, ø and å
             encoding="utf-8-sig",
         )
-    rows[f"{as_of}/lists"] = sum(len(entries) for entries in lists.values())
+    rows["lists"] = sum(len(entries) for entries in lists.values())
 
     members = practice_members(outcomes)
     reports = 0
@@ -299,15 +328,14 @@ def _sweep_date(
             if not g.indicators:
                 continue
             mine = members.get(practice, {}).get(g.id, {})
-            base = directory / "measure_reports" / _safe(practice) / g.id
+            folder = directory / "measure_reports" / _safe(practice)
             summary = summary_report(practice, g, population_counts(mine), as_of, language)
             subjects = subject_list_report(practice, g, mine, as_of, language)
-            _write(base.with_name(f"{g.id}.summary.json"), _json(summary))
-            _write(base.with_name(f"{g.id}.subject-list.json"), _json(subjects))
+            _write(folder / f"{g.id}.summary.json", _json(summary))
+            _write(folder / f"{g.id}.subject-list.json", _json(subjects))
             reports += 2
-    rows[f"{as_of}/measure_reports"] = reports
-    timings[f"{as_of}/write"] = round(time.perf_counter() - started, 3)
-    return set(lists)
+    rows["measure_reports"] = reports
+    return rows, set(lists)
 
 
 # -- reasons in words ----------------------------------------------------------------------------

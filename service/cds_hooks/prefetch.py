@@ -167,3 +167,23 @@ def _raise_for(key: str, result: object) -> None:
         raise CdsError(412, "incomplete", f"could not fetch '{key}' from the FHIR server: {result}")
     if isinstance(result, BaseException):
         raise result
+
+
+def prefetch_from(templates: dict[str, str], resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a complete EHR would send: each key answered from one patient's resources by type.
+
+    For the demo, tests and benchmarks; the EHR's own search would also apply the codes and
+    dates, which the engine applies again anyway.
+    """
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for resource in resources:
+        by_type.setdefault(resource["resourceType"], []).append(resource)
+    prefetch: dict[str, Any] = {}
+    for key, query in templates.items():
+        resource_type = query.split("?")[0].split("/")[0]
+        if "?" not in query:
+            prefetch[key] = by_type[resource_type][0]
+        else:
+            entries = [{"resource": r} for r in by_type.get(resource_type, [])]
+            prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+    return prefetch

@@ -15,6 +15,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from service.app import create_app
 from service.auth import AuthSettings
+from service.cds_hooks.prefetch import prefetch_from
 from service.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -58,18 +59,9 @@ def searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
 
 def full_prefetch(client: TestClient) -> dict[str, Any]:
     """Every discovery key filled from the fixture patient, as an EHR would."""
-    keys = client.get("/cds-services").json()["services"][0]["prefetch"]
-    resources = bundle_resources()
-    by_type: dict[str, list[dict[str, Any]]] = {}
-    for resource in resources:
-        by_type.setdefault(resource["resourceType"], []).append(resource)
-    prefetch: dict[str, Any] = {}
-    for key, query in keys.items():
-        if query.startswith("Patient/"):
-            prefetch[key] = by_type["Patient"][0]
-        else:
-            prefetch[key] = searchset(by_type.get(query.split("?")[0], []))
-    return prefetch
+    return prefetch_from(
+        client.get("/cds-services").json()["services"][0]["prefetch"], bundle_resources()
+    )
 
 
 def request(

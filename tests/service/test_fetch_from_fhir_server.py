@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.auth import AuthSettings
+from service.cds_hooks.prefetch import prefetch_from
 from service.settings import Settings
 from synth.patients import generate_patient
 from tests.support.sekmet import SekmetServer, free_port
@@ -59,19 +60,7 @@ def danish_patient(patient_id: str, resources: int = 60) -> list[dict[str, Any]]
 
 def prefetch_for(client: TestClient, resources: list[dict[str, Any]]) -> dict[str, Any]:
     """What an EHR would send: every discovery key, filled from the patient's resources."""
-    keys = client.get("/cds-services").json()["services"][0]["prefetch"]
-    by_type: dict[str, list[dict[str, Any]]] = {}
-    for resource in resources:
-        by_type.setdefault(resource["resourceType"], []).append(resource)
-    prefetch: dict[str, Any] = {}
-    for key, query in keys.items():
-        resource_type = query.split("?")[0].split("/")[0]
-        if "?" not in query:
-            prefetch[key] = by_type[resource_type][0]
-        else:
-            entries = [{"resource": r} for r in by_type.get(resource_type, [])]
-            prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
-    return prefetch
+    return prefetch_from(client.get("/cds-services").json()["services"][0]["prefetch"], resources)
 
 
 def call(
