@@ -589,7 +589,9 @@ def comparison_markdown(report: ComparisonReport) -> str:
     moves: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for c in report.lists:
         moves[(c.practice, c.guideline, c.recommendation)][c.change == "left"] += 1
-    units = sorted({(i.level, i.id) for i in report.indicators}, key=lambda u: LEVELS.index(u[0]))
+    units = sorted(
+        {(i.level, i.id) for i in report.indicators}, key=lambda u: (LEVELS.index(u[0]), u[1])
+    )
     for level, unit in units:
         lines += [f"## {level} {unit}", ""]
         if level == "practice":

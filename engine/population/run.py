@@ -33,11 +33,12 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlglot.expressions as exp
 
@@ -56,6 +57,7 @@ from rules import types as ty
 from rules.guideline_set import GuidelineSet
 from rules.rendering import Bound, render
 
+LISTED = "vejviser_listed_patients"  # the patients a guideline's reasons are rendered for
 FORMAT = 1  # bump when the layout or a file's columns change: it is part of the run id
 MANIFEST = "manifest.json"
 
@@ -83,7 +85,6 @@ class RunManifest:
     comparisons: tuple[str, ...]
     format: int = FORMAT
     completed: str = ""  # UTC timestamp of publication
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -368,9 +369,14 @@ def list_reasons(
         if not patients:
             continue
         plan = _ReasonPlan(sql, by_id, language)
-        result = con.execute(plan.query().sql(DIALECT))
-        names = [d[0] for d in result.description]
-        for values in result.fetchall():
+        con.register(LISTED, pa.table({"patient": sorted(patients)}))
+        try:
+            result = con.execute(plan.query().sql(DIALECT))
+            names = [d[0] for d in result.description]
+            fetched = result.fetchall()
+        finally:
+            con.unregister(LISTED)
+        for values in fetched:
             row = dict(zip(names, values, strict=True))
             recs = patients.get(str(row["patient"]))
             for rec in sql.g.recommendations if recs else ():
@@ -408,11 +414,12 @@ class _ReasonPlan:
         }
 
     def query(self) -> exp.Select:
-        """``SELECT patient, <columns> FROM (base with shared targets) WHERE in_register``."""
+        """``SELECT patient, <columns> FROM (base with shared targets)`` for listed patients."""
         select = exp.select(col("patient")).from_(exp.alias_(exp.paren(self._shared()), "o"))
         for alias, expression in self.columns.items():
             select = select.select(exp.alias_(expression, alias), append=True)
-        return select.where(col("in_register"))
+        listed = exp.select(col("patient")).from_(LISTED)
+        return select.where(exp.In(this=col("patient"), query=listed.subquery()))
 
     def reason(self, rec: t.RecommendationDef, row: Row) -> out.Reason:
         parts = [

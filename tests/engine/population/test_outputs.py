@@ -1,0 +1,262 @@
+"""The pure parts of the sweep outputs, on hand-computed and hand-built cases (no sweep)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.population import outputs as out
+from engine.population.outcomes import PopulationOutcome
+from engine.population.run import compare, write_comparison, write_outputs
+from rules.guideline_set import GuidelineSet
+from service.feedback import PatientException
+
+# -- Wilson score interval -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("successes", "trials", "low", "high"),
+    [  # Newcombe (1998), Stat Med 17:857-872, Table I, method 3 (score interval, no correction)
+        (81, 263, 0.2553, 0.3662),
+        (15, 148, 0.0624, 0.1605),
+        (0, 20, 0.0, 0.1611),
+        (1, 29, 0.0061, 0.1718),
+    ],
+)
+def test_wilson_interval_matches_the_published_examples(
+    successes: int, trials: int, low: float, high: float
+) -> None:
+    got = out.wilson_interval(successes, trials)
+    assert got is not None
+    assert got == pytest.approx((low, high), abs=5e-5)
+
+
+def test_wilson_interval_by_hand() -> None:
+    """8 of 10, z = 1.96: centre (0.8 + 0.1921) / 1.3842 = 0.7167, half-width
+    1.96 / 1.3842 * sqrt(0.016 + 0.0096) = 0.2265 -> 0.4902 to 0.9433."""
+    low, high = out.wilson_interval(8, 10)  # type: ignore[misc]
+    assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)
+    assert out.wilson_interval(0, 0) is None
+    assert out.wilson_interval(5, 5) == pytest.approx((0.5655, 1.0), abs=5e-5)
+
+
+# -- suppression ---------------------------------------------------------------------------------
+
+
+def row(level: str, numerator: int, denominator: int, register: int = 100, excepted: int = 0):
+    ci = out.wilson_interval(numerator, denominator)
+    return out.IndicatorRow(
+        level,
+        "x",
+        "g",
+        "1",
+        "i",
+        "title",
+        register,
+        numerator,
+        denominator,
+        excepted,
+        numerator / denominator if denominator else None,
+        ci[0] if ci else None,
+        ci[1] if ci else None,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("numerator", "denominator", "suppressed"),
+    [
+        (4, 100, True),  # small numerator
+        (96, 100, True),  # small complement: 4 patients without the property
+        (0, 100, True),  # 0 % says something about all 100
+        (100, 100, True),  # and so does 100 %
+        (3, 4, True),  # small denominator
+        (5, 10, False),
+        (20, 25, False),
+    ],
+)
+def test_a_rate_is_suppressed_when_it_rests_on_a_small_count(
+    numerator: int, denominator: int, suppressed: bool
+) -> None:
+    got = out.suppress(row("cluster", numerator, denominator), 5)
+    assert got.suppressed is suppressed
+    if suppressed:
+        assert (got.numerator, got.denominator, got.rate, got.ci_low, got.ci_high) == (None,) * 5
+    else:
+        assert (got.numerator, got.denominator) == (numerator, denominator)
+
+
+def test_register_and_excepted_counts_are_blanked_on_their_own() -> None:
+    got = out.suppress(row("all", 10, 20, register=3, excepted=2), 5)
+    assert not got.suppressed
+    assert (got.register, got.excepted) == (None, None)
+    assert out.suppress(row("all", 10, 20, register=30, excepted=7), 5).excepted == 7
+
+
+def test_practice_rows_are_kept_for_the_practice_and_suppressed_for_sharing() -> None:
+    rows = [row("practice", 1, 2), row("cluster", 1, 2), row("all", 1, 2)]
+    assert [r.suppressed for r in out.for_the_run(rows, 5)] == [False, True, True]
+    assert [r.suppressed for r in out.for_sharing(rows, 5)] == [True, True, True]
+
+
+# -- exceptions ----------------------------------------------------------------------------------
+
+
+def outcome(
+    patient: str,
+    practice: str | None,
+    recommendations: tuple[str, ...] = (),
+    above_58: str = "outside",
+    in_register: bool = True,
+) -> PopulationOutcome:
+    indicators = (("hba1c-above-58", above_58), ("ddd-1f1-hba1c-below-59", "outside"))
+    return PopulationOutcome(
+        patient,
+        practice,
+        "t2d-hba1c",
+        "1.1.0",
+        in_register,
+        recommendations,
+        indicators if in_register else (),
+        (),
+    )
+
+
+def test_exceptions_take_patients_out_of_denominators_only() -> None:
+    at = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    reasons = out.exceptions_in_force(
+        [
+            PatientException("p1", "t2d-hba1c", "hba1c-above-target", "declined", at, "a"),
+            PatientException("p1", "t2d-hba1c", None, "not-suitable", at, "b"),
+            PatientException("p2", "t2d-hba1c", None, "declined", at.replace(month=5), "c"),
+        ],
+        dt.date(2026, 4, 1),
+    )
+    assert reasons == {("p1", "t2d-hba1c"): ("declined", "not-suitable")}
+    excepted = out.apply_exceptions(outcome("p1", "A", ("r",), "numerator"), reasons)
+    assert excepted.in_register and excepted.recommendations == ("r",)
+    assert dict(excepted.indicators) == {
+        "hba1c-above-58": "excepted",
+        "ddd-1f1-hba1c-below-59": "outside",
+    }
+    untouched = outcome("p2", "A", (), "denominator")
+    assert out.apply_exceptions(untouched, reasons) is untouched
+
+
+# -- over time, on a hand-built case -------------------------------------------------------------
+
+A, B = "100001", "100002"
+ABOVE, MISSING = "hba1c-above-target", "hba1c-missing"
+
+
+def test_comparison_reports_who_entered_and_left_each_list(
+    library: GuidelineSet, tmp_path: Path
+) -> None:
+    before = [
+        outcome("p1", A, (ABOVE,), "numerator"),
+        outcome("p2", A, (ABOVE,), "numerator"),
+        outcome("p3", A, (), "denominator"),
+        outcome("p6", A, (), "denominator"),
+        outcome("p5", B, (MISSING,)),
+        outcome("p9", None, (ABOVE,), "numerator"),  # no practice: on no list
+    ]
+    after = [
+        outcome("p1", A, (), "denominator"),  # improved: leaves
+        outcome("p2", A, (ABOVE,), "numerator"),  # stays
+        outcome("p3", A, (ABOVE,), "numerator"),  # enters
+        outcome("p4", A, (MISSING,)),  # new patient: enters
+        outcome("p6", A, (ABOVE,), "numerator"),  # enters
+        outcome("p5", B, (), "denominator"),  # measured: leaves
+        outcome("p9", None, (), "denominator"),
+    ]
+    for day, outcomes in (("2026-01-01", before), ("2026-04-01", after)):
+        write_outputs(
+            tmp_path / day,
+            library,
+            dt.date.fromisoformat(day),
+            outcomes,
+            {},
+            {A: "k1", B: "k1"},
+            5,
+            [],
+            "en",
+        )
+    report = compare(tmp_path / "2026-01-01", tmp_path / "2026-04-01")
+    assert (report.previous, report.current) == ("2026-01-01", "2026-04-01")
+    assert [(c.practice, c.recommendation, c.patient, c.change) for c in report.lists] == [
+        (A, ABOVE, "p3", "entered"),
+        (A, ABOVE, "p6", "entered"),
+        (A, ABOVE, "p1", "left"),
+        (A, MISSING, "p4", "entered"),
+        (B, MISSING, "p5", "left"),
+    ]
+    moved = {
+        (i.level, i.id): i
+        for i in report.indicators
+        if i.guideline == "t2d-hba1c" and i.indicator == "hba1c-above-58"
+    }
+    assert moved[("practice", A)].previous.rate == pytest.approx(2 / 4)
+    assert moved[("practice", A)].current.rate == pytest.approx(3 / 4)
+    assert moved[("practice", A)].rate_change == pytest.approx(1 / 4)
+    assert moved[("practice", B)].previous.rate is None  # 0 of 0: no rate, no change
+    assert moved[("practice", B)].rate_change is None
+    assert moved[("cluster", "k1")].current.suppressed  # 3 of 5: too few to show
+    assert moved[("cluster", "k1")].rate_change is None
+
+    written = write_comparison(report, tmp_path / "comparison")
+    with (tmp_path / "comparison" / "comparison.csv").open(encoding="utf-8", newline="") as f:
+        records = list(csv.DictReader(f))
+    assert written["comparison.csv"] == len(records)
+    lists = [r for r in records if r["kind"] == "list"]
+    assert [(r["patient"], r["change"]) for r in lists] == [
+        ("p3", "entered"),
+        ("p6", "entered"),
+        ("p1", "left"),
+        ("p4", "entered"),
+        ("p5", "left"),
+    ]
+    a = next(
+        r
+        for r in records
+        if r["kind"] == "indicator"
+        and (r["id"], r["guideline"], r["item"]) == (A, "t2d-hba1c", "hba1c-above-58")
+    )
+    assert (a["previous_numerator"], a["current_numerator"], a["rate_change"]) == (
+        "2",
+        "3",
+        "0.2500",
+    )
+    markdown = (tmp_path / "comparison" / "comparison.md").read_text(encoding="utf-8")
+    assert f"## practice {A}" in markdown
+    assert f"| t2d-hba1c | {ABOVE} | 2 | 1 |" in markdown
+    assert "+25.0 points" in markdown
+    assert "p3" not in markdown, "the summary carries counts, not patients"
+
+
+def test_outputs_do_not_depend_on_the_process(tmp_path: Path) -> None:
+    """A restarted run is a new process with a new hash seed: set and dict order must never
+    reach a file."""
+    written = []
+    for seed in ("1", "2"):
+        directory = tmp_path / seed
+        subprocess.run(
+            [sys.executable, "-m", "tests.engine.population.hand_built", str(directory)],
+            check=True,
+            cwd=Path(__file__).resolve().parents[3],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        written.append(
+            {
+                str(p.relative_to(directory)): p.read_bytes()
+                for p in sorted(directory.rglob("*"))
+                if p.is_file()
+            }
+        )
+    assert len(written[0]) > 40
+    assert written[0] == written[1]
