@@ -139,8 +139,9 @@ def run_sweep(
     with _exclusive(out_dir / f".lock-{run_id}"):
         if (final / MANIFEST).is_file():
             return RunManifest.read(final)
-        if partial.exists():  # a run with these inputs was killed: never trust its files
+        if partial.exists():  # this run was killed half-way: never trust its files
             shutil.rmtree(partial)
+        _remove_stale_partials(out_dir)  # and killed runs with other inputs
         partial.mkdir()
         rows: dict[str, int] = {}
         timings: dict[str, float] = {}
@@ -195,7 +196,7 @@ def run_sweep(
             completed=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         _write(partial / MANIFEST, manifest.to_json())  # last: a manifest means complete
-        _fsync_dir(partial)
+        _fsync_tree(partial)
         partial.rename(final)  # atomic on one file system; fails if final has files
         _fsync_dir(out_dir)
         (out_dir / f".lock-{run_id}").unlink(missing_ok=True)
@@ -211,8 +212,12 @@ def run_identity(
     exceptions: Sequence[out.ExceptionLike],
     language: str,
 ) -> str:
-    """``<first>_<last>-<digest>`` (``<date>-<digest>`` for one date): the same inputs always give the same id, so a restart finds
-    the partial directory of the run it continues, and any change of input gives a new run."""
+    """``<first>_<last>-<digest>`` (``<date>-<digest>`` for one date).
+
+    The same inputs always give the same id, so a restart continues the run it was (and a
+    published run is not redone), and any change of input - guideline content, dates, data
+    snapshot, clusters, threshold, exceptions, language - gives a new run beside the old one.
+    """
     inputs = {
         "format": FORMAT,
         "guidelines": sorted(
@@ -628,6 +633,26 @@ def _write_parquet(path: Path, table: Any) -> None:
         pq.write_table(table, f, compression="zstd")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _fsync_tree(root: Path) -> None:
+    """Make every directory entry durable before the rename publishes them."""
+    for directory, _, _ in os.walk(root, topdown=False):
+        _fsync_dir(Path(directory))
+
+
+def _remove_stale_partials(out_dir: Path) -> None:
+    """Remove the partial directories of other runs that nobody is writing (killed runs, whose
+    restart would remove them as well). Call while holding this run's lock: a second lock on
+    the same file, even from this process, is refused, so this run's directory is skipped."""
+    for partial in sorted(out_dir.glob(".partial-*")):
+        lock = out_dir / f".lock-{partial.name.removeprefix('.partial-')}"
+        try:
+            with _exclusive(lock):
+                shutil.rmtree(partial)
+                lock.unlink(missing_ok=True)
+        except RunInProgressError:
+            continue
 
 
 def _fsync_dir(path: Path) -> None:

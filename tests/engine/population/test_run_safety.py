@@ -99,10 +99,14 @@ def test_a_crash_publishes_nothing_and_a_restart_writes_the_same_bytes(
     assert (stale / str(DATES[0]) / "outcomes.parquet").is_file(), "the first date was written"
     assert not (stale / "manifest.json").exists()
 
+    other = tmp_path / ".partial-killed-with-other-inputs"
+    (other / str(DATES[0])).mkdir(parents=True)
     monkeypatch.setattr(runner, "_sweep_date", real)
     again = run_sweep(con, guidelines, DATES, tmp_path, CLUSTERS)
     assert again.run_id == clean.run_id
     assert not stale.exists(), "the stale partial directory is removed"
+    assert not other.exists(), "and so are those of other killed runs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [clean.run_id]
     assert (tmp_path / clean.run_id / "manifest.json").is_file()
     assert published_bytes(again.directory) == published_bytes(clean.directory)
 
