@@ -16,6 +16,13 @@ What a patient looks like (codes from shared/DOMAIN.md §2-3):
   85354-9) and NPU lab results with per-patient baselines and trends.
 - Deliberate noise at low rates (:class:`Noise`): entered-in-error results with absurd values,
   HbA1c in % (NPU03835), and eGFR above 90 reported as ``> 90`` as Danish labs do.
+
+Two ways to say who the patient is. Without a :class:`Profile`, :func:`generate_patient` draws
+the benchmark cohort: older, chronically ill patients (most have diabetes or hypertension), so
+every guideline has work to do; benchmarks and tests rely on that output staying the same for a
+seed. With a :class:`Profile` the caller decides age, sex, chronic conditions and individual
+goals (``synth.population`` draws them with Danish prevalences), and values follow the profile
+(blood pressure by age, HbA1c spread like a treated diabetes population).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 Resource = dict[str, Any]
 
@@ -62,6 +69,35 @@ class Noise:
 
 
 # --- code tables ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Who the patient is, decided by the caller instead of drawn from the benchmark cohort.
+
+    Why: a population needs realistic prevalences, comorbidity and individual targets, which
+    are the population's business; this module only turns a profile into FHIR resources.
+    """
+
+    age: int
+    sex: Literal["female", "male"]
+    conditions: tuple[str, ...] = ()
+    """ICPC-2 codes of chronic conditions, each one of :data:`CHRONIC_CONDITIONS`."""
+    hba1c_goal: int | None = None
+    """An individual HbA1c target (mmol/mol) agreed with a diabetic patient: a Goal."""
+    systolic_goal: int | None = None
+    """An individual systolic blood-pressure target (mmHg): a Goal."""
+    hba1c_offset: float = 0.0
+    """Added to a diabetic's HbA1c level: how well the practice's diabetics are controlled."""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.conditions) - set(CHRONIC_CONDITIONS)
+        if unknown:
+            raise ValueError(f"unknown chronic condition(s): {', '.join(sorted(unknown))}")
+        if self.sex not in ("female", "male"):
+            raise ValueError("sex must be 'female' or 'male'")
+        if not 0 <= self.age <= 120:
+            raise ValueError("age must be between 0 and 120")
 
 
 class _Lab(NamedTuple):
@@ -126,6 +162,9 @@ _CHRONIC: tuple[_Chronic, ...] = (
     ),
 )  # fmt: skip
 
+CHRONIC_CONDITIONS: tuple[str, ...] = tuple(c.code for c in _CHRONIC)
+"""ICPC-2 codes a :class:`Profile` can name, each with its problem-list text and medication."""
+
 _ACUTE: tuple[tuple[str, str, tuple[str, str, int, int] | None], ...] = (
     # (ICPC-2, text, course: (ATC, name, min days, max days) or None)
     ("U71", "Cystitis", ("J01CA08", "Pivmecillinam", 3, 3)),
@@ -189,24 +228,40 @@ class _Profile:
     potassium: float = 4.2
     systolic: float = 135.0
     diastolic: float = 82.0
+    given: Profile | None = None  # the caller's profile, if there was one
 
     def has(self, code: str) -> bool:
         return any(c.code == code for c in self.conditions)
 
 
-def _profile(rng: random.Random, as_of: date) -> _Profile:
-    sex = rng.choice(("female", "male"))
-    age = min(95, max(35, round(rng.gauss(67, 12))))
-    birth_date = as_of - timedelta(days=age * 365 + rng.randrange(365))
-    conditions = [c for c in _CHRONIC if age >= c.min_age and rng.random() < c.prevalence]
-    if not conditions:
-        conditions = [_CHRONIC[1]]  # everyone in the cohort has at least hypertension
-    profile = _Profile(birth_date, sex, conditions)
+def _profile(rng: random.Random, as_of: date, given: Profile | None = None) -> _Profile:
+    """The benchmark cohort's draw, or the caller's profile with values that follow it.
+
+    The draws without a profile are kept exactly as they were: the same seed must keep giving
+    the same patient (benchmarks and tests depend on it).
+    """
+    if given is None:
+        sex = rng.choice(("female", "male"))
+        age = min(95, max(35, round(rng.gauss(67, 12))))
+        birth_date = as_of - timedelta(days=age * 365 + rng.randrange(365))
+        conditions = [c for c in _CHRONIC if age >= c.min_age and rng.random() < c.prevalence]
+        if not conditions:
+            conditions = [_CHRONIC[1]]  # everyone in the cohort has at least hypertension
+    else:
+        sex, age = given.sex, given.age
+        birth_date = as_of - timedelta(days=age * 365 + rng.randrange(365))
+        conditions = [c for c in _CHRONIC if c.code in given.conditions]
+    profile = _Profile(birth_date, sex, conditions, given=given)
     for condition in conditions:
         for atc, name, probability in condition.drugs:
             if rng.random() < probability:
                 profile.drugs.setdefault(atc, name)
-    if profile.has("T90"):
+    if profile.has("T90") and given is not None:
+        # Right-skewed around 52 mmol/mol: most treated diabetics near target, a tail above 75.
+        profile.hba1c = 38 + rng.lognormvariate(math.log(14), 0.5) + given.hba1c_offset
+        profile.hba1c_slope = rng.gauss(0, 1.5)
+        profile.uacr = math.exp(rng.gauss(math.log(18), 1.1))
+    elif profile.has("T90"):
         profile.hba1c = rng.uniform(44, 78)
         profile.hba1c_slope = rng.uniform(-3, 3)
         profile.uacr = math.exp(rng.gauss(math.log(18), 1.1))
@@ -217,9 +272,32 @@ def _profile(rng: random.Random, as_of: date) -> _Profile:
     profile.egfr_slope = -rng.uniform(0, 3)
     profile.ldl = rng.gauss(3.3, 0.6) - (1.3 if "C10AA05" in profile.drugs else 0)
     profile.potassium = rng.gauss(4.2, 0.25) + (0.2 if "C09AA05" in profile.drugs else 0)
-    profile.systolic = rng.gauss(138, 12)
-    profile.diastolic = rng.gauss(82, 7)
+    if given is None:
+        profile.systolic = rng.gauss(138, 12)
+        profile.diastolic = rng.gauss(82, 7)
+    else:  # rises with age; treated hypertension stays a little above the untreated mean
+        hypertensive = profile.has("K86")
+        profile.systolic = rng.gauss(116 + 0.4 * (age - 18) + (10 if hypertensive else 0), 10)
+        profile.diastolic = rng.gauss(74 + (6 if hypertensive else 0), 7)
     return profile
+
+
+def minimum_resources(profile: Profile, *, practice_included: bool = False) -> int:
+    """The smallest ``resources`` for which :func:`generate_patient` keeps the whole problem
+    list, every chronic drug the profile's conditions can bring and its goals.
+
+    Why: generate_patient gives at most 40 % of a patient's clinical resources to Conditions,
+    MedicationStatements and Goals, so a caller sizing patients by their care needs must not
+    go below this, or a diabetic could lose the T90 Condition that puts them in a register.
+    ``practice_included``: the call passes no ``practice``, so one is made and counted.
+    """
+    drugs = {atc for c in _CHRONIC if c.code in profile.conditions for atc, _, _ in c.drugs}
+    needed = len(profile.conditions) + len(drugs)
+    needed += (profile.hba1c_goal is not None) + (profile.systolic_goal is not None)
+    budget = 1
+    while int(budget * 0.4) < needed:  # the same arithmetic as generate_patient's cut
+        budget += 1
+    return budget + (2 if practice_included else 1)  # the Patient (and the practice)
 
 
 def generate_patient(
@@ -230,6 +308,7 @@ def generate_patient(
     *,
     practice: Resource | None = None,
     noise: Noise | None = None,
+    profile: Profile | None = None,
 ) -> list[Resource]:
     """One patient as a list of FHIR R4 resources, exactly ``resources`` long.
 
@@ -238,6 +317,10 @@ def generate_patient(
     and included. At most 40 % of the clinical resources are Conditions, MedicationStatements
     and Goals; the rest are Observations. Everything is drawn from ``rng`` only: the same
     generator state gives the same resources.
+
+    ``profile`` fixes who the patient is (see :class:`Profile`); without it the patient is
+    drawn from the benchmark cohort, as before. The problem list, chronic medication and goals
+    come first, so they are all there when ``resources`` is at least 2.5 times their number.
     """
     if not _FHIR_ID.fullmatch(patient_id):
         raise ValueError("patient_id must be a FHIR id of at most 40 characters [A-Za-z0-9-.]")
@@ -250,9 +333,9 @@ def generate_patient(
         raise ValueError(f"a patient needs at least {fixed + 1} resources")
     budget = resources - fixed
     start = as_of - timedelta(days=LOOKBACK_DAYS)
-    profile = _profile(rng, as_of)
-    patient = _patient(rng, patient_id, profile, practice)  # drawn first: same seed, same person
-    gen = _Generator(rng, patient_id, profile, start, as_of, noise)
+    drawn = _profile(rng, as_of, profile)
+    patient = _patient(rng, patient_id, drawn, practice)  # drawn first: same seed, same person
+    gen = _Generator(rng, patient_id, drawn, start, as_of, noise)
     others = gen.chronic(budget)[: int(budget * 0.4)]
     observations = gen.observations(budget - len(others))
     return ([practice, patient] if own_practice else [patient]) + others + observations
@@ -343,11 +426,18 @@ class _Generator:
             out.append(self._condition(condition.code, condition.text, onset, "problem-list-item"))
         for atc, name in profile.drugs.items():
             out.append(self._chronic_statement(atc, name))
-        if profile.has("T90") and rng.random() < 0.1:
-            out.append(self._hba1c_goal())
+        given = profile.given
+        if given is None:
+            if profile.has("T90") and rng.random() < 0.1:
+                out.append(self._hba1c_goal())
+        else:
+            if given.hba1c_goal is not None:
+                out.append(self._hba1c_goal(given.hba1c_goal))
+            if given.systolic_goal is not None:
+                out.append(self._systolic_goal(given.systolic_goal))
         for _ in range(round(budget * 0.06)):
             day = self._day()
-            if rng.random() < 0.6:
+            if profile.conditions and rng.random() < 0.6:
                 chronic = rng.choice(profile.conditions)
                 out.append(self._condition(chronic.code, chronic.text, day, "encounter-diagnosis"))
                 continue
@@ -407,7 +497,7 @@ class _Generator:
         status = "completed" if end < self.as_of else "active"
         return self._statement(atc, name, status, day, end)
 
-    def _hba1c_goal(self) -> Resource:
+    def _hba1c_goal(self, value: int | None = None) -> Resource:
         begin = self._day()
         return {
             "resourceType": "Goal",
@@ -420,11 +510,36 @@ class _Generator:
                 {
                     "measure": _concept(NPU_SYSTEM, "NPU27300", "HbA1c"),
                     "detailQuantity": {
-                        "value": self.rng.choice((53, 58, 64)),
+                        "value": self.rng.choice((53, 58, 64)) if value is None else value,
                         "comparator": "<=",
                         "unit": "mmol/mol",
                         "system": UCUM_SYSTEM,
                         "code": "mmol/mol",
+                    },
+                }
+            ],
+        }
+
+    def _systolic_goal(self, value: int) -> Resource:
+        begin = self._day()
+        return {
+            "resourceType": "Goal",
+            "id": self._id("goal"),
+            "lifecycleStatus": "active",
+            "description": {"text": "Individuelt blodtryksmål"},
+            "subject": dict(self.subject),
+            "startDate": begin.isoformat(),
+            "target": [
+                {
+                    "measure": _concept(
+                        LOINC_SYSTEM, "8480-6", "Systolisk blodtryk", "Systolic blood pressure"
+                    ),
+                    "detailQuantity": {
+                        "value": value,
+                        "comparator": "<=",
+                        "unit": "mmHg",
+                        "system": UCUM_SYSTEM,
+                        "code": "mm[Hg]",
                     },
                 }
             ],

@@ -78,6 +78,11 @@ class GuidelineSql:
         self.as_of = as_of
         self.facts = {f.name: f for f in guideline.facts}
         self.targets = {target.name: target for target in guideline.targets}
+        self.derived_bounds: dict[str, bool] = {}  # derived values that may carry a comparator
+        for fact in guideline.facts:
+            if isinstance(fact.primitive, t.Derived):
+                value = _Expressions(self, own=True).compile(fact.primitive.expr)
+                self.derived_bounds[fact.name] = value.cmp is not None
 
     # -- step 1: facts, register, own targets ----------------------------------------------------
 
@@ -103,7 +108,17 @@ class GuidelineSql:
             select = select.select(
                 exp.alias_(col("value", cte_name), f"{target.name}__goal"), append=True
             )
-        outer = exp.select("*").from_(exp.alias_(exp.paren(select), "facts"))
+        layered: exp.Select = select
+        for fact in self.g.facts:  # derived facts become columns, in dependency order
+            if isinstance(fact.primitive, t.Derived):
+                value = _Expressions(self, own=True).compile(fact.primitive.expr)
+                columns = [exp.alias_(value.v, fact.name)]
+                if value.cmp is not None:
+                    columns.append(exp.alias_(value.cmp, f"{fact.name}__cmp"))
+                layered = exp.select("*", *columns).from_(
+                    exp.alias_(exp.paren(layered), f"d_{fact.name}")
+                )
+        outer = exp.select("*").from_(exp.alias_(exp.paren(layered), "facts"))
         outer = outer.select(
             exp.alias_(is_true(self.condition(self.g.register, own=True)), "in_register"),
             append=True,
@@ -523,7 +538,8 @@ class _Expressions:
         name = expr.name
         fact = self.sql.facts.get(name)
         if fact is not None and isinstance(fact.primitive, t.Derived):
-            return self.compile(fact.primitive.expr)
+            bound = self.sql.derived_bounds.get(name, False)
+            return Value(col(name), col(f"{name}__cmp") if bound else None)
         if isinstance(expr.type, ty.Record):
             raise TypeError("records are read through their fields")
         return Value(col(name))

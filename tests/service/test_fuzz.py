@@ -249,11 +249,11 @@ wrong = st.one_of(
 def weighted(*options: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
     """One of ``options``, picked in proportion to its weight (``st.one_of`` picks evenly).
     Shrinking goes towards the first option, so list the valid one first."""
-    return _weighted([s for weight, s in options for _ in range(weight)])
+    return _pick([s for weight, s in options for _ in range(weight)])
 
 
 @st.composite
-def _weighted(draw: st.DrawFn, choices: list[st.SearchStrategy[Any]]) -> Any:
+def _pick(draw: st.DrawFn, choices: list[st.SearchStrategy[Any]]) -> Any:
     return draw(choices[draw(st.integers(0, len(choices) - 1))])
 
 

@@ -49,7 +49,9 @@ def test_wilson_interval_by_hand() -> None:
 # -- suppression ---------------------------------------------------------------------------------
 
 
-def row(level: str, numerator: int, denominator: int, register: int = 100, excepted: int = 0):
+def row(
+    level: str, numerator: int, denominator: int, register: int = 100, excepted: int = 0
+) -> out.IndicatorRow:
     ci = out.wilson_interval(numerator, denominator)
     return out.IndicatorRow(
         level,
