@@ -740,7 +740,7 @@ def render(
             f"| {m.client_cpu_seconds / window:.0%} | {m.other_cpu_seconds / window:.0%} "
             f"| {m.errors} |"
         )
-    lines += ["", *verdicts(results)]
+    lines += ["", *verdicts(results), *contention(results)]
     if profile is not None:
         lines += ["", *render_profile(profile)]
     lines.append(END)
@@ -781,6 +781,26 @@ def verdicts(results: Sequence[Measurement]) -> list[str]:
             "that is its ceiling whatever the load generator does."
         )
     return lines
+
+
+SHARED_THRESHOLD = 0.25
+"""Other processes' mean CPU (share of one core) above which the report says it was shared."""
+
+
+def contention(results: Sequence[Measurement]) -> list[str]:
+    """A warning when other processes used the machine during the full-prefetch windows: then
+    latencies and rates are pessimistic, and server CPU per request is the steadier figure."""
+    full = [m for m in results if m.case.label == FULL and m.window_ns]
+    if not full:
+        return []
+    other = sum(m.other_cpu_seconds / (m.window_ns / 1e9) for m in full) / len(full)
+    if other < SHARED_THRESHOLD:
+        return []
+    return [
+        f"- **The machine was shared**: other processes used {other:.0%} of a core on average "
+        "during the full-prefetch windows (2 cores in all). Latencies and rates above are "
+        "pessimistic; server CPU per request is the steadier figure, though it also suffers."
+    ]
 
 
 def render_profile(profile: Profile) -> list[str]:

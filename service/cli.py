@@ -206,6 +206,71 @@ def evaluate(
 
 
 @app.command()
+def sweep(
+    store: Annotated[Path, typer.Option(help="Facts store directory (Parquet).")],
+    as_of: Annotated[
+        list[dt.datetime],
+        typer.Option(formats=["%Y-%m-%d"], help="Reference date; repeat for several."),
+    ],
+    out: Annotated[Path, typer.Option(help="Where runs are published.")],
+    clusters: Annotated[
+        Path | None, typer.Option(help="CSV with columns practice,cluster (ydernummer).")
+    ] = None,
+    feedback_database: Annotated[
+        Path | None, typer.Option(help="CDS Hooks feedback store: patient exceptions.")
+    ] = None,
+    suppress_below: Annotated[int, typer.Option(min=1, help="Suppress counts below this.")] = 5,
+    language: Annotated[
+        Language, typer.Option(help="Language of titles and reasons.")
+    ] = Language.da,
+    guidelines_dir: GuidelinesDir = None,
+) -> None:
+    """Evaluate every guideline over a population store: lists, indicators, MeasureReports."""
+    import duckdb
+
+    from engine.population.run import run_sweep
+    from engine.population.store import StoreError, load_store
+    from service.feedback import FeedbackStore
+
+    guidelines = load_or_exit(guidelines_dir or default_guidelines())
+    mapping = _clusters(clusters) if clusters else None
+    exceptions = None
+    if feedback_database is not None:
+        with FeedbackStore(feedback_database) as feedback:
+            exceptions = feedback.all_exceptions()
+    with duckdb.connect() as con:
+        try:
+            snapshot = load_store(con, store, guidelines)
+        except StoreError as exc:
+            raise fail(str(exc)) from None
+        manifest = run_sweep(
+            con,
+            guidelines,
+            sorted(d.date() for d in as_of),
+            out,
+            mapping,
+            suppress_below,
+            exceptions,
+            snapshot=snapshot,
+            language=language.value,
+        )
+    typer.echo(f"published {manifest.directory}")
+
+
+def _clusters(path: Path) -> dict[str, str]:
+    import csv
+
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise fail(f"cannot read {path}: {exc.strerror}") from None
+    if rows and not {"practice", "cluster"} <= set(rows[0]):
+        raise fail(f"{path}: the columns must be practice,cluster")
+    return {row["practice"]: row["cluster"] for row in rows}
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
@@ -261,9 +326,10 @@ DEMO_AS_OF = dt.date(2026, 7, 2)
 def demo(
     language: Annotated[Language, typer.Option(help="Language of texts.")] = Language.da,
     patients: Annotated[int, typer.Option(help="Synthetic patients.", min=1)] = 300,
+    out: Annotated[Path | None, typer.Option(help="Where the demo's store and sweeps go.")] = None,
 ) -> None:
     """The library's test cases, a synthetic population, the example patients, a CDS Hooks call."""
-    from service.demo import population_report, service_call, shifted
+    from service.demo import population_sweep, service_call, shifted
 
     guidelines = load_or_exit(default_guidelines())
     results = run_cases(guidelines)
@@ -272,8 +338,9 @@ def demo(
         f"== 1. Guideline library: {len(guidelines.files)} guidelines, {len(results)} test cases, "
         f"{len(failed)} failed.\n"
     )
-    typer.echo("== 2. A synthetic population (seed 2026) through the per-patient engine\n")
-    typer.echo(population_report(guidelines, patients, 3, 2026, dt.date.today()) + "\n")
+    typer.echo("== 2. A population sweep over a synthetic population (seed 2026)\n")
+    sweep_dir = Path(out or REPOSITORY / "out" / "demo")
+    typer.echo(population_sweep(guidelines, patients, 3, 2026, dt.date.today(), sweep_dir) + "\n")
     engine = PatientEngine(guidelines)
     for path in sorted(EXAMPLES.glob("*.json")):
         for patient in normalise(read_resources(path.read_bytes())).values():

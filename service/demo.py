@@ -1,12 +1,13 @@
 """The demo on the embedded defaults: the guideline library, a synthetic population, the service.
 
 It shows in a minute what Vejviser is for: the library passes its own test cases; a seeded
-synthetic population gives register sizes, cards and indicator rates per practice; and a real
-uvicorn process answers a CDS Hooks patient-view call for an example patient.
+synthetic population is swept (patient lists per practice, indicator rates, a comparison over half
+a year); and a real uvicorn process answers a CDS Hooks patient-view call for an example patient.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import os
@@ -18,13 +19,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 
-from engine.patient import PatientEngine
+from engine.population.outputs import indicator_row_from_csv
+from engine.population.run import run_sweep
+from engine.population.store import load_store, write_store
+from engine.population.tables import facts_tables
 from fhir_adapter.normalise import normalise_patient
 from rules.guideline_set import GuidelineSet
 from service.cds_hooks.prefetch import prefetch_from
@@ -33,42 +37,51 @@ from synth.patients import generate_patient, make_practice
 DATE = re.compile(r'"(\d{4}-\d{2}-\d{2})')
 
 
-def population_report(
-    guidelines: GuidelineSet, patients: int, practices: int, seed: int, as_of: dt.date
+def population_sweep(
+    guidelines: GuidelineSet,
+    patients: int,
+    practices: int,
+    seed: int,
+    as_of: dt.date,
+    out_dir: Path,
 ) -> str:
-    """Per guideline: register size, cards fired, and indicator rates per practice."""
-    engine = PatientEngine(guidelines)
+    """A seeded synthetic population into a facts store, swept at two dates half a year apart."""
     rng = random.Random(seed)
     offices = [make_practice(rng) for _ in range(practices)]
-    register: Counter[str] = Counter()
-    cards: Counter[tuple[str, str]] = Counter()
-    rates: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    records = []
     for number in range(patients):
         office = offices[number % practices]
-        ydernummer = office["identifier"][0]["value"]
         resources = generate_patient(
             random.Random(f"{seed}-{number}"), f"demo-{number}", 40, as_of, practice=office
         )
-        for outcome in engine.evaluate(normalise_patient([*resources, office]), as_of):
-            register[outcome.guideline] += outcome.in_register
-            for rec in outcome.recommendations:
-                cards[(outcome.guideline, rec.id)] += 1
-            for indicator in outcome.indicators:
-                counts = rates[(outcome.guideline, indicator.id, ydernummer)]
-                counts[0] += indicator.numerator
-                counts[1] += indicator.denominator
-    lines = [f"{patients} synthetic patients in {practices} practices, reference date {as_of}:", ""]
-    for guideline in sorted(g.id for g in guidelines.in_force(as_of)):
-        lines.append(f"{guideline}: {register[guideline]} in the register")
-        for (gid, rec), count in sorted(cards.items()):
-            if gid == guideline:
-                lines.append(f"    card {rec}: {count}")
-        for (gid, indicator, practice), (numerator, denominator) in sorted(rates.items()):
-            if gid == guideline and denominator:
-                rate = 100 * numerator / denominator
-                lines.append(
-                    f"    {indicator} at practice {practice}: {numerator}/{denominator} = {rate:.0f} %"
-                )
+        records.append(normalise_patient([*resources, office]))
+    clusters = {o["identifier"][0]["value"]: f"klynge-{n % 2 + 1}" for n, o in enumerate(offices)}
+    store = out_dir / "store"
+    snapshot = write_store(facts_tables(records), store)
+    dates = [as_of - dt.timedelta(days=182), as_of]
+    with duckdb.connect() as con:
+        load_store(con, store, guidelines)
+        manifest = run_sweep(
+            con, guidelines, dates, out_dir / "sweeps", clusters, snapshot=snapshot
+        )
+    return _summary(manifest.directory / dates[-1].isoformat(), patients, practices)
+
+
+def _summary(directory: Path, patients: int, practices: int) -> str:
+    """Indicator rates for everyone and the size of each practice's list, from the published files."""
+    with (directory / "indicators.csv").open(encoding="utf-8-sig", newline="") as handle:
+        rows = [indicator_row_from_csv(r) for r in csv.DictReader(handle)]
+    lines = [f"{patients} synthetic patients, {practices} practices, published in {directory}:", ""]
+    for row in rows:
+        if row.level == "all":
+            rate = "suppressed" if row.rate is None else f"{100 * row.rate:.0f} %"
+            lines.append(
+                f"  {row.guideline} / {row.indicator}: {rate} ({row.numerator}/{row.denominator})"
+            )
+    for path in sorted((directory / "lists").glob("*.csv")):
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            listed = {r["patient"] for r in csv.DictReader(handle)}
+        lines.append(f"  practice {path.stem}: {len(listed)} patients on its list")
     return "\n".join(lines)
 
 

@@ -258,7 +258,7 @@ def _profile(rng: random.Random, as_of: date, given: Profile | None = None) -> _
                 profile.drugs.setdefault(atc, name)
     if profile.has("T90") and given is not None:
         # Right-skewed around 52 mmol/mol: most treated diabetics near target, a tail above 75.
-        profile.hba1c = 38 + rng.lognormvariate(math.log(14), 0.5) + given.hba1c_offset
+        profile.hba1c = 38 + rng.lognormvariate(math.log(15), 0.5) + given.hba1c_offset
         profile.hba1c_slope = rng.gauss(0, 1.5)
         profile.uacr = math.exp(rng.gauss(math.log(18), 1.1))
     elif profile.has("T90"):

@@ -233,3 +233,11 @@ def test_load_generator_measures_only_the_window() -> None:
     assert result.completed >= len(result.latencies_ns)  # warm-up answers are not in the window
     assert result.window_ns == 300_000_000
     assert set(result.watched_cpu_seconds) == {"self"} and result.failures == 0
+
+
+def test_report_says_when_the_machine_was_shared() -> None:
+    quiet = _measurement(FULL, 50, 1, 2.0)
+    assert "was shared" not in render([quiet], "cmd", 1, 1, "2 cores")
+    busy = _measurement(FULL, 50, 1, 2.0)
+    busy.machine_cpu_seconds = 1.5  # 0.8 s by neither the server nor the load generator
+    assert "other processes used 80% of a core" in render([busy], "cmd", 1, 1, "2 cores")

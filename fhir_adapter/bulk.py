@@ -1,0 +1,1103 @@
+"""FHIR Bulk Data Access client (Bulk Data IG v2): export a server's data as NDJSON files.
+
+Why: population sweeps and quality indicators need every patient's data, and paging through
+searches for a whole practice list is slow and hard on the server. Bulk ``$export`` is the
+standard way: the server prepares NDJSON files in the background and we download them.
+
+The flow (one :meth:`BulkExportClient.export` call, or the steps on their own):
+
+1. **Kick-off**: ``GET [base]/$export``, ``[base]/Patient/$export`` or
+   ``[base]/Group/<id>/$export`` with ``_type`` and ``_since``, ``Prefer: respond-async`` and
+   ``Accept: application/fhir+json``; the server answers 202 with ``Content-Location``, the
+   status URL.
+2. **Polling** the status URL: 202 while running (``X-Progress`` is reported, ``Retry-After``
+   in seconds or as an HTTP date is honoured, otherwise the interval grows), 200 with the
+   manifest when done, 4xx/5xx with an OperationOutcome when the export failed (transient
+   errors, 429 and 503 are retried a bounded number of times).
+3. **Downloads**: every ``output`` file, and every ``error`` file (OperationOutcome NDJSON:
+   resources the server could not export; never skipped, counted in the result and logged),
+   streamed to ``<name>.part`` and renamed when complete. Sizes (Content-Length/Content-Range)
+   and resource counts (the manifest's ``count``) are verified.
+4. Optionally **DELETE** on the status URL, so the server can free the files.
+
+Resuming: the directory holds ``export.json`` (the request, the status URL and, once known, the
+manifest). A re-run with the same request polls the same job instead of starting a new one,
+skips files that are complete (their resource count is checked again) and continues ``.part``
+files with an HTTP ``Range`` request; a server that ignores Range sends the whole file, which
+then replaces the partial one. Interrupted transfers are also resumed within a run, a bounded
+number of times.
+
+Safety, as in :mod:`fhir_adapter.rest`: redirects are never followed; the access token is sent
+only to the FHIR server's own origin (a status URL or a file URL elsewhere that needs the token
+is refused); messages and logs never contain the token, URLs (file URLs may be pre-signed) or
+resource ids. All errors are :class:`~fhir_adapter.rest.FhirError` subclasses:
+:class:`~fhir_adapter.rest.FhirUnauthorized`, :class:`~fhir_adapter.rest.FhirRejected` (kick-off
+refused as written), :class:`~fhir_adapter.rest.FhirNotFound` (no such Group),
+:class:`ExportFailed` (the server reports that the job failed; its OperationOutcome text in
+``diagnostics``), :class:`ExportNotFound`, :class:`ExportTimeout` (budget or poll limit reached;
+the job may still run, ``status_url`` says where), :class:`DownloadFailed`,
+:class:`ExportDirectoryInUse` and :class:`~fhir_adapter.rest.FhirUnavailable`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, NoReturn, Protocol
+
+import httpx
+import orjson
+
+from fhir_adapter.rest import (
+    FhirError,
+    FhirNotFound,
+    FhirRejected,
+    FhirTimeout,
+    FhirUnauthorized,
+    FhirUnavailable,
+    _diagnostics,
+    _origin,
+    _transport_reason,
+)
+
+__all__ = [
+    "STATE_FILE",
+    "BulkExportClient",
+    "DownloadFailed",
+    "ExportDirectoryInUse",
+    "ExportFailed",
+    "ExportLevel",
+    "ExportNotFound",
+    "ExportResult",
+    "ExportTimeout",
+    "Manifest",
+    "OutputFile",
+    "TokenSource",
+]
+
+log = logging.getLogger(__name__)
+
+ExportLevel = Literal["system", "patient", "group"]
+
+STATE_FILE = "export.json"
+"""Per-directory record of the export (request, status URL, manifest) that makes re-runs resume."""
+
+ERROR_DIR = "errors"
+"""Subdirectory for the manifest's ``error`` files, apart from the exported data."""
+
+MAX_JSON_BYTES = 16 * 1024 * 1024
+"""Largest manifest read; a bigger one is refused rather than held in memory."""
+
+_ERROR_BODY_BYTES = 64 * 1024
+_STATE_VERSION = 1
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d+)")
+_TRANSIENT_CODES = {"transient", "throttled"}
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class ExportFailed(FhirError):  # noqa: N818 (reads as the outcome)
+    """The server reports that the export job failed; ``diagnostics`` has its OperationOutcome."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        diagnostics: str | None = None,
+        status_url: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, diagnostics=diagnostics)
+        self.status_url = status_url
+        """The job's status URL (not in the message: with auth ``none`` it grants access)."""
+
+
+class ExportNotFound(ExportFailed):
+    """The status URL names no job (expired, deleted, or lost in a server restart)."""
+
+
+class ExportTimeout(FhirTimeout):
+    """The time budget or the poll limit ran out; the job may still be running on the server.
+
+    Poll ``status_url`` later (:meth:`BulkExportClient.wait`) or re-run :meth:`export` on the
+    same directory, which picks the job up again.
+    """
+
+    def __init__(self, message: str, *, status_url: str | None = None) -> None:
+        super().__init__(message)
+        self.status_url = status_url
+
+
+class DownloadFailed(FhirUnavailable):
+    """An output or error file could not be downloaded completely or failed verification."""
+
+
+class ExportDirectoryInUse(FhirError):  # noqa: N818 (reads as the outcome)
+    """The directory holds another export (another request, server or manifest).
+
+    Mixing two exports' files would make both wrong; use a new directory per export.
+    """
+
+
+class _TransportFailure(FhirUnavailable):
+    """No usable response (connection, protocol): a download retries these."""
+
+
+class _Interrupted(Exception):  # noqa: N818
+    """A transfer stopped before the file was complete; the ``.part`` file may be resumed."""
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+class TokenSource(Protocol):
+    """Where access tokens come from, e.g. :class:`fhir_adapter.backend_auth.BackendServicesAuth`.
+
+    ``deadline`` uses the same clock as the export client (``time.monotonic()`` by default).
+    """
+
+    def access_token(self, deadline: float | None = None) -> str: ...
+
+    def invalidate(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    """One file of the manifest's ``output`` or ``error`` list."""
+
+    type: str
+    url: str = field(repr=False)  # may be pre-signed: keep it out of reprs and logs
+    count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """The completed export's manifest (Bulk Data IG "Response - Complete Status")."""
+
+    transaction_time: str
+    """Server time the export reflects: pass it as ``since`` to the next incremental export."""
+    request: str
+    requires_access_token: bool
+    output: tuple[OutputFile, ...]
+    error: tuple[OutputFile, ...]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, data: object) -> Manifest:
+        """Validate a manifest; an unusable one is :class:`FhirUnavailable` (a server fault)."""
+        if not isinstance(data, dict):
+            raise FhirUnavailable("The export manifest is not a JSON object.")
+        transaction_time = data.get("transactionTime")
+        if not isinstance(transaction_time, str) or not _INSTANT.fullmatch(transaction_time):
+            raise FhirUnavailable("The export manifest has no valid transactionTime.")
+        request = data.get("request")
+        if not isinstance(request, str):
+            raise FhirUnavailable("The export manifest has no request URL.")
+        # Required by the IG; when a server leaves it out, assume the token is needed: it is
+        # then only ever sent to the FHIR server's own origin anyway.
+        requires = data.get("requiresAccessToken", True)
+        if not isinstance(requires, bool):
+            raise FhirUnavailable("The export manifest's requiresAccessToken is not a boolean.")
+        return cls(
+            transaction_time=transaction_time,
+            request=request,
+            requires_access_token=requires,
+            output=_parse_files(data.get("output"), "output", required=True),
+            error=_parse_files(data.get("error"), "error", required=False),
+            raw=data,
+        )
+
+
+def _parse_files(value: object, name: str, *, required: bool) -> tuple[OutputFile, ...]:
+    if value is None and not required:
+        return ()
+    if not isinstance(value, list):
+        raise FhirUnavailable(f"The export manifest's {name} is not a list.")
+    files = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise FhirUnavailable(f"The export manifest's {name} list has a malformed entry.")
+        rtype, url, count = item.get("type"), item.get("url"), item.get("count")
+        # The type becomes a file name: anything but a resource type name could leave the
+        # directory ("../..") and is refused.
+        if not isinstance(rtype, str) or not _RESOURCE_TYPE.fullmatch(rtype):
+            raise FhirUnavailable(f"The export manifest's {name} list names an invalid type.")
+        if not isinstance(url, str) or not url:
+            raise FhirUnavailable(f"The export manifest's {name} list has an entry without url.")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            raise FhirUnavailable(f"The export manifest's {name} list has a non-integer count.")
+        if count is not None and count < 0:
+            raise FhirUnavailable(f"The export manifest's {name} list has a negative count.")
+        files.append(OutputFile(rtype, url, count))
+    return tuple(files)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    """What an export left on disk, and what the server reported."""
+
+    manifest: Manifest
+    directory: Path
+    files: dict[str, list[Path]]
+    """Downloaded NDJSON files by resource type, in manifest order."""
+    error_files: list[Path]
+    """The manifest's ``error`` files (OperationOutcome NDJSON), downloaded under ``errors/``."""
+    error_count: int
+    """OperationOutcome resources in the error files: resources the server could not export."""
+    status_url: str | None = field(default=None, repr=False)
+    job_deleted: bool = False
+    cleanup_error: FhirError | None = None
+    """Why deleting the job failed (the data are complete; the server keeps the files)."""
+
+    @property
+    def transaction_time(self) -> str:
+        """Use as ``since`` for the next export to get only what changed after this one."""
+        return self.manifest.transaction_time
+
+    @property
+    def has_errors(self) -> bool:
+        return self.error_count > 0
+
+    def resources(self, resource_type: str) -> Iterator[dict[str, Any]]:
+        """The exported resources of one type, read line by line (never a whole file)."""
+        for path in self.files.get(resource_type, []):
+            yield from _read_ndjson(path)
+
+    def outcomes(self) -> Iterator[dict[str, Any]]:
+        """The OperationOutcomes from the error files, read line by line."""
+        for path in self.error_files:
+            yield from _read_ndjson(path)
+
+
+def _read_ndjson(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as lines:
+        for line in lines:
+            if line.strip():
+                yield orjson.loads(line)
+
+
+# --- the client -------------------------------------------------------------------------------
+
+
+class BulkExportClient:
+    """Bulk ``$export`` against one FHIR server, over a caller-owned ``httpx.Client``.
+
+    The caller owns the client (TLS, proxies, connection limits, closing it). ``auth`` supplies
+    bearer tokens (SMART Backend Services); without it no Authorization header is sent. Every
+    request's timeout is ``request_timeout`` capped at what is left of the overall deadline.
+    ``sleep``, ``clock`` (monotonic) and ``wall_clock`` (Unix time, for HTTP-date Retry-After)
+    are injectable so tests can record waits instead of waiting.
+    """
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        base_url: str,
+        *,
+        auth: TokenSource | None = None,
+        request_timeout: float = 60.0,
+        poll_interval: float = 2.0,
+        min_poll_interval: float = 0.5,
+        max_poll_interval: float = 120.0,
+        max_polls: int = 10_000,
+        max_retries: int = 5,
+        download_attempts: int = 3,
+        max_json_bytes: int = MAX_JSON_BYTES,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        base = _parse_base(base_url)
+        if not 0 < min_poll_interval <= poll_interval <= max_poll_interval:
+            raise ValueError("need 0 < min_poll_interval <= poll_interval <= max_poll_interval")
+        if max_polls < 1 or max_retries < 0 or download_attempts < 1:
+            raise ValueError("max_polls and download_attempts must be >= 1, max_retries >= 0")
+        self._client = client
+        self._base = str(base).rstrip("/")
+        self._base_url = base
+        self._auth = auth
+        self._request_timeout = request_timeout
+        self._poll_interval = poll_interval
+        self._min_poll = min_poll_interval
+        self._max_poll = max_poll_interval
+        self._max_polls = max_polls
+        self._max_retries = max_retries
+        self._download_attempts = download_attempts
+        self._max_json_bytes = max_json_bytes
+        self._sleep = sleep
+        self._clock = clock
+        self._wall_clock = wall_clock
+
+    # --- the whole export ---------------------------------------------------------------------
+
+    def export(
+        self,
+        directory: Path | str,
+        *,
+        level: ExportLevel = "system",
+        group_id: str | None = None,
+        types: Sequence[str] = (),
+        since: datetime | str | None = None,
+        timeout: float = 3600.0,
+        delete_job: bool = True,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> ExportResult:
+        """Kick off (or pick up) an export, wait for it, download everything into ``directory``.
+
+        ``timeout`` bounds the whole call. A re-run on the same directory with the same
+        arguments resumes: it polls the job recorded in ``export.json`` (starting a new one only
+        if the server no longer knows it), skips complete files and continues partial ones.
+        With ``delete_job`` the job is deleted on the server once every file is complete; a
+        failure to delete is reported in :attr:`ExportResult.cleanup_error`, not raised.
+        One export at a time per directory.
+        """
+        deadline = self._clock() + timeout
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        request = _request_key(level, group_id, types, since)
+        state = _read_state(directory)
+        if state is not None and (
+            state.get("base_url") != self._base or state.get("request") != request
+        ):
+            raise ExportDirectoryInUse(
+                "The directory holds files of another export (other server or parameters); "
+                "use a new directory for each export."
+            )
+        state = state or {"base_url": self._base, "request": request}
+        status_url: str | None = state.get("status_url")
+        manifest = Manifest.parse(state["manifest"]) if state.get("manifest") else None
+        if manifest is None and status_url is not None:
+            log.info("Bulk export: picking up the job recorded in %s", STATE_FILE)
+            try:
+                manifest = self.wait(status_url, deadline=deadline, on_progress=on_progress)
+            except ExportNotFound:
+                log.info("Bulk export: the server no longer knows the recorded job; starting anew")
+                status_url = None
+        if manifest is None:
+            status_url = self.kick_off(
+                level, group_id=group_id, types=types, since=since, deadline=deadline
+            )
+            _write_state(directory, {**state, "status_url": status_url, "manifest": None})
+            manifest = self.wait(status_url, deadline=deadline, on_progress=on_progress)
+        state = {**state, "status_url": status_url, "manifest": manifest.raw}
+        _write_state(directory, state)
+        result = self.download(manifest, directory, deadline=deadline, status_url=status_url)
+        if not delete_job or status_url is None or state.get("job_deleted"):
+            return replace(result, job_deleted=bool(state.get("job_deleted")))
+        try:
+            self.delete(status_url, deadline=deadline)
+        except FhirError as exc:
+            log.warning("Bulk export: the job could not be deleted on the server: %s", exc)
+            return replace(result, cleanup_error=exc)
+        _write_state(directory, {**_read_state(directory), "job_deleted": True})
+        return replace(result, job_deleted=True)
+
+    # --- the steps ----------------------------------------------------------------------------
+
+    def kick_off(
+        self,
+        level: ExportLevel = "system",
+        *,
+        group_id: str | None = None,
+        types: Sequence[str] = (),
+        since: datetime | str | None = None,
+        deadline: float,
+    ) -> str:
+        """Start an export job; returns its status URL (same origin as the FHIR server).
+
+        ``since`` is a timezone-aware datetime (sent in UTC, cut to milliseconds: earlier,
+        so nothing is missed) or a FHIR instant such as a previous manifest's transactionTime,
+        which is sent unchanged.
+        """
+        request = _request_key(level, group_id, types, since)
+        path = {
+            "system": "$export",
+            "patient": "Patient/$export",
+            "group": f"Group/{request['group_id']}/$export",
+        }[level]
+        url = f"{self._base}/{path}"
+        params: dict[str, str] = {}
+        if request["types"]:
+            params["_type"] = ",".join(request["types"])
+        if request["since"]:
+            params["_since"] = request["since"]
+        headers = {"Accept": "application/fhir+json", "Prefer": "respond-async"}
+        what = f"{level}-level export kick-off"
+        retries = 0
+        while True:
+            status, response_headers, body = self._exchange(
+                "GET", url, params=params, headers=headers, deadline=deadline, what=what
+            )
+            if status == 202:
+                break
+            if status == 200:
+                raise FhirUnavailable(
+                    f"The FHIR server answered the {what} synchronously (HTTP 200) instead of "
+                    "starting an asynchronous export."
+                )
+            if _is_transient(status, body) and retries < self._max_retries:
+                retries += 1
+                delay = self._retry_after(response_headers) or self._poll_interval * retries
+                log.info("Bulk export: %s got HTTP %d; retrying", what, status)
+                self._pause(delay, deadline, what, status_url=None)
+                continue
+            _raise_for_status(status, body, what, not_found=level == "group")
+        location = response_headers.get("Content-Location")
+        if not location:
+            raise FhirUnavailable(
+                f"The FHIR server's answer to the {what} has no Content-Location."
+            )
+        try:
+            status_url = httpx.URL(url).join(location)
+        except httpx.InvalidURL:
+            raise FhirUnavailable(f"The Content-Location of the {what} is not a URL.") from None
+        self._check_origin(status_url, "status URL")
+        log.info("Bulk export: %s accepted", what)
+        return str(status_url)
+
+    def wait(
+        self,
+        status_url: str,
+        *,
+        deadline: float,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> Manifest:
+        """Poll the status URL until the manifest is ready; honours Retry-After, reports X-Progress.
+
+        Without Retry-After the interval starts at ``poll_interval`` and grows by half each
+        time up to ``max_poll_interval``. At most ``max_polls`` requests are made.
+        """
+        self._check_origin(httpx.URL(status_url), "status URL")
+        what = "export status request"
+        interval = self._poll_interval
+        retries = 0
+        for _ in range(self._max_polls):
+            try:
+                status, headers, body = self._exchange(
+                    "GET",
+                    status_url,
+                    headers={"Accept": "application/fhir+json"},
+                    deadline=deadline,
+                    what=what,
+                )
+            except FhirTimeout as exc:
+                raise ExportTimeout(str(exc), status_url=status_url) from None
+            if status == 200:
+                manifest = Manifest.parse(_json(body, what))
+                log.info(
+                    "Bulk export complete: %d output and %d error file(s)",
+                    len(manifest.output),
+                    len(manifest.error),
+                )
+                return manifest
+            if status == 202:
+                progress = _printable(headers.get("X-Progress"))
+                if progress:
+                    log.info("Bulk export in progress: %s", progress)
+                    if on_progress is not None:
+                        on_progress(progress)
+                delay = self._retry_after(headers)
+                if delay is None:
+                    delay, interval = interval, min(interval * 1.5, self._max_poll)
+            elif _is_transient(status, body) and retries < self._max_retries:
+                retries += 1
+                log.info("Bulk export: status request got HTTP %d; retrying", status)
+                delay = self._retry_after(headers) or interval
+            else:
+                _raise_status_failure(status, body, status_url)
+            self._pause(delay, deadline, "export", status_url=status_url)
+        raise ExportTimeout(
+            f"The export was not complete after {self._max_polls} status requests; it may "
+            "still be running on the server.",
+            status_url=status_url,
+        )
+
+    def download(
+        self,
+        manifest: Manifest,
+        directory: Path | str,
+        *,
+        deadline: float,
+        status_url: str | None = None,
+    ) -> ExportResult:
+        """Download every output and error file of ``manifest`` into ``directory``.
+
+        Files already complete there are skipped (counts checked again), ``.part`` files are
+        resumed. Error files are downloaded like data and counted in the result; they mean
+        some resources were not exported, so they are logged as a warning, never dropped.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = _read_state(directory)
+        if state is None:
+            state = {"base_url": self._base, "request": None, "status_url": status_url}
+        if state.get("manifest") is not None and state["manifest"] != manifest.raw:
+            raise ExportDirectoryInUse(
+                "The directory holds files of another export (a different manifest); use a "
+                "new directory for each export."
+            )
+        if manifest.requires_access_token and self._auth is None:
+            raise FhirUnauthorized(
+                "The export's files require an access token, but no token source is configured."
+            )
+        _write_state(directory, {**state, "manifest": manifest.raw})
+        send_token = manifest.requires_access_token and self._auth is not None
+        files: dict[str, list[Path]] = {}
+        error_files: list[Path] = []
+        for entry, target, label in _plan(manifest.output, directory, "file"):
+            self._download_file(entry, target, label, send_token=send_token, deadline=deadline)
+            files.setdefault(entry.type, []).append(target)
+        for entry, target, label in _plan(manifest.error, directory / ERROR_DIR, "error file"):
+            self._download_file(entry, target, label, send_token=send_token, deadline=deadline)
+            error_files.append(target)
+        error_count = sum(_count_resources(path) for path in error_files)
+        if error_count:
+            log.warning(
+                "Bulk export: the server reported %d OperationOutcome(s) in %d error file(s): "
+                "some resources were not exported (see %s)",
+                error_count,
+                len(error_files),
+                directory / ERROR_DIR,
+            )
+        log.info(
+            "Bulk export: %d file(s) of %d type(s) in %s",
+            sum(len(paths) for paths in files.values()),
+            len(files),
+            directory,
+        )
+        return ExportResult(
+            manifest=manifest,
+            directory=directory,
+            files=files,
+            error_files=error_files,
+            error_count=error_count,
+            status_url=status_url,
+        )
+
+    def delete(self, status_url: str, *, deadline: float) -> None:
+        """Delete the job (cancel it, or let the server free its files); gone already is fine."""
+        self._check_origin(httpx.URL(status_url), "status URL")
+        what = "export delete request"
+        status, _, body = self._exchange(
+            "DELETE",
+            status_url,
+            headers={"Accept": "application/fhir+json"},
+            deadline=deadline,
+            what=what,
+        )
+        if status in (200, 202, 204):
+            log.info("Bulk export: job deleted on the server")
+            return
+        if status in (404, 410):
+            log.info("Bulk export: the job was already gone on the server")
+            return
+        _raise_for_status(status, body, what, not_found=False)
+
+    # --- one file -----------------------------------------------------------------------------
+
+    def _download_file(
+        self, entry: OutputFile, target: Path, label: str, *, send_token: bool, deadline: float
+    ) -> None:
+        """Make ``target`` a complete copy of ``entry``: skip, resume or download it."""
+        if target.exists():
+            if entry.count is None or _count_resources(target) == entry.count:
+                log.debug("Bulk export: %s is complete; skipped", label)
+                return
+            log.warning("Bulk export: %s does not match the manifest; downloading it again", label)
+            target.unlink()
+        url = self._file_url(entry.url, label, send_token=send_token)
+        part = target.with_name(target.name + ".part")
+        what = f"download of the {label}"
+        for attempt in range(self._download_attempts):
+            if attempt:
+                self._pause(2.0**attempt, deadline, what, status_url=None)
+            try:
+                self._fetch(url, part, what, send_token=send_token, deadline=deadline)
+                break
+            except _Interrupted as exc:
+                kept = part.stat().st_size if part.exists() else 0
+                log.info("Bulk export: %s interrupted (%s), %d bytes kept", what, exc, kept)
+        else:
+            raise DownloadFailed(
+                f"The {what} was interrupted {self._download_attempts} times; the partial file "
+                "is kept and a re-run resumes it."
+            )
+        count = _count_resources(part)
+        if entry.count is not None and count != entry.count:
+            part.unlink()
+            raise DownloadFailed(
+                f"The {label} holds {count} resources but the manifest says {entry.count}; "
+                "the download was discarded."
+            )
+        part.replace(target)
+        log.debug("Bulk export: %s complete (%d resources)", label, count)
+
+    def _fetch(self, url: str, part: Path, what: str, *, send_token: bool, deadline: float) -> None:
+        """One GET of a file into ``part``: resumes with Range when there is a partial file.
+
+        Raises :class:`_Interrupted` when the transfer stopped early (the part keeps what
+        arrived) or the partial file turned out unusable (it is removed).
+        """
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"Accept": "application/fhir+ndjson"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            # Range counts bytes of the representation as sent: ask for it unencoded, so
+            # offsets match the decoded bytes already on disk.
+            headers["Accept-Encoding"] = "identity"
+        try:
+            with self._open(
+                "GET", url, headers=headers, deadline=deadline, what=what, send_token=send_token
+            ) as response:
+                status = response.status_code
+                encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+                expected: int | None = None
+                if status == 206 and offset:
+                    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+                    if match is None or int(match[1]) != offset or encoded:
+                        part.unlink()
+                        raise _Interrupted("unusable partial response; starting over")
+                    mode = "ab"
+                    expected = None if match[3] == "*" else int(match[3])
+                    log.info("Bulk export: resuming the %s at byte %d", what, offset)
+                elif status == 200:
+                    mode = "wb"  # a server ignoring Range sends everything: start over
+                    length = response.headers.get("Content-Length")
+                    if length and length.isdigit() and not encoded:
+                        expected = int(length)
+                elif status == 416 and offset:
+                    match = _UNSATISFIED_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+                    if match is not None and int(match[1]) == offset:
+                        return  # the partial file already holds every byte
+                    part.unlink()
+                    raise _Interrupted("range not satisfiable; starting over")
+                else:
+                    _raise_download_failure(status, _read_capped(response, _ERROR_BODY_BYTES), what)
+                self._write_body(response, part, mode, what, deadline)
+        except _TransportFailure as exc:
+            raise _Interrupted(str(exc)) from None
+        except FhirTimeout as exc:
+            if self._clock() >= deadline:
+                raise
+            raise _Interrupted(f"no answer within {self._request_timeout} s") from exc
+        size = part.stat().st_size
+        if expected is not None and size != expected:
+            raise _Interrupted(f"{size} of {expected} bytes")
+
+    def _write_body(
+        self, response: httpx.Response, part: Path, mode: str, what: str, deadline: float
+    ) -> None:
+        """Stream the body to disk chunk by chunk; what arrived stays on disk for a resume."""
+        with part.open(mode) as out:
+            try:
+                for chunk in response.iter_bytes():
+                    if self._clock() > deadline:
+                        raise FhirTimeout(
+                            f"The time budget ran out during the {what}; the partial file is "
+                            "kept and a re-run resumes it."
+                        )
+                    out.write(chunk)
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                raise _Interrupted(_transport_reason(exc)) from None
+            finally:
+                out.flush()
+                os.fsync(out.fileno())
+
+    def _file_url(self, value: str, label: str, *, send_token: bool) -> str:
+        try:
+            url = self._base_url.join(value)
+        except httpx.InvalidURL:
+            raise DownloadFailed(f"The manifest's URL for the {label} is not a URL.") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise DownloadFailed(f"The manifest's URL for the {label} is not an http(s) URL.")
+        if self._base_url.scheme == "https" and url.scheme != "https":
+            raise DownloadFailed(
+                f"The manifest's URL for the {label} is plain http while the FHIR server is "
+                "https; refused."
+            )
+        if send_token:
+            self._check_origin(url, f"URL for the {label}", error=DownloadFailed)
+        return str(url)
+
+    # --- HTTP ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _open(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        deadline: float,
+        what: str,
+        send_token: bool,
+        params: dict[str, str] | None = None,
+    ) -> Iterator[httpx.Response]:
+        """A streamed response; on 401 the token is renewed once (it may have expired mid-export)."""
+        for attempt in range(2):
+            sent = dict(headers)
+            if send_token:
+                sent["Authorization"] = f"Bearer {self._token(deadline)}"
+            timeout = self._timeout(deadline, what)
+            try:
+                with self._client.stream(
+                    method,
+                    url,
+                    params=params,
+                    headers=sent,
+                    timeout=timeout,
+                    follow_redirects=False,
+                ) as response:
+                    if response.status_code == 401 and self._auth and send_token and not attempt:
+                        log.info("Bulk export: token refused for the %s; renewing it", what)
+                        self._auth.invalidate()
+                        continue
+                    yield response
+                    return
+            except httpx.TimeoutException:
+                raise FhirTimeout(
+                    f"The FHIR server did not answer the {what} within the time budget."
+                ) from None
+            except httpx.TransportError as exc:
+                raise _TransportFailure(
+                    f"The FHIR server could not be reached for the {what} "
+                    f"({_transport_reason(exc)})."
+                ) from None
+            except httpx.InvalidURL:
+                raise FhirUnavailable(f"The URL for the {what} is not usable.") from None
+
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        deadline: float,
+        what: str,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """A small JSON request/response (kick-off, status, delete) with a capped body."""
+        with self._open(
+            method,
+            url,
+            params=params,
+            headers=headers,
+            deadline=deadline,
+            what=what,
+            send_token=self._auth is not None,
+        ) as response:
+            limit = self._max_json_bytes if response.status_code == 200 else _ERROR_BODY_BYTES
+            body = _read_capped(response, limit, refuse=response.status_code == 200, what=what)
+            log.debug("Bulk export: %s HTTP %d", what, response.status_code)
+            return response.status_code, response.headers, body
+
+    def _token(self, deadline: float) -> str:
+        if self._auth is None:
+            raise FhirUnauthorized("No token source is configured for this FHIR server.")
+        token = self._auth.access_token(deadline)
+        if not _is_bearer_token(token):
+            raise FhirUnauthorized("The access token is not a valid bearer token; not sent.")
+        return token
+
+    def _timeout(self, deadline: float, what: str) -> httpx.Timeout:
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            raise FhirTimeout(f"The time budget ran out before the {what}.")
+        return httpx.Timeout(min(self._request_timeout, remaining))
+
+    def _pause(self, delay: float, deadline: float, what: str, *, status_url: str | None) -> None:
+        """Wait ``delay`` (clamped to the poll bounds) unless that would pass the deadline."""
+        delay = max(self._min_poll, min(delay, self._max_poll))
+        if self._clock() + delay > deadline:
+            message = f"The time budget ran out waiting for the {what}"
+            if status_url is not None:
+                raise ExportTimeout(
+                    f"{message}; the job may still be running on the server.",
+                    status_url=status_url,
+                )
+            raise FhirTimeout(f"{message}.")
+        self._sleep(delay)
+
+    def _retry_after(self, headers: httpx.Headers) -> float | None:
+        """Seconds from a Retry-After header: delay-seconds or an HTTP date (RFC 9110)."""
+        value = (headers.get("Retry-After") or "").strip()
+        if not value:
+            return None
+        if value.isdigit():
+            return float(value)
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, when.timestamp() - self._wall_clock())
+
+    def _check_origin(
+        self,
+        url: httpx.URL,
+        what: str,
+        error: Callable[[str], FhirError] = FhirUnavailable,
+    ) -> None:
+        """The token goes only to the FHIR server's origin; anything else is refused."""
+        if _origin(url) != _origin(self._base_url):
+            raise error(
+                f"The {what} points to another origin ({url.scheme}://{url.host}); refused, so "
+                "the access token stays with the FHIR server it was issued for."
+            )
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _parse_base(base_url: str) -> httpx.URL:
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError):
+        raise ValueError("base_url is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host or url.query or url.fragment:
+        raise ValueError("base_url must be an http(s) FHIR base URL without query")
+    return url
+
+
+def _request_key(
+    level: str, group_id: str | None, types: Sequence[str], since: datetime | str | None
+) -> dict[str, Any]:
+    """The export request, validated and normalised (also what ``export.json`` compares)."""
+    if level not in ("system", "patient", "group"):
+        raise ValueError("level must be 'system', 'patient' or 'group'")
+    if level == "group":
+        if not group_id or not _FHIR_ID.fullmatch(group_id):
+            raise ValueError("a group-level export needs group_id, a FHIR id")
+    elif group_id is not None:
+        raise ValueError("group_id is only for level='group'")
+    if isinstance(types, str):
+        raise ValueError("types must be a list of resource types, e.g. ['Patient']")
+    for rtype in types:
+        if not _RESOURCE_TYPE.fullmatch(rtype):
+            raise ValueError(f"{rtype!r} is not a FHIR resource type name")
+    return {
+        "level": level,
+        "group_id": group_id,
+        "types": sorted(set(types)),
+        "since": _format_since(since),
+    }
+
+
+def _format_since(since: datetime | str | None) -> str | None:
+    if since is None:
+        return None
+    if isinstance(since, datetime):
+        if since.tzinfo is None:
+            raise ValueError("since must be timezone-aware (a naive time is ambiguous)")
+        utc = since.astimezone(UTC)
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    if not _INSTANT.fullmatch(since):
+        raise ValueError("since must be a FHIR instant, e.g. a manifest's transactionTime")
+    return since
+
+
+def _plan(
+    entries: Sequence[OutputFile], directory: Path, kind: str
+) -> Iterator[tuple[OutputFile, Path, str]]:
+    """Stable file names from manifest order: ``Type.ndjson``, or ``Type.<n>.ndjson`` if several."""
+    totals = Counter(entry.type for entry in entries)
+    seen: Counter[str] = Counter()
+    if entries:
+        directory.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        seen[entry.type] += 1
+        if totals[entry.type] == 1:
+            name, label = f"{entry.type}.ndjson", f"{entry.type} {kind}"
+        else:
+            n = seen[entry.type]
+            name = f"{entry.type}.{n}.ndjson"
+            label = f"{entry.type} {kind} {n} of {totals[entry.type]}"
+        yield entry, directory / name, label
+
+
+def _count_resources(path: Path) -> int:
+    """Non-empty lines, read line by line (one resource in memory at a time)."""
+    with path.open("rb") as lines:
+        return sum(1 for line in lines if line.strip())
+
+
+def _read_state(directory: Path) -> dict[str, Any] | None:
+    path = directory / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ExportDirectoryInUse(
+            f"The directory's {STATE_FILE} is unreadable; use a new directory."
+        ) from None
+    if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+        raise ExportDirectoryInUse(
+            f"The directory's {STATE_FILE} is not from this client; use a new directory."
+        )
+    return state
+
+
+def _write_state(directory: Path, state: dict[str, Any]) -> None:
+    """Atomically (write, then rename), so a crash never leaves half a state file."""
+    path = directory / STATE_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**state, "version": _STATE_VERSION}, indent=2), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read_capped(
+    response: httpx.Response, limit: int, *, refuse: bool = False, what: str = ""
+) -> bytes:
+    """At most ``limit`` bytes; with ``refuse`` a longer body is an error, else it is cut."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            if refuse:
+                raise FhirUnavailable(f"The answer to the {what} is larger than {limit} bytes.")
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(body: bytes, what: str) -> object:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise FhirUnavailable(f"The FHIR server answered the {what} with invalid JSON.") from None
+
+
+def _issue_codes(body: bytes) -> set[str]:
+    try:
+        outcome = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return set()
+    if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
+        return set()
+    return {
+        issue["code"]
+        for issue in outcome.get("issue") or []
+        if isinstance(issue, dict) and isinstance(issue.get("code"), str)
+    }
+
+
+def _is_transient(status: int, body: bytes) -> bool:
+    """429/503, or an error whose OperationOutcome says ``transient`` (the IG's retry signal)."""
+    if status in (429, 503):
+        return True
+    return status >= 400 and bool(_issue_codes(body) & _TRANSIENT_CODES)
+
+
+def _raise_for_status(status: int, body: bytes, what: str, *, not_found: bool) -> NoReturn:
+    diagnostics = _diagnostics(body, "")
+    if status in (401, 403):
+        raise FhirUnauthorized(
+            f"The FHIR server refused the access for the {what} (HTTP {status}).",
+            status=status,
+            diagnostics=diagnostics,
+        )
+    if not_found and status in (404, 410):
+        raise FhirNotFound(
+            f"The FHIR server has no such Group for the {what} (HTTP {status}).",
+            status=status,
+            diagnostics=diagnostics,
+        )
+    if 300 <= status < 400:
+        raise FhirUnavailable(
+            f"The FHIR server redirected the {what} (HTTP {status}); redirects are not followed.",
+            status=status,
+        )
+    if 400 <= status < 500 and status not in (408, 429):
+        raise FhirRejected(
+            f"The FHIR server rejected the {what} (HTTP {status}).",
+            status=status,
+            diagnostics=diagnostics,
+        )
+    raise FhirUnavailable(
+        f"The FHIR server failed the {what} (HTTP {status}).",
+        status=status,
+        diagnostics=diagnostics,
+    )
+
+
+def _raise_status_failure(status: int, body: bytes, status_url: str) -> NoReturn:
+    diagnostics = _diagnostics(body, "")
+    if status in (401, 403):
+        raise FhirUnauthorized(
+            f"The FHIR server refused the access for the export status request (HTTP {status}).",
+            status=status,
+            diagnostics=diagnostics,
+        )
+    if status in (404, 410):
+        raise ExportNotFound(
+            f"The FHIR server does not know the export job (HTTP {status}): expired, deleted "
+            "or lost in a restart.",
+            status=status,
+            diagnostics=diagnostics,
+            status_url=status_url,
+        )
+    if 300 <= status < 400:
+        raise FhirUnavailable(
+            f"The FHIR server redirected the export status request (HTTP {status}); redirects "
+            "are not followed.",
+            status=status,
+        )
+    raise ExportFailed(
+        f"The FHIR server reports that the export failed (HTTP {status}).",
+        status=status,
+        diagnostics=diagnostics,
+        status_url=status_url,
+    )
+
+
+def _raise_download_failure(status: int, body: bytes, what: str) -> NoReturn:
+    diagnostics = _diagnostics(body, "")
+    if status in (401, 403):
+        raise FhirUnauthorized(
+            f"The FHIR server refused the access for the {what} (HTTP {status}).",
+            status=status,
+            diagnostics=diagnostics,
+        )
+    if status in (404, 410):
+        raise DownloadFailed(
+            f"The FHIR server no longer has the file for the {what} (HTTP {status}): the job "
+            "expired or was deleted. Start a new export in a new directory.",
+            status=status,
+            diagnostics=diagnostics,
+        )
+    raise DownloadFailed(
+        f"The FHIR server failed the {what} (HTTP {status}).",
+        status=status,
+        diagnostics=diagnostics,
+    )
+
+
+def _printable(value: str | None, limit: int = 100) -> str:
+    """Server text for logs: printable characters only, shortened (no log injection)."""
+    if not value:
+        return ""
+    return "".join(ch for ch in value if ch.isprintable())[:limit]
+
+
+def _is_bearer_token(token: str) -> bool:
+    allowed = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/")
+    stripped = token.rstrip("=")
+    return bool(stripped) and all(ch in allowed for ch in stripped)
