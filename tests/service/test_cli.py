@@ -7,6 +7,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from engine.cases import case_resources
+from engine.population.store import write_store
+from engine.population.tables import facts_tables
+from fhir_adapter.normalise import normalise_patient
+from rules.schema import CasePatient
 from service.cli import app
 
 runner = CliRunner()
@@ -131,3 +136,53 @@ def test_docs_writes_and_checks_the_catalogue(guideline_dir: Path, tmp_path: Pat
         app, ["guidelines", "docs", str(guideline_dir), "--out", str(out), "--check"]
     )
     assert stale.exit_code == 1 and "out of date" in stale.output
+
+
+def test_sweep_over_a_store(tmp_path: Path, guideline_dir: Path) -> None:
+    spec = CasePatient.model_validate(
+        {
+            "birth_date": "1950-01-01",
+            "sex": "female",
+            "conditions": [{"code": "icpc2:T90", "onset": "2015-01-01"}],
+            "observations": [
+                {"code": "npu:NPU27300", "value": 67, "unit": "mmol/mol", "date": "2026-03-02"}
+            ],
+        }
+    )
+    patient = normalise_patient(case_resources(spec))._replace(practice="123456")
+    write_store(facts_tables([patient]), tmp_path / "store")
+    (tmp_path / "clusters.csv").write_text("practice,cluster\n123456,klynge-1\n")
+    args = [
+        "sweep",
+        "--store",
+        str(tmp_path / "store"),
+        "--as-of",
+        "2026-06-01",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    args += [
+        "--clusters",
+        str(tmp_path / "clusters.csv"),
+        "-g",
+        str(guideline_dir),
+        "--language",
+        "en",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (listing,) = (tmp_path / "out").glob("*/2026-06-01/lists/123456.csv")
+    assert "case-patient" in listing.read_text(encoding="utf-8-sig")
+    missing = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--store",
+            str(tmp_path / "nope"),
+            "--as-of",
+            "2026-06-01",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert missing.exit_code == 2 and "manifest.json" in missing.output
