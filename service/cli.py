@@ -206,6 +206,38 @@ def evaluate(
 
 
 @app.command()
+def synth(
+    patients: Annotated[int, typer.Option(min=1, help="Number of patients.")],
+    practices: Annotated[int, typer.Option(min=1, help="Number of practices.")],
+    clusters: Annotated[int, typer.Option(min=1, help="Number of quality clusters.")],
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")],
+    out: Annotated[Path, typer.Option(help="Directory for the NDJSON files.")],
+) -> None:
+    """Write a synthetic Danish GP population as FHIR NDJSON (one file per resource type)."""
+    from synth.population import write_population
+
+    try:
+        summary = write_population(out, patients, practices, clusters, seed, dt.date.today())
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(summary.report())
+
+
+@app.command()
+def ingest(
+    source: Annotated[Path, typer.Argument(help="An NDJSON file or a directory of them.")],
+    store: Annotated[Path, typer.Option(help="Facts store directory (Parquet) to write.")],
+) -> None:
+    """Normalise FHIR NDJSON into a facts store; bad lines are quarantined, never dropped."""
+    from engine.population.ingest import ingest as run_ingest
+
+    if not source.exists():
+        raise fail(f"{source} does not exist")
+    summary = run_ingest(source, store)
+    typer.echo(summary.report())
+
+
+@app.command()
 def sweep(
     store: Annotated[Path, typer.Option(help="Facts store directory (Parquet).")],
     as_of: Annotated[
@@ -229,7 +261,7 @@ def sweep(
     import duckdb
 
     from engine.population.run import run_sweep
-    from engine.population.store import StoreError, load_store
+    from engine.population.store import StoreError, clusters_of, load_store
     from service.feedback import FeedbackStore
 
     guidelines = load_or_exit(guidelines_dir or default_guidelines())
@@ -243,6 +275,7 @@ def sweep(
             snapshot = load_store(con, store, guidelines)
         except StoreError as exc:
             raise fail(str(exc)) from None
+        mapping = mapping or clusters_of(store) or None
         manifest = run_sweep(
             con,
             guidelines,

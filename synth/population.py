@@ -20,20 +20,21 @@ Who the patients are. Every figure is a modelling choice anchored on the source 
 tables interpolate linearly between the anchor ages, so the overall adult prevalence follows from
 the age distribution. Prevalences are of *diagnosed* disease, which is what a GP record holds.
 
-- Age and sex of adults: 10-year bands, approximately Statistics Denmark's population (FOLK1A,
-  statistikbanken.dk) rounded to 10,000s; checked against DST totals of 1,136,063 aged 65+,
-  263,746 aged 80+ (61 % women) and 44,743 aged 90+ (72 % women) on 1 January 2019 (as quoted by
-  egv.dk, "Hvor mange er ældre i Danmark?") and 80+ = 4.7 % of the population in 2020 (dst.dk,
-  Nyt "59 pct. flere over 80 år i 2030"). Children are not generated: the guidelines are for
-  adults. Resulting shares: about 26 % aged 65+, 7 % aged 80+.
-- Type 2 diabetes: about 6.5 % of adults. Diabetesforeningen, "Diabetes i Danmark"
+- Age and sex of adults: 10-year bands with approximate sizes in the shape of Statistics
+  Denmark's population table (FOLK1A, statistikbanken.dk; not copied from it), checked against
+  DST totals of 1,136,063 aged 65+, 263,746 aged 80+ (61 % women) and 44,743 aged 90+ (72 %
+  women) on 1 January 2019 (as quoted by egv.dk, "Hvor mange er ældre i Danmark?") and 80+ =
+  4.7 % of the population in 2020 (dst.dk, Nyt "59 pct. flere over 80 år i 2030"). Children
+  are not generated: the guidelines are for adults. Resulting shares: about 26 % aged 65+,
+  7 % aged 80+.
+- Type 2 diabetes: about 6 % of adults. Diabetesforeningen, "Diabetes i Danmark"
   (diabetes.dk, 2022 figures): about 310,000 with type 2 diabetes, 56 % men; SDCC /
   videncenterfordiabetes.dk, "Diabetes i tal": 252,516 (4.8 % of the whole population, 2017).
   Rises from < 1 % under 40 to about 15 % at 70-80; men x1.2, women x0.8.
-- Hypertension (diagnosed): about 17 % of adults. Kronborg et al., "Prevalence, awareness, and
-  control of arterial hypertension in Denmark", J Am Soc Hypertens 2009;3(1):19-24
+- Hypertension (diagnosed): about 17 % of adults. "Prevalence, awareness, and control of
+  arterial hypertension in Denmark", J Am Soc Hypertens 2009;3(1):19-24
   (doi:10.1016/j.jash.2008.08.001): 22 % of adults 20-89 hypertensive by home BP, 72 % of them
-  aware. About 45 % of those over 80. At least 60 % of diabetics (a modelling choice: most
+  aware. About 40 % of those over 80. At least 60 % of diabetics (a modelling choice: most
   Danish diabetics are treated for blood pressure).
 - Ischaemic heart disease: about 3.3 % of adults. Hjerteforeningen, "Fakta om hjerte-kar-sygdom
   i Danmark" (hjerteforeningen.dk/alt-om-dit-hjerte/noegletal): about 156,500 live with it.
@@ -46,6 +47,10 @@ the age distribution. Prevalences are of *diagnosed* disease, which is what a GP
   Videnscenter for Demens, "Incidence and prevalence of dementia in Denmark"
   (videnscenterfordemens.dk): 40,275 aged 65+ registered on 1 January 2024 (about 3.3 %), an
   estimated 97,000 with dementia; prevalence 1-2 % at 60-64 to 24-45 % at 90+.
+- HbA1c of diabetics (:mod:`synth.patients` with a profile): right-skewed around 53 mmol/mol,
+  so that about a third have a latest value above 58 and about 5 % one of 75 or more: inside
+  the Danish Diabetes Database standards (DOMAIN.md §4: > 40 % below 59, < 20 % at 75 or more).
+  A modelling choice; no national distribution was found to copy.
 - Medication follows the conditions (:mod:`synth.patients`' tables: metformin, SGLT2 and GLP-1
   for diabetes, RAS agents and thiazides for hypertension, statins and aspirin for IHD,
   tiotropium for COPD, donepezil for dementia, risperidone for about 20 % of people with
@@ -536,8 +541,8 @@ def _structural_noise(rng: random.Random, resource: Resource, noise: PopulationN
         return None
     quantity = resource["valueQuantity"]
     if kind == "wrong_type":
-        if rng.random() < 0.5:  # a Danish decimal comma, as typed into a text field
-            quantity["value"] = str(quantity["value"]).replace(".", ",")
+        if rng.random() < 0.5:  # text with a Danish decimal comma: "53,0" is not a number
+            quantity["value"] = f"{quantity['value']:.1f}".replace(".", ",")
         else:  # the whole quantity as text
             resource["valueQuantity"] = f"{quantity['value']} {quantity.get('unit', '')}".strip()
     elif kind == "missing_code":
@@ -591,15 +596,15 @@ def _patient_lines(
         rtype = resource["resourceType"]
         kind = None
         if rtype == "Observation" and "valueQuantity" in resource:
-            quantity = resource["valueQuantity"]
             if resource["status"] == "entered-in-error":
                 stats["noise:entered_in_error"] += 1
             else:
                 kind = _structural_noise(rng, resource, noise)
-            if kind != "invalid_json":
+            if kind != "invalid_json":  # counted as written: after any structural noise
                 if resource.get("code", {}).get("coding", [{}])[0].get("code") == "NPU03835":
                     stats["noise:hba1c_percent"] += 1
-                if quantity.get("comparator") == ">":
+                quantity = resource["valueQuantity"]
+                if type(quantity) is dict and quantity.get("comparator") == ">":
                     stats["noise:egfr_above_90"] += 1
         line = orjson.dumps(resource)
         if kind == "invalid_json":  # an export cut off mid-line (between UTF-8 characters)

@@ -27,8 +27,10 @@ class StoreError(ValueError):
     """The directory is not a complete facts store."""
 
 
-def write_store(tables: dict[str, pa.Table], directory: Path) -> str:
-    """Write the tables and a manifest; returns the snapshot id (a digest of the contents)."""
+def write_store(
+    tables: dict[str, pa.Table], directory: Path, clusters: dict[str, str] | None = None
+) -> str:
+    """Write the tables, the practice -> cluster map and a manifest; returns the snapshot id."""
     directory.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     counts = {}
@@ -37,8 +39,10 @@ def write_store(tables: dict[str, pa.Table], directory: Path) -> str:
         pq.write_table(table, directory / f"{name}.parquet")
         digest.update((directory / f"{name}.parquet").read_bytes())
         counts[name] = table.num_rows
+    mapping = dict(sorted((clusters or {}).items()))
+    digest.update(json.dumps(mapping).encode())
     snapshot = digest.hexdigest()[:16]
-    manifest = {"snapshot": snapshot, "rows": counts}
+    manifest = {"snapshot": snapshot, "rows": counts, "clusters": mapping}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return snapshot
 
@@ -48,6 +52,12 @@ def snapshot_of(directory: Path) -> str:
         return str(json.loads((directory / MANIFEST).read_text(encoding="utf-8"))["snapshot"])
     except (OSError, ValueError, KeyError) as exc:
         raise StoreError(f"{directory} has no readable {MANIFEST}: {exc}") from None
+
+
+def clusters_of(directory: Path) -> dict[str, str]:
+    """The practice -> cluster map recorded at ingest (Organization.partOf)."""
+    manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    return dict(manifest.get("clusters", {}))
 
 
 def load_store(con: duckdb.DuckDBPyConnection, directory: Path, guidelines: GuidelineSet) -> str:
