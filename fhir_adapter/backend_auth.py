@@ -152,8 +152,10 @@ def _algorithm_for(key: object, requested: Algorithm | None) -> Algorithm:
 def _public_jwk(key: PrivateKey) -> dict[str, Any]:
     public = key.public_key()
     if isinstance(public, rsa.RSAPublicKey):
-        return json.loads(RSAAlgorithm.to_jwk(public))
-    return json.loads(ECAlgorithm.to_jwk(public))
+        jwk: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(public))
+    else:
+        jwk = json.loads(ECAlgorithm.to_jwk(public))
+    return jwk
 
 
 def key_id(key: PrivateKey) -> str:

@@ -404,7 +404,7 @@ class BulkExportClient:
         except FhirError as exc:
             log.warning("Bulk export: the job could not be deleted on the server: %s", exc)
             return replace(result, cleanup_error=exc)
-        _write_state(directory, {**_read_state(directory), "job_deleted": True})
+        _write_state(directory, {**state, "job_deleted": True})
         return replace(result, job_deleted=True)
 
     # --- the steps ----------------------------------------------------------------------------
@@ -486,7 +486,7 @@ class BulkExportClient:
         what = "export status request"
         interval = self._poll_interval
         retries = 0
-        for _ in range(self._max_polls):
+        for poll in range(1, self._max_polls + 1):
             try:
                 status, headers, body = self._exchange(
                     "GET",
@@ -520,7 +520,8 @@ class BulkExportClient:
                 delay = self._retry_after(headers) or interval
             else:
                 _raise_status_failure(status, body, status_url)
-            self._pause(delay, deadline, "export", status_url=status_url)
+            if poll < self._max_polls:
+                self._pause(delay, deadline, "export", status_url=status_url)
         raise ExportTimeout(
             f"The export was not complete after {self._max_polls} status requests; it may "
             "still be running on the server.",
@@ -712,8 +713,10 @@ class BulkExportClient:
                             "kept and a re-run resumes it."
                         )
                     out.write(chunk)
-            except (httpx.TransportError, httpx.DecodingError) as exc:
+            except httpx.TransportError as exc:
                 raise _Interrupted(_transport_reason(exc)) from None
+            except httpx.DecodingError:  # a compressed body cut mid-stream
+                raise _Interrupted("undecodable body") from None
             finally:
                 out.flush()
                 os.fsync(out.fileno())
@@ -821,8 +824,12 @@ class BulkExportClient:
         return httpx.Timeout(min(self._request_timeout, remaining))
 
     def _pause(self, delay: float, deadline: float, what: str, *, status_url: str | None) -> None:
-        """Wait ``delay`` (clamped to the poll bounds) unless that would pass the deadline."""
-        delay = max(self._min_poll, min(delay, self._max_poll))
+        """Wait ``delay`` (at least ``min_poll_interval``) unless that would pass the deadline.
+
+        A server's Retry-After is never shortened: polling sooner than asked is what servers
+        throttle. A delay beyond the deadline ends the wait at once rather than sleeping in vain.
+        """
+        delay = max(self._min_poll, delay)
         if self._clock() + delay > deadline:
             message = f"The time budget ran out waiting for the {what}"
             if status_url is not None:

@@ -1,0 +1,756 @@
+"""Bulk $export against a real FHIR server (sekmet: auth none and the SMART variant), plus an
+httpx MockTransport for what sekmet cannot do on cue: cut a download short, honour Range, ask
+for Retry-After as an HTTP date, fail a job, answer with error files or foreign URLs.
+
+sekmet's export jobs take about a second and answer ``Retry-After: 1``, so each real export
+costs one to two seconds; the mocks record requested waits through an injected sleep instead
+of waiting."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fhir_adapter.backend_auth import BackendServicesAuth, public_jwks
+from fhir_adapter.bulk import (
+    STATE_FILE,
+    BulkExportClient,
+    DownloadFailed,
+    ExportDirectoryInUse,
+    ExportFailed,
+    ExportNotFound,
+    ExportResult,
+    ExportTimeout,
+)
+from fhir_adapter.rest import FhirNotFound, FhirRejected, FhirUnauthorized, FhirUnavailable
+from synth.patients import generate_patient, make_practice
+from tests.support.sekmet import SEKMET, SekmetServer
+
+AS_OF = date(2025, 1, 1)
+PREFIX = "bulk-"
+SMART_CLIENT = "vejviser-bulk"
+MOCK_BASE = "https://fhir.example.dk/fhir"
+Resource = dict[str, Any]
+Key = tuple[str, str]
+
+
+def population(prefix: str, seeds: list[int], practice: Resource | None = None) -> list[Resource]:
+    """Synthetic patients (fixed seeds, 6 resources each) sharing one practice."""
+    practice = practice or {**make_practice(random.Random(0)), "id": f"{prefix}org"}
+    resources = [practice]
+    for n, seed in enumerate(seeds, 1):
+        resources += generate_patient(
+            random.Random(seed), f"{prefix}p{n}", 6, AS_OF, practice=practice
+        )
+    return resources
+
+
+def by_key(resources: list[Resource]) -> dict[Key, Resource]:
+    return {(r["resourceType"], r["id"]): r for r in resources}
+
+
+def exported(result: ExportResult, prefix: str = "") -> dict[Key, Resource]:
+    """The exported resources whose id starts with ``prefix``, without the server's meta."""
+    found: dict[Key, Resource] = {}
+    for rtype in result.files:
+        for resource in result.resources(rtype):
+            assert resource["resourceType"] == rtype
+            key = (rtype, resource["id"])
+            assert key not in found, f"{key} exported twice"
+            if resource["id"].startswith(prefix):
+                found[key] = {k: v for k, v in resource.items() if k != "meta"}
+    return found
+
+
+def check_counts(result: ExportResult) -> None:
+    """Every manifest count matches the lines of the downloaded file; no leftovers."""
+    for entry in result.manifest.output:
+        lines = sum(1 for _ in result.resources(entry.type))
+        assert entry.count == lines
+    assert not list(result.directory.rglob("*.part"))
+
+
+# --- a real server, auth none -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def loaded(fhir_server: SekmetServer) -> dict[Key, Resource]:
+    """Three patients, their practice and a Group of patients 1 and 3 on the shared server."""
+    resources = population(PREFIX, [11, 12, 13])
+    group = {
+        "resourceType": "Group",
+        "id": f"{PREFIX}g1",
+        "type": "person",
+        "actual": True,
+        "member": [{"entity": {"reference": f"Patient/{PREFIX}p{n}"}} for n in (1, 3)],
+    }
+    fhir_server.load([*resources, group])
+    return by_key([*resources, group])
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def system_export(
+    fhir_server: SekmetServer,
+    loaded: dict[Key, Resource],
+    http: httpx.Client,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> ExportResult:
+    """One system-level export, kept on the server (later tests resume against its job)."""
+    client = BulkExportClient(http, fhir_server.base_url)
+    return client.export(tmp_path_factory.mktemp("system"), delete_job=False, timeout=30)
+
+
+def test_system_export_holds_exactly_the_loaded_resources(
+    system_export: ExportResult, loaded: dict[Key, Resource]
+) -> None:
+    assert exported(system_export, PREFIX) == loaded
+    check_counts(system_export)
+    manifest = system_export.manifest
+    assert manifest.requires_access_token is False
+    assert manifest.error == () and system_export.error_count == 0
+    assert system_export.transaction_time == manifest.transaction_time
+    assert system_export.job_deleted is False
+    assert (system_export.directory / STATE_FILE).exists()
+    assert system_export.files["Patient"] == [system_export.directory / "Patient.ndjson"]
+
+
+def test_patient_export_with_type_filter(
+    fhir_server: SekmetServer,
+    loaded: dict[Key, Resource],
+    http: httpx.Client,
+    tmp_path: Path,
+) -> None:
+    progress: list[str] = []
+    client = BulkExportClient(http, fhir_server.base_url)
+    result = client.export(
+        tmp_path,
+        level="patient",
+        types=["Patient", "Observation"],
+        timeout=30,
+        on_progress=progress.append,
+    )
+    assert set(result.files) <= {"Patient", "Observation"}
+    expected = {k: v for k, v in loaded.items() if k[0] in ("Patient", "Observation")}
+    assert exported(result, PREFIX) == expected
+    assert "_type=" in result.manifest.request
+    assert progress  # sekmet reports X-Progress while the job runs
+    check_counts(result)
+    assert result.job_deleted is True
+
+
+def test_group_export_holds_the_members_data(
+    fhir_server: SekmetServer,
+    loaded: dict[Key, Resource],
+    http: httpx.Client,
+    tmp_path: Path,
+) -> None:
+    client = BulkExportClient(http, fhir_server.base_url)
+    result = client.export(tmp_path, level="group", group_id=f"{PREFIX}g1", timeout=30)
+    found = exported(result)  # the whole export, not only our prefix: a Group scopes it
+    # sekmet includes the Group itself (it references its members); the IG does not ask for it.
+    found.pop(("Group", f"{PREFIX}g1"), None)
+    members = (f"{PREFIX}p1", f"{PREFIX}p3")
+    expected = {
+        k: v
+        for k, v in loaded.items()
+        if k[0] not in ("Organization", "Group") and k[1].startswith(members)
+    }
+    assert found == expected
+    assert result.job_deleted is True
+    assert result.status_url is not None
+    assert http.get(result.status_url).status_code == 404  # the job is gone
+
+
+def test_unknown_group_is_not_found(fhir_server: SekmetServer, http: httpx.Client) -> None:
+    client = BulkExportClient(http, fhir_server.base_url)
+    with pytest.raises(FhirNotFound, match="no such Group"):
+        client.kick_off("group", group_id="no-such-group", deadline=_in(10))
+
+
+def test_since_exports_only_later_changes(
+    fhir_server: SekmetServer,
+    system_export: ExportResult,
+    loaded: dict[Key, Resource],
+    http: httpx.Client,
+    tmp_path: Path,
+) -> None:
+    practice = loaded[("Organization", f"{PREFIX}org")]
+    later = population("bulksince-", [21], practice)[1:]  # the practice is not written again
+    fhir_server.load(later)
+    client = BulkExportClient(http, fhir_server.base_url)
+    result = client.export(tmp_path, since=system_export.transaction_time, timeout=30)
+    assert exported(result) == by_key(later)  # the whole export: nothing older came along
+
+
+def test_rerun_skips_complete_files_and_restarts_partial_ones(
+    fhir_server: SekmetServer, system_export: ExportResult, tmp_path: Path
+) -> None:
+    """sekmet ignores Range, so a partial file is downloaded again from the start."""
+    directory = tmp_path / "copy"
+    shutil.copytree(system_export.directory, directory)
+    original = {p.name: p.read_bytes() for p in directory.glob("*.ndjson")}
+    observations = directory / "Observation.ndjson"
+    half = observations.read_bytes()[: observations.stat().st_size // 2]
+    observations.unlink()
+    (directory / "Observation.ndjson.part").write_bytes(half)  # as left by a crash
+    (directory / "Patient.ndjson").unlink()
+
+    sent: list[httpx.Request] = []
+    with httpx.Client(event_hooks={"request": [sent.append]}) as http:
+        client = BulkExportClient(http, fhir_server.base_url)
+        result = client.export(directory, delete_job=False, timeout=30)
+
+    assert {p.name: p.read_bytes() for p in directory.glob("*.ndjson")} == original
+    assert not list(directory.glob("*.part"))
+    assert sorted(r.url.path.rsplit("/", 1)[-1] for r in sent) == [
+        "Observation.ndjson",
+        "Patient.ndjson",
+    ]  # no kick-off, no polling, no other file
+    resumed = next(r for r in sent if r.url.path.endswith("Observation.ndjson"))
+    assert resumed.headers["Range"] == f"bytes={len(half)}-"
+    assert result.files == {
+        t: [directory / p.name for p in paths] for t, paths in system_export.files.items()
+    }
+
+
+def test_other_export_in_the_same_directory_is_refused(
+    fhir_server: SekmetServer, system_export: ExportResult, http: httpx.Client
+) -> None:
+    client = BulkExportClient(http, fhir_server.base_url)
+    with pytest.raises(ExportDirectoryInUse):
+        client.export(system_export.directory, types=["Patient"])
+
+
+# --- a real server, SMART Backend Services ----------------------------------------------------
+
+
+class FastSekmet(SekmetServer):
+    """sekmet whose export jobs skip their one-second pause (``simulator.delay_seconds``)."""
+
+    def write_settings(self) -> Path:
+        path = super().write_settings()
+        text = path.read_text(encoding="utf-8")
+        fast = "simulator: {enabled: false, delay_seconds: 0}"
+        path.write_text(text.replace("simulator: {enabled: false}", fast), encoding="utf-8")
+        return path
+
+
+@pytest.fixture(scope="module")
+def client_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP384R1())
+
+
+@pytest.fixture(scope="module")
+def smart_server(
+    tmp_path_factory: pytest.TempPathFactory, client_key: ec.EllipticCurvePrivateKey
+) -> Iterator[SekmetServer]:
+    if not SEKMET.exists():
+        pytest.fail(f"sekmet-fhir is missing ({SEKMET}): run `bash scripts/setup.sh`.")
+    server = FastSekmet(
+        tmp_path_factory.mktemp("sekmet-smart"),
+        server_auth={
+            "types": ["smart"],
+            "smart_clients": [
+                {
+                    "client_id": SMART_CLIENT,
+                    "jwks": public_jwks(client_key),
+                    "scopes": "system/*.cruds",
+                }
+            ],
+        },
+    )
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_export_with_a_backend_services_token(
+    smart_server: SekmetServer,
+    client_key: ec.EllipticCurvePrivateKey,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    resources = population("smart-", [31, 32])
+    with httpx.Client() as http:
+        writer = BackendServicesAuth(
+            http,
+            fhir_base_url=smart_server.base_url,
+            client_id=SMART_CLIENT,
+            private_key=client_key,
+            scope="system/*.cruds",
+        )
+        smart_server.load(resources, access_token=writer.access_token())
+        reader = BackendServicesAuth(
+            http,
+            fhir_base_url=smart_server.base_url,
+            client_id=SMART_CLIENT,
+            private_key=client_key,
+            scope="system/*.rs",
+        )
+        client = BulkExportClient(http, smart_server.base_url, auth=reader)
+        with pytest.raises(FhirUnauthorized):
+            BulkExportClient(http, smart_server.base_url).kick_off(deadline=_in(10))
+
+        result = client.export(tmp_path, level="patient", delete_job=False, timeout=30)
+        assert result.manifest.requires_access_token is True
+        patients_only = {k: v for k, v in by_key(resources).items() if k[0] != "Organization"}
+        assert exported(result) == patients_only
+        check_counts(result)
+
+        token = reader.access_token()
+        url = result.manifest.output[0].url
+        assert http.get(url).status_code == 401  # the files need the token ...
+        with_token = http.get(url, headers={"Authorization": f"Bearer {token}"})
+        assert with_token.status_code == 200  # ... which the client sent
+
+        assert result.status_url is not None
+        with pytest.raises(FhirUnauthorized):  # sekmet wants a delete scope for DELETE
+            client.delete(result.status_url, deadline=_in(10))
+    assert token not in caplog.text
+
+
+# --- MockTransport ----------------------------------------------------------------------------
+
+
+class FakeTime:
+    """A monotonic clock that only the injected sleep advances; records requested delays."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return 1_750_000_000.0 + self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class StaticTokens:
+    """A token source handing out the given tokens in turn; counts invalidations."""
+
+    def __init__(self, *tokens: str) -> None:
+        self.tokens = list(tokens)
+        self.invalidated = 0
+
+    def access_token(self, deadline: float | None = None) -> str:
+        return self.tokens[min(self.invalidated, len(self.tokens) - 1)]
+
+    def invalidate(self) -> None:
+        self.invalidated += 1
+
+
+class CutStream(httpx.SyncByteStream):
+    """A body that breaks off after ``cut`` bytes, as a dropped connection does."""
+
+    def __init__(self, data: bytes, cut: int) -> None:
+        self.data, self.cut = data, cut
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data[: self.cut]
+        raise httpx.ReadError("connection reset by peer")
+
+
+NDJSON = b"".join(
+    json.dumps({"resourceType": "Observation", "id": f"o{n}", "status": "final"}).encode() + b"\n"
+    for n in range(40)
+)
+
+
+class MockServer:
+    """Scripted bulk endpoints on ``MOCK_BASE``; records every request it receives.
+
+    ``status`` answers come first, then the manifest. ``files`` maps a URL path to bytes;
+    ``cuts`` lists, per path, where successive downloads break off.
+    """
+
+    def __init__(
+        self,
+        *,
+        status: list[httpx.Response] | None = None,
+        files: dict[str, bytes] | None = None,
+        manifest: dict[str, Any] | None = None,
+        ranges: bool = True,
+        cuts: dict[str, list[int]] | None = None,
+        kickoff: httpx.Response | None = None,
+        delete: httpx.Response | None = None,
+    ) -> None:
+        self.status = list(status or [])
+        self.files = files if files is not None else {"/files/Observation.ndjson": NDJSON}
+        self.manifest = manifest or {
+            "transactionTime": "2025-03-01T10:00:00.000Z",
+            "request": f"{MOCK_BASE}/$export",
+            "requiresAccessToken": True,
+            "output": [
+                {"type": "Observation", "url": f"https://fhir.example.dk{p}", "count": 40}
+                for p in self.files
+            ],
+            "error": [],
+        }
+        self.ranges = ranges
+        self.cuts = cuts or {}
+        self.kickoff = kickoff or httpx.Response(
+            202, headers={"Content-Location": f"{MOCK_BASE}/status/1"}
+        )
+        self.delete = delete or httpx.Response(202)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        path = request.url.path
+        if path.endswith("$export"):
+            return _fresh(self.kickoff)
+        if path == "/fhir/status/1":
+            if request.method == "DELETE":
+                return _fresh(self.delete)
+            if self.status:
+                return _fresh(self.status.pop(0))
+            return httpx.Response(200, json=self.manifest)
+        if path in self.files:
+            return self.serve(path, request)
+        return httpx.Response(404)
+
+    def serve(self, path: str, request: httpx.Request) -> httpx.Response:
+        data = self.files[path]
+        start = 0
+        headers = {"Content-Type": "application/fhir+ndjson"}
+        status = 200
+        wanted = request.headers.get("Range")
+        if wanted and self.ranges:
+            start = int(wanted.removeprefix("bytes=").rstrip("-"))
+            if start >= len(data):
+                return httpx.Response(416, headers={"Content-Range": f"bytes */{len(data)}"})
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        body = data[start:]
+        headers["Content-Length"] = str(len(body))
+        cuts = self.cuts.get(path)
+        if cuts:
+            return httpx.Response(status, headers=headers, stream=CutStream(body, cuts.pop(0)))
+        return httpx.Response(status, headers=headers, content=body)
+
+    def file_requests(self) -> list[httpx.Request]:
+        return [r for r in self.requests if "/files/" in r.url.path]
+
+
+def _fresh(template: httpx.Response) -> httpx.Response:
+    """A new Response like ``template``: a Response object can be sent only once."""
+    return httpx.Response(template.status_code, headers=template.headers, content=template.content)
+
+
+def mock_client(
+    server: Callable[[httpx.Request], httpx.Response],
+    fake: FakeTime,
+    auth: StaticTokens | None = None,
+    **options: Any,
+) -> BulkExportClient:
+    http = httpx.Client(transport=httpx.MockTransport(server))
+    return BulkExportClient(
+        http,
+        MOCK_BASE,
+        auth=auth,
+        sleep=fake.sleep,
+        clock=fake.clock,
+        wall_clock=fake.wall,
+        **options,
+    )
+
+
+def _in(seconds: float, fake: FakeTime | None = None) -> float:
+    """A deadline ``seconds`` ahead on the fake clock, or on the real one."""
+    return (fake.clock() if fake else time.monotonic()) + seconds
+
+
+def test_retry_after_is_honoured_in_seconds_and_as_a_date(tmp_path: Path) -> None:
+    fake = FakeTime()
+    in_five = email.utils.formatdate(fake.wall() + 1 + 5, usegmt=True)  # after the first wait
+    server = MockServer(
+        status=[
+            httpx.Response(202, headers={"Retry-After": "1", "X-Progress": "collecting 10%"}),
+            httpx.Response(202, headers={"Retry-After": in_five, "X-Progress": "writing\x1b[2J"}),
+            httpx.Response(202),  # no Retry-After: the client's own interval
+        ]
+    )
+    progress: list[str] = []
+    client = mock_client(server, fake, StaticTokens("t0k3n"), poll_interval=3.0)
+    result = client.export(tmp_path, on_progress=progress.append)
+    assert fake.sleeps == [1.0, 5.0, 3.0]
+    assert progress == ["collecting 10%", "writing[2J"]  # control characters dropped
+    assert (tmp_path / "Observation.ndjson").read_bytes() == NDJSON
+    assert result.job_deleted is True
+    assert [r.method for r in server.requests if r.url.path == "/fhir/status/1"][-1] == "DELETE"
+
+
+def test_kickoff_request_shape() -> None:
+    fake = FakeTime()
+    server = MockServer()
+    client = mock_client(server, fake, StaticTokens("t0k3n"))
+    since = datetime(2025, 3, 1, 11, 30, 0, 123456, tzinfo=timezone(timedelta(hours=1)))
+    status_url = client.kick_off(
+        "group",
+        group_id="praksis-1",
+        types=["Patient", "Observation"],
+        since=since,
+        deadline=_in(10, fake),
+    )
+    assert status_url == f"{MOCK_BASE}/status/1"
+    request = server.requests[0]
+    assert request.method == "GET"
+    assert request.url.path == "/fhir/Group/praksis-1/$export"
+    assert request.url.params["_type"] == "Observation,Patient"
+    assert request.url.params["_since"] == "2025-03-01T10:30:00.123Z"
+    assert request.headers["Prefer"] == "respond-async"
+    assert request.headers["Accept"] == "application/fhir+json"
+    assert request.headers["Authorization"] == "Bearer t0k3n"
+
+
+@pytest.mark.parametrize(
+    "since", [datetime(2025, 1, 1), "yesterday", "2025-01-01"], ids=["naive", "word", "date"]
+)
+def test_since_must_be_an_instant(since: Any) -> None:
+    client = mock_client(MockServer(), FakeTime())
+    with pytest.raises(ValueError, match="since"):
+        client.kick_off(since=since, deadline=_in(10))
+
+
+def test_kickoff_refused_with_diagnostics() -> None:
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "not-supported", "diagnostics": "no _since"}],
+    }
+    server = MockServer(kickoff=httpx.Response(400, json=outcome))
+    with pytest.raises(FhirRejected) as caught:
+        mock_client(server, FakeTime()).kick_off(since="2025-01-01T00:00:00Z", deadline=_in(10))
+    assert caught.value.diagnostics == "no _since"
+
+
+def test_status_url_on_another_origin_is_refused(tmp_path: Path) -> None:
+    server = MockServer(
+        kickoff=httpx.Response(202, headers={"Content-Location": "https://evil.example/status/1"})
+    )
+    with pytest.raises(FhirUnavailable, match="another origin"):
+        mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+    assert all(r.url.host == "fhir.example.dk" for r in server.requests)
+
+
+def test_transient_status_errors_are_retried(tmp_path: Path) -> None:
+    transient = {"resourceType": "OperationOutcome", "issue": [{"code": "transient"}]}
+    fake = FakeTime()
+    server = MockServer(
+        status=[
+            httpx.Response(503, json=transient, headers={"Retry-After": "7"}),
+            httpx.Response(429),
+        ]
+    )
+    mock_client(server, fake, StaticTokens("t0k3n"), poll_interval=2.0).export(tmp_path)
+    assert fake.sleeps == [7.0, 2.0]
+
+
+def test_failed_export_reports_the_outcome(tmp_path: Path) -> None:
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "exception", "diagnostics": "disk full"}],
+    }
+    server = MockServer(status=[httpx.Response(202), httpx.Response(500, json=outcome)])
+    with pytest.raises(ExportFailed) as caught:
+        mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+    assert caught.value.diagnostics == "disk full"
+    assert caught.value.status == 500
+    assert caught.value.status_url == f"{MOCK_BASE}/status/1"
+    assert "status/1" not in str(caught.value)
+
+
+def test_vanished_job_is_export_not_found() -> None:
+    server = MockServer(status=[httpx.Response(404)])
+    with pytest.raises(ExportNotFound):
+        mock_client(server, FakeTime()).wait(f"{MOCK_BASE}/status/1", deadline=_in(10))
+
+
+def test_polling_stops_at_the_deadline() -> None:
+    fake = FakeTime()
+    server = MockServer(status=[httpx.Response(202, headers={"Retry-After": "10"})] * 100)
+    client = mock_client(server, fake)
+    with pytest.raises(ExportTimeout) as caught:
+        client.wait(f"{MOCK_BASE}/status/1", deadline=_in(35, fake))
+    assert fake.sleeps == [10.0, 10.0, 10.0]  # a fourth wait would pass the deadline
+    assert caught.value.status_url == f"{MOCK_BASE}/status/1"
+
+
+def test_polling_is_bounded_by_max_polls() -> None:
+    fake = FakeTime()
+    server = MockServer(status=[httpx.Response(202)] * 100)
+    client = mock_client(server, fake, max_polls=4)
+    with pytest.raises(ExportTimeout, match="4 status requests"):
+        client.wait(f"{MOCK_BASE}/status/1", deadline=_in(3600, fake))
+    assert len(server.requests) == 4
+
+
+def test_expired_token_is_renewed_once(tmp_path: Path) -> None:
+    tokens = StaticTokens("old", "new")
+    server = MockServer(status=[httpx.Response(401)])
+    mock_client(server, FakeTime(), tokens).export(tmp_path)
+    assert tokens.invalidated == 1
+    status_auth = [r.headers["Authorization"] for r in server.requests if "status" in r.url.path]
+    assert status_auth[:2] == ["Bearer old", "Bearer new"]
+
+
+def test_interrupted_download_resumes_with_range(tmp_path: Path) -> None:
+    path = "/files/Observation.ndjson"
+    server = MockServer(cuts={path: [100, 250]})  # two drops, then the rest
+    result = mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+    assert (tmp_path / "Observation.ndjson").read_bytes() == NDJSON
+    assert not (tmp_path / "Observation.ndjson.part").exists()
+    downloads = server.file_requests()
+    assert [r.headers.get("Range") for r in downloads] == [None, "bytes=100-", "bytes=350-"]
+    assert all(r.headers["Authorization"] == "Bearer t0k3n" for r in downloads)
+    assert downloads[1].headers["Accept-Encoding"] == "identity"
+    assert result.files == {"Observation": [tmp_path / "Observation.ndjson"]}
+
+
+def test_download_gives_up_after_the_attempts_and_keeps_the_part(tmp_path: Path) -> None:
+    path = "/files/Observation.ndjson"
+    server = MockServer(cuts={path: [10, 10, 10]})
+    client = mock_client(server, FakeTime(), StaticTokens("t0k3n"))
+    with pytest.raises(DownloadFailed, match="interrupted 3 times"):
+        client.export(tmp_path)
+    assert (tmp_path / "Observation.ndjson.part").read_bytes() == NDJSON[:30]
+    result = client.export(tmp_path)  # the re-run picks up the manifest and the 30 bytes
+    assert (tmp_path / "Observation.ndjson").read_bytes() == NDJSON
+    assert server.file_requests()[-1].headers["Range"] == "bytes=30-"
+    assert result.error_count == 0
+
+
+def test_partial_file_restarts_when_range_is_ignored(tmp_path: Path) -> None:
+    server = MockServer(ranges=False)
+    client = mock_client(server, FakeTime(), StaticTokens("t0k3n"))
+    manifest = client.wait(f"{MOCK_BASE}/status/1", deadline=_in(10))
+    (tmp_path / "Observation.ndjson.part").write_bytes(b"garbage from another attempt")
+    client.download(manifest, tmp_path, deadline=_in(10))
+    assert (tmp_path / "Observation.ndjson").read_bytes() == NDJSON
+
+
+def test_complete_partial_file_is_kept_on_416(tmp_path: Path) -> None:
+    server = MockServer()
+    client = mock_client(server, FakeTime(), StaticTokens("t0k3n"))
+    manifest = client.wait(f"{MOCK_BASE}/status/1", deadline=_in(10))
+    (tmp_path / "Observation.ndjson.part").write_bytes(NDJSON)  # crashed before the rename
+    client.download(manifest, tmp_path, deadline=_in(10))
+    assert (tmp_path / "Observation.ndjson").read_bytes() == NDJSON
+    assert server.file_requests()[-1].headers["Range"] == f"bytes={len(NDJSON)}-"
+
+
+def test_count_mismatch_discards_the_file(tmp_path: Path) -> None:
+    server = MockServer(files={"/files/Observation.ndjson": NDJSON[: NDJSON.index(b"\n") + 1]})
+    with pytest.raises(DownloadFailed, match="holds 1 resources but the manifest says 40"):
+        mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+    assert not list(tmp_path.glob("Observation.*"))
+
+
+def test_error_files_are_downloaded_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outcomes = b"".join(
+        json.dumps(
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "processing", "diagnostics": text}],
+            }
+        ).encode()
+        + b"\n"
+        for text in ("Observation/x unreadable", "Condition/y unreadable")
+    )
+    server = MockServer(files={"/files/Observation.ndjson": NDJSON, "/files/err.ndjson": outcomes})
+    server.manifest["output"] = server.manifest["output"][:1]
+    server.manifest["error"] = [
+        {"type": "OperationOutcome", "url": "https://fhir.example.dk/files/err.ndjson"}
+    ]
+    caplog.set_level(logging.WARNING)
+    result = mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+    assert result.error_files == [tmp_path / "errors" / "OperationOutcome.ndjson"]
+    assert result.error_count == 2 and result.has_errors
+    texts = [o["issue"][0]["diagnostics"] for o in result.outcomes()]
+    assert texts == ["Observation/x unreadable", "Condition/y unreadable"]
+    assert "2 OperationOutcome(s)" in caplog.text
+    assert "unreadable" not in caplog.text  # diagnostics may name patients: not logged
+
+
+def test_files_elsewhere_get_no_token(tmp_path: Path) -> None:
+    """A file on another origin is refused when it needs the token, else fetched without it."""
+    server = MockServer(files={"/files/Observation.ndjson": NDJSON})
+    server.manifest["output"][0]["url"] = "https://storage.example.net/files/Observation.ndjson"
+    client = mock_client(server, FakeTime(), StaticTokens("t0k3n"))
+    with pytest.raises(DownloadFailed, match="another origin"):
+        client.export(tmp_path / "a")
+    assert not server.file_requests()
+
+    server.manifest["requiresAccessToken"] = False
+    client.export(tmp_path / "b")
+    download = server.file_requests()[0]
+    assert download.url.host == "storage.example.net"
+    assert "Authorization" not in download.headers
+
+
+def test_manifest_needing_a_token_without_a_token_source(tmp_path: Path) -> None:
+    client = mock_client(MockServer(), FakeTime())
+    with pytest.raises(FhirUnauthorized, match="no token source"):
+        client.export(tmp_path)
+
+
+def test_manifest_type_cannot_leave_the_directory(tmp_path: Path) -> None:
+    server = MockServer()
+    server.manifest["output"][0]["type"] = "../../etc"
+    with pytest.raises(FhirUnavailable, match="invalid type"):
+        mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+
+
+def test_failed_delete_is_reported_not_raised(tmp_path: Path) -> None:
+    server = MockServer(delete=httpx.Response(500))
+    result = mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+    assert result.job_deleted is False
+    assert isinstance(result.cleanup_error, FhirUnavailable)
+    assert (tmp_path / "Observation.ndjson").read_bytes() == NDJSON
+
+
+def test_rerun_after_completion_needs_no_server(tmp_path: Path) -> None:
+    server = MockServer()
+    client = mock_client(server, FakeTime(), StaticTokens("t0k3n"))
+    first = client.export(tmp_path)
+    sent = len(server.requests)
+    second = client.export(tmp_path)
+    assert len(server.requests) == sent  # complete, verified from disk, job already deleted
+    assert second.files == first.files and second.job_deleted
+
+
+def test_utc_since_from_aware_datetime() -> None:
+    server = MockServer()
+    client = mock_client(server, FakeTime())
+    client.kick_off(since=datetime(2025, 6, 1, tzinfo=UTC), deadline=_in(10))
+    assert server.requests[0].url.params["_since"] == "2025-06-01T00:00:00.000Z"
