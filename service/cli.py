@@ -225,16 +225,41 @@ def synth(
 
 @app.command()
 def ingest(
-    source: Annotated[Path, typer.Argument(help="An NDJSON file or a directory of them.")],
+    source: Annotated[
+        str, typer.Argument(help="An NDJSON file, a directory of them, or a FHIR server base URL.")
+    ],
     store: Annotated[Path, typer.Option(help="Facts store directory (Parquet) to write.")],
 ) -> None:
-    """Normalise FHIR NDJSON into a facts store; bad lines are quarantined, never dropped."""
+    """Normalise FHIR NDJSON into a facts store; bad lines are quarantined, never dropped.
+
+    Given a FHIR server's base URL, a system-level Bulk Data export is made first (resumable;
+    the files are kept in STORE/export).
+    """
     from engine.population.ingest import ingest as run_ingest
 
-    if not source.exists():
+    path = Path(source)
+    if source.startswith(("http://", "https://")):
+        path = _export(source, store / "export")
+    elif not path.exists():
         raise fail(f"{source} does not exist")
-    summary = run_ingest(source, store)
+    summary = run_ingest(path, store)
     typer.echo(summary.report())
+
+
+def _export(base_url: str, directory: Path) -> Path:
+    import httpx
+
+    from fhir_adapter.bulk import BulkExportClient
+    from fhir_adapter.rest import FhirError
+
+    with httpx.Client(timeout=60) as client:
+        try:
+            result = BulkExportClient(client, base_url).export(directory, on_progress=typer.echo)
+        except FhirError as exc:
+            raise fail(f"the export from {base_url} failed: {exc}") from None
+    if result.has_errors:
+        typer.echo(f"the server reported {result.error_count} error(s): see {directory}", err=True)
+    return directory
 
 
 @app.command()
