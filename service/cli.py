@@ -485,3 +485,54 @@ def cds_hooks_conformance(
         typer.echo(to_text(results))
     if any(result.status == "failed" for result in results):
         raise typer.Exit(1)
+
+
+@guidelines_app.command("diff")
+def diff(
+    old: Annotated[Path, typer.Argument(help="Guideline directory as published now.")],
+    new: Annotated[Path, typer.Argument(help="Guideline directory about to be published.")],
+    store: Annotated[Path, typer.Option(help="Facts store directory (Parquet).")],
+    as_of: Annotated[
+        dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Reference date of both sweeps.")
+    ],
+    output: Annotated[Format, typer.Option("--format", help="text or json.")] = Format.text,
+    language: Annotated[Language, typer.Option(help="Language of indicator titles.")] = Language.da,
+) -> None:
+    """Impact before publishing: who enters or leaves each list, and how indicators move.
+
+    Both sets are evaluated over the same store on the same date. The report names patients in
+    its per-practice sections: it is for the guideline author or quality unit with access to the
+    store, not for sharing.
+    """
+    import duckdb
+
+    from engine.population.duckdb_engine import sweep as sweep_store
+    from engine.population.impact import impact, impact_json, impact_text
+    from engine.population.store import StoreError, clusters_of, load_store
+
+    reference = as_of.date()
+    sets = (load_or_exit(old), load_or_exit(new))
+    outcomes = []
+    for guidelines in sets:
+        with duckdb.connect() as con:  # a fresh connection: sweep tables are per connection
+            try:
+                load_store(con, store, guidelines)
+            except StoreError as exc:
+                raise fail(str(exc)) from None
+            outcomes.append(list(sweep_store(con, guidelines, reference)))
+    report = impact(
+        outcomes[0],
+        outcomes[1],
+        sets[0].in_force(reference),
+        sets[1].in_force(reference),
+        reference,
+        clusters_of(store),
+        old_name=str(old),
+        new_name=str(new),
+        language=language.value,
+    )
+    if output is Format.json:
+        sys.stdout.write(orjson.dumps(impact_json(report), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        typer.echo(impact_text(report), nl=False)
