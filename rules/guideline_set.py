@@ -15,9 +15,13 @@ from rules.valuesets import CompiledValueSet, ValueSetIndex
 VALUESET_DIR = "valuesets"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class GuidelineSet:
-    """Guideline versions and the value sets they use; safe to share between requests."""
+    """Guideline versions and the value sets they use; safe to share between requests.
+
+    Compared and hashed by identity: a loaded set is one immutable snapshot, so caches keyed on
+    it (prefetch templates) stay valid for exactly as long as it is in service.
+    """
 
     files: tuple[GuidelineFile, ...]
     valuesets: dict[str, CompiledValueSet]

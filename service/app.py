@@ -207,7 +207,8 @@ def _add_routes(app: FastAPI) -> None:
             for _, i in pairs
         ]
         if issued:
-            await anyio.to_thread.run_sync(request.app.state.feedback.record_cards, issued)
+            # One small SQLite transaction (~0.25 ms): cheaper here than a hop to a worker thread.
+            request.app.state.feedback.record_cards(issued)
         return json_response({"cards": [card for card, _ in pairs]})
 
     @app.post(

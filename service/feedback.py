@@ -124,7 +124,10 @@ def _utc_datetime(value: Any) -> datetime:
         raise ValueError(f"not a valid date-time: {err}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ValueError("is outside the years 1-9999 in UTC") from None
 
 
 def _blank_to_none(value: Any) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote
 
 from engine.primitives import window_start
@@ -54,6 +55,7 @@ SERVICES = (
 SERVICES_BY_ID = {service.id: service for service in SERVICES}
 
 
+@lru_cache(maxsize=8)
 def prefetch_templates(
     guidelines: GuidelineSet, today: dt.date, max_url_length: int = 2000
 ) -> dict[str, str]:
@@ -94,21 +96,26 @@ def _observation_requirements(
 
 
 def _observation_query(codes: list[str], since: dt.date) -> str:
+    """``codes`` are already URL-quoted."""
     query = f"Observation?patient={PATIENT_TOKEN}&date=ge{since.isoformat()}"
     if codes:
-        query += "&combo-code=" + ",".join(quote(code, safe="|:/") for code in codes)
+        query += "&combo-code=" + ",".join(codes)
     return query
 
 
 def _chunks(codes: list[str], since: dt.date, limit: int) -> list[list[str]]:
-    """Split the code list so no query grows past ``limit`` characters (servers cap URLs)."""
+    """Split the (quoted) code list so no query grows past ``limit`` characters."""
+    base = len(_observation_query([], since)) + len("&combo-code=")
     chunks: list[list[str]] = [[]]
-    for code in codes:
-        candidate = [*chunks[-1], code]
-        if chunks[-1] and len(_observation_query(candidate, since)) > limit:
+    length = base
+    for code in (quote(c, safe="|:/") for c in codes):
+        extra = len(code) + (1 if chunks[-1] else 0)
+        if chunks[-1] and length + extra > limit:
             chunks.append([code])
+            length = base + len(code)
         else:
-            chunks[-1] = candidate
+            chunks[-1].append(code)
+            length += extra
     return chunks
 
 
