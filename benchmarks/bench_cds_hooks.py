@@ -305,6 +305,7 @@ class Measurement:
     window_ns: int
     statuses: dict[str, int]
     failures: int = 0
+    first_error: str | None = None
     completed: int = 0
     """Every request answered, warm-up included."""
     client_cpu_seconds: float = 0.0
@@ -413,6 +414,7 @@ def run_load(
         window_ns=data["window_ns"],
         statuses=data["statuses"],
         failures=data["failures"],
+        first_error=data["first_error"],
         completed=data["completed"],
         client_cpu_seconds=data["client_cpu_seconds"],
         server_cpu_seconds=data["watched_cpu_seconds"].get("server", 0.0),
@@ -740,7 +742,7 @@ def render(
             f"| {m.client_cpu_seconds / window:.0%} | {m.other_cpu_seconds / window:.0%} "
             f"| {m.errors} |"
         )
-    lines += ["", *verdicts(results), *contention(results)]
+    lines += ["", *verdicts(results), *errors(results), *contention(results)]
     if profile is not None:
         lines += ["", *render_profile(profile)]
     lines.append(END)
@@ -781,6 +783,28 @@ def verdicts(results: Sequence[Measurement]) -> list[str]:
             "that is its ceiling whatever the load generator does."
         )
     return lines
+
+
+def errors(results: Sequence[Measurement]) -> list[str]:
+    """What the failed answers of each row were: a row of fast errors is no result."""
+    lines = []
+    for m in results:
+        if not m.errors:
+            continue
+        statuses = ", ".join(f"{n} × HTTP {s}" for s, n in sorted(m.statuses.items()) if s != "200")
+        failed = f"{statuses}{', ' if statuses and m.failures else ''}"
+        failed += f"{m.failures} × no answer" if m.failures else ""
+        first = f"; the first: `{_one_line(m.first_error)}`" if m.first_error else ""
+        lines.append(
+            f"- Errors, {m.case.label}, {m.case.resources} resources, concurrency {m.concurrency}: "
+            f"{failed} of {m.requests + m.failures}{first}."
+        )
+    return lines
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split()).replace("`", "'")
+    return flat if len(flat) <= limit else flat[:limit] + "…"
 
 
 SHARED_THRESHOLD = 0.25

@@ -50,6 +50,8 @@ class LoadResult:
     statuses: dict[str, int] = field(default_factory=dict)
     completed: int = 0
     """Every request answered, warm-up included."""
+    first_error: str | None = None
+    """Status and start of the body of the first non-200 answer in the window."""
     failures: int = 0
     """Transport errors (connection refused, reset, timeout): no HTTP status at all."""
     client_cpu_seconds: float = 0.0
@@ -142,6 +144,8 @@ async def run(
                 result.latencies_ns.append(done - sent)
                 key = str(response.status_code)
                 result.statuses[key] = result.statuses.get(key, 0) + 1
+                if response.status_code != 200 and result.first_error is None:
+                    result.first_error = f"HTTP {key}: {response.text[:300]}"
 
     async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
         # CPU is read at the window's edges exactly, not when the last answer arrives: under

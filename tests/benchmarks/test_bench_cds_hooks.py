@@ -241,3 +241,12 @@ def test_report_says_when_the_machine_was_shared() -> None:
     busy = _measurement(FULL, 50, 1, 2.0)
     busy.machine_cpu_seconds = 1.5  # 0.8 s by neither the server nor the load generator
     assert "other processes used 80% of a core" in render([busy], "cmd", 1, 1, "2 cores")
+
+
+def test_report_explains_error_rows() -> None:
+    failing = _measurement(FETCHED, 500, 8, 3000.0)
+    failing.statuses = {"200": 90, "412": 10}
+    failing.first_error = 'HTTP 412: {"diagnostics": "the FHIR server did not answer in time"}'
+    section = render([failing], "cmd", 1, 1, "2 cores")
+    assert "Errors, FHIR server, 500 resources, concurrency 8: 10 × HTTP 412 of 100" in section
+    assert "did not answer in time" in section
