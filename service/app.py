@@ -20,7 +20,7 @@ import orjson
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.patient import PatientEngine
@@ -96,7 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Accept-Language"],
         )
     _add_error_handlers(app)
+    app.state.openapi_components = {}
     _add_routes(app)
+    _openapi_with_components(app)
     return app
 
 
@@ -154,6 +156,32 @@ async def authenticated(request: Request) -> Any:
 Client = Annotated[Any, Depends(authenticated)]
 
 
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+def request_body(app: FastAPI, model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a handler that parses its own body (orjson + pydantic).
+
+    Nested models go to ``components/schemas`` so every ``$ref`` resolves from the document root.
+    """
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+    app.state.openapi_components.update(schema.pop("$defs", {}))
+    return {"requestBody": {"content": {"application/json": {"schema": schema}}, "required": True}}
+
+
+def _openapi_with_components(app: FastAPI) -> None:
+    serve = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = serve()
+        document.setdefault("components", {}).setdefault("schemas", {}).update(
+            app.state.openapi_components
+        )
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _add_routes(app: FastAPI) -> None:
     @app.get("/cds-services", summary="CDS Hooks discovery")
     async def services(request: Request, client: Client) -> Response:
@@ -163,12 +191,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/cds-services/{service_id}",
         summary="Call a CDS service",
-        openapi_extra={
-            "requestBody": {
-                "content": {"application/json": {"schema": CdsRequest.model_json_schema()}},
-                "required": True,
-            }
-        },
+        openapi_extra=request_body(app, CdsRequest),
     )
     async def call_service(service_id: str, request: Request, client: Client) -> Response:
         service = SERVICES_BY_ID.get(service_id)
@@ -214,12 +237,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/cds-services/{service_id}/feedback",
         summary="Feedback on cards",
-        openapi_extra={
-            "requestBody": {
-                "content": {"application/json": {"schema": FeedbackRequest.model_json_schema()}},
-                "required": True,
-            }
-        },
+        openapi_extra=request_body(app, FeedbackRequest),
     )
     async def feedback(service_id: str, request: Request, client: Client) -> Response:
         if service_id not in SERVICES_BY_ID:

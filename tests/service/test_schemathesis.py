@@ -8,15 +8,14 @@ contract (every 4xx is a FHIR OperationOutcome, see ``service.cds_hooks.errors``
 
 What is adjusted, and why:
 
-- The served document's request-body schemas are pydantic schemas with their own ``$defs``, and
-  their ``$ref``s (``#/$defs/Context``) point at the *document* root, where nothing is. Schemathesis
-  then silently generates no body at all. :func:`with_components` moves the ``$defs`` into
-  ``components/schemas`` before Schemathesis reads the document; the strict xfail
-  :func:`test_served_openapi_refs_resolve` records the defect and fails once it is fixed, so the
-  workaround is then removed.
+- Request-body ``$ref``s must resolve from the document root, or Schemathesis silently generates
+  no body at all: :func:`test_served_openapi_refs_resolve` and
+  :func:`test_request_bodies_are_generated` guard that (the service hoists nested models into
+  ``components/schemas``).
 - ``service_id`` is a free string in the document, so nearly every generated call would be a 404
-  before its body is read. Half the cases use one of the real service ids instead, and half of
-  those carry the service's own ``hook``, so bodies get past the envelope checks.
+  before its body is read. :func:`with_service_ids` narrows it to the real ids (negative cases
+  still send others), and :func:`flatmap_case` gives half the bodies the service's own ``hook``
+  and feedback card ids that are uuids, so they get past the first check.
 - A ``fhirServer`` in a generated body is answered by an in-process stub (:func:`_fhir_stub`):
   the fetch path is exercised, the network never is.
 
@@ -28,7 +27,6 @@ cases it ran and the statuses it got, so docs/robustness.md can be checked again
 from __future__ import annotations
 
 import copy
-import json
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -53,11 +51,13 @@ from service.settings import Settings
 
 LIBRARY = Path(__file__).resolve().parents[2] / "guidelines"
 HOOK_OF = {service.id: service.hook for service in SERVICES}
-"""Service id -> the hook it answers: the ids a generated path should sometimes use."""
+"""Service id -> the hook it answers (see :func:`with_service_ids`, :func:`flatmap_case`)."""
 
 _HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=_HEALTH)
+"""Default run: 100 generated examples per operation, seconds each."""
 SLOW = settings(max_examples=2_000, deadline=None, suppress_health_check=_HEALTH)
+"""``-m slow`` (run by .ci/run): the numbers quoted in docs/robustness.md."""
 
 
 # --- the OpenAPI document ------------------------------------------------------------------------
@@ -91,27 +91,20 @@ def unresolved_refs(document: dict[str, Any]) -> list[str]:
     return sorted(set(missing))
 
 
-def with_components(document: dict[str, Any]) -> dict[str, Any]:
-    """``document`` with every request schema's ``$defs`` moved into ``components/schemas``.
+def with_service_ids(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with the ``service_id`` path parameter narrowed to the ids the service has.
 
-    FastAPI's ``openapi_extra`` takes pydantic's ``model_json_schema()`` as is, ``$defs`` and all;
-    moving them and rewriting ``#/$defs/X`` to ``#/components/schemas/X`` makes the refs resolve.
-    A no-op once the served document has no ``$defs`` left.
+    The served document says "any string", so nearly every positive case would be a 404 before
+    its body is read. With an ``enum`` (which the document could declare itself), positive cases
+    call the real services and negative cases still try other ids.
     """
     document = copy.deepcopy(document)
-    components = document.setdefault("components", {}).setdefault("schemas", {})
     for path_item in document.get("paths", {}).values():
         for operation in path_item.values():
-            content = (
-                operation.get("requestBody", {}).get("content", {})
-                if isinstance(operation, dict)
-                else {}
-            )
-            for media in content.values():
-                for name, schema in media.get("schema", {}).pop("$defs", {}).items():
-                    if components.setdefault(name, schema) != schema:
-                        raise ValueError(f"two different request schemas are both named {name!r}")
-    return json.loads(json.dumps(document).replace('"#/$defs/', '"#/components/schemas/'))
+            for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                if parameter.get("name") == "service_id" and parameter.get("in") == "path":
+                    parameter["schema"] = {**parameter["schema"], "enum": sorted(HOOK_OF)}
+    return document
 
 
 # --- the app -------------------------------------------------------------------------------------
@@ -133,7 +126,7 @@ STUB_FHIR = FhirRestClient(httpx.AsyncClient(transport=httpx.MockTransport(_fhir
 
 def build_app() -> FastAPI:
     """The service as deployed (the shipped guidelines), with authentication off and the OpenAPI
-    document served through :func:`with_components`."""
+    document's ``service_id`` narrowed to the real ids."""
     app = create_app(
         Settings(
             guidelines=LIBRARY,
@@ -142,7 +135,7 @@ def build_app() -> FastAPI:
         )
     )
     served = app.openapi
-    app.openapi = lambda: with_components(served())  # type: ignore[method-assign]
+    app.openapi = lambda: with_service_ids(served())  # type: ignore[method-assign]
     return app
 
 
@@ -151,30 +144,36 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
 @schema.hook
-def flatmap_path_parameters(
-    context: schemathesis.HookContext, path_parameters: dict[str, Any] | None
-) -> st.SearchStrategy[dict[str, Any] | None]:
-    """Half the time a real service id, so the body is read instead of a 404 for the path."""
-    if not path_parameters or "service_id" not in path_parameters:
-        return st.just(path_parameters)
-    real = st.sampled_from(sorted(HOOK_OF)).map(lambda sid: {**path_parameters, "service_id": sid})
-    return st.one_of(st.just(path_parameters), real)
-
-
-@schema.hook
 def flatmap_case(context: schemathesis.HookContext, case: Case) -> st.SearchStrategy[Case]:
-    """Half the calls to a real service carry its own hook: a random ``hook`` is a 400 before the
-    prefetch or the rules are reached."""
-    hook = HOOK_OF.get((case.path_parameters or {}).get("service_id", ""))
-    if hook is None or not isinstance(case.body, dict) or "hook" not in case.body:
+    """Get generated bodies past the first check half the time: a call to a real service gets
+    its own ``hook`` (a random one is a 400 before the prefetch is read), feedback gets card ids
+    that are uuids (anything else is a 400 before the feedback store is reached)."""
+    service_id = (case.path_parameters or {}).get("service_id", "")
+    body = case.body
+    if service_id not in HOOK_OF or not isinstance(body, dict):
         return st.just(case)
+    if case.operation.path.endswith("/feedback"):
+        items = body.get("feedback")
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            return st.just(case)
 
-    def matching(use_the_real_hook: bool) -> Case:
-        if use_the_real_hook:
-            case.body = {**case.body, "hook": hook}
+        def with_uuids(cards: list[str] | None) -> Case:
+            if cards is not None:
+                case.body = {
+                    **body,
+                    "feedback": [{**i, "card": c} for i, c in zip(items, cards, strict=True)],
+                }
+            return case
+
+        uuids = st.lists(st.uuids().map(str), min_size=len(items), max_size=len(items))
+        return st.one_of(st.none(), uuids).map(with_uuids)
+
+    def with_hook(matching: bool) -> Case:
+        if matching and "hook" in body:
+            case.body = {**body, "hook": HOOK_OF[service_id]}
         return case
 
-    return st.booleans().map(matching)
+    return st.booleans().map(with_hook)
 
 
 # --- checks and counting -------------------------------------------------------------------------
@@ -212,9 +211,8 @@ def _report(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) 
 
 def run(case: Case) -> None:
     """Send one case (the FHIR stub in place) and apply :data:`CHECKS`."""
-    APP.state.fhir = (
-        STUB_FHIR  # set on every call: a restarted lifespan would put the real one back
-    )
+    # Set on every call: the lifespan sets the real client, and would again if it restarted.
+    APP.state.fhir = STUB_FHIR
     response = case.call()
     _statuses[response.status_code] += 1
     case.validate_response(response, checks=CHECKS)
@@ -226,6 +224,7 @@ def run(case: Case) -> None:
 @schema.parametrize()
 @FAST
 def test_no_server_errors(case: Case) -> None:
+    """Every operation, positive and negative cases: no 5xx, every 4xx an OperationOutcome."""
     run(case)
 
 
@@ -236,13 +235,8 @@ def test_no_server_errors_slow(case: Case) -> None:
     run(case)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service.app puts pydantic's model_json_schema() into openapi_extra as is; its "
-    "'#/$defs/...' refs do not resolve from the document root (fix: hoist the $defs into "
-    "components/schemas, as tests/service/test_schemathesis.py:with_components does)",
-)
 def test_served_openapi_refs_resolve() -> None:
+    """The document as served: every ``$ref`` resolves from the document root."""
     with TestClient(
         create_app(
             Settings(
@@ -256,9 +250,34 @@ def test_served_openapi_refs_resolve() -> None:
 
 
 def test_request_bodies_are_generated() -> None:
-    """Guards the workaround: without it Schemathesis sends every POST without a body."""
+    """With an unresolvable ``$ref`` Schemathesis drops the request body of an operation without
+    a word, and sends every POST without one."""
     assert unresolved_refs(APP.openapi()) == []
     for path in ("/cds-services/{service_id}", "/cds-services/{service_id}/feedback"):
-        operation = schema[path]["POST"]
-        case = operation.as_strategy().example()
-        assert isinstance(case.body, dict), path
+        assert [body.media_type for body in schema[path]["POST"].body] == ["application/json"]
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "status"),
+    [
+        ("0001-01-01T00:00:00+01:00", 400),  # before year 1 in UTC: was an OverflowError, a 500
+        ("9999-12-31T23:59:59-01:00", 400),  # after year 9999 in UTC: likewise
+        ("0001-01-01T00:00:00Z", 200),
+        ("9999-12-31T23:59:59Z", 200),
+    ],
+)
+def test_feedback_timestamps_at_the_ends_of_time(timestamp: str, status: int) -> None:
+    """Found by this suite: outcomeTimestamp within a few hours of datetime's range."""
+    item = {
+        "card": "0b0c5e57-8f0a-4a36-9d2e-3f1f7c1e2a4b",
+        "outcome": "overridden",
+        "overrideReason": {"userComment": "fuzz"},
+        "outcomeTimestamp": timestamp,
+    }
+    case = schema["/cds-services/{service_id}/feedback"]["POST"].Case(
+        path_parameters={"service_id": "vejviser-patient-view"}, body={"feedback": [item]}
+    )
+    response = case.call()
+    _statuses[response.status_code] += 1
+    case.validate_response(response, checks=CHECKS)
+    assert response.status_code == status, response.text
