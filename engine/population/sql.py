@@ -456,7 +456,11 @@ class GuidelineSql:
 
     def outcomes(self) -> exp.Select:
         base = table_name(self.index, "base")
-        select = exp.select(exp.Star()).from_(exp.alias_(exp.to_table(base), "b"))
+        # b.* and not *: the winners' own columns (patient, value, ...) would otherwise repeat
+        # names; engines then differ on which duplicate a row's field by that name returns.
+        select = exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("b"))).from_(
+            exp.alias_(exp.to_table(base), "b")
+        )
         for target in self.g.targets:
             alias = f"w_{target.name}"
             on = exp.and_(
