@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -22,7 +22,7 @@ from engine.outcomes import (
     RecommendationResult,
     TargetResult,
 )
-from fhir_adapter.records import PatientRecord
+from fhir_adapter.records import Coding, ObservationRecord, PatientRecord
 from rules import tree as t
 from rules.expressions import references
 from rules.guideline_set import GuidelineSet
@@ -54,20 +54,40 @@ class PatientIndex:
         self.medications: dict[str, list[Any]] = defaultdict(list)
         self.conditions: dict[str, list[Any]] = defaultdict(list)
         self.goals: dict[str, list[Any]] = defaultdict(list)
-        for records, groups, codes in (
-            (patient.observations, self.observations, "codings"),
-            (patient.medications, self.medications, "codings"),
-            (patient.conditions, self.conditions, "codings"),
-            (patient.goals, self.goals, "measure"),
+        # Records of one code share their codings, so each distinct codings is looked up once.
+        value_sets: dict[tuple[Coding, ...], tuple[str, ...]] = {}
+        for records, groups in (
+            (patient.observations, self.observations),
+            (patient.medications, self.medications),
+            (patient.conditions, self.conditions),
+            (patient.goals, self.goals),
         ):
             for record in records:
-                for vs in index.of_any(getattr(record, codes)):
+                codings = record[1]  # .codings (.measure of a GoalRecord)
+                found = value_sets.get(codings)
+                if found is None:
+                    found = value_sets[codings] = index.of_any(codings)
+                for vs in found:
                     groups[vs].append(record)
         for group in self.observations.values():  # windows are found by bisection
             group.sort(key=_DATE_THEN_RESOURCE)
 
 
 _DATE_THEN_RESOURCE = attrgetter("date", "resource")
+_RESOURCE = attrgetter("resource")
+
+
+def _latest(records: Sequence[ObservationRecord]) -> ObservationRecord:
+    """:func:`engine.primitives.latest` of non-empty records sorted by (date, resource), as
+    PatientIndex keeps them: the first of the records that tie with the last, found without
+    computing a key for every record."""
+    last = len(records) - 1
+    key = _DATE_THEN_RESOURCE(records[last])
+    while last and _DATE_THEN_RESOURCE(records[last - 1]) == key:
+        last -= 1
+    return records[last]
+
+
 FactFn = Callable[["Evaluation"], tuple[Any, tuple[str, ...]]]
 
 
@@ -271,10 +291,11 @@ def _observation_resolver(primitive: t.ObservationFact) -> FactFn:
     def observation(ev: Evaluation) -> tuple[Any, tuple[str, ...]]:
         records = p.in_window(ev.index.observations.get(vs, ()), ev.window(window), ev.as_of)
         if which == "count":
-            return float(len(records)), tuple(r.resource for r in records)
-        record = p.latest(records) if which == "latest" else p.earliest(records)
-        if record is None:
+            return float(len(records)), tuple(map(_RESOURCE, records))
+        if not records:
             return None, ()
+        # The window is sorted by (date, resource), so the earliest record is the first one.
+        record = _latest(records) if which == "latest" else records[0]
         value = record.value
         if value is not None and record.comparator is not None:
             value = Bound(value, record.comparator)

@@ -54,9 +54,8 @@ conditional references are not resolved. Resources without an id are named "Type
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date
-from functools import lru_cache
 from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
@@ -80,8 +79,10 @@ YDERNUMMER = "urn:oid:1.2.208.176.1.4"
 
 _UCUM = SYSTEMS["ucum"][0]
 _COMPARATORS = frozenset({"<", "<=", ">=", ">"})
+_COMPARATOR_OR_NONE = (None, *_COMPARATORS)  # tuple: `in` compares, so any JSON value is safe
 _EXACT_INT = 2**53  # integers up to this size are exact as floats (and never overflow)
 _OBSERVATION_KEEP = frozenset({"final", "amended", "corrected"})
+_KEPT = tuple(_OBSERVATION_KEEP)  # tuple: `in` compares, so any JSON value is safe
 _OBSERVATION_DROP = frozenset(
     {"entered-in-error", "cancelled", "preliminary", "registered", "unknown"}
 )
@@ -183,6 +184,23 @@ class _Skip(Exception):  # noqa: N818 - control flow, not an error type
     """The resource (or target, component) cannot become a record; ``args[0]`` says why."""
 
 
+class _Memo(dict[Any, Any]):
+    """``compute(key)`` remembered for the hot path: ``memo[key]`` is one dictionary lookup
+    (calling an ``lru_cache`` function costs several times that), and a full memo is emptied.
+    Keys are codes, units and references, which repeat across resources and patients."""
+
+    def __init__(self, compute: Callable[[Any], Any], size: int) -> None:
+        super().__init__()
+        self.compute = compute
+        self.size = size
+
+    def __missing__(self, key: Any) -> Any:
+        if len(self) >= self.size:
+            self.clear()
+        value = self[key] = self.compute(key)
+        return value
+
+
 # --- reading ----------------------------------------------------------------------------------
 
 
@@ -262,8 +280,9 @@ def _show(text: str) -> str:
     return repr(text if len(text) <= 80 else text[:80] + "...")
 
 
-def _parse_date(value: Any) -> date | None:
-    """Date part as written (no time-zone shift); YYYY and YYYY-MM mean the first day."""
+def _date(value: Any, where: str) -> date:
+    """Date part as written (no time-zone shift); YYYY and YYYY-MM mean the first day.
+    The value is never echoed: a misplaced CPR number must not end up in a message."""
     if type(value) is str:
         try:
             if len(value) >= 10 and value[4] == "-" and value[7] == "-":
@@ -274,16 +293,7 @@ def _parse_date(value: Any) -> date | None:
                 return date(int(value), 1, 1)
         except ValueError:
             pass
-    return None
-
-
-def _date(value: Any, where: str) -> date:
-    """:func:`_parse_date`, or a _Skip. The value is never echoed: a misplaced CPR number must
-    not end up in a message."""
-    day = _parse_date(value)
-    if day is None:
-        raise _Skip(f"{where} is not a valid date")
-    return day
+    raise _Skip(f"{where} is not a valid date")
 
 
 def _optional_date(container: dict[str, Any], key: str) -> date | None:
@@ -329,12 +339,14 @@ def _status(
     raise _Skip(f"has no {key}" if status is None else f"{key} is not a string")
 
 
-@lru_cache(maxsize=65536)
-def _canonical_codings(*systems_and_codes: str) -> tuple[Coding, ...]:
-    """Canonical codings of well-formed entries given as system, code, system, code...:
-    the general loop of :func:`_codings` (duplicates collapse), () if none has a code."""
+def _canonical_codings(systems_and_codes: tuple[str, ...]) -> tuple[Coding, ...]:
+    """Canonical codings of well-formed entries given as (system, code, system, code...): the
+    general loop of :func:`_codings` (duplicates collapse), () if none has a code."""
     pairs = zip(systems_and_codes[::2], systems_and_codes[1::2], strict=True)
     return tuple(dict.fromkeys(c for c in (canonical_coding(*pair) for pair in pairs) if c[1]))
+
+
+_CODINGS = _Memo(_canonical_codings, 65536)
 
 
 def _usual_codings(concept: Any) -> tuple[Coding, ...] | None:
@@ -349,7 +361,7 @@ def _usual_codings(concept: Any) -> tuple[Coding, ...] | None:
         if type(entry) is dict:
             system, code = entry.get("system"), entry.get("code")
             if type(system) is str and type(code) is str:
-                return _canonical_codings(system, code)
+                return _CODINGS[system, code]
     elif len(coding) == 2:
         first, second = coding
         if type(first) is dict and type(second) is dict:
@@ -361,7 +373,7 @@ def _usual_codings(concept: Any) -> tuple[Coding, ...] | None:
                 and type(system2) is str
                 and type(code2) is str
             ):
-                return _canonical_codings(system, code, system2, code2)
+                return _CODINGS[system, code, system2, code2]
     return None
 
 
@@ -423,7 +435,6 @@ def _concept_code(resource: dict[str, Any], key: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=4096)
 def _parse_reference(reference: str) -> str | None:
     """``"Type/id"`` of a relative or absolute literal reference (version suffix dropped)."""
     cut = reference.find("/_history/")
@@ -437,8 +448,11 @@ def _parse_reference(reference: str) -> str | None:
     return f"{parts[-2]}/{parts[-1]}"
 
 
+_REFERENCES = _Memo(_parse_reference, 4096)
+
+
 def _resolve(reference: str, full_urls: Mapping[str, str]) -> str | None:
-    return full_urls.get(reference) or _parse_reference(reference)
+    return full_urls.get(reference) or _REFERENCES[reference]
 
 
 def _patient_of(resource: dict[str, Any], full_urls: Mapping[str, str]) -> str:
@@ -484,9 +498,12 @@ def _quantity(quantity: Any, where: str) -> tuple[float | None, str | None, str 
     code, text = quantity.get("code"), quantity.get("unit")
     if (code is not None and type(code) is not str) or (text is not None and type(text) is not str):
         raise _Skip(f"{where} has a unit or code that is not a string")
-    if code and quantity.get("system") in (None, _UCUM):
-        return number, comparator, code
-    return number, comparator, text or code
+    return number, comparator, _unit(code, text, quantity.get("system"))
+
+
+def _unit(code: str | None, text: str | None, system: Any) -> str | None:
+    """A Quantity's unit: the UCUM code wins over the display unit."""
+    return code if code and system in (None, _UCUM) else text or code
 
 
 def _text_value(text: str) -> tuple[float | None, str | None, str | None]:
@@ -560,11 +577,23 @@ def _observation(
     return _new(ObservationRecord, (rid, codings, day, value, comparator, unit, status))
 
 
+def _conversion_or_none(
+    codings_and_unit: tuple[tuple[Coding, ...], str | None],
+) -> tuple[Callable[[float], float] | None, str | None] | None:
+    try:
+        return conversion(*codings_and_unit)
+    except UnitError:
+        return None
+
+
+_CONVERSIONS = _Memo(_conversion_or_none, 8192)  # (codings, unit) -> conversion() or None
+
+
 def _common_value(
     rid: str, codings: tuple[Coding, ...], day: date, status: str, quantity: Any
 ) -> ObservationRecord | None:
-    """The record of a valueQuantity with a finite number and a convertible unit, as
-    :func:`_quantity` and :func:`_observation` read it; None for any other quantity."""
+    """The record of a valueQuantity with a finite number, a comparator or none, and a unit
+    that converts, as :func:`_quantity` and :func:`_observation` read it; None for any other."""
     if type(quantity) is not dict:
         return None
     value = quantity.get("value")
@@ -573,50 +602,62 @@ def _common_value(
     elif type(value) is not float or not math.isfinite(value):
         return None
     comparator = quantity.get("comparator")
-    if comparator is not None and (type(comparator) is not str or comparator not in _COMPARATORS):
-        return None
     code, text = quantity.get("code"), quantity.get("unit")
-    if (code is not None and type(code) is not str) or (text is not None and type(text) is not str):
+    if (
+        comparator not in _COMPARATOR_OR_NONE
+        or (code is not None and type(code) is not str)
+        or (text is not None and type(text) is not str)
+    ):
         return None
-    unit = code if code and quantity.get("system") in (None, _UCUM) else text or code
-    try:
-        convert, unit = conversion(codings, unit)
-    except UnitError:
+    unit = code if code and quantity.get("system") in (None, _UCUM) else text or code  # _unit()
+    found = _CONVERSIONS[codings, unit]
+    if found is None:
         return None
-    if convert is not None:
-        value = convert(value)
-    return _new(ObservationRecord, (rid, codings, day, value, comparator, unit, status))
+    convert, unit = found
+    return _new(
+        ObservationRecord,
+        (rid, codings, day, value if convert is None else convert(value), comparator, unit, status),
+    )
 
 
 def _common_observation(
     resource: dict[str, Any], full_urls: Mapping[str, str]
-) -> ResourceRecords | None:
-    """What an Observation of the usual shape yields; None for any other Observation, which
-    the general path (:func:`_clinical_records`) reads from the start.
+) -> tuple[str, str, tuple[ObservationRecord, ...]] | None:
+    """(resource name, patient id, records) of an Observation of the usual shape; None for
+    any other Observation, which the general path (:func:`_clinical_records`) reads from the
+    start.
 
     Why: Observations are most of a patient's resources and normalise runs on every CDS Hooks
-    call, so this reads them with few calls and no bookkeeping for Issues. The usual shape: an
-    id, a subject that resolves to a Patient, a kept status, one or two well-formed codings, an
+    call; this reads them with few calls, lookups and checks. The usual shape: an id, a subject
+    that resolves to a Patient, a kept status, one or two well-formed codings, an
     effectiveDateTime, and a valueQuantity with a number in a convertible unit, or components
     that each have one (a blood-pressure panel). That is exactly the shape for which the general
-    path yields records and no Issue, so it need not repeat its checks and messages here.
+    path yields records and no Issue, so its order of checks and its messages are not needed.
     """
     ident = resource.get("id")
-    subject = resource.get("subject")
-    reference = subject.get("reference") if type(subject) is dict else None
     status = resource.get("status")
+    subject = resource.get("subject")
+    if type(ident) is not str or not ident or status not in _KEPT or type(subject) is not dict:
+        return None
+    reference = subject.get("reference")
+    if type(reference) is not str:
+        return None
+    patient = full_urls.get(reference) or _REFERENCES[reference]
+    codings = _usual_codings(resource.get("code"))
+    when = resource.get("effectiveDateTime")
     if (
-        type(ident) is not str
-        or not ident
-        or type(reference) is not str
-        or type(status) is not str
-        or status not in _OBSERVATION_KEEP
+        patient is None
+        or not patient.startswith("Patient/")
+        or not codings
+        or type(when) is not str
+        or len(when) < 10
+        or when[4] != "-"
+        or when[7] != "-"
     ):
         return None
-    patient = full_urls.get(reference) or _parse_reference(reference)
-    codings = _usual_codings(resource.get("code"))
-    day = _parse_date(resource.get("effectiveDateTime"))
-    if patient is None or not patient.startswith("Patient/") or not codings or day is None:
+    try:
+        day = date.fromisoformat(when[:10])  # the usual form, as _date reads it
+    except ValueError:
         return None
     rid = f"Observation/{ident}"
     components = resource.get("component")
@@ -643,7 +684,7 @@ def _common_observation(
         if not parts:
             return None
         records = tuple(parts)
-    return _new(ResourceRecords, (rid, patient[8:], records, (), None, (), (), None, None, ()))
+    return rid, patient[8:], records
 
 
 def _observation_records(
@@ -938,11 +979,24 @@ def resource_records(
     in its input, the name of a resource without an id. Never raises for a bad resource.
     See the module docstring for what a caller applies across resources.
     """
+    if type(resource) is dict and resource.get("resourceType") == "Observation":
+        common = _common_observation(resource, full_urls)
+        if common is not None:
+            return _new(ResourceRecords, (*common, (), None, (), (), None, None, ()))
+    return _general_records(resource, full_urls, medications, organizations, index)
+
+
+def _general_records(
+    resource: Any,
+    full_urls: Mapping[str, str],
+    medications: Mapping[str, dict[str, Any]],
+    organizations: Mapping[str, OrganizationRecord],
+    index: int,
+) -> ResourceRecords:
+    """:func:`resource_records` of any resource, read field by field to report what is wrong."""
     if type(resource) is not dict:
         return _orphan(f"resource #{index}", "is not a JSON object")
     rtype = resource.get("resourceType")
-    if rtype == "Observation" and (common := _common_observation(resource, full_urls)):
-        return common
     if type(rtype) is not str:
         return _orphan(f"resource #{index}", "has no resourceType")
     rid = _rid(resource, rtype, index)
@@ -1053,17 +1107,6 @@ class _Patient:
         self.issues: list[Issue] = []
         self.has_statements = False
 
-    def add(self, found: ResourceRecords) -> None:
-        if found.medication_source == "request":
-            self.requests.append(found)
-            return
-        self.has_statements = self.has_statements or found.medication_source == "statement"
-        self.observations += found.observations
-        self.medications += found.medications
-        self.conditions += found.conditions
-        self.goals += found.goals
-        self.issues += found.issues
-
     def resources(self) -> list[str]:
         """Every resource that yielded a record or awaits use (for orphan reporting)."""
         names = [r.resource for r in (*self.observations, *self.medications, *self.conditions)]
@@ -1089,7 +1132,7 @@ def normalise(resources: Iterable[Any], full_urls: Mapping[str, str] | None = No
         full_urls = resources.full_urls if isinstance(resources, ResourceList) else {}
     orphans: list[Issue] = []
     patients: list[tuple[int, dict[str, Any]]] = []
-    clinical: list[tuple[int, dict[str, Any]]] = []
+    clinical: list[tuple[int, str, dict[str, Any]]] = []
     medications: dict[str, dict[str, Any]] = {}
     organizations: dict[str, OrganizationRecord] = {}
     for index, resource in enumerate(resources):
@@ -1097,7 +1140,7 @@ def normalise(resources: Iterable[Any], full_urls: Mapping[str, str] | None = No
         if type(rtype) is not str:
             orphans += resource_records(resource, full_urls, medications, index=index).issues
         elif rtype in _CLINICAL_TYPES:
-            clinical.append((index, resource))
+            clinical.append((index, rtype, resource))
         elif rtype == "Patient":
             patients.append((index, resource))
         elif rtype == "Medication":
@@ -1108,21 +1151,42 @@ def normalise(resources: Iterable[Any], full_urls: Mapping[str, str] | None = No
 
     gathered: dict[str, _Patient] = {}
     seen: set[str] = set()
-    for index, resource in clinical:
-        found = resource_records(resource, full_urls, medications, index=index)
-        pid = found.patient
+    for index, rtype, resource in clinical:
+        # resource_records(), taken apart: most resources are Observations of the usual shape,
+        # whose records need no ResourceRecords around them on the way to their patient.
+        common = _common_observation(resource, full_urls) if rtype == "Observation" else None
+        if common is None:
+            found = _general_records(resource, full_urls, medications, _NO_ORGANIZATIONS, index)
+            rid, pid, observations, meds, source, conditions, goals, _, _, issues = found
+        else:
+            rid, pid, observations = common
+            meds = conditions = goals = issues = ()
+            source = None
         if pid is None:
-            orphans += found.issues
+            orphans += issues
             continue
         acc = gathered.get(pid)
         if acc is None:
             acc = gathered[pid] = _Patient()
-        rid = found.resource
         if rid in seen:
             acc.issues.append(Issue(rid, "appears more than once in the input; the first is used"))
             continue
         seen.add(rid)
-        acc.add(found)
+        if source is not None:  # a MedicationStatement or MedicationRequest
+            if source == "request":
+                acc.requests.append(found)
+                continue
+            acc.has_statements = True
+        if observations:  # each check skips an empty tuple, as most are
+            acc.observations += observations
+        if meds:
+            acc.medications += meds
+        if conditions:
+            acc.conditions += conditions
+        if goals:
+            acc.goals += goals
+        if issues:
+            acc.issues += issues
 
     records: dict[str, PatientRecord] = {}
     for index, resource in patients:

@@ -16,10 +16,13 @@ from hypothesis import strategies as st
 
 from fhir_adapter.normalise import (
     FhirInputError,
+    OrganizationRecord,
     ResourceList,
+    ResourceRecords,
     normalise,
     normalise_patient,
     read_resources,
+    resource_records,
 )
 from fhir_adapter.records import Issue, PatientRecord
 
@@ -967,3 +970,82 @@ def test_synthea_patient(path: Path) -> None:
     units = {o.codings: o.unit for o in record.observations if o.value is not None}
     assert units.get((("loinc", "4548-4"),), "mmol/mol") == "mmol/mol"
     assert units.get((("loinc", "33914-3"),), "mL/min/1.73m2") == "mL/min/1.73m2"
+
+
+# --- one resource at a time (bulk ingest) -----------------------------------------------------
+
+
+def test_resource_records_of_an_observation_and_an_orphan() -> None:
+    (record,) = normalise_patient([patient(), observation()]).observations
+    found = resource_records(observation(), {}, {})
+    assert found == ResourceRecords("Observation/o1", "p1", observations=(record,))
+    orphan = resource_records(observation(subject=None), {}, {})
+    assert orphan == ResourceRecords(
+        "Observation/o1", None, issues=(Issue("Observation/o1", "has no subject"),)
+    )
+    assert resource_records("junk", {}, {}, index=3).issues == (
+        Issue("resource #3", "is not a JSON object"),
+    )
+
+
+def test_resource_records_marks_requests_and_every_statement() -> None:
+    request = resource_records(medication("MedicationRequest", "r1"), {}, {})
+    assert (request.medication_source, [m.resource for m in request.medications]) == (
+        "request",
+        ["MedicationRequest/r1"],
+    )
+    # A statement dropped by its status yields no record, yet the patient has statements.
+    dropped = resource_records(
+        medication("MedicationStatement", "s1", status="entered-in-error"), {}, {}
+    )
+    assert (dropped.patient, dropped.medication_source, dropped.medications) == (
+        "p1",
+        "statement",
+        (),
+    )
+
+
+def test_resource_records_of_organizations_and_patients() -> None:
+    practice = {
+        "resourceType": "Organization",
+        "id": "prac",
+        "identifier": [{"system": "urn:oid:1.2.208.176.1.4", "value": "012345"}],
+        "partOf": {"reference": "https://fhir.example.dk/Organization/cluster/_history/3"},
+    }
+    organization = resource_records(practice, {}, {}).organization
+    assert organization == OrganizationRecord("Organization/prac", "012345", "Organization/cluster")
+    listed = patient(generalPractitioner=[{"reference": "Organization/prac"}])
+    found = resource_records(listed, {}, {}, {"Organization/prac": organization})
+    assert (found.patient, found.patient_record, found.issues) == (
+        "p1",
+        PatientRecord("p1", None, None, "012345"),
+        (),
+    )
+    # Without the Organization the practice is the reference, as in normalise.
+    assert resource_records(listed, {}, {}).patient_record.practice == "Organization/prac"
+
+
+def test_normalise_is_resource_records_assembled(danish: PatientRecord) -> None:
+    resources = load("dk_patient_bundle.json")
+    found = [resource_records(r, resources.full_urls, {}, index=i) for i, r in enumerate(resources)]
+    observations = sorted(
+        (o for f in found for o in f.observations), key=lambda o: (o.date, o.resource, o.codings)
+    )
+    assert tuple(observations) == danish.observations
+    assert {f.resource for f in found if f.medication_source == "request"} <= {
+        m.resource for f in found for m in f.medications
+    }
+
+
+def test_the_usual_observation_and_the_general_path_agree() -> None:
+    """A panel with a value of its own beside its components is read by the general path."""
+    bp = {"coding": [{"system": LOINC, "code": "8480-6"}]}
+    component = {"code": bp, "valueQuantity": {"value": 140, "unit": "mmHg"}}
+    panel = observation("bp", valueQuantity=None, component=[component])
+    odd = {**panel, "id": "odd", "valueCodeableConcept": {"text": "x"}}
+    record = one(panel, odd)
+    assert [(o.resource, o.value) for o in record.observations] == [
+        ("Observation/bp", 140.0),
+        ("Observation/odd", 140.0),
+        ("Observation/odd", None),  # the panel's own (coded) value, HbA1c-coded here
+    ]
