@@ -62,8 +62,9 @@ if __package__ in (None, ""):  # run as ``python benchmarks/bench_cds_hooks.py``
 import httpx  # noqa: E402
 import orjson  # noqa: E402
 
-from benchmarks.bench_patient import machine  # noqa: E402
+from benchmarks import machine as host  # noqa: E402
 from benchmarks.load_generator import PLACEHOLDER  # noqa: E402
+from benchmarks.machine import code_version, machine  # noqa: E402
 from service.cds_hooks.discovery import PATIENT_TOKEN  # noqa: E402
 from synth.patients import generate_patient  # noqa: E402
 
@@ -866,48 +867,17 @@ def _profile_line(row: ProfileRow) -> str:
     )
 
 
-def code_version() -> str:
-    """The commit measured, and whether the working tree differed from it (then the numbers
-    belong to uncommitted code)."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return "unknown (not a git checkout)"
-    dirty = git("status", "--porcelain")
-    return f"commit {commit}" + (" with uncommitted changes" if dirty else "")
-
-
 def write_section(path: Path, section: str) -> None:
     """Replace this benchmark's section between its markers; keep the rest of the file."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    host.write_section(path, section, BEGIN, END)
 
 
 def _command(argv: Sequence[str]) -> str:
-    python = Path(sys.executable)
-    try:
-        shown = str(python.relative_to(ROOT))
-    except ValueError:
-        shown = python.name
-    return " ".join([shown, "-m", "benchmarks.bench_cds_hooks", *argv])
+    return host.command("benchmarks.bench_cds_hooks", argv)
 
 
 def _relative(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
+    return host.relative(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

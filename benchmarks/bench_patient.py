@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import os
-import platform
 import random
 import sys
 from collections.abc import Sequence
@@ -35,6 +33,7 @@ if __package__ in (None, ""):  # run as ``python benchmarks/bench_patient.py``
 
 import orjson  # noqa: E402
 
+from benchmarks import machine as host  # noqa: E402
 from engine.outcomes import GuidelineOutcome  # noqa: E402
 from engine.patient import PatientEngine  # noqa: E402
 from fhir_adapter.normalise import normalise_patient, read_resources  # noqa: E402
@@ -164,23 +163,6 @@ def summary(samples: Sequence[int]) -> tuple[float, float, float]:
     return median / 1e6, p95 / 1e6, ordered[0] / 1e6
 
 
-def machine() -> str:
-    """nproc, CPU model, Python version and load: enough to compare runs and judge noise."""
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = (
-        f", load average {os.getloadavg()[0]:.2f} at the start" if hasattr(os, "getloadavg") else ""
-    )
-    return f"{cores} cores (nproc), {model}, Python {platform.python_version()}{load}"
-
-
 def render(
     results: Sequence[SizeResult],
     guidelines: Guidelines,
@@ -203,7 +185,7 @@ def render(
         "This section is written by `benchmarks/bench_patient.py`; change the script, not the text.",
         "",
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"- Machine: {machine_info or machine()}",
+        f"- Machine: {machine_info or host.machine()}",
         f"- Guidelines: {len(gset.guidelines)} loaded from `{_relative(guidelines.path)}`, "
         f"{in_force} in force on {AS_OF.isoformat()}, {len(gset.valuesets)} value sets",
     ]
@@ -243,31 +225,15 @@ def _verdict(results: Sequence[SizeResult]) -> str:
 
 def write_section(path: Path, section: str) -> None:
     """Replace this benchmark's section between its markers; keep the rest of the file."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    host.write_section(path, section, BEGIN, END)
 
 
 def _relative(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
+    return host.relative(path)
 
 
 def _command(argv: Sequence[str]) -> str:
-    python = Path(sys.executable)
-    try:
-        shown = str(python.relative_to(ROOT))
-    except ValueError:
-        shown = python.name
-    return " ".join([shown, "-m", "benchmarks.bench_patient", *argv])
+    return host.command("benchmarks.bench_patient", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -284,14 +250,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if guidelines.note:
         print(f"note: {guidelines.note}", file=sys.stderr)
     engine = PatientEngine(guidelines.gset)
-    machine_info = machine()
+    machine_text = host.machine()
     results = []
     for size in SIZES:
         result = run_size(size, engine, seconds)
         median = summary(result.samples["total"])[0]
         print(f"{size:>6} resources: {result.repetitions} reps, total median {median:.3f} ms")
         results.append(result)
-    section = render(results, guidelines, _command(argv), seconds, machine_info)
+    section = render(results, guidelines, _command(argv), seconds, machine_text)
     print(section)
     if args.quick or args.no_write:
         print(f"({_relative(args.docs)} not updated)")

@@ -190,12 +190,22 @@ class PatientEngine:
         self.guidelines = guidelines
         self.compiled = tuple(CompiledRules(g) for g in guidelines.guidelines)
 
-    def evaluate(self, patient: PatientRecord, as_of: dt.date) -> list[GuidelineOutcome]:
-        """All guidelines in force; one target per measure across them (highest precedence)."""
+    def evaluate(
+        self,
+        patient: PatientRecord,
+        as_of: dt.date,
+        in_force: Sequence[t.CompiledGuideline] | None = None,
+    ) -> list[GuidelineOutcome]:
+        """All guidelines in force; one target per measure across them (highest precedence).
+
+        ``in_force``: the versions to evaluate (of this engine's set), when the caller decides by
+        the instant rather than the date (the service); default: those in force on ``as_of``.
+        """
         index = PatientIndex(patient, self.guidelines.index)
+        wanted = None if in_force is None else {id(g) for g in in_force}
         started = []
         for rules in self.compiled:
-            if rules.guideline.in_force(as_of):
+            if rules.guideline.in_force(as_of) if wanted is None else id(rules.guideline) in wanted:
                 ev = Evaluation(rules, index, as_of)
                 started.append((rules, ev, rules.register(ev) is True))
         _share_targets([(rules, ev) for rules, ev, in_register in started if in_register])

@@ -53,7 +53,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, NoReturn, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 import orjson
@@ -61,10 +61,10 @@ import orjson
 from fhir_adapter.rest import (
     FhirError,
     FhirNotFound,
-    FhirRejected,
     FhirTimeout,
     FhirUnauthorized,
     FhirUnavailable,
+    StatusErrors,
     _diagnostics,
     _origin,
     _transport_reason,
@@ -456,7 +456,8 @@ class BulkExportClient:
                 log.info("Bulk export: %s got HTTP %d; retrying", what, status)
                 self._pause(delay, deadline, what, status_url=None)
                 continue
-            _raise_for_status(status, body, what, not_found=level == "group")
+            errors = _GROUP_ERRORS if level == "group" else _REQUEST_ERRORS
+            raise errors.error(status, what, _diagnostics(body, ""))
         location = response_headers.get("Content-Location")
         if not location:
             raise FhirUnavailable(
@@ -519,7 +520,8 @@ class BulkExportClient:
                 log.info("Bulk export: status request got HTTP %d; retrying", status)
                 delay = self._retry_after(headers) or interval
             else:
-                _raise_status_failure(status, body, status_url)
+                diagnostics = _diagnostics(body, "")
+                raise _STATUS_ERRORS.error(status, what, diagnostics, status_url=status_url)
             if poll < self._max_polls:
                 self._pause(delay, deadline, "export", status_url=status_url)
         raise ExportTimeout(
@@ -607,7 +609,7 @@ class BulkExportClient:
         if status in (404, 410):
             log.info("Bulk export: the job was already gone on the server")
             return
-        _raise_for_status(status, body, what, not_found=False)
+        raise _REQUEST_ERRORS.error(status, what, _diagnostics(body, ""))
 
     # --- one file -----------------------------------------------------------------------------
 
@@ -688,7 +690,8 @@ class BulkExportClient:
                     part.unlink()
                     raise _Interrupted("range not satisfiable; starting over")
                 else:
-                    _raise_download_failure(status, _read_capped(response, _ERROR_BODY_BYTES), what)
+                    body = _read_capped(response, _ERROR_BODY_BYTES)
+                    raise _DOWNLOAD_ERRORS.error(status, what, _diagnostics(body, ""))
                 self._write_body(response, part, mode, what, deadline)
         except _TransportFailure as exc:
             raise _Interrupted(str(exc)) from None
@@ -1013,88 +1016,35 @@ def _is_transient(status: int, body: bytes) -> bool:
     return status >= 400 and bool(_issue_codes(body) & _TRANSIENT_CODES)
 
 
-def _raise_for_status(status: int, body: bytes, what: str, *, not_found: bool) -> NoReturn:
-    diagnostics = _diagnostics(body, "")
-    if status in (401, 403):
-        raise FhirUnauthorized(
-            f"The FHIR server refused the access for the {what} (HTTP {status}).",
-            status=status,
-            diagnostics=diagnostics,
-        )
-    if not_found and status in (404, 410):
-        raise FhirNotFound(
-            f"The FHIR server has no such Group for the {what} (HTTP {status}).",
-            status=status,
-            diagnostics=diagnostics,
-        )
-    if 300 <= status < 400:
-        raise FhirUnavailable(
-            f"The FHIR server redirected the {what} (HTTP {status}); redirects are not followed.",
-            status=status,
-        )
-    if 400 <= status < 500 and status not in (408, 429):
-        raise FhirRejected(
-            f"The FHIR server rejected the {what} (HTTP {status}).",
-            status=status,
-            diagnostics=diagnostics,
-        )
-    raise FhirUnavailable(
-        f"The FHIR server failed the {what} (HTTP {status}).",
-        status=status,
-        diagnostics=diagnostics,
-    )
-
-
-def _raise_status_failure(status: int, body: bytes, status_url: str) -> NoReturn:
-    diagnostics = _diagnostics(body, "")
-    if status in (401, 403):
-        raise FhirUnauthorized(
-            f"The FHIR server refused the access for the export status request (HTTP {status}).",
-            status=status,
-            diagnostics=diagnostics,
-        )
-    if status in (404, 410):
-        raise ExportNotFound(
-            f"The FHIR server does not know the export job (HTTP {status}): expired, deleted "
-            "or lost in a restart.",
-            status=status,
-            diagnostics=diagnostics,
-            status_url=status_url,
-        )
-    if 300 <= status < 400:
-        raise FhirUnavailable(
-            f"The FHIR server redirected the export status request (HTTP {status}); redirects "
-            "are not followed.",
-            status=status,
-        )
-    raise ExportFailed(
-        f"The FHIR server reports that the export failed (HTTP {status}).",
-        status=status,
-        diagnostics=diagnostics,
-        status_url=status_url,
-    )
-
-
-def _raise_download_failure(status: int, body: bytes, what: str) -> NoReturn:
-    diagnostics = _diagnostics(body, "")
-    if status in (401, 403):
-        raise FhirUnauthorized(
-            f"The FHIR server refused the access for the {what} (HTTP {status}).",
-            status=status,
-            diagnostics=diagnostics,
-        )
-    if status in (404, 410):
-        raise DownloadFailed(
-            f"The FHIR server no longer has the file for the {what} (HTTP {status}): the job "
-            "expired or was deleted. Start a new export in a new directory.",
-            status=status,
-            diagnostics=diagnostics,
-        )
-    raise DownloadFailed(
-        f"The FHIR server failed the {what} (HTTP {status}).",
-        status=status,
-        diagnostics=diagnostics,
-    )
+# HTTP error statuses -> FhirErrors, per kind of request (see StatusErrors for the order).
+_REQUEST_ERRORS = StatusErrors(
+    refused="The FHIR server refused the access for the {what} (HTTP {status})."
+)
+_GROUP_ERRORS = replace(
+    _REQUEST_ERRORS,
+    gone=(FhirNotFound, "The FHIR server has no such Group for the {what} (HTTP {status})."),
+)
+_JOB_GONE = (
+    "The FHIR server does not know the export job (HTTP {status}): expired, deleted or lost in a "
+    "restart."
+)
+_STATUS_ERRORS = replace(
+    _REQUEST_ERRORS,
+    gone=(ExportNotFound, _JOB_GONE),
+    rejects=False,
+    failed=(ExportFailed, "The FHIR server reports that the export failed (HTTP {status})."),
+)
+_FILE_GONE = (
+    "The FHIR server no longer has the file for the {what} (HTTP {status}): the job expired or "
+    "was deleted. Start a new export in a new directory."
+)
+_DOWNLOAD_ERRORS = replace(
+    _REQUEST_ERRORS,
+    gone=(DownloadFailed, _FILE_GONE),
+    redirects=False,
+    rejects=False,
+    failed=(DownloadFailed, "The FHIR server failed the {what} (HTTP {status})."),
+)
 
 
 def _printable(value: str | None, limit: int = 100) -> str:

@@ -30,6 +30,7 @@ import asyncio
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
@@ -94,6 +95,52 @@ class FhirUnavailable(FhirError):  # noqa: N818 (reads as the outcome)
 
 class FhirTimeout(FhirError):  # noqa: N818 (reads as the outcome)
     """The time budget ran out before the data were complete."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusErrors:
+    """How one kind of request turns an HTTP error status into a :class:`FhirError`.
+
+    The first rule that applies: 401/403 :class:`FhirUnauthorized` (``refused``); 404/410
+    ``gone``, if given; 3xx :class:`FhirUnavailable` if ``redirects`` (they are never
+    followed); another 4xx than 408/429 :class:`FhirRejected` if ``rejects``; else ``failed``.
+    Messages are templates with ``{what}`` and ``{status}``; ``extra`` keyword arguments go to
+    the ``gone`` and ``failed`` exceptions (a bulk job's ``status_url``).
+    """
+
+    refused: str = "The FHIR server refused the access token for the {what} (HTTP {status})."
+    gone: tuple[type[FhirError], str] | None = None
+    redirects: bool = True
+    rejects: bool = True
+    failed: tuple[type[FhirError], str] = (
+        FhirUnavailable,
+        "The FHIR server failed the {what} (HTTP {status}).",
+    )
+
+    def error(self, status: int, what: str, diagnostics: str | None, **extra: Any) -> FhirError:
+        def make(kind: type[FhirError], template: str, **arguments: Any) -> FhirError:
+            return kind(template.format(what=what, status=status), status=status, **arguments)
+
+        if status in (401, 403):
+            return make(FhirUnauthorized, self.refused, diagnostics=diagnostics)
+        if self.gone is not None and status in (404, 410):
+            return make(*self.gone, diagnostics=diagnostics, **extra)
+        if self.redirects and 300 <= status < 400:
+            return make(FhirUnavailable, _REDIRECTED)
+        if self.rejects and 400 <= status < 500 and status not in (408, 429):
+            return make(
+                FhirRejected,
+                "The FHIR server rejected the {what} (HTTP {status}).",
+                diagnostics=diagnostics,
+            )
+        return make(*self.failed, diagnostics=diagnostics, **extra)
+
+
+_REDIRECTED = "The FHIR server redirected the {what} (HTTP {status}); redirects are not followed."
+_SEARCH_ERRORS = StatusErrors()
+_READ_ERRORS = StatusErrors(
+    gone=(FhirNotFound, "The FHIR server has no such resource for the {what} (HTTP {status}).")
+)
 
 
 class FhirRestClient:
@@ -293,34 +340,7 @@ def _raise_for_status(
     status: int, body: bytes, headers: dict[str, str], what: str, kind: Kind
 ) -> None:
     diagnostics = _diagnostics(body, headers.get("Authorization", "").removeprefix("Bearer "))
-    if status in (401, 403):
-        raise FhirUnauthorized(
-            f"The FHIR server refused the access token for the {what} (HTTP {status}).",
-            status=status,
-            diagnostics=diagnostics,
-        )
-    if kind == "read" and status in (404, 410):
-        raise FhirNotFound(
-            f"The FHIR server has no such resource for the {what} (HTTP {status}).",
-            status=status,
-            diagnostics=diagnostics,
-        )
-    if 300 <= status < 400:
-        raise FhirUnavailable(
-            f"The FHIR server redirected the {what} (HTTP {status}); redirects are not followed.",
-            status=status,
-        )
-    if 400 <= status < 500 and status not in (408, 429):
-        raise FhirRejected(
-            f"The FHIR server rejected the {what} (HTTP {status}).",
-            status=status,
-            diagnostics=diagnostics,
-        )
-    raise FhirUnavailable(
-        f"The FHIR server failed the {what} (HTTP {status}).",
-        status=status,
-        diagnostics=diagnostics,
-    )
+    raise (_READ_ERRORS if kind == "read" else _SEARCH_ERRORS).error(status, what, diagnostics)
 
 
 def _diagnostics(body: bytes, token: str) -> str | None:

@@ -21,6 +21,7 @@ from fhir_adapter.units import canonical_unit
 from rules import schema as s
 from rules import tree as t
 from rules import types as ty
+from rules.effective import instant
 from rules.errors import RuleError
 from rules.expressions import ExpressionError, names_in, parse, parse_condition, references
 from rules.rendering import width
@@ -213,6 +214,8 @@ class _GuidelineCompiler:
             indicators=indicators,
             file=self.problems.document.file,
             content_hash=digest,
+            starts=instant(m.effective.from_),
+            ends=None if m.effective.until is None else instant(m.effective.until),
         )
 
     # -- facts ----------------------------------------------------------------------------------

@@ -32,8 +32,19 @@ class GuidelineSet:
         return tuple(f.guideline for f in self.files)
 
     def in_force(self, on: dt.date) -> tuple[CompiledGuideline, ...]:
-        """The guideline versions that apply on a date."""
+        """The guideline versions that apply on a date (at its start in Denmark)."""
         return tuple(g for g in self.guidelines if g.in_force(on))
+
+    def in_force_at(self, moment: dt.datetime) -> tuple[CompiledGuideline, ...]:
+        """The guideline versions that apply at an (aware) instant."""
+        return tuple(g for g in self.guidelines if g.in_force_at(moment))
+
+    @property
+    def switches(self) -> tuple[dt.datetime, ...]:
+        """Every instant at which the versions in force change, sorted (for caches)."""
+        moments = {g.starts for g in self.guidelines if g.status == "active"}
+        moments |= {g.ends for g in self.guidelines if g.status == "active" and g.ends}
+        return tuple(sorted(moments))
 
 
 def load_guidelines(directory: Path) -> GuidelineSet:
@@ -94,24 +105,24 @@ def _display(path: Path, directory: Path) -> str:
 
 
 def _overlapping_versions(files: list[GuidelineFile]) -> list[RuleError]:
-    """Two active versions of one guideline must never be in force on the same day."""
+    """Two active versions of one guideline must never be in force at the same moment."""
     errors = []
     active = sorted(
         (f for f in files if f.guideline.status == "active"),
-        key=lambda f: (f.guideline.id, f.guideline.effective_from),
+        key=lambda f: (f.guideline.id, f.guideline.starts),
     )
     for earlier_file, later_file in pairwise(active):
         earlier, later = earlier_file.guideline, later_file.guideline
         if earlier.id != later.id:
             continue
-        if earlier.effective_until is None or earlier.effective_until > later.effective_from:
+        if earlier.ends is None or earlier.ends > later.starts:
             errors.append(
                 RuleError(
                     later.file,
                     later_file.document.position(("effective",)),
                     f"versions {earlier.version} ({earlier.file}) and {later.version} of {later.id} "
-                    f"are both in force from {later.effective_from}; give {earlier.version} an "
-                    f"effective.until of {later.effective_from} or earlier",
+                    f"are both in force from {later.effective_from.isoformat()}; give {earlier.version} an "
+                    f"effective.until of {later.effective_from.isoformat()} or earlier",
                 )
             )
     return errors

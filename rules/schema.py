@@ -11,9 +11,18 @@ import re
 from difflib import get_close_matches
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from fhir_adapter.codes import SYSTEMS
+from rules.effective import instant
 
 DURATION_PATTERN = r"^\s*\d+\s+(day|days|week|weeks|month|months|year|years)\s*$"
 Duration = Annotated[
@@ -47,15 +56,46 @@ class Source(Strict):
     note: str | None = Field(default=None, description="What the rule takes from this source.")
 
 
+def _effective_value(value: Any) -> Any:
+    """A date, or a date-time with an explicit UTC offset; a naive date-time is ambiguous."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = (
+                dt.date.fromisoformat(text) if len(text) == 10 else dt.datetime.fromisoformat(text)
+            )
+        except ValueError:
+            raise ValueError(
+                f"'{text}' is neither a date (2026-09-01) nor a date-time with a UTC offset "
+                "(2026-09-01T06:00:00+02:00)"
+            ) from None
+    if isinstance(value, dt.datetime) and (value.tzinfo is None or value.utcoffset() is None):
+        raise ValueError(
+            f"the date-time {value.isoformat()} needs an explicit UTC offset, e.g. "
+            f"{value.isoformat()}+02:00 (Danish summer time) or {value.isoformat()}Z (UTC)"
+        )
+    return value
+
+
+EffectiveValue = Annotated[
+    dt.datetime | dt.date,
+    BeforeValidator(_effective_value),
+    Field(
+        description="A date (from the start of that day in Denmark) or a date-time with a UTC "
+        "offset (2026-09-01T06:00:00+02:00)."
+    ),
+]
+
+
 class Effective(Strict):
     """The period in which this version of the guideline is in force (until is exclusive)."""
 
-    from_: dt.date = Field(alias="from")
-    until: dt.date | None = None
+    from_: EffectiveValue = Field(alias="from")
+    until: EffectiveValue | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Effective:
-        if self.until is not None and self.until <= self.from_:
+        if self.until is not None and instant(self.until) <= instant(self.from_):
             raise ValueError("effective.until must be after effective.from")
         return self
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from rules.effective import day_start
 from rules.types import Type
 
 # -- expressions ------------------------------------------------------------------------------
@@ -266,7 +267,7 @@ class CompiledGuideline:
     publisher: str
     description: Text
     sources: tuple[SourceRef, ...]
-    effective_from: dt.date
+    effective_from: dt.date  # as written: a date, or an aware datetime (a subclass of date)
     effective_until: dt.date | None
     register_description: Text
     register: Expr
@@ -276,9 +277,15 @@ class CompiledGuideline:
     indicators: tuple[IndicatorDef, ...]
     file: str
     content_hash: str
+    starts: dt.datetime  # effective_from as an aware UTC instant (a date: 00:00 in Denmark)
+    ends: dt.datetime | None  # effective_until likewise; exclusive
+
+    def in_force_at(self, moment: dt.datetime) -> bool:
+        """Whether this version applies at an (aware) instant: active, within its period."""
+        if self.status != "active" or moment < self.starts:
+            return False
+        return self.ends is None or moment < self.ends
 
     def in_force(self, on: dt.date) -> bool:
-        """Whether this version applies on a date (status active, within its effective period)."""
-        if self.status != "active" or on < self.effective_from:
-            return False
-        return self.effective_until is None or on < self.effective_until
+        """Whether this version applies on a date: at the start of that day in Denmark."""
+        return self.in_force_at(day_start(on))

@@ -7,6 +7,8 @@ bash scripts/setup.sh
 .venv/bin/ruff format --check .
 .venv/bin/vejviser guidelines check guidelines/
 .venv/bin/vejviser guidelines docs --check
+# Tests on ../shared/data (Synthea) fail instead of skipping when it is missing.
+export VEJVISER_REQUIRE_SHARED_DATA="${VEJVISER_REQUIRE_SHARED_DATA:-1}"
 status=0
 # The whole suite: the slow-marked suites too (plain `pytest` skips them for a fast loop).
 .venv/bin/pytest -m "slow or not slow" "$@" || status=$?

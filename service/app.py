@@ -10,7 +10,6 @@ import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Annotated, Any
 
@@ -23,11 +22,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.patient import PatientEngine
 from fhir_adapter.normalise import normalise
 from fhir_adapter.records import PatientRecord
 from fhir_adapter.rest import FhirRestClient
-from rules.guideline_set import GuidelineSet, load_guidelines
+from rules.effective import danish_date
 from service.auth import build_authenticator, client_auth
 from service.cds_hooks.cards import build_cards
 from service.cds_hooks.discovery import SERVICES_BY_ID, discovery, prefetch_templates
@@ -35,17 +33,10 @@ from service.cds_hooks.errors import CdsError, outcome_response
 from service.cds_hooks.models import CdsRequest
 from service.cds_hooks.prefetch import gather
 from service.feedback import FeedbackRequest, FeedbackStore, IssuedCard
+from service.guideline_source import GuidelinePublisher, source_from_settings
 from service.settings import Settings
 
 log = logging.getLogger("vejviser.service")
-
-
-@dataclass(slots=True)
-class Registry:
-    """The guideline set in service and the engine compiled from it."""
-
-    guidelines: GuidelineSet
-    engine: PatientEngine
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -61,8 +52,10 @@ def language_of(request: Request) -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    guidelines = load_guidelines(settings.guidelines)
-    registry = Registry(guidelines, PatientEngine(guidelines))
+    # Raises RuleFileError when the first load fails: a service with no guidelines is no service.
+    publisher = GuidelinePublisher(
+        source_from_settings(settings), poll_seconds=settings.guidelines_poll_seconds
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,7 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.authenticator = build_authenticator(settings.auth, http)
             app.state.feedback = FeedbackStore(settings.feedback_database)
             try:
-                yield
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(publisher.watch)
+                    try:
+                        yield
+                    finally:
+                        tasks.cancel_scope.cancel()
             finally:
                 app.state.feedback.close()
 
@@ -86,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         description="CDS Hooks 2.0 services evaluating Vejviser's guideline rule files.",
     )
-    app.state.registry = registry
+    app.state.publisher = publisher
     app.state.settings = settings
     if settings.cors_origins:
         app.add_middleware(
@@ -185,8 +183,15 @@ def _openapi_with_components(app: FastAPI) -> None:
 def _add_routes(app: FastAPI) -> None:
     @app.get("/cds-services", summary="CDS Hooks discovery")
     async def services(request: Request, client: Client) -> Response:
-        registry: Registry = request.app.state.registry
-        return json_response(discovery(registry.guidelines, dt.date.today()))
+        snapshot, now = request.app.state.publisher.current()
+        settings: Settings = request.app.state.settings
+        body = discovery(
+            snapshot.guidelines,
+            danish_date(now),
+            snapshot.in_force_at(now),
+            settings.max_prefetch_url_length,
+        )
+        return json_response(body)
 
     @app.post(
         "/cds-services/{service_id}",
@@ -204,16 +209,20 @@ def _add_routes(app: FastAPI) -> None:
                 "invalid",
                 f"service '{service_id}' answers '{service.hook}', not '{cds_request.hook}'",
             )
-        registry: Registry = request.app.state.registry
+        # One snapshot for the whole request: a swap while it runs does not touch it.
+        snapshot, now = request.app.state.publisher.current()
+        in_force = snapshot.in_force_at(now)
         settings: Settings = request.app.state.settings
-        today = dt.date.today()
-        templates = prefetch_templates(registry.guidelines, today, settings.max_prefetch_url_length)
+        today = danish_date(now)
+        templates = prefetch_templates(
+            snapshot.guidelines, today, settings.max_prefetch_url_length, in_force
+        )
         resources = await gather(
             cds_request, templates, request.app.state.fhir, settings.fhir_budget_seconds
         )
         patient, drafts = _patient(cds_request, resources)
-        outcomes = registry.engine.evaluate(patient, today)
-        pairs = build_cards(registry.guidelines, outcomes, patient.id, language_of(request))
+        outcomes = snapshot.engine.evaluate(patient, today, in_force)
+        pairs = build_cards(snapshot.guidelines, outcomes, patient.id, language_of(request))
         if drafts:
             pairs = [(card, issued) for card, issued in pairs if drafts & set(issued.evidence)]
         issued = [
@@ -253,9 +262,13 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.get("/ready", summary="Readiness: a guideline set is loaded")
     async def ready(request: Request) -> Response:
-        registry: Registry = request.app.state.registry
-        count = len(registry.guidelines.in_force(dt.date.today()))
+        snapshot, now = request.app.state.publisher.current()
+        count = len(snapshot.in_force_at(now))
         return json_response({"status": "ready", "guidelines_in_force": count})
+
+    @app.get("/guidelines", summary="The guideline versions in service and the last changes")
+    async def guidelines_status(request: Request, client: Client) -> Response:
+        return json_response(request.app.state.publisher.status())
 
 
 def _patient(request: CdsRequest, resources: list[Any]) -> tuple[PatientRecord, set[str]]:

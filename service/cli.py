@@ -11,7 +11,7 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -158,6 +158,75 @@ def export_schema(
         out.write_text(text + "\n", encoding="utf-8")
 
 
+@guidelines_app.command("status")
+def guidelines_status(
+    url: Annotated[str, typer.Option(help="Base URL of a running Vejviser service.")],
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="VEJVISER_TOKEN", help="Bearer token (JWT) for the service."),
+    ] = None,
+    output: Annotated[Format, typer.Option("--format", help="text or json.")] = Format.text,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 10.0,
+) -> None:
+    """What a running service has published: versions active, dormant and retired, the last
+    load, and the errors of a rejected change (exit 1 when a change was rejected)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    endpoint = url.rstrip("/") + "/guidelines"
+    try:
+        response = httpx.get(endpoint, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach {endpoint}: {exc.__class__.__name__}: {exc}") from None
+    if response.status_code == 401:
+        raise fail(f"{endpoint} refused the call (401): give a valid --token")
+    if response.status_code != 200:
+        raise fail(f"{endpoint} answered {response.status_code}: {response.text[:200]}")
+    status = response.json()
+    if output is Format.json:
+        typer.echo(json.dumps(status, indent=2, ensure_ascii=False))
+    else:
+        typer.echo(status_text(status), nl=False)
+    if status.get("rejected") or status.get("source_error"):
+        raise typer.Exit(1)
+
+
+def status_text(status: dict[str, Any]) -> str:
+    """``GET /guidelines`` as a readable table."""
+    source = status["source"]
+    where = source.get("path") if source.get("kind") == "directory" else source.get("url")
+    if source.get("kind") == "git":
+        where = f"{where} branch {source.get('branch')} commit {source.get('commit')}"
+    lines = [
+        f"source       {source.get('kind')} {where}",
+        f"fingerprint  {status['fingerprint']}",
+        f"loaded       {status['loaded_at']} (last check {status['last_checked_at']}, "
+        f"every {status['poll_seconds']} s)",
+        f"in force     {status['in_force']} version(s) on {status['as_of']}"
+        + (f"; next switch {status['next_switch_at']}" if status.get("next_switch_at") else ""),
+        "",
+        f"{'id':<28} {'version':<8} {'status':<8} {'from':<25} {'until':<25} {'hash':<12}  file",
+    ]
+    for v in status["versions"]:
+        lines.append(
+            f"{v['id']:<28} {v['version']:<8} {v['status']:<8} {v['effective_from']:<25} "
+            f"{v['effective_until'] or '':<25} {v['content_hash'][:12]:<12}  {v['file']}"
+        )
+    rejected = status.get("rejected")
+    if rejected:
+        errors = rejected["errors"]
+        lines += [
+            "",
+            f"REJECTED at {rejected['at']}: {len(errors)} error(s); the versions above stay "
+            "in service",
+        ]
+        lines += [f"  {e}" for e in errors]
+    problem = status.get("source_error")
+    if problem:
+        lines += ["", f"SOURCE UNAVAILABLE since {problem['at']}: {problem['error']}"]
+    return "\n".join(lines) + "\n"
+
+
 @app.command()
 def evaluate(
     bundle: Annotated[Path, typer.Argument(help="FHIR R4 Bundle, resource list or NDJSON file.")],
@@ -226,23 +295,56 @@ def synth(
 @app.command()
 def ingest(
     source: Annotated[
-        str, typer.Argument(help="An NDJSON file, a directory of them, or a FHIR server base URL.")
+        str,
+        typer.Argument(
+            help="An NDJSON file or a directory of them, a FHIR Bundle (.json, .json.gz) or a "
+            "directory of them, or a FHIR server base URL."
+        ),
     ],
-    store: Annotated[Path, typer.Option(help="Facts store directory (Parquet) to write.")],
+    store: Annotated[
+        Path, typer.Option(help="Facts store directory (Parquet): created, or updated in place.")
+    ],
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Processes that parse (default: the cores).")
+    ] = None,
+    chunk_mb: Annotated[
+        int, typer.Option(min=1, help="MB of NDJSON per unit of work (memory per worker).")
+    ] = 8,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Normalise FHIR NDJSON into a facts store; bad lines are quarantined, never dropped.
 
+    Streams in bounded memory on every core. An existing store is updated: resources replace
+    those with the same type and id, the rest stay (a re-export never duplicates). See
+    docs/ingest.md.
+
     Given a FHIR server's base URL, a system-level Bulk Data export is made first (resumable;
-    the files are kept in STORE/export).
+    the files are kept in STORE/export). Bundle files (Synthea: one per patient) are written
+    out as NDJSON in STORE/bundles first, references between entries resolved.
     """
     from engine.population.ingest import ingest as run_ingest
+    from fhir_adapter.bundles import is_bundle_source, write_ndjson
 
     path = Path(source)
     if source.startswith(("http://", "https://")):
         path = _export(source, store / "export")
     elif not path.exists():
         raise fail(f"{source} does not exist")
-    summary = run_ingest(path, store)
+    elif is_bundle_source(path):
+        try:
+            typer.echo(write_ndjson(path, store / "bundles").report())
+        except FhirInputError as exc:
+            raise fail(f"cannot read the Bundle {exc}") from None
+        path = store / "bundles"
+    from engine.population.ingest import IngestInProgressError
+    from service.progress import progress_for
+
+    try:
+        summary = run_ingest(
+            path, store, workers=workers, chunk_bytes=chunk_mb << 20, progress=progress_for(quiet)
+        )
+    except IngestInProgressError as exc:
+        raise fail(str(exc)) from None
     typer.echo(summary.report())
 
 
@@ -281,13 +383,32 @@ def sweep(
         Language, typer.Option(help="Language of titles and reasons.")
     ] = Language.da,
     guidelines_dir: GuidelinesDir = None,
+    memory_limit: Annotated[
+        str,
+        typer.Option(help="DuckDB memory limit, e.g. 6GB; past it DuckDB spills to disk."),
+    ] = "6GB",
+    temp_directory: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where DuckDB keeps its database and spills (default: a temporary directory "
+            "under --out, removed afterwards)."
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="DuckDB threads (default: one per core).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Evaluate every guideline over a population store: lists, indicators, MeasureReports."""
+    import tempfile
+
     import duckdb
 
+    from engine.population.duckdb_engine import configure
     from engine.population.run import run_sweep
     from engine.population.store import StoreError, clusters_of, load_store
     from service.feedback import FeedbackStore
+    from service.progress import Bars, wanted
 
     guidelines = load_or_exit(guidelines_dir or default_guidelines())
     mapping = _clusters(clusters) if clusters else None
@@ -295,7 +416,17 @@ def sweep(
     if feedback_database is not None:
         with FeedbackStore(feedback_database) as feedback:
             exceptions = feedback.all_exceptions()
-    with duckdb.connect() as con:
+    out.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(prefix=".duckdb-", dir=temp_directory or out) as spill,
+        duckdb.connect(str(Path(spill) / "sweep.duckdb")) as con,  # evictable tables
+        Bars(wanted(quiet)) as bars,
+    ):
+        try:
+            configure(con, memory_limit, spill, threads)
+        except (ValueError, duckdb.Error) as exc:
+            raise fail(f"bad DuckDB setting: {exc}") from None
+        bars.task("loading the store", None)
         try:
             snapshot = load_store(con, store, guidelines)
         except StoreError as exc:
@@ -311,6 +442,7 @@ def sweep(
             exceptions,
             snapshot=snapshot,
             language=language.value,
+            progress=bars,
         )
     typer.echo(f"published {manifest.directory}")
 
@@ -337,11 +469,25 @@ def serve(
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="Accept calls without a JWT (local demos only).")
     ] = False,
+    guidelines_git: Annotated[
+        str | None,
+        typer.Option(help="Serve the guidelines of this git repository (URL or path)."),
+    ] = None,
+    branch: Annotated[str | None, typer.Option(help="Branch of --guidelines-git.")] = None,
+    poll: Annotated[
+        float | None,
+        typer.Option(help="Seconds between checks of the guideline source (0: never)."),
+    ] = None,
 ) -> None:
-    """Run the CDS Hooks service (FastAPI on uvicorn)."""
+    """Run the CDS Hooks service (FastAPI on uvicorn).
+
+    The guideline directory (or git branch) is checked every --poll seconds; a change that loads
+    cleanly takes effect at once, a broken one is rejected and the last good set stays in service.
+    """
     import uvicorn
 
     from service.app import create_app
+    from service.guideline_source import SourceError, configure_logging
     from service.settings import CONFIG_ENV, Settings
 
     if config is not None:
@@ -349,6 +495,12 @@ def serve(
     overrides: dict[str, object] = {}
     if guidelines_dir is not None:
         overrides["guidelines"] = guidelines_dir
+    if guidelines_git is not None:
+        overrides["guidelines_git"] = guidelines_git
+    if branch is not None:
+        overrides["guidelines_branch"] = branch
+    if poll is not None:
+        overrides["guidelines_poll_seconds"] = poll
     settings = Settings(**overrides)
     if no_auth:
         settings = settings.model_copy(
@@ -367,12 +519,15 @@ def serve(
             "Configure the EHRs allowed to call, or use --no-auth for a local demo.",
             1,
         )
+    configure_logging()
     try:
         application = create_app(settings)
     except RuleFileError as exc:
         for error in exc.errors:
             typer.echo(str(error), err=True)
         raise typer.Exit(1) from None
+    except SourceError as exc:
+        raise fail(str(exc), 1) from None
     uvicorn.run(application, host=host, port=port, log_level="info", access_log=False)
 
 

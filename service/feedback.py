@@ -224,6 +224,22 @@ class FeedbackResult:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    """A stored feedback item with the provenance of the card it is about (None: a card this
+    service never issued)."""
+
+    service_id: str
+    card_uuid: str
+    outcome: str
+    override_code: str | None
+    outcome_timestamp: datetime
+    guideline_id: str | None
+    guideline_version: str | None
+    content_hash: str | None
+    recommendation_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class PatientException:
     """A patient excepted from a guideline's indicator denominators (not from its register)."""
 
@@ -491,6 +507,33 @@ class FeedbackStore:
             sql, params = f"{sql} WHERE service_id = ?", (service_id,)
         with self._lock:
             return int(self._conn.execute(sql, params).fetchone()[0])
+
+    def feedback_records(self) -> list[FeedbackRecord]:
+        """Every feedback item, oldest first, naming the guideline id, version and content hash
+        of the file that produced the card (joined from the card as it was issued)."""
+        sql = (
+            "SELECT f.service_id, f.card_uuid, f.outcome, f.override_code, f.outcome_timestamp,"
+            " c.guideline_id, c.guideline_version, c.content_hash, c.recommendation_id"
+            " FROM feedback f LEFT JOIN issued_cards c"
+            " ON c.card_uuid = f.card_uuid AND c.service_id = f.service_id"
+            " ORDER BY f.id"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql).fetchall()
+        return [
+            FeedbackRecord(
+                service_id=row[0],
+                card_uuid=row[1],
+                outcome=row[2],
+                override_code=row[3],
+                outcome_timestamp=datetime.fromisoformat(row[4]),
+                guideline_id=row[5],
+                guideline_version=row[6],
+                content_hash=row[7],
+                recommendation_id=row[8],
+            )
+            for row in rows
+        ]
 
     def exceptions_for(self, patient_id: str) -> list[PatientException]:
         """One patient's exceptions, oldest first (what a patient-view card should respect)."""

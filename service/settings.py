@@ -26,6 +26,21 @@ class Settings(BaseSettings):
     )
 
     guidelines: Path = Field(default=REPOSITORY / "guidelines", description="Guideline directory.")
+    guidelines_git: str | None = Field(
+        default=None,
+        description="Git repository URL (or path) to serve guidelines from instead of a directory.",
+    )
+    guidelines_branch: str = Field(default="main", description="Branch of guidelines_git.")
+    guidelines_git_path: str = Field(
+        default="",
+        description="Folder inside the repository holding the guidelines (default: root).",
+    )
+    guidelines_poll_seconds: float = Field(
+        default=5.0, ge=0, description="How often the guideline source is checked; 0: never."
+    )
+    state_directory: Path = Field(
+        default=Path("vejviser-state"), description="Where the service keeps its git cache."
+    )
     auth: AuthSettings = Field(default_factory=AuthSettings)
     fhir_budget_seconds: float = Field(
         default=3.0, gt=0, le=60, description="Total time for fetching missing prefetch data."

@@ -799,64 +799,70 @@ def _collect(
     return told, total
 
 
-@check(
-    "cards.required_fields",
-    "every card: uuid (unique per response), summary < 140, indicator info|warning|critical, "
-    "source.label, markdown detail without raw HTML",
-)
-def cards_required(ctx: Context) -> str:
-    problems, cards = _collect(
-        ctx, lambda body: (rules.card_problems(body["cards"]), len(body["cards"]))
-    )
-    if problems:
-        raise Failed(rules.first(problems))
-    return f"{cards} card(s) in {len(ctx.card_responses)} response(s)"
+@dataclass(frozen=True, slots=True)
+class _CardCheck:
+    """A check over every card response, driven by the table below.
+
+    ``inspect`` gives one response's problems and how many things it looked at; the check fails
+    on the first problem, is not run when ``nothing`` is set and nothing was found, and else
+    reports ``found`` with ``{total}`` and ``{responses}`` filled in.
+    """
+
+    name: str
+    requirement: str
+    inspect: Callable[[dict[str, Any]], tuple[list[str], int]]
+    found: str
+    nothing: str | None = None
+
+    def __call__(self, ctx: Context) -> str:
+        problems, total = _collect(ctx, self.inspect)
+        if problems:
+            raise Failed(rules.first(problems))
+        if self.nothing is not None and total == 0:
+            raise NotRun(self.nothing)
+        return self.found.format(total=total, responses=len(ctx.card_responses))
 
 
-@check("cards.no_empty_values", 'no null, "", [] or {} anywhere except cards: []')
-def cards_no_empty(ctx: Context) -> str:
-    problems, cards = _collect(
-        ctx, lambda body: (rules.response_empty_values(body), len(body["cards"]))
-    )
-    if problems:
-        raise Failed(rules.first(problems))
-    return f"{cards} card(s) in {len(ctx.card_responses)} response(s)"
+_IN_RESPONSES = "{total} card(s) in {responses} response(s)"
 
-
-@check(
-    "cards.suggestions",
-    "with suggestions: selectionBehavior at-most-one|any; each suggestion label + uuid; actions "
-    "create|update|delete with description; resources valid FHIR R4",
-)
-def cards_suggestions(ctx: Context) -> str:
-    problems, total = _collect(
-        ctx, lambda body: rules.suggestion_problems(body["cards"], body.get("systemActions"))
-    )
-    if problems:
-        raise Failed(rules.first(problems))
-    if total == 0:
-        raise NotRun("no card carried suggestions")
-    return f"{total} suggestion(s)"
-
-
-@check("cards.override_reasons", "overrideReasons are Codings with system, code and display")
-def cards_override_reasons(ctx: Context) -> str:
-    problems, total = _collect(ctx, lambda body: rules.override_reason_problems(body["cards"]))
-    if problems:
-        raise Failed(rules.first(problems))
-    if total == 0:
-        raise NotRun("no card offered overrideReasons")
-    return f"{total} override reason(s)"
-
-
-@check("cards.links", "links: label, absolute url, type absolute|smart, appContext only if smart")
-def cards_links(ctx: Context) -> str:
-    problems, total = _collect(ctx, lambda body: rules.link_problems(body["cards"]))
-    if problems:
-        raise Failed(rules.first(problems))
-    if total == 0:
-        raise NotRun("no card carried links")
-    return f"{total} link(s)"
+for _card_check in (
+    _CardCheck(
+        "cards.required_fields",
+        "every card: uuid (unique per response), summary < 140, indicator info|warning|critical, "
+        "source.label, markdown detail without raw HTML",
+        lambda body: (rules.card_problems(body["cards"]), len(body["cards"])),
+        _IN_RESPONSES,
+    ),
+    _CardCheck(
+        "cards.no_empty_values",
+        'no null, "", [] or {} anywhere except cards: []',
+        lambda body: (rules.response_empty_values(body), len(body["cards"])),
+        _IN_RESPONSES,
+    ),
+    _CardCheck(
+        "cards.suggestions",
+        "with suggestions: selectionBehavior at-most-one|any; each suggestion label + uuid; "
+        "actions create|update|delete with description; resources valid FHIR R4",
+        lambda body: rules.suggestion_problems(body["cards"], body.get("systemActions")),
+        "{total} suggestion(s)",
+        "no card carried suggestions",
+    ),
+    _CardCheck(
+        "cards.override_reasons",
+        "overrideReasons are Codings with system, code and display",
+        lambda body: rules.override_reason_problems(body["cards"]),
+        "{total} override reason(s)",
+        "no card offered overrideReasons",
+    ),
+    _CardCheck(
+        "cards.links",
+        "links: label, absolute url, type absolute|smart, appContext only if smart",
+        lambda body: rules.link_problems(body["cards"]),
+        "{total} link(s)",
+        "no card carried links",
+    ),
+):
+    check(_card_check.name, _card_check.requirement)(_card_check)
 
 
 # --- feedback ------------------------------------------------------------------------------------

@@ -62,25 +62,36 @@ def on_duckdb(
 ) -> dict[tuple[str, str], tuple]:
     with duckdb.connect() as con:
         load_tables(con, facts_tables(patients), guidelines)
-        return {
-            (o.patient, o.guideline): (
-                o.in_register,
-                tuple(sorted(o.recommendations)),
-                o.indicators,
-                o.targets,
-            )
-            for o in sweep(con, guidelines, as_of)
-        }
+        return swept(con, guidelines, as_of)
 
 
-def assert_agree(guidelines: GuidelineSet, patients: list[PatientRecord], as_of: dt.date) -> None:
-    expected = per_patient(guidelines, patients, as_of)
-    got = on_duckdb(guidelines, patients, as_of)
+def swept(
+    con: duckdb.DuckDBPyConnection, guidelines: GuidelineSet, as_of: dt.date
+) -> dict[tuple[str, str], tuple]:
+    """The SQL engine's outcomes over the tables loaded in ``con``, keyed like per_patient's."""
+    return {
+        (o.patient, o.guideline): (
+            o.in_register,
+            tuple(sorted(o.recommendations)),
+            o.indicators,
+            o.targets,
+        )
+        for o in sweep(con, guidelines, as_of)
+    }
+
+
+def assert_same(expected: dict[tuple[str, str], tuple], got: dict[tuple[str, str], tuple]) -> None:
+    """Every patient x guideline outcome equal (register, recommendations, indicators, targets)."""
     assert set(got) == set(expected)
     differences = [
         (key, expected[key], got[key]) for key in sorted(expected) if expected[key] != got[key]
     ]
     assert not differences, f"{len(differences)} of {len(expected)} differ, e.g. {differences[:3]}"
+
+
+def assert_agree(guidelines: GuidelineSet, patients: list[PatientRecord], as_of: dt.date) -> None:
+    expected = per_patient(guidelines, patients, as_of)
+    assert_same(expected, on_duckdb(guidelines, patients, as_of))
     registered = sum(v[0] for v in expected.values())
     assert registered > len(patients) // 10, "the population must exercise the guidelines"
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import duckdb
 import pyarrow as pa
 import sqlglot.expressions as exp
 
 from engine.population.outcomes import PopulationOutcome
-from engine.population.sql import GuidelineSql, compile_sweep, table_name, winners
+from engine.population.sql import GuidelineSql, RenderedSweep, rendered_sweep, table_name
 from engine.population.tables import valueset_codes
 from rules.guideline_set import GuidelineSet
 
 DIALECT = "duckdb"
+MEMORY_LIMIT = "6GB"  # a sweep's default: the budget is 8 GB for the whole process
 
 
 def create_table(name: str, query: exp.Expression) -> exp.Create:
@@ -34,16 +35,69 @@ def load_tables(
         con.unregister(f"arrow_{name}")
 
 
+def configure(
+    con: duckdb.DuckDBPyConnection,
+    memory_limit: str | None = MEMORY_LIMIT,
+    temp_directory: str | None = None,
+    threads: int | None = None,
+) -> None:
+    """Bound a sweep's memory: past ``memory_limit`` DuckDB spills joins, sorts and aggregates
+    to ``temp_directory`` (its default is next to the database, none for an in-memory one)
+    instead of failing. ``threads`` defaults to DuckDB's own (one per core)."""
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{_setting(memory_limit)}'")
+    if temp_directory:
+        con.execute(f"SET temp_directory = '{_setting(temp_directory)}'")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    # outputs are sorted explicitly where order matters; the rest may stream in any order
+    con.execute("SET preserve_insertion_order = false")
+    con.execute("SET enable_progress_bar = false")  # the command shows its own
+
+
+def _setting(value: str) -> str:
+    if "'" in value:
+        raise ValueError(f"not a DuckDB setting value: {value!r}")
+    return value
+
+
+def sweep_tables(
+    con: duckdb.DuckDBPyConnection,
+    guidelines: GuidelineSet,
+    as_of: dt.date,
+    on_step: Callable[[str], None] | None = None,
+) -> RenderedSweep:
+    """Run the three steps: tables ``g<n>_base`` and ``winners``, and views ``g<n>_outcomes``
+    (one row per patient with the columns :func:`outcome` reads, computed when read: the files
+    are written from them in one pass). Nothing is fetched into Python. ``on_step`` is called
+    with each guideline id as its base table is done (progress)."""
+    rendered = rendered_sweep(guidelines, as_of, DIALECT)
+    for (index, compiled), (ctes, sql) in zip(rendered.compiled, rendered.base_steps, strict=True):
+        # Each fact's CTE becomes a table first: in one query DuckDB would keep every fact's
+        # per-patient aggregate and hash table in memory at once (t2d-annual-control has eleven
+        # facts: some 2 KB per patient, over 8 GB for a national population); one at a time,
+        # the step stays within the memory limit. Same rows: the CTEs are plain.
+        for name, cte in ctes:  # named as in the query: meds, f_<fact>, goal_<target>
+            con.execute(f"CREATE OR REPLACE TABLE {name} AS {cte}")
+        con.execute(f"CREATE OR REPLACE TABLE {table_name(index, 'base')} AS {sql}")
+        for name, _ in ctes:
+            con.execute(f"DROP TABLE {name}")
+        if on_step is not None:
+            on_step(compiled.g.id)
+    con.execute(f"CREATE OR REPLACE TABLE winners AS {rendered.winners}")
+    for (index, _), sql in zip(rendered.compiled, rendered.outcomes, strict=True):
+        con.execute(f"CREATE OR REPLACE VIEW {table_name(index, 'outcomes')} AS {sql}")
+    return rendered
+
+
 def sweep(
     con: duckdb.DuckDBPyConnection, guidelines: GuidelineSet, as_of: dt.date
 ) -> Iterator[PopulationOutcome]:
-    """Every patient x guideline in force on the date."""
-    compiled = compile_sweep(guidelines, as_of)
-    for index, sql in compiled:
-        con.execute(create_table(table_name(index, "base"), sql.base()).sql(DIALECT))
-    con.execute(create_table("winners", winners([(i, s.g) for i, s in compiled])).sql(DIALECT))
-    for _, sql in compiled:
-        result = con.execute(sql.outcomes().sql(DIALECT))
+    """Every patient x guideline in force on the date, as Python objects (tests, small runs;
+    :mod:`engine.population.run` keeps a sweep's rows in DuckDB instead)."""
+    rendered = sweep_tables(con, guidelines, as_of)
+    for index, sql in rendered.compiled:
+        result = con.execute(f"SELECT * FROM {table_name(index, 'outcomes')}")
         names = [d[0] for d in result.description]
         for row in result.fetchall():
             yield outcome(sql, dict(zip(names, row, strict=True)))

@@ -1,24 +1,165 @@
-"""NDJSON (a bulk export, a synthetic population) into the facts store, by the one normalisation.
+"""NDJSON (a bulk export, a synthetic population) into the facts store, streaming, in parallel.
 
 Every line is accounted for: a line that is not a JSON object goes to ``quarantine.ndjson`` with
 its file, line number and reason; a resource normalisation skips is an Issue in ``issues.ndjson``.
-This first version holds one export in memory; streaming in bounded memory is the next step.
+See docs/ingest.md for the whole design; in short:
+
+1. **Reference resources first.** Organization and Medication resources are looked up by other
+   resources, so every file is scanned for them first (a byte search: files without them cost
+   little) and they are kept in two small dicts, merged with those of the existing store.
+2. **Chunks in parallel.** The files are cut into byte ranges at line ends; a process pool (one
+   worker per core by default) parses each chunk with orjson, runs
+   :func:`fhir_adapter.normalise.resource_records` per resource (the per-patient path's own
+   code) and writes the chunk's rows as Parquet part files. Memory is bounded by the chunk size
+   and the number of workers, never by the population.
+3. **Across resources, in SQL.** What :func:`~fhir_adapter.normalise.normalise` applies across
+   resources (duplicates: the first one in the input is used; MedicationRequests only for a
+   patient with no MedicationStatement; clinical resources of a patient without a Patient
+   resource; codes as integers) is applied by one DuckDB step over the parts, which spills to
+   disk. Its result equals ``facts_tables(normalise(resources))`` row for row (tested).
+4. **Upsert.** Beside the fact tables the store keeps its *staging* tables (every resource's
+   records before the cross-resource rules). A new ingest replaces the staged resources with the
+   same name (``Type/id``; Patients by id) and keeps the others, and the fact tables are derived
+   again from the merged staging: a re-export never duplicates, an incremental export updates.
+5. **Atomic.** The new store is built in a temporary directory next to the old one and swapped
+   in with one rename, so a crash never leaves a half store. The snapshot id hashes the content
+   (rows, clusters), so it changes exactly when the facts do.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import ctypes
+import ctypes.util
+import fcntl
+import gc
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from engine.population.store import write_store
-from engine.population.tables import facts_tables
-from fhir_adapter.normalise import YDERNUMMER, normalise
+from engine.population.store import FACT_TABLES, MANIFEST
+from engine.population.tables import SCHEMAS
+from fhir_adapter.normalise import (
+    YDERNUMMER,
+    OrganizationRecord,
+    resource_records,
+)
+
+log = logging.getLogger(__name__)
 
 QUARANTINE = "quarantine.ndjson"
 ISSUES = "issues.ndjson"
+STAGING = "staging"
+STORE_FORMAT = 2
+CHUNK_BYTES = 8 << 20
+"""Default chunk: 8 MB of NDJSON, about 14,000 resources of a synthetic export."""
+MEMORY_LIMIT = "1GB"
+"""DuckDB's memory for the SQL step; it spills to disk beyond it."""
+DUPLICATE = "appears more than once in the input; the first is used"
+_BOM = b"\xef\xbb\xbf"
+_STORE_FILES = frozenset(
+    {*(f"{name}.parquet" for name in FACT_TABLES), MANIFEST, QUARANTINE, ISSUES, STAGING}
+)
+
+# --- part files: what a worker writes per chunk ------------------------------------------------
+
+_PART_SCHEMAS = {
+    "resources": pa.schema(
+        [
+            ("ordinal", pa.int64()),
+            ("name", pa.string()),
+            ("patient", pa.string()),
+            ("kind", pa.string()),
+            ("has_records", pa.bool_()),
+        ]
+    ),
+    "issues": pa.schema(
+        [
+            ("ordinal", pa.int64()),
+            ("name", pa.string()),
+            ("patient", pa.string()),
+            ("kind", pa.string()),
+            ("reason", pa.string()),
+        ]
+    ),
+    "patients": pa.schema(
+        [("ordinal", pa.int64()), *((f.name, f.type) for f in SCHEMAS["patients"])]
+    ),
+    "observations": pa.schema(
+        [
+            ("ordinal", pa.int64()),
+            ("patient", pa.string()),
+            ("name", pa.string()),
+            ("record", pa.int32()),
+            ("code", pa.int32()),
+            ("date", pa.date32()),
+            ("value", pa.float64()),
+            ("comparator", pa.string()),
+            ("unit", pa.string()),
+        ]
+    ),
+    "medications": pa.schema(
+        [
+            ("ordinal", pa.int64()),
+            ("patient", pa.string()),
+            ("name", pa.string()),
+            ("code", pa.int32()),
+            ("start", pa.date32()),
+            ("end", pa.date32()),
+            ("status", pa.string()),
+            ("request", pa.bool_()),
+        ]
+    ),
+    "conditions": pa.schema(
+        [
+            ("ordinal", pa.int64()),
+            ("patient", pa.string()),
+            ("name", pa.string()),
+            ("code", pa.int32()),
+            ("onset", pa.date32()),
+            ("abatement", pa.date32()),
+            ("clinical_status", pa.string()),
+            ("recorded", pa.date32()),
+        ]
+    ),
+    "goals": pa.schema(
+        [
+            ("ordinal", pa.int64()),
+            ("patient", pa.string()),
+            ("name", pa.string()),
+            ("code", pa.int32()),
+            ("value", pa.float64()),
+            ("start", pa.date32()),
+        ]
+    ),
+    "codes": pa.schema([("code", pa.int32()), ("system", pa.string()), ("value", pa.string())]),
+}
+
+
+def _part_schema(table: str) -> pa.Schema:
+    """A part file's schema: the table's, plus the chunk (codes and ordinals are per chunk)."""
+    return _PART_SCHEMAS[table].append(pa.field("chunk", pa.int32()))
+
+
+_RECORD_TABLES = ("observations", "medications", "conditions", "goals")
+_REFERENCE_SCHEMA = pa.schema(
+    [("name", pa.string()), ("kind", pa.string()), ("resource", pa.binary())]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,54 +170,239 @@ class IngestSummary:
     patients: int
     issues: int
     snapshot: str
+    resources: Mapping[str, int] = field(default_factory=dict)
+    """Resource type -> lines of this ingest (``(no type)`` for objects without one)."""
+    rows: Mapping[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    workers: int = 1
+    changed: bool = True
+    timings: Mapping[str, float] = field(default_factory=dict)
+    """Seconds per step: reference, read (parse + normalise), resolve (SQL + write), swap."""
+
+    @property
+    def resources_per_second(self) -> float:
+        return self.lines / self.seconds if self.seconds else 0.0
 
     def report(self) -> str:
-        return (
-            f"{self.files} file(s), {self.lines} line(s): {self.patients} patients, "
-            f"{self.quarantined} line(s) quarantined, {self.issues} resource issue(s); "
-            f"snapshot {self.snapshot}"
+        types = ", ".join(f"{t} {n:,}" for t, n in sorted(self.resources.items()))
+        return "\n".join(
+            [
+                f"{self.files} file(s), {self.lines:,} line(s): {self.patients:,} patients, "
+                f"{self.quarantined:,} line(s) quarantined, {self.issues:,} resource issue(s); "
+                f"snapshot {self.snapshot}" + ("" if self.changed else " (unchanged)"),
+                f"resources: {types or 'none'}",
+                f"{self.lines:,} lines in {self.seconds:.1f} s with {self.workers} "
+                f"process(es): {self.resources_per_second:,.0f} resources/s",
+            ]
         )
+
+
+class IngestInProgressError(RuntimeError):
+    """Another process is ingesting into the same store."""
+
+
+class Progress:
+    """What the ingest tells about its steps; the default says nothing (tests, --quiet)."""
+
+    def start(self, step: str, total: int | None = None) -> None:
+        """A step begins; ``total`` units (bytes) if it reports any."""
+
+    def advance(self, amount: int) -> None:
+        """Units of the current step done."""
+
+    def finish(self) -> None:
+        """The ingest is over."""
 
 
 def ndjson_files(source: Path) -> list[Path]:
     return sorted(source.glob("*.ndjson")) if source.is_dir() else [source]
 
 
-def ingest(source: Path, store: Path) -> IngestSummary:
-    """Read every NDJSON file of ``source`` (a file or a directory) into the store at ``store``."""
-    store.mkdir(parents=True, exist_ok=True)
-    resources: list[Any] = []
-    lines = quarantined = 0
+# --- the public entry ----------------------------------------------------------------------------
+
+
+def ingest(
+    source: Path,
+    store: Path,
+    *,
+    workers: int | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    progress: Progress | None = None,
+) -> IngestSummary:
+    """Read every NDJSON file of ``source`` (a file or a directory) into the store at ``store``.
+
+    An existing store is updated (resources replaced by name, the others kept); a new one is
+    created. ``workers`` processes (default: the available cores) parse and normalise chunks of
+    ``chunk_bytes``; with one worker everything runs in this process.
+    """
+    started = time.perf_counter()
+    progress = progress or Progress()
+    workers = max(1, workers or _cores())
+    chunk_bytes = max(1, chunk_bytes)
     files = ndjson_files(source)
-    with (store / QUARANTINE).open("wb") as quarantine:
-        for path in files:
-            with path.open("rb") as handle:
-                for number, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    lines += 1
-                    reason = None
-                    try:
-                        resource = orjson.loads(line)
-                        if not isinstance(resource, dict):
-                            reason = "not a JSON object"
-                    except orjson.JSONDecodeError as exc:
-                        reason = f"not JSON: {exc.msg}"
-                    if reason is not None:
-                        quarantined += 1
-                        record = {"file": path.name, "line": number, "reason": reason}
-                        quarantine.write(orjson.dumps(record) + b"\n")
-                        continue
-                    resources.append(resource)
-    clusters = practice_clusters(resources)
-    patients = normalise(resources)
-    issues = [*patients.issues, *(i for p in patients.values() for i in p.issues)]
-    with (store / ISSUES).open("wb") as handle:
-        for issue in issues:
-            handle.write(orjson.dumps({"resource": issue.resource, "reason": issue.reason}) + b"\n")
-    tables = facts_tables(patients.values())
-    snapshot = write_store(tables, store, clusters)
-    return IngestSummary(len(files), lines, quarantined, len(patients), len(issues), snapshot)
+    store = Path(store)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(store):
+        work = store.parent / f".{store.name}.ingest-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "parts").mkdir(parents=True)
+        try:
+            timings: dict[str, float] = {}
+            clock = time.perf_counter()
+            previous = _previous(store)
+            progress.start("reference resources")
+            reference = _reference_resources(files, previous)
+            timings["reference"], clock = time.perf_counter() - clock, time.perf_counter()
+            tasks = _tasks(files, chunk_bytes, work / "parts")
+            for table in _PART_SCHEMAS:
+                (work / "parts" / table).mkdir()
+                pq.write_table(
+                    _part_schema(table).empty_table(), work / "parts" / table / "empty.parquet"
+                )
+            progress.start("reading", sum(t.end - t.start for t in tasks))
+            chunks, quarantined, lines, types = _read_all(
+                tasks, files, reference, workers, work / QUARANTINE, progress
+            )
+            timings["read"], clock = time.perf_counter() - clock, time.perf_counter()
+            progress.start("resolving")
+            built = _build(work, chunks, previous, reference, workers)
+            timings["resolve"], clock = time.perf_counter() - clock, time.perf_counter()
+            new = work / "store"
+            (work / QUARANTINE).replace(new / QUARANTINE)
+            _fsync_tree(new)
+            changed = previous is None or previous.get("snapshot") != built["snapshot"]
+            _swap(new, store)
+            timings["swap"] = time.perf_counter() - clock
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            progress.finish()
+    return IngestSummary(
+        files=len(files),
+        lines=lines,
+        quarantined=quarantined,
+        patients=built["rows"]["patients"],
+        issues=built["issues"],
+        snapshot=built["snapshot"],
+        resources=dict(types),
+        rows=built["rows"],
+        seconds=time.perf_counter() - started,
+        workers=workers,
+        changed=changed,
+        timings={step: round(seconds, 3) for step, seconds in timings.items()},
+    )
+
+
+def _cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # pragma: no cover - not Linux
+
+
+@contextlib.contextmanager
+def _locked(store: Path) -> Iterator[None]:
+    """One ingest per store at a time (an advisory lock next to it)."""
+    lock = store.parent / f".{store.name}.lock"
+    with lock.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IngestInProgressError(f"another ingest into {store} is running") from None
+        try:
+            for leftover in store.parent.glob(f".{glob.escape(store.name)}.ingest-*"):
+                shutil.rmtree(leftover, ignore_errors=True)  # of a killed ingest
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _previous(store: Path) -> dict[str, Any] | None:
+    """The existing store's manifest, if it has staging tables to merge with."""
+    _recover(store)
+    try:
+        manifest = json.loads((store / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if manifest.get("format") != STORE_FORMAT or not (store / STAGING).is_dir():
+        return None  # a store written by write_store (tests, the demo): replaced as a whole
+    manifest["directory"] = str(store)
+    return manifest
+
+
+# --- step 1: Organization and Medication resources ------------------------------------------------
+
+_NEEDLES = (b'"Organization"', b'"Medication"')
+
+
+@dataclass(slots=True)
+class Reference:
+    """Organization and Medication resources: looked up by Patients and medication resources."""
+
+    medications: dict[str, dict[str, Any]]
+    organizations: dict[str, OrganizationRecord]
+    raw: dict[str, tuple[str, bytes]]  # name -> (kind, JSON) as stored in staging
+    clusters: dict[str, str]
+
+
+def _reference_resources(files: list[Path], previous: dict[str, Any] | None) -> Reference:
+    """This input's Organizations and Medications (the first of a name wins, as in normalise),
+    over the store's earlier ones (replaced by name)."""
+    raw: dict[str, tuple[str, bytes]] = {}
+    organizations_in_order: list[dict[str, Any]] = []
+    if previous is not None:
+        path = Path(previous["directory"]) / STAGING / "reference.parquet"
+        table = pq.read_table(path)
+        for name, kind, data in zip(
+            *(table.column(c).to_pylist() for c in table.column_names), strict=True
+        ):
+            raw[name] = (kind, data)
+    earlier = dict(raw)
+    fresh: dict[str, tuple[str, bytes]] = {}
+    for line in _lines_with(files, _NEEDLES):
+        try:
+            resource = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if type(resource) is not dict:
+            continue
+        kind = resource.get("resourceType")
+        if kind == "Organization":
+            organizations_in_order.append(resource)  # the cluster map reads them all
+        ident = resource.get("id")
+        if kind not in ("Organization", "Medication") or type(ident) is not str or not ident:
+            continue  # without an id, nothing can refer to it
+        fresh.setdefault(f"{kind}/{ident}", (kind, orjson.dumps(resource)))
+    for name in fresh:
+        earlier.pop(name, None)
+    raw = {**earlier, **fresh}
+    medications: dict[str, dict[str, Any]] = {}
+    organizations: dict[str, OrganizationRecord] = {}
+    kept_organizations = []
+    for name, (kind, data) in raw.items():
+        resource = orjson.loads(data)
+        if kind == "Medication":
+            medications[name] = resource
+        else:
+            found = resource_records(resource, {}, medications)
+            organizations[name] = found.organization  # type: ignore[assignment]
+            if name in earlier:
+                kept_organizations.append(resource)
+    clusters = practice_clusters([*kept_organizations, *organizations_in_order])
+    return Reference(medications, organizations, raw, clusters)
+
+
+def _lines_with(files: list[Path], needles: tuple[bytes, ...]) -> Iterator[bytes]:
+    """Lines containing any of ``needles``, found block by block (most blocks have none)."""
+    for path in files:
+        with path.open("rb") as handle:
+            while True:
+                block = handle.read(16 << 20)
+                if not block:
+                    break
+                block += handle.readline()
+                if any(needle in block for needle in needles):
+                    for line in block.split(b"\n"):
+                        if any(needle in line for needle in needles):
+                            yield line.removeprefix(_BOM)
 
 
 def practice_clusters(resources: list[Any]) -> dict[str, str]:
@@ -98,3 +424,585 @@ def practice_clusters(resources: list[Any]) -> dict[str, str]:
             ):
                 clusters[identifier["value"]] = reference.removeprefix("Organization/")
     return clusters
+
+
+# --- step 2: chunks, in parallel -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    chunk: int
+    file: int
+    path: str
+    start: int
+    end: int
+    parts: str
+
+
+@dataclass(slots=True)
+class _ChunkResult:
+    chunk: int
+    file: int
+    line_breaks: int  # lines in the byte range, blank ones included (for line numbers)
+    lines: int  # non-blank lines
+    objects: int  # JSON objects (the resources normalise would see)
+    quarantine: list[tuple[int, str]]  # (line in the chunk, from 0; reason)
+    types: Counter[str]
+
+
+def _tasks(files: list[Path], chunk_bytes: int, parts: Path) -> list[_Task]:
+    """Byte ranges of about ``chunk_bytes``, each ending at a line end."""
+    tasks: list[_Task] = []
+    for number, path in enumerate(files):
+        size = path.stat().st_size
+        start = 0
+        with path.open("rb") as handle:
+            while start < size:
+                handle.seek(min(start + chunk_bytes, size))
+                if handle.tell() < size:
+                    handle.readline()
+                end = handle.tell()
+                tasks.append(_Task(len(tasks), number, str(path), start, end, str(parts)))
+                start = end
+    return tasks
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(
+    medications: dict[str, dict[str, Any]], organizations: dict[str, OrganizationRecord]
+) -> None:
+    _WORKER["medications"] = medications
+    _WORKER["organizations"] = organizations
+
+
+def _read_all(
+    tasks: list[_Task],
+    files: list[Path],
+    reference: Reference,
+    workers: int,
+    quarantine_path: Path,
+    progress: Progress,
+) -> tuple[list[tuple[int, int]], int, int, Counter[str]]:
+    """Run every chunk; write the quarantine in input order. Returns (chunk, index offset) for
+    each chunk, the quarantined and non-blank line counts, and lines per resource type."""
+    initargs = (reference.medications, reference.organizations)
+    offsets: list[tuple[int, int]] = []
+    types: Counter[str] = Counter()
+    quarantined = lines = objects = 0
+    line_offset = {}  # file -> line breaks before the chunk
+    with quarantine_path.open("wb") as quarantine, _mapper(workers, initargs) as mapper:
+        for task, result in zip(tasks, mapper(_read_chunk, tasks), strict=True):
+            offsets.append((result.chunk, objects))
+            objects += result.objects
+            lines += result.lines
+            types.update(result.types)
+            first = line_offset.get(result.file, 0)
+            for line, reason in result.quarantine:
+                quarantined += 1
+                record = {"file": files[result.file].name, "line": first + line + 1}
+                quarantine.write(orjson.dumps({**record, "reason": reason}) + b"\n")
+            line_offset[result.file] = first + result.line_breaks
+            progress.advance(task.end - task.start)
+    return offsets, quarantined, lines, types
+
+
+@contextlib.contextmanager
+def _mapper(workers: int, initargs: tuple[Any, ...]) -> Iterator[Callable[..., Iterator[Any]]]:
+    if workers == 1:
+        _init_worker(*initargs)
+        try:
+            yield map
+        finally:
+            _WORKER.clear()
+        return
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=initargs) as pool:
+        yield lambda function, items: pool.map(function, items)
+
+
+def _read_chunk(task: _Task) -> _ChunkResult:
+    """Parse and normalise one chunk; write its rows as one Parquet part per table.
+
+    The garbage collector is off meanwhile: the chunk's rows are tens of thousands of tuples
+    that live until the chunk is written, and collections that traverse them again and again
+    cost more than half the parsing time. Nothing here makes reference cycles that need it.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _read_chunk_uncollected(task)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read_chunk_uncollected(task: _Task) -> _ChunkResult:
+    with open(task.path, "rb") as handle:  # noqa: PTH123 - hot path, a plain open
+        handle.seek(task.start)
+        data = handle.read(task.end - task.start)
+    if task.start == 0:
+        data = data.removeprefix(_BOM)
+    pieces = data.split(b"\n")
+    if pieces and not pieces[-1]:
+        pieces.pop()
+    rows = _Rows()
+    quarantine: list[tuple[int, str]] = []
+    types: Counter[str] = Counter()
+    medications = _WORKER["medications"]
+    organizations = _WORKER["organizations"]
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
+    lines = index = 0
+    for number, line in enumerate(pieces):
+        if not line.strip():
+            continue
+        lines += 1
+        try:
+            resource = loads(line)
+        except decode_error as exc:
+            quarantine.append((number, f"not JSON: {exc.msg}"))
+            continue
+        if type(resource) is not dict:
+            quarantine.append((number, "not a JSON object"))
+            continue
+        rtype = resource.get("resourceType")
+        types[rtype if type(rtype) is str else "(no type)"] += 1
+        if rtype == "Organization" or rtype == "Medication":
+            index += 1
+            continue
+        found = resource_records(resource, {}, medications, organizations, index)
+        rows.add(index, rtype, found)
+        index += 1
+    rows.write(Path(task.parts), task.chunk)
+    return _ChunkResult(task.chunk, task.file, len(pieces), lines, index, quarantine, types)
+
+
+class _Rows:
+    """Rows of one chunk's part files (tuples in the part schema's order), resource by resource."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[tuple[Any, ...]]] = {table: [] for table in _PART_SCHEMAS}
+        self.codes: dict[tuple[str, str], int] = {}
+
+    def add(self, index: int, rtype: Any, found: Any) -> None:
+        (name, patient, observations, medications, source, conditions, goals, person, _, issues) = (
+            found
+        )
+        rows = self.rows
+        kind = rtype if type(rtype) is str else None
+        if issues:
+            rows["issues"] += [(index, i.resource, patient, kind, i.reason) for i in issues]
+        if kind not in _KINDS:
+            return
+        has_records = bool(observations or medications or conditions or goals)
+        rows["resources"].append((index, name, patient, kind, has_records))
+        if patient is None:
+            return
+        if person is not None:
+            rows["patients"].append(
+                (index, person.id, person.birth_date, person.sex, person.practice)
+            )
+        if not has_records:
+            return
+        codes = self.codes
+        if observations:
+            out = rows["observations"]
+            if len(observations) > 1:  # facts_tables numbers a resource's records in this order
+                observations = sorted(observations, key=_CODINGS)
+            for record, o in enumerate(observations):
+                for coding in o.codings:
+                    code = codes.get(coding)
+                    if code is None:
+                        code = codes[coding] = len(codes)
+                    out.append(
+                        (
+                            index,
+                            patient,
+                            o.resource,
+                            record,
+                            code,
+                            o.date,
+                            o.value,
+                            o.comparator,
+                            o.unit,
+                        )
+                    )
+            return
+        for m in medications:
+            rows["medications"] += [
+                (
+                    index,
+                    patient,
+                    m.resource,
+                    self.code(c),
+                    m.start,
+                    m.end,
+                    m.status,
+                    source == "request",
+                )
+                for c in m.codings
+            ]
+        for r in conditions:
+            rows["conditions"] += [
+                (
+                    index,
+                    patient,
+                    r.resource,
+                    self.code(c),
+                    r.onset,
+                    r.abatement,
+                    r.clinical_status,
+                    r.recorded,
+                )
+                for c in r.codings
+            ]
+        for g in goals:
+            rows["goals"] += [
+                (index, patient, g.resource, self.code(c), g.value, g.start) for c in g.measure
+            ]
+
+    def code(self, coding: tuple[str, str]) -> int:
+        found = self.codes.get(coding)
+        if found is None:
+            found = self.codes[coding] = len(self.codes)
+        return found
+
+    def write(self, parts: Path, chunk: int) -> None:
+        self.rows["codes"] = [(number, s, v) for (s, v), number in self.codes.items()]
+        for table, rows in self.rows.items():
+            if not rows:
+                continue
+            schema = _PART_SCHEMAS[table]
+            columns = list(zip(*rows, strict=True))
+            arrays = [pa.array(column, f.type) for column, f in zip(columns, schema, strict=True)]
+            arrays.append(pa.array([chunk] * len(rows), pa.int32()))
+            batch = pa.Table.from_arrays(arrays, schema=_part_schema(table))
+            pq.write_table(batch, parts / table / f"{chunk}.parquet", compression="lz4")
+
+
+_KINDS = frozenset(
+    {"Observation", "Condition", "MedicationStatement", "MedicationRequest", "Goal", "Patient"}
+)
+
+
+def _CODINGS(record: Any) -> Any:  # noqa: N802 - a key function, named like a constant
+    return record.codings
+
+
+# --- step 3: across resources, in SQL ---------------------------------------------------------------
+
+_STAGING_COLUMNS = {
+    "resources": "name, patient, kind, has_records",
+    "issues": "name, patient, kind, reason, duplicate",
+    "patients": "patient, birth_date, sex, practice",
+    "observations": "patient, name, record, code, date, value, comparator, unit",
+    "medications": 'patient, name, code, start, "end", status, request',
+    "conditions": "patient, name, code, onset, abatement, clinical_status, recorded",
+    "goals": "patient, name, code, value, start",
+}
+_FACT_ORDER = {
+    "patients": "patient",
+    "observations": "patient, resource, record, code, date",
+    "medications": "patient, resource, code",
+    "conditions": "patient, resource, code",
+    "goals": "patient, resource, code, value",
+    "codes": "code",
+}
+_EMPTY_STAGING = {
+    "resources": "NULL::VARCHAR AS name, NULL::VARCHAR AS patient, NULL::VARCHAR AS kind, "
+    "NULL::BOOLEAN AS has_records",
+    "issues": "NULL::VARCHAR AS name, NULL::VARCHAR AS patient, NULL::VARCHAR AS kind, "
+    "NULL::VARCHAR AS reason, NULL::BOOLEAN AS duplicate",
+    "codes": "NULL::INTEGER AS code, NULL::VARCHAR AS system, NULL::VARCHAR AS value",
+}
+
+
+def _sql_string(value: str | Path) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _build(
+    work: Path,
+    chunks: list[tuple[int, int]],
+    previous: dict[str, Any] | None,
+    reference: Reference,
+    workers: int,
+) -> dict[str, Any]:
+    """Merge this ingest's parts with the store's staging; derive and write the fact tables."""
+    out = work / "store"
+    (out / STAGING).mkdir(parents=True)
+    parts = work / "parts"
+    (work / "tmp").mkdir()
+    config = {
+        "threads": max(1, workers),
+        "temp_directory": str(work / "tmp"),  # spills here beyond the memory limit
+        "memory_limit": MEMORY_LIMIT,
+        "preserve_insertion_order": False,
+    }
+    with duckdb.connect(":memory:", config=config) as con:
+
+        def run(sql: str) -> duckdb.DuckDBPyConnection:
+            started = time.perf_counter()
+            result = con.execute(sql)
+            log.debug("%.3f s: %s", time.perf_counter() - started, sql[:100])
+            return result
+
+        run('CREATE TABLE chunks (chunk INTEGER, "offset" BIGINT)')
+        if chunks:
+            run(
+                "INSERT INTO chunks SELECT * FROM (VALUES "
+                + ", ".join(f"({c}, {o})" for c, o in chunks)
+                + ")"
+            )
+        # A resource without an id is named "Type #<index>", its position in the whole input, as
+        # normalise names it; a worker knows only its position in the chunk.
+        run(
+            "CREATE MACRO fixed(name, ordinal) AS CASE WHEN contains(name, '/') THEN name "
+            "ELSE regexp_replace(name, ' #[0-9]+$', ' #' || ordinal::VARCHAR) END"
+        )
+
+        def part(table: str) -> str:
+            path = _sql_string(parts / table / "*.parquet")
+            if table == "patients":
+                return (
+                    f'(SELECT p.* EXCLUDE (ordinal), p.ordinal + c."offset" AS ordinal '
+                    f"FROM read_parquet({path}) p JOIN chunks c USING (chunk))"
+                )
+            return (
+                f'(SELECT p.* EXCLUDE (ordinal, name), p.ordinal + c."offset" AS ordinal, '
+                f'fixed(p.name, p.ordinal + c."offset") AS name '
+                f"FROM read_parquet({path}) p JOIN chunks c USING (chunk))"
+            )
+
+        def old(table: str) -> str:
+            if previous is None:
+                if table in _EMPTY_STAGING:
+                    return f"(SELECT {_EMPTY_STAGING[table]} WHERE false)"
+                return f"(SELECT * FROM {part(table)} WHERE false)"
+            path = Path(previous["directory"]) / STAGING / f"{table}.parquet"
+            return f"read_parquet({_sql_string(path)})"
+
+        run(f"CREATE TABLE n_resources AS SELECT * FROM {part('resources')}")
+        run(f"CREATE TABLE n_issues AS SELECT * FROM {part('issues')}")
+        # Duplicates: the first of a name among the resources that belong to a patient is used.
+        run(
+            "CREATE TABLE n_first AS SELECT min(ordinal) AS ordinal FROM n_resources "
+            "WHERE patient IS NOT NULL GROUP BY name"
+        )
+        run(
+            "CREATE TABLE n_names AS SELECT NULL::VARCHAR AS name WHERE false"
+            if previous is None  # nothing to replace
+            else "CREATE TABLE n_names AS SELECT name FROM n_resources "
+            "UNION SELECT name FROM n_issues"
+        )
+        kept = "(patient IS NULL OR ordinal IN (SELECT ordinal FROM n_first))"
+        codes_path = _sql_string(parts / "codes" / "*.parquet")
+        run(f"CREATE TABLE n_codes AS SELECT * FROM read_parquet({codes_path})")
+        run(f"CREATE TABLE o_codes AS SELECT * FROM {old('codes')}")
+        run(
+            "CREATE TABLE s_codes AS SELECT (row_number() OVER (ORDER BY system, value) - 1)"
+            "::INTEGER AS code, system, value FROM "
+            "(SELECT system, value FROM n_codes UNION SELECT system, value FROM o_codes)"
+        )
+        run(
+            "CREATE TABLE n_code_map AS SELECT n.chunk, n.code, s.code AS id FROM n_codes n "
+            "JOIN s_codes s USING (system, value)"
+        )
+        run(
+            "CREATE TABLE o_code_map AS SELECT o.code, s.code AS id FROM o_codes o "
+            "JOIN s_codes s USING (system, value)"
+        )
+        replaced = "name NOT IN (SELECT name FROM n_names)"
+        run(
+            "CREATE TABLE s_resources AS "
+            f"SELECT {_STAGING_COLUMNS['resources']} FROM n_resources WHERE {kept} "
+            f"UNION ALL SELECT {_STAGING_COLUMNS['resources']} FROM {old('resources')} "
+            f"WHERE {replaced}"
+        )
+        run(
+            "CREATE TABLE s_issues AS "
+            f"SELECT name, patient, kind, reason, false AS duplicate FROM n_issues WHERE {kept} "
+            f"UNION ALL SELECT name, patient, kind, '{DUPLICATE}', true FROM n_resources "
+            f"WHERE NOT {kept} "
+            f"UNION ALL SELECT {_STAGING_COLUMNS['issues']} FROM {old('issues')} WHERE {replaced}"
+        )
+        run(
+            f"CREATE TABLE s_patients AS SELECT {_STAGING_COLUMNS['patients']} "
+            f"FROM {part('patients')} WHERE {kept} UNION ALL "
+            f"SELECT {_STAGING_COLUMNS['patients']} FROM {old('patients')} "
+            "WHERE 'Patient/' || patient NOT IN (SELECT name FROM n_names)"
+        )
+        for table in _RECORD_TABLES:
+            columns = _STAGING_COLUMNS[table]
+            new_columns = columns.replace("code", "m.id AS code", 1)
+            old_columns = columns.replace("code", "m.id AS code", 1)
+            run(
+                f"CREATE TABLE s_{table} AS SELECT {new_columns} FROM {part(table)} p "
+                "JOIN n_code_map m ON m.chunk = p.chunk AND m.code = p.code "
+                "WHERE p.ordinal IN (SELECT ordinal FROM n_first) "
+                f"UNION ALL SELECT {old_columns} FROM {old(table)} o "
+                f"JOIN o_code_map m ON m.code = o.code WHERE o.{replaced}"
+            )
+        for table in (*_STAGING_COLUMNS, "codes"):
+            path = _sql_string(out / STAGING / f"{table}.parquet")
+            run(f"COPY s_{table} TO {path} (FORMAT parquet)")
+        pq.write_table(
+            pa.Table.from_pylist(
+                [{"name": n, "kind": k, "resource": r} for n, (k, r) in reference.raw.items()],
+                schema=_REFERENCE_SCHEMA,
+            ),
+            out / STAGING / "reference.parquet",
+        )
+
+        # The facts: what normalise + facts_tables make of the merged resources.
+        known = "patient IN (SELECT patient FROM s_patients)"
+        run(
+            "CREATE TABLE statements AS SELECT DISTINCT patient FROM s_resources "
+            "WHERE kind = 'MedicationStatement' AND patient IS NOT NULL"
+        )
+        run(
+            "CREATE VIEW f_observations AS SELECT patient, name AS resource, record, code, "
+            f"date, value, comparator, unit FROM s_observations WHERE {known}"
+        )
+        run(
+            "CREATE VIEW f_medications AS SELECT patient, name AS resource, code, start, "
+            "\"end\", status, CASE WHEN starts_with(name, 'MedicationRequest/') THEN 'request' "
+            "ELSE 'statement' END AS source FROM s_medications "
+            f"WHERE {known} AND (NOT request OR patient NOT IN (SELECT patient FROM statements))"
+        )
+        run(
+            "CREATE VIEW f_conditions AS SELECT patient, name AS resource, code, onset, "
+            f"abatement, clinical_status, recorded FROM s_conditions WHERE {known}"
+        )
+        run(
+            "CREATE VIEW f_goals AS SELECT patient, name AS resource, code, value, start "
+            f"FROM s_goals WHERE {known}"
+        )
+        # Codes of the facts, numbered by (system, value): the same facts, the same numbers.
+        used = " UNION ".join(f"SELECT code FROM f_{t}" for t in _RECORD_TABLES)
+        run(
+            "CREATE TABLE f_code_map AS SELECT code AS staged, (row_number() OVER "
+            "(ORDER BY system, value) - 1)::INTEGER AS code, system, value FROM s_codes "
+            f"WHERE code IN ({used})"
+        )
+        digest = hashlib.sha256()
+        rows = {}
+        for table in FACT_TABLES:
+            names = SCHEMAS[table].names
+            columns = ", ".join(("m.code" if c == "code" else f't."{c}"') for c in names)
+            if table == "patients":
+                query = f"SELECT {columns} FROM s_patients t"
+            elif table == "codes":
+                query = "SELECT code, system, value FROM f_code_map"
+            else:
+                query = f"SELECT {columns} FROM f_{table} t JOIN f_code_map m ON m.staged = t.code"
+            run(f"CREATE TABLE out_{table} AS {query}")
+            count, total = run(
+                f"SELECT count(*), coalesce(sum(hash(t)::HUGEINT), 0) FROM out_{table} t"
+            ).fetchone()  # type: ignore[misc]
+            rows[table] = int(count)
+            digest.update(f"{table}:{count}:{total}\n".encode())
+            path = _sql_string(out / f"{table}.parquet")
+            run(
+                f"COPY (SELECT * FROM out_{table} ORDER BY {_FACT_ORDER[table]}) TO {path} "
+                "(FORMAT parquet)"
+            )
+        digest.update(json.dumps(dict(sorted(reference.clusters.items()))).encode())
+        issues = _write_issues(con, out / ISSUES)
+    snapshot = digest.hexdigest()[:16]
+    manifest = {
+        "format": STORE_FORMAT,
+        "snapshot": snapshot,
+        "rows": rows,
+        "clusters": dict(sorted(reference.clusters.items())),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return {"snapshot": snapshot, "rows": rows, "issues": issues}
+
+
+def _write_issues(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """The store's issues, as normalise reports them for the merged resources."""
+    patients = "(SELECT patient FROM s_patients)"
+    query = (
+        "SELECT name AS resource, reason FROM s_issues WHERE patient IS NULL OR duplicate "
+        "OR kind IS DISTINCT FROM 'MedicationRequest' "
+        f"OR (patient IN {patients} AND patient NOT IN (SELECT patient FROM statements)) "
+        "UNION ALL SELECT name, 'refers to Patient/' || patient || ', which is not in the input' "
+        f"FROM s_resources WHERE patient IS NOT NULL AND kind <> 'Patient' "
+        f"AND patient NOT IN {patients} AND (has_records OR kind = 'MedicationRequest')"
+    )
+    con.execute(f"CREATE TABLE out_issues AS {query}")
+    con.execute(
+        f"COPY (SELECT * FROM out_issues ORDER BY resource, reason) TO {_sql_string(path)} "
+        "(FORMAT json)"
+    )
+    return int(con.execute("SELECT count(*) FROM out_issues").fetchone()[0])  # type: ignore[index]
+
+
+# --- step 4: swap the new store in -------------------------------------------------------------------
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+    for path in (directory, *(p for p in directory.rglob("*") if p.is_dir())):
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux renameat2); False where that is not possible."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return result == 0
+
+
+def _old_name(store: Path) -> Path:
+    return store.with_name(f".{store.name}.old")
+
+
+def _recover(store: Path) -> None:
+    """A crash between the two renames of the fallback swap leaves the old store aside."""
+    old = _old_name(store)
+    if old.is_dir() and not store.exists():
+        old.rename(store)
+    elif old.is_dir():
+        shutil.rmtree(old)
+
+
+def _swap(new: Path, store: Path) -> None:
+    """Put ``new`` in place of ``store`` atomically; keep what else the old store held
+    (``export/``, the files of a bulk export from a server)."""
+    if not store.exists():
+        new.rename(store)
+        old = None
+    elif _exchange(new, store):
+        old = new  # now holds the previous store
+    else:
+        old = _old_name(store)
+        store.rename(old)
+        new.rename(store)
+    if old is not None:
+        for entry in old.iterdir():
+            if entry.name not in _STORE_FILES and not entry.name.endswith(".parquet"):
+                entry.rename(store / entry.name)
+        shutil.rmtree(old)
+    descriptor = os.open(store.parent, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

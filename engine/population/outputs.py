@@ -238,6 +238,18 @@ def indicator_rows(
                 c[1] += membership == "numerator"
                 c[2] += membership in IN_DENOMINATOR
                 c[3] += membership == "excepted"
+    return indicator_rows_from_counts(counts, units, guidelines, language)
+
+
+def indicator_rows_from_counts(
+    counts: Mapping[tuple[str, str, str, str], Sequence[int]],
+    units: Iterable[tuple[str, str]],
+    guidelines: Sequence[CompiledGuideline],
+    language: str,
+) -> list[IndicatorRow]:
+    """The rows of :func:`indicator_rows` from counts already made (by SQL, in a big sweep):
+    (level, unit, guideline, indicator) -> (register, numerator, denominator, excepted), and the
+    (level, unit) pairs that have patients."""
     rows = []
     rank = {level: n for n, level in enumerate(LEVELS)}
     for level, unit in sorted(units, key=lambda u: (rank[u[0]], u[1])):

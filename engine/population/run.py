@@ -35,15 +35,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlglot.expressions as exp
 
+from engine.population import columnar
 from engine.population import outputs as out
-from engine.population.duckdb_engine import DIALECT, sweep
+from engine.population.duckdb_engine import DIALECT, sweep_tables
 from engine.population.measure_report import (
     population_counts,
     practice_members,
@@ -51,11 +52,12 @@ from engine.population.measure_report import (
     summary_report,
 )
 from engine.population.outcomes import PopulationOutcome
-from engine.population.sql import GuidelineSql, col, compile_sweep, lit, table_name
+from engine.population.sql import GuidelineSql, col, lit, rendered_sweep, table_name
 from rules import tree as t
 from rules import types as ty
 from rules.guideline_set import GuidelineSet
-from rules.rendering import Bound, render
+from rules.rendering import Bound
+from rules.rendering import render as _render
 
 LISTED = "vejviser_listed_patients"  # the patients a guideline's reasons are rendered for
 FORMAT = 1  # bump when the layout or a file's columns change: it is part of the run id
@@ -64,6 +66,26 @@ MANIFEST = "manifest.json"
 
 class RunInProgressError(RuntimeError):
     """Another process is running the same sweep (same inputs) into the same directory."""
+
+
+class Progress(Protocol):
+    """Where a run reports its long steps (a progress bar on a terminal; nothing by default)."""
+
+    def task(self, description: str, total: int | None) -> Callable[[int], None]:
+        """Start a step of ``total`` units; the returned function advances it by some units."""
+        ...
+
+    def done(self) -> None:
+        """The current step is finished."""
+        ...
+
+
+class _Silent:
+    def task(self, description: str, total: int | None) -> Callable[[int], None]:
+        return lambda n: None
+
+    def done(self) -> None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +135,7 @@ def run_sweep(
     *,
     snapshot: str = "",
     language: str = "da",
+    progress: Progress | None = None,
 ) -> RunManifest:
     """Sweep every reference date over the facts loaded in ``con`` and publish the outputs.
 
@@ -121,6 +144,11 @@ def run_sweep(
     ``snapshot`` names the data and is part of the run id, so give each data load its own.
     Returns the manifest of the published run (the existing one if this exact run was published
     before). Raises :class:`RunInProgressError` if the same run is being written right now.
+    ``progress`` is told about each date's long steps (the CLI shows bars on a terminal).
+
+    The sweep's rows stay in DuckDB: outcomes.parquet is written by DuckDB and the other files
+    are read back from it (:mod:`engine.population.columnar`), so memory does not grow with the
+    population. The files equal those :func:`write_outputs` makes from the same outcomes.
     """
     dates = sorted(set(as_of_dates))
     if not dates:
@@ -158,6 +186,7 @@ def run_sweep(
                 language,
                 rows,
                 timings,
+                progress or _Silent(),
             )
         comparisons = []
         for as_of in dates[1:]:
@@ -256,31 +285,64 @@ def _sweep_date(
     language: str,
     rows: dict[str, int],
     timings: dict[str, float],
+    progress: Progress,
 ) -> set[str]:
-    """One reference date: sweep, render reasons, write every file. Returns the practices."""
-    started = time.perf_counter()
-    raw = list(sweep(con, guidelines, as_of))
-    timings[f"{as_of}/sweep"] = round(time.perf_counter() - started, 3)
+    """One reference date: sweep, write every file (reasons rendered on the way). Returns the
+    practices. Timings per step go to the manifest: ``sweep`` (the SQL steps), ``outcomes``
+    (outcomes.parquet), ``indicators``, ``lists`` (reasons rendered and written),
+    ``measure_reports``."""
+    directory = partial / str(as_of)
+    in_force = guidelines.in_force(as_of)
+
+    def timed(step: str, started: float) -> float:
+        now = time.perf_counter()
+        timings[f"{as_of}/{step}"] = round(now - started, 3)
+        progress.done()
+        return now
 
     started = time.perf_counter()
-    reasons = list_reasons(con, guidelines, as_of, raw, language)  # while the tables are there
-    timings[f"{as_of}/reasons"] = round(time.perf_counter() - started, 3)
+    advance = progress.task(f"{as_of}: sweep query", len(in_force))
+    rendered = sweep_tables(con, guidelines, as_of, on_step=lambda _: advance(1))
+    started = timed("sweep", started)
 
-    started = time.perf_counter()
-    written, practices = write_outputs(
-        partial / str(as_of),
-        guidelines,
-        as_of,
-        raw,
-        reasons,
-        clusters,
-        suppress_below,
-        exceptions,
-        language,
+    progress.task(f"{as_of}: outcomes.parquet", None)
+    columnar.register_inputs(con, clusters, out.exceptions_in_force(exceptions, as_of))
+    try:
+        rows[f"{as_of}/outcomes.parquet"] = columnar.write_outcomes(
+            con, rendered, directory / "outcomes.parquet"
+        )
+    finally:
+        columnar.unregister_inputs(con)
+    started = timed("outcomes", started)
+
+    progress.task(f"{as_of}: indicators", None)
+    indicators = columnar.indicator_rows(con, in_force, language)
+    for name, publish in (
+        ("indicators.csv", out.for_the_run),
+        ("indicators-shared.csv", out.for_sharing),
+    ):
+        published = publish(indicators, suppress_below)
+        _write(
+            directory / name,
+            out.csv_text(out.INDICATOR_COLUMNS, (out.as_record(r) for r in published)),
+        )
+        rows[f"{as_of}/{name}"] = len(published)
+    started = timed("indicators", started)
+
+    practices = columnar.practices(con)
+    files = {practice: _safe(practice) for practice in practices}
+    advance = progress.task(f"{as_of}: lists and reasons", len(in_force))
+    rows[f"{as_of}/lists"] = columnar.write_lists(
+        con, rendered, directory, files, in_force, language, advance
     )
-    rows.update({f"{as_of}/{name}": count for name, count in written.items()})
-    timings[f"{as_of}/write"] = round(time.perf_counter() - started, 3)
-    return practices
+    started = timed("lists", started)
+
+    advance = progress.task(f"{as_of}: MeasureReports", len(files))
+    rows[f"{as_of}/measure_reports"] = columnar.write_measure_reports(
+        con, directory, files, in_force, as_of, language, advance
+    )
+    timed("measure_reports", started)
+    return set(practices)
 
 
 def write_outputs(
@@ -369,7 +431,7 @@ def list_reasons(
             fired.setdefault(o.guideline, {})[o.patient] = o.recommendations
     by_id = {g.id: g for g in guidelines.in_force(as_of)}
     reasons: dict[tuple[str, str, str], out.Reason] = {}
-    for _, sql in compile_sweep(guidelines, as_of):
+    for _, sql in rendered_sweep(guidelines, as_of, DIALECT).compiled:
         patients = fired.get(sql.g.id)
         if not patients:
             continue
@@ -420,11 +482,15 @@ class _ReasonPlan:
 
     def query(self) -> exp.Select:
         """``SELECT patient, <columns> FROM (base with shared targets)`` for listed patients."""
+        listed = exp.select(col("patient")).from_(LISTED)
+        return self.select().where(exp.In(this=col("patient"), query=listed.subquery()))
+
+    def select(self) -> exp.Select:
+        """``SELECT patient, <columns> FROM (base with shared targets)`` for every patient."""
         select = exp.select(col("patient")).from_(exp.alias_(exp.paren(self._shared()), "o"))
         for alias, expression in self.columns.items():
-            select = select.select(exp.alias_(expression, alias), append=True)
-        listed = exp.select(col("patient")).from_(LISTED)
-        return select.where(exp.In(this=col("patient"), query=listed.subquery()))
+            select = select.select(exp.alias_(expression, alias), append=True, copy=False)
+        return select
 
     def reason(self, rec: t.RecommendationDef, row: Row) -> out.Reason:
         parts = [
@@ -552,6 +618,23 @@ class _ReasonPlan:
 
 
 _UNAVAILABLE = object()
+_RENDERED: dict[tuple[type, object, ty.Type, str], str] = {}
+
+
+def render(value: object, type_: ty.Type, language: str) -> str:
+    """:func:`rules.rendering.render`, remembered: a sweep renders the same few thousand
+    numbers, dates and units millions of times. The value's class is part of the key: True, 1
+    and 1.0 are equal keys but render differently."""
+    key = (value.__class__, value, type_, language)
+    try:
+        return _RENDERED[key]
+    except KeyError:
+        text = _RENDERED[key] = _render(value, type_, language)
+        if len(_RENDERED) > 200_000:
+            _RENDERED.clear()
+        return text
+    except TypeError:  # an unhashable value
+        return _render(value, type_, language)
 
 
 # -- over time -----------------------------------------------------------------------------------

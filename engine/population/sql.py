@@ -57,6 +57,40 @@ def in_list(expr: exp.Expression, values: frozenset[str]) -> exp.Expression:
     return exp.In(this=expr, expressions=[lit(v) for v in sorted(values)])
 
 
+_OBSERVATION_FIELDS = ("value", "comparator", "date", "resource")
+
+
+def _struct(*columns: exp.Column, names: tuple[str, ...] | None = None) -> exp.Struct:
+    """A struct of columns, named after them (or ``names``), rendered per dialect."""
+    return exp.Struct(
+        expressions=[
+            exp.PropertyEQ(this=exp.to_identifier(name), expression=c)
+            for c, name in zip(columns, names or [c.name for c in columns], strict=True)
+        ]
+    )
+
+
+def _unpack(rows: exp.Select, picked: exp.Expression, fields: tuple[str, ...]) -> exp.Select:
+    """``patient`` and the fields of the one row per patient that ``picked`` (an ARG_MAX or
+    ARG_MIN of a struct of ``fields``) chooses among ``rows``.
+
+    Why not ROW_NUMBER() ... = 1: a window sorts every row of every patient; the aggregate keeps one
+    candidate per patient and is several times faster on DuckDB. The struct never is NULL, so a
+    NULL value is picked as such (ARG_MAX skips NULL arguments)."""
+    per_patient = (
+        exp.select(col("patient"), exp.alias_(picked, "picked"))
+        .from_(exp.alias_(exp.paren(rows), "b"), copy=False)
+        .group_by(col("patient"), copy=False)
+    )
+    return exp.select(
+        col("patient"),
+        *(
+            exp.alias_(exp.Dot(this=col("picked"), expression=exp.to_identifier(f)), f)
+            for f in fields
+        ),
+    ).from_(exp.alias_(exp.paren(per_patient), "n"), copy=False)
+
+
 @dataclass(frozen=True, slots=True)
 class Value:
     """A compiled expression; ``cmp`` is the comparator column when the value may be a bound."""
@@ -93,20 +127,24 @@ class GuidelineSql:
             exp.alias_(col("practice", "p"), "practice"),
             exp.alias_(self._age(), "age"),
             exp.alias_(col("sex", "p"), "sex"),
-        ).from_(exp.alias_(exp.to_table("patients"), "p"))
+        ).from_(exp.alias_(exp.to_table("patients"), "p"), copy=False)
         for fact in self.g.facts:
             if isinstance(fact.primitive, t.Derived):
                 continue
             cte_name = f"f_{fact.name}"
             ctes.append((cte_name, self._fact_cte(fact.primitive)))
-            select = select.join(exp.to_table(cte_name), using=["patient"], join_type="left")
-            select = select.select(*self._fact_columns(fact, cte_name), append=True)
+            select = select.join(
+                exp.to_table(cte_name), using=["patient"], join_type="left", copy=False
+            )
+            select = select.select(*self._fact_columns(fact, cte_name), append=True, copy=False)
         for target in self.g.targets:
             cte_name = f"goal_{target.name}"
             ctes.append((cte_name, self._goal_cte(target.measure)))
-            select = select.join(exp.to_table(cte_name), using=["patient"], join_type="left")
+            select = select.join(
+                exp.to_table(cte_name), using=["patient"], join_type="left", copy=False
+            )
             select = select.select(
-                exp.alias_(col("value", cte_name), f"{target.name}__goal"), append=True
+                exp.alias_(col("value", cte_name), f"{target.name}__goal"), append=True, copy=False
             )
         layered: exp.Select = select
         for fact in self.g.facts:  # derived facts become columns, in dependency order
@@ -116,12 +154,13 @@ class GuidelineSql:
                 if value.cmp is not None:
                     columns.append(exp.alias_(value.cmp, f"{fact.name}__cmp"))
                 layered = exp.select("*", *columns).from_(
-                    exp.alias_(exp.paren(layered), f"d_{fact.name}")
+                    exp.alias_(exp.paren(layered), f"d_{fact.name}"), copy=False
                 )
-        outer = exp.select("*").from_(exp.alias_(exp.paren(layered), "facts"))
+        outer = exp.select("*").from_(exp.alias_(exp.paren(layered), "facts"), copy=False)
         outer = outer.select(
             exp.alias_(is_true(self.condition(self.g.register, own=True)), "in_register"),
             append=True,
+            copy=False,
         )
         for target in self.g.targets:
             value, source, reason = self._own_target(target)
@@ -130,9 +169,10 @@ class GuidelineSql:
                 exp.alias_(source, f"{target.name}__source"),
                 exp.alias_(reason, f"{target.name}__reason"),
                 append=True,
+                copy=False,
             )
         for name, cte in [("meds", self._meds()), *ctes]:
-            outer = outer.with_(name, as_=cte)
+            outer = outer.with_(name, as_=cte, copy=False)
         return outer
 
     def _age(self) -> exp.Expression:
@@ -161,20 +201,24 @@ class GuidelineSql:
             exp.EQ(this=col("code", "v"), expression=col("code", alias)),
             exp.EQ(this=col("valueset", "v"), expression=lit(valueset)),
         )
-        return select.join(exp.alias_(exp.to_table("valueset_codes"), "v"), on=on)
+        return select.join(exp.alias_(exp.to_table("valueset_codes"), "v"), on=on, copy=False)
 
     def _meds(self) -> exp.Select:
         """Medication in force: statements, or requests for patients with no statement at all."""
         statements = (
             exp.select(col("patient"))
-            .from_("medications")
-            .where(exp.EQ(this=col("source"), expression=lit("statement")))
+            .from_("medications", copy=False)
+            .where(exp.EQ(this=col("source"), expression=lit("statement")), copy=False)
         )
         keep = exp.or_(
             exp.EQ(this=col("source", "m"), expression=lit("statement")),
             exp.not_(exp.In(this=col("patient", "m"), query=statements.subquery())),
         )
-        return exp.select("*").from_(exp.alias_(exp.to_table("medications"), "m")).where(keep)
+        return (
+            exp.select("*")
+            .from_(exp.alias_(exp.to_table("medications"), "m"), copy=False)
+            .where(keep, copy=False)
+        )
 
     def _fact_cte(self, primitive: t.Primitive) -> exp.Select:
         as_of = lit(self.as_of)
@@ -187,36 +231,30 @@ class GuidelineSql:
                 col("date", "o"),
                 col("value", "o"),
                 col("comparator", "o"),
-            ).from_(exp.alias_(exp.to_table("observations"), "o"))
+            ).from_(exp.alias_(exp.to_table("observations"), "o"), copy=False)
             base = self._vs_join(base, "o", primitive.valueset).where(
-                exp.Between(this=col("date", "o"), low=start, high=as_of)
+                exp.Between(this=col("date", "o"), low=start, high=as_of), copy=False
             )
             if primitive.which == "count":
-                distinct = base.distinct()
+                distinct = base.distinct(copy=False)
                 return (
                     exp.select(col("patient"), exp.alias_(exp.Count(this=exp.Star()), "n"))
-                    .from_(exp.alias_(exp.paren(distinct), "d"))
-                    .group_by(col("patient"))
+                    .from_(exp.alias_(exp.paren(distinct), "d"), copy=False)
+                    .group_by(col("patient"), copy=False)
                 )
-            desc = primitive.which == "latest"
-            order = exp.Order(
-                expressions=[
-                    exp.Ordered(this=col("date"), desc=desc),
-                    exp.Ordered(this=col("resource"), desc=desc),
-                    exp.Ordered(this=col("record"), desc=False),
-                ]
+            # the latest (earliest) by date, then resource, then record: one aggregate per patient,
+            # as ORDER BY date DESC, resource DESC, record (ASC, ASC, ASC) would pick first
+            latest = primitive.which == "latest"
+            picked = (exp.ArgMax if latest else exp.ArgMin)(
+                this=_struct(*(col(c) for c in _OBSERVATION_FIELDS)),
+                expression=_struct(
+                    col("date"),
+                    col("resource"),
+                    exp.Neg(this=col("record")) if latest else col("record"),
+                    names=("d", "r", "n"),
+                ),
             )
-            ranked = exp.Window(this=exp.RowNumber(), partition_by=[col("patient")], order=order)
-            numbered = exp.select("*", exp.alias_(ranked, "rn")).from_(
-                exp.alias_(exp.paren(base), "b")
-            )
-            return (
-                exp.select(
-                    col("patient"), col("value"), col("comparator"), col("date"), col("resource")
-                )
-                .from_(exp.alias_(exp.paren(numbered), "n"))
-                .where(exp.EQ(this=col("rn"), expression=lit(1.0)))
-            )
+            return _unpack(base, picked, _OBSERVATION_FIELDS)
         if isinstance(primitive, t.ActiveMedication):
             started = exp.or_(
                 exp.Is(this=col("start", "m"), expression=NULL),
@@ -233,11 +271,11 @@ class GuidelineSql:
             )
             query = (
                 exp.select(col("patient", "m"))
-                .distinct()
-                .from_(exp.alias_(exp.to_table("meds"), "m"))
+                .distinct(copy=False)
+                .from_(exp.alias_(exp.to_table("meds"), "m"), copy=False)
             )
             return self._vs_join(query, "m", primitive.valueset).where(
-                exp.and_(started, exp.paren(exp.or_(ended_later, open_active)))
+                exp.and_(started, exp.paren(exp.or_(ended_later, open_active))), copy=False
             )
         if isinstance(primitive, t.ContinuousUse | t.MedicationStarted):
             return self._episodes(primitive)
@@ -258,18 +296,18 @@ class GuidelineSql:
                 when = exp.and_(when, exp.paren(exp.or_(abated_later, still)))
             query = (
                 exp.select(col("patient", "c"))
-                .distinct()
-                .from_(exp.alias_(exp.to_table("conditions"), "c"))
+                .distinct(copy=False)
+                .from_(exp.alias_(exp.to_table("conditions"), "c"), copy=False)
             )
-            return self._vs_join(query, "c", primitive.valueset).where(when)
+            return self._vs_join(query, "c", primitive.valueset).where(when, copy=False)
         if isinstance(primitive, t.ConditionOnset):
             query = exp.select(
                 col("patient", "c"), exp.alias_(exp.Min(this=col("onset", "c")), "onset")
-            ).from_(exp.alias_(exp.to_table("conditions"), "c"))
+            ).from_(exp.alias_(exp.to_table("conditions"), "c"), copy=False)
             return (
                 self._vs_join(query, "c", primitive.valueset)
-                .where(exp.LTE(this=col("onset", "c"), expression=as_of))
-                .group_by(col("patient", "c"))
+                .where(exp.LTE(this=col("onset", "c"), expression=as_of), copy=False)
+                .group_by(col("patient", "c"), copy=False)
             )
         if isinstance(primitive, t.PatientGoal):
             return self._goal_cte(primitive.valueset)
@@ -283,26 +321,19 @@ class GuidelineSql:
             col("value", "g"),
             exp.alias_(started, "started"),
             col("resource", "g"),
-        ).from_(exp.alias_(exp.to_table("goals"), "g"))
+        ).from_(exp.alias_(exp.to_table("goals"), "g"), copy=False)
         base = self._vs_join(base, "g", valueset).where(
             exp.or_(
                 exp.Is(this=col("start", "g"), expression=NULL),
                 exp.LTE(this=col("start", "g"), expression=as_of),
-            )
+            ),
+            copy=False,
         )
-        order = exp.Order(
-            expressions=[
-                exp.Ordered(this=col("started"), desc=True),
-                exp.Ordered(this=col("resource"), desc=True),
-            ]
+        picked = exp.ArgMax(  # the latest started goal, then the highest resource id
+            this=_struct(col("value")),
+            expression=_struct(col("started"), col("resource"), names=("s", "r")),
         )
-        ranked = exp.Window(this=exp.RowNumber(), partition_by=[col("patient")], order=order)
-        numbered = exp.select("*", exp.alias_(ranked, "rn")).from_(exp.alias_(exp.paren(base), "b"))
-        return (
-            exp.select(col("patient"), col("value"))
-            .from_(exp.alias_(exp.paren(numbered), "n"))
-            .where(exp.EQ(this=col("rn"), expression=lit(1.0)))
-        )
+        return _unpack(base, picked, ("value",))
 
     def _episodes(self, primitive: t.ContinuousUse | t.MedicationStarted) -> exp.Select:
         """Gaps and islands: spans merged when the gap is at most max_gap_days (as in Python)."""
@@ -327,15 +358,16 @@ class GuidelineSql:
                 exp.alias_(col("start", "m"), "s"),
                 exp.alias_(capped, "e"),
             )
-            .distinct()
-            .from_(exp.alias_(exp.to_table("meds"), "m"))
+            .distinct(copy=False)
+            .from_(exp.alias_(exp.to_table("meds"), "m"), copy=False)
         )
         spans = self._vs_join(spans, "m", primitive.valueset).where(
             exp.and_(
                 exp.not_(exp.Is(this=col("start", "m"), expression=NULL)),
                 exp.LTE(this=col("start", "m"), expression=as_of),
                 in_list(col("status", "m"), TAKEN_STATUSES),
-            )
+            ),
+            copy=False,
         )
         order = exp.Order(
             expressions=[
@@ -370,9 +402,11 @@ class GuidelineSql:
             default=lit(0.0),
         )
         flagged = exp.select("*", exp.alias_(previous, "prev")).from_(
-            exp.alias_(exp.paren(spans), "sp")
+            exp.alias_(exp.paren(spans), "sp"), copy=False
         )
-        marked = exp.select("*", exp.alias_(new, "new")).from_(exp.alias_(exp.paren(flagged), "fl"))
+        marked = exp.select("*", exp.alias_(new, "new")).from_(
+            exp.alias_(exp.paren(flagged), "fl"), copy=False
+        )
         numbering = exp.Window(
             this=exp.Sum(this=col("new")),
             partition_by=[col("patient")],
@@ -382,7 +416,7 @@ class GuidelineSql:
             ),
         )
         numbered = exp.select("*", exp.alias_(numbering, "episode")).from_(
-            exp.alias_(exp.paren(marked), "mk")
+            exp.alias_(exp.paren(marked), "mk"), copy=False
         )
         episodes = (
             exp.select(
@@ -390,8 +424,8 @@ class GuidelineSql:
                 exp.alias_(exp.Min(this=col("s")), "s"),
                 exp.alias_(exp.Max(this=col("e")), "e"),
             )
-            .from_(exp.alias_(exp.paren(numbered), "nb"))
-            .group_by(col("patient"), col("episode"))
+            .from_(exp.alias_(exp.paren(numbered), "nb"), copy=False)
+            .group_by(col("patient"), col("episode"), copy=False)
         )
         if isinstance(primitive, t.ContinuousUse):
             edge = lit(window_start(self.as_of, primitive.longer_than))
@@ -403,9 +437,9 @@ class GuidelineSql:
             keep = exp.GTE(this=col("s"), expression=edge)
         return (
             exp.select(col("patient"))
-            .distinct()
-            .from_(exp.alias_(exp.paren(episodes), "ep"))
-            .where(keep)
+            .distinct(copy=False)
+            .from_(exp.alias_(exp.paren(episodes), "ep"), copy=False)
+            .where(keep, copy=False)
         )
 
     def _fact_columns(self, fact: t.FactDef, cte: str) -> list[exp.Expression]:
@@ -459,7 +493,7 @@ class GuidelineSql:
         # b.* and not *: the winners' own columns (patient, value, ...) would otherwise repeat
         # names; engines then differ on which duplicate a row's field by that name returns.
         select = exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("b"))).from_(
-            exp.alias_(exp.to_table(base), "b")
+            exp.alias_(exp.to_table(base), "b"), copy=False
         )
         for target in self.g.targets:
             alias = f"w_{target.name}"
@@ -468,7 +502,7 @@ class GuidelineSql:
                 exp.EQ(this=col("measure", alias), expression=lit(target.measure)),
             )
             select = select.join(
-                exp.alias_(exp.to_table("winners"), alias), on=on, join_type="left"
+                exp.alias_(exp.to_table("winners"), alias), on=on, join_type="left", copy=False
             )
             select = select.select(
                 exp.alias_(col("value", alias), f"{target.name}__shared"),
@@ -476,12 +510,13 @@ class GuidelineSql:
                 exp.alias_(col("reason", alias), f"{target.name}__shared_reason"),
                 exp.alias_(col("guideline", alias), f"{target.name}__set_by"),
                 append=True,
+                copy=False,
             )
-        outer = exp.select(exp.Star()).from_(exp.alias_(exp.paren(select), "o"))
+        outer = exp.select(exp.Star()).from_(exp.alias_(exp.paren(select), "o"), copy=False)
         registered = col("in_register")
         for number, rec in enumerate(self.g.recommendations):
             fires = exp.and_(registered, is_true(self.condition(rec.when, own=False)))
-            outer = outer.select(exp.alias_(fires, f"rec_{number}"), append=True)
+            outer = outer.select(exp.alias_(fires, f"rec_{number}"), append=True, copy=False)
         for number, indicator in enumerate(self.g.indicators):
             eligible = registered
             if indicator.denominator is not None:
@@ -502,6 +537,7 @@ class GuidelineSql:
                 exp.alias_(numerator, f"ind_{number}_num"),
                 exp.alias_(excepted, f"ind_{number}_exc"),
                 append=True,
+                copy=False,
             )
         return outer
 
@@ -739,8 +775,8 @@ def winners(guidelines: list[tuple[int, t.CompiledGuideline]]) -> exp.Expression
                     exp.alias_(col(f"{target.name}__source"), "source"),
                     exp.alias_(col(f"{target.name}__reason"), "reason"),
                 )
-                .from_(table_name(index, "base"))
-                .where(col("in_register"))
+                .from_(table_name(index, "base"), copy=False)
+                .where(col("in_register"), copy=False)
             )
     if not parts:
         return exp.select(
@@ -750,7 +786,7 @@ def winners(guidelines: list[tuple[int, t.CompiledGuideline]]) -> exp.Expression
             exp.alias_(exp.cast(NULL, "DOUBLE"), "value"),
             exp.alias_(exp.cast(NULL, "VARCHAR"), "source"),
             exp.alias_(exp.cast(NULL, "DOUBLE"), "reason"),
-        ).where(FALSE)
+        ).where(FALSE, copy=False)
     union: exp.Expression = parts[0]
     for part in parts[1:]:
         union = exp.union(union, part, distinct=False)
@@ -763,7 +799,9 @@ def winners(guidelines: list[tuple[int, t.CompiledGuideline]]) -> exp.Expression
     ranked = exp.Window(
         this=exp.RowNumber(), partition_by=[col("patient"), col("measure")], order=order
     )
-    numbered = exp.select("*", exp.alias_(ranked, "rn")).from_(exp.alias_(exp.paren(union), "u"))
+    numbered = exp.select("*", exp.alias_(ranked, "rn")).from_(
+        exp.alias_(exp.paren(union), "u"), copy=False
+    )
     return (
         exp.select(
             col("patient"),
@@ -773,8 +811,8 @@ def winners(guidelines: list[tuple[int, t.CompiledGuideline]]) -> exp.Expression
             col("source"),
             col("reason"),
         )
-        .from_(exp.alias_(exp.paren(numbered), "n"))
-        .where(exp.EQ(this=col("rn"), expression=lit(1.0)))
+        .from_(exp.alias_(exp.paren(numbered), "n"), copy=False)
+        .where(exp.EQ(this=col("rn"), expression=lit(1.0)), copy=False)
     )
 
 
@@ -783,3 +821,60 @@ def compile_sweep(guidelines: GuidelineSet, as_of: dt.date) -> list[tuple[int, G
     return [
         (index, GuidelineSql(index, g, as_of)) for index, g in enumerate(guidelines.in_force(as_of))
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedSweep:
+    """One reference date's sweep as SQL text for one dialect: the steps' queries, rendered once.
+
+    Why cached: building and rendering the trees of the whole library takes a few seconds per
+    date and dialect, and a run needs them more than once (the sweep, then the list reasons).
+    """
+
+    compiled: tuple[tuple[int, GuidelineSql], ...]
+    base: tuple[str, ...]  # per compiled guideline, in order
+    winners: str
+    outcomes: tuple[str, ...]
+    # per compiled guideline: its base query's CTEs (name, query) in order, and the query without
+    # them, for an engine that materialises each CTE first (DuckDB: bounded memory)
+    base_steps: tuple[tuple[tuple[tuple[str, str], ...], str], ...] = ()
+
+
+_RENDERED: dict[tuple[object, ...], RenderedSweep] = {}
+_RENDERED_MAX = 16
+
+
+def rendered_sweep(guidelines: GuidelineSet, as_of: dt.date, dialect: str) -> RenderedSweep:
+    """:func:`compile_sweep` rendered for ``dialect``, cached per (guidelines in force by id,
+    version and content hash, date, dialect): the same content always renders the same SQL."""
+    in_force = guidelines.in_force(as_of)
+    key = (dialect, as_of, tuple((g.id, g.version, g.content_hash) for g in in_force))
+    found = _RENDERED.get(key)
+    if found is not None:
+        return found
+    compiled = tuple(compile_sweep(guidelines, as_of))
+    bases = [sql.base() for _, sql in compiled]
+    found = RenderedSweep(
+        compiled,
+        tuple(base.sql(dialect) for base in bases),
+        winners([(i, s.g) for i, s in compiled]).sql(dialect),
+        tuple(sql.outcomes().sql(dialect) for _, sql in compiled),
+        tuple(_split_ctes(base, dialect) for base in bases),
+    )
+    if len(_RENDERED) >= _RENDERED_MAX:
+        _RENDERED.pop(next(iter(_RENDERED)))
+    _RENDERED[key] = found
+    return found
+
+
+def _split_ctes(query: exp.Select, dialect: str) -> tuple[tuple[tuple[str, str], ...], str]:
+    """A query's CTEs, each rendered alone, and the query rendered without them. Run in order as
+    tables named after the CTEs, they give the query's result: the CTEs are plain and refer only
+    to tables and earlier CTEs."""
+    with_ = query.args.get("with_")
+    if with_ is None:
+        return (), query.sql(dialect)
+    ctes = tuple((cte.alias, cte.this.sql(dialect)) for cte in with_.expressions)
+    bare = query.copy()
+    bare.set("with_", None)
+    return ctes, bare.sql(dialect)

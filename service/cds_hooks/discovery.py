@@ -55,12 +55,30 @@ SERVICES = (
 SERVICES_BY_ID = {service.id: service for service in SERVICES}
 
 
-@lru_cache(maxsize=8)
 def prefetch_templates(
-    guidelines: GuidelineSet, today: dt.date, max_url_length: int = 2000
+    guidelines: GuidelineSet,
+    today: dt.date,
+    max_url_length: int = 2000,
+    in_force: tuple[t.CompiledGuideline, ...] | None = None,
 ) -> dict[str, str]:
-    """Prefetch keys and queries covering every fact of every guideline in force today."""
-    in_force = guidelines.in_force(today)
+    """Prefetch keys and queries covering every fact of every guideline in force.
+
+    ``in_force`` defaults to the versions in force on ``today``; the service passes the versions
+    in force at this instant (a version may switch on at any moment of a day). Computed once per
+    set, in-force versions, day and URL limit: the key holds the versions' identities (kept alive
+    by the set in the key), so a lookup never hashes a rule tree.
+    """
+    if in_force is None:
+        in_force = guidelines.in_force(today)
+    return _templates(guidelines, tuple(map(id, in_force)), today, max_url_length)
+
+
+@lru_cache(maxsize=16)
+def _templates(
+    guidelines: GuidelineSet, versions: tuple[int, ...], today: dt.date, max_url_length: int
+) -> dict[str, str]:
+    by_identity = {id(g): g for g in guidelines.guidelines}
+    in_force = tuple(by_identity[v] for v in versions)
     templates = {
         "patient": f"Patient/{PATIENT_TOKEN}",
         "conditions": f"Condition?patient={PATIENT_TOKEN}",
@@ -119,9 +137,14 @@ def _chunks(codes: list[str], since: dt.date, limit: int) -> list[list[str]]:
     return chunks
 
 
-def discovery(guidelines: GuidelineSet, today: dt.date) -> dict[str, object]:
+def discovery(
+    guidelines: GuidelineSet,
+    today: dt.date,
+    in_force: tuple[t.CompiledGuideline, ...] | None = None,
+    max_url_length: int = 2000,
+) -> dict[str, object]:
     """The body of ``GET /cds-services``."""
-    prefetch = prefetch_templates(guidelines, today)
+    prefetch = prefetch_templates(guidelines, today, max_url_length, in_force)
     return {
         "services": [
             {

@@ -25,9 +25,9 @@ from fhir_adapter.normalise import (
     resource_records,
 )
 from fhir_adapter.records import Issue, PatientRecord
+from tests.support.shared_data import SYNTHEA
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SYNTHEA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "synthea-r4-100"
 CPR = "0101011234"  # obviously fake: the CPR identifier of the Danish fixture patient
 
 NPU = "http://npu-terminology.org"

@@ -186,3 +186,19 @@ def test_sweep_over_a_store(tmp_path: Path, guideline_dir: Path) -> None:
         ],
     )
     assert missing.exit_code == 2 and "manifest.json" in missing.output
+
+
+def test_sweep_bounds_duckdb_and_shows_no_bars_off_a_terminal(
+    tmp_path: Path, guideline_dir: Path
+) -> None:
+    spec = CasePatient.model_validate({"birth_date": "1950-01-01", "sex": "female"})
+    patient = normalise_patient(case_resources(spec))._replace(practice="123456")
+    write_store(facts_tables([patient]), tmp_path / "store")
+    args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", "2026-06-01"]
+    args += ["--out", str(tmp_path / "out"), "-g", str(guideline_dir)]
+    result = runner.invoke(app, [*args, "--memory-limit", "512MB", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "━" not in result.output  # no progress bar when not on a terminal
+    assert not list((tmp_path / "out").glob(".duckdb-*")), "the spill directory is removed"
+    bad = runner.invoke(app, [*args, "--memory-limit", "lots"])
+    assert bad.exit_code == 2 and "bad DuckDB setting" in bad.output

@@ -28,9 +28,9 @@ from service.cds_hooks.prefetch import prefetch_from
 from service.settings import Settings
 from synth.patients import generate_patient
 from tests.support.sekmet import SekmetServer, free_port
+from tests.support.shared_data import SYNTHEA, shared_data
 
 LIBRARY = Path(__file__).resolve().parents[2] / "guidelines"
-SYNTHEA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "synthea-r4-100"
 PATIENT_VIEW = "/cds-services/vejviser-patient-view"
 SYNTHEA_DIABETICS = ("Patria_Schimmel_d2f8f862", "Louis_Maggio_2e275d4b", "Nikki_Ferry_a185cc91")
 
@@ -204,7 +204,7 @@ def synthea_resources(prefix: str) -> list[dict[str, Any]]:
     """A Synthea bundle as plain resources: urn:uuid references rewritten to Type/id, and
     references to resources the trimmed bundle lacks (encounters...) left out, as a server
     would refuse them."""
-    (path,) = SYNTHEA.glob(f"{prefix}*.json.gz")
+    (path,) = shared_data(SYNTHEA).glob(f"{prefix}*.json.gz")
     bundle = json.loads(gzip.decompress(path.read_bytes()))
     by_url = {
         e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}"

@@ -120,7 +120,7 @@ def test_a_published_run_is_not_redone(
     def no_sweep(*args: object, **kwargs: object) -> None:
         raise AssertionError("a published run must not be swept again")
 
-    monkeypatch.setattr(runner, "sweep", no_sweep)
+    monkeypatch.setattr(runner, "sweep_tables", no_sweep)
     assert run_sweep(con, guidelines, DATES, clean.directory.parent, CLUSTERS) == clean
 
 

@@ -1,0 +1,481 @@
+"""A sweep's files computed where its rows are: in DuckDB, set-based, streamed to disk.
+
+Why: a national sweep has some 80 million patient x guideline rows. As Python objects
+(:class:`~engine.population.outcomes.PopulationOutcome`, then rows of every file) they take tens of
+gigabytes and most of an hour; as DuckDB rows they are sorted, counted and written in minutes in
+bounded memory (DuckDB spills past its ``memory_limit``). Only what must be Python stays Python:
+the reasons in words (rendered by :func:`rules.rendering.render`, as on the cards), the CSV cells
+and the MeasureReports, one practice at a time.
+
+The files are the same, row for row and byte for byte, as those of
+:func:`engine.population.run.write_outputs` from the same sweep, which stays the reference (pure
+functions of :mod:`engine.population.outputs` and :mod:`engine.population.measure_report`) and the
+path for other engines; a test checks the two against each other.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.population import outputs as out
+from engine.population.measure_report import (
+    POPULATIONS,
+    population_counts,
+    subject_list_report,
+    summary_report,
+)
+from engine.population.sql import GuidelineSql, RenderedSweep, table_name
+from rules import tree as t
+
+CLUSTERS = "vejviser_clusters"
+EXCEPTIONS = "vejviser_exceptions"
+OUTCOMES = "vejviser_outcomes"
+BATCH = 20_000  # rows fetched into Python at a time
+BATCH_PATIENTS = 500_000  # patients per sorted part of outcomes.parquet
+
+Advance = Callable[[int], None]
+"""Reports progress: called with the number of units of work just done."""
+
+
+def _q(text: object) -> str:
+    """A SQL string literal."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def _i(name: str) -> str:
+    """A SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _path(path: Path) -> str:
+    return _q(str(path))
+
+
+# -- outcomes.parquet ----------------------------------------------------------------------------
+
+
+def register_inputs(
+    con: duckdb.DuckDBPyConnection,
+    clusters: Mapping[str, str],
+    exceptions: out.ExceptionReasons,
+) -> None:
+    """The practice -> cluster map and the CDS-feedback exceptions in force, as tables."""
+    con.register(
+        CLUSTERS,
+        pa.table(
+            {"practice": list(clusters), "cluster": list(clusters.values())},
+            schema=pa.schema([("practice", pa.string()), ("cluster", pa.string())]),
+        ),
+    )
+    con.register(
+        EXCEPTIONS,
+        pa.table(
+            {
+                "patient": [p for p, _ in exceptions],
+                "guideline": [g for _, g in exceptions],
+                "codes": [list(codes) for codes in exceptions.values()],
+            },
+            schema=pa.schema(
+                [
+                    ("patient", pa.string()),
+                    ("guideline", pa.string()),
+                    ("codes", pa.list_(pa.string())),
+                ]
+            ),
+        ),
+    )
+
+
+def unregister_inputs(con: duckdb.DuckDBPyConnection) -> None:
+    for name in (CLUSTERS, EXCEPTIONS):
+        con.unregister(name)
+
+
+_EMPTY_INDICATORS = "[]::STRUCT(indicator VARCHAR, membership VARCHAR)[]"
+_EMPTY_TARGETS = "[]::STRUCT(name VARCHAR, value DOUBLE, source VARCHAR, set_by VARCHAR)[]"
+
+
+def _guideline_outcomes(index: int, sql: GuidelineSql) -> str:
+    """One guideline's rows of outcomes.parquet, as :func:`outputs.outcomes_table` builds them from
+    :func:`duckdb_engine.outcome` and :func:`outputs.apply_exceptions`."""
+    g = sql.g
+    recommendations = "[]::VARCHAR[]"
+    for n, r in reversed(list(enumerate(g.recommendations))):  # list_concat: no lambdas (1.1)
+        fired = f"CASE WHEN rec_{n} THEN [{_q(r.id)}] ELSE []::VARCHAR[] END"
+        recommendations = f"list_concat({fired}, {recommendations})"
+    memberships = [
+        f"{{'indicator': {_q(i.id)}, 'membership': CASE WHEN ind_{n}_num OR ind_{n}_den THEN "
+        f"CASE WHEN e.codes IS NOT NULL THEN 'excepted' WHEN ind_{n}_num THEN 'numerator' "
+        f"ELSE 'denominator' END WHEN ind_{n}_exc THEN 'excepted' ELSE 'outside' END}}"
+        for n, i in enumerate(g.indicators)
+    ]
+    indicators = f"[{', '.join(memberships)}]" if memberships else _EMPTY_INDICATORS
+    targets = [
+        f"{{'name': {_q(x.name)}, 'value': CAST({_i(x.name + '__shared')} AS DOUBLE), "
+        f"'source': CAST({_i(x.name + '__shared_source')} AS VARCHAR), "
+        f"'set_by': CAST({_i(x.name + '__set_by')} AS VARCHAR)}}"
+        for x in g.targets
+    ]
+    target_list = f"[{', '.join(targets)}]" if targets else _EMPTY_TARGETS
+    registered = "COALESCE(o.in_register, false)"
+    return (
+        f"SELECT CAST(o.patient AS VARCHAR) AS patient, CAST(o.practice AS VARCHAR) AS practice, "
+        f"c.cluster AS cluster, {_q(g.id)} AS guideline, {_q(g.version)} AS version, "
+        f"{_q(g.content_hash)} AS content_hash, {registered} AS in_register, "
+        f"{recommendations} AS recommendations, "
+        f"CASE WHEN {registered} THEN {indicators} ELSE {_EMPTY_INDICATORS} END AS indicators, "
+        f"CASE WHEN {registered} THEN {target_list} ELSE {_EMPTY_TARGETS} END AS targets, "
+        f"COALESCE(e.codes, []::VARCHAR[]) AS exceptions "
+        f"FROM {table_name(index, 'outcomes')} AS o "
+        f"LEFT JOIN {CLUSTERS} AS c ON c.practice = o.practice "
+        f"LEFT JOIN {EXCEPTIONS} AS e ON e.patient = o.patient AND e.guideline = {_q(g.id)}"
+    )
+
+
+def write_outcomes(
+    con: duckdb.DuckDBPyConnection,
+    rendered: RenderedSweep,
+    path: Path,
+    batch_patients: int | None = None,
+) -> int:
+    """outcomes.parquet, sorted as :func:`outputs.outcome_order`; then readable as ``OUTCOMES``.
+    Returns the number of rows.
+
+    Why in batches: sorting every patient x guideline row of a national population (80 million
+    rows with nested lists) at once outgrows DuckDB's memory limit. The rows are written in
+    ranges of practices (about ``batch_patients`` patients each, in sort order), each range
+    sorted by DuckDB into a part file, and the parts are copied in order into the one file by
+    pyarrow, a row group at a time. One range (a small population) is written directly."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if rendered.compiled:
+        union = " UNION ALL ".join(_guideline_outcomes(i, s) for i, s in rendered.compiled)
+    else:
+        union = (
+            "SELECT NULL::VARCHAR AS patient, NULL::VARCHAR AS practice, NULL::VARCHAR AS cluster, "
+            "NULL::VARCHAR AS guideline, NULL::VARCHAR AS version, NULL::VARCHAR AS content_hash, "
+            f"NULL::BOOLEAN AS in_register, []::VARCHAR[] AS recommendations, "
+            f"{_EMPTY_INDICATORS} AS indicators, {_EMPTY_TARGETS} AS targets, "
+            "[]::VARCHAR[] AS exceptions WHERE false"
+        )
+    order = "ORDER BY COALESCE(practice, ''), patient, guideline"
+    batch = batch_patients or BATCH_PATIENTS
+    ranges = _practice_ranges(con, batch) if rendered.compiled else []
+    if len(ranges) <= 1:
+        con.execute(
+            f"COPY (SELECT * FROM ({union}) {order}) "
+            f"TO {_path(path)} (FORMAT PARQUET, COMPRESSION ZSTD)"
+        )
+    else:
+        parts = path.parent / f".{path.name}.parts"
+        shutil.rmtree(parts, ignore_errors=True)
+        parts.mkdir()
+        try:
+            files = []
+            for n, (low, high) in enumerate(ranges):
+                part = parts / f"{n:05d}.parquet"
+                key = "COALESCE(practice, '')"
+                con.execute(
+                    f"COPY (SELECT * FROM ({union}) WHERE {key} >= {_q(low)} AND "
+                    f"{key} <= {_q(high)} {order}) TO {_path(part)} "
+                    "(FORMAT PARQUET, COMPRESSION ZSTD)"
+                )
+                files.append(part)
+            writer = None
+            try:
+                for part in files:
+                    source = pq.ParquetFile(part)
+                    if writer is None:
+                        writer = pq.ParquetWriter(path, source.schema_arrow, compression="zstd")
+                    for group in range(source.num_row_groups):
+                        writer.write_table(source.read_row_group(group))
+            finally:
+                if writer is not None:
+                    writer.close()
+        finally:
+            shutil.rmtree(parts, ignore_errors=True)
+    _fsync(path)
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {OUTCOMES} AS SELECT * FROM read_parquet({_path(path)})"
+    )
+    return int(con.execute(f"SELECT count(*) FROM {OUTCOMES}").fetchall()[0][0])
+
+
+def _practice_ranges(con: duckdb.DuckDBPyConnection, batch_patients: int) -> list[tuple[str, str]]:
+    """Consecutive ranges of the sort key ``COALESCE(practice, '')`` with about
+    ``batch_patients`` patients each (a practice is never split)."""
+    counts = con.execute(
+        "SELECT COALESCE(practice, '') AS k, count(*) FROM patients GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    ranges: list[tuple[str, str]] = []
+    low, size = None, 0
+    for key, count in counts:
+        if low is None:
+            low = key
+        size += count
+        if size >= batch_patients:
+            ranges.append((low, key))
+            low, size = None, 0
+    if low is not None:
+        ranges.append((low, counts[-1][0]))
+    return ranges
+
+
+# -- indicators ----------------------------------------------------------------------------------
+
+
+def indicator_rows(
+    con: duckdb.DuckDBPyConnection, guidelines: Sequence[t.CompiledGuideline], language: str
+) -> list[out.IndicatorRow]:
+    """:func:`outputs.indicator_rows` over ``OUTCOMES``: the counts by SQL, the rows by the same
+    function that builds them from Python outcomes."""
+    long = (
+        "SELECT practice, cluster, guideline, i.indicator AS indicator, i.membership AS m FROM "
+        f"(SELECT practice, cluster, guideline, UNNEST(indicators) AS i FROM {OUTCOMES} "
+        "WHERE in_register)"
+    )
+    counts_sql = (
+        "count(*), count(*) FILTER (WHERE m = 'numerator'), "
+        "count(*) FILTER (WHERE m IN ('numerator', 'denominator')), "
+        "count(*) FILTER (WHERE m = 'excepted')"
+    )
+    query = (
+        f"WITH long AS ({long}) "
+        f"SELECT 'practice', practice, guideline, indicator, {counts_sql} FROM long "
+        "WHERE practice IS NOT NULL GROUP BY ALL UNION ALL "
+        f"SELECT 'cluster', cluster, guideline, indicator, {counts_sql} FROM long "
+        "WHERE practice IS NOT NULL AND cluster IS NOT NULL GROUP BY ALL UNION ALL "
+        f"SELECT 'all', 'all', guideline, indicator, {counts_sql} FROM long GROUP BY ALL"
+    )
+    counts = {
+        (level, unit, guideline, indicator): [register, numerator, denominator, excepted]
+        for level, unit, guideline, indicator, register, numerator, denominator, excepted in (
+            con.execute(query).fetchall()
+        )
+    }
+    units: set[tuple[str, str]] = set()
+    for practice, cluster in con.execute(
+        f"SELECT DISTINCT practice, cluster FROM {OUTCOMES}"
+    ).fetchall():
+        units.add(("all", out.ALL))
+        if practice is not None:
+            units.add(("practice", practice))
+            if cluster is not None:
+                units.add(("cluster", cluster))
+    return out.indicator_rows_from_counts(counts, units, guidelines, language)
+
+
+# -- patient lists -------------------------------------------------------------------------------
+
+
+def practices(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Every practice with patients (each gets a list, possibly empty), sorted."""
+    query = f"SELECT DISTINCT practice FROM {OUTCOMES} WHERE practice IS NOT NULL ORDER BY 1"
+    return [str(p) for (p,) in con.execute(query).fetchall()]
+
+
+def _rows(result: duckdb.DuckDBPyConnection) -> Iterator[dict[str, Any]]:
+    names = [d[0] for d in result.description]
+    while batch := result.fetchmany(BATCH):
+        for values in batch:
+            yield dict(zip(names, values, strict=True))
+
+
+def write_lists(
+    con: duckdb.DuckDBPyConnection,
+    rendered: RenderedSweep,
+    directory: Path,
+    practice_files: Mapping[str, str],
+    guidelines: Sequence[t.CompiledGuideline],
+    language: str,
+    advance: Advance | None = None,
+) -> int:
+    """Every practice's list (``lists/<file>.csv``), as :func:`outputs.list_rows` and
+    :func:`run.list_reasons` make it, written a guideline at a time (guidelines in id order, each
+    practice's file appended to) so only one guideline's listed patients are in Python at once.
+    ``practice_files`` maps each practice with patients to its file name. Returns the rows."""
+    by_id = {g.id: g for g in guidelines}
+    handles = {}
+    for practice, name in practice_files.items():
+        path = directory / "lists" / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # a BOM so that Excel, which is how most practices open a CSV, reads æ, ø and å
+        handle = path.open("w", encoding="utf-8-sig", newline="")
+        csv.writer(handle, lineterminator="\n").writerow(out.LIST_COLUMNS)
+        handles[practice] = handle
+    written = 0
+    try:
+        for index, sql in sorted(rendered.compiled, key=lambda c: c[1].g.id):
+            g = sql.g
+            if g.recommendations:
+                written += _write_guideline_list(con, index, sql, by_id, handles, language)
+            if advance is not None:
+                advance(1)
+        for handle in handles.values():
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return written
+
+
+def _write_guideline_list(
+    con: duckdb.DuckDBPyConnection,
+    index: int,
+    sql: GuidelineSql,
+    by_id: Mapping[str, t.CompiledGuideline],
+    handles: Mapping[str, Any],
+    language: str,
+) -> int:
+    from engine.population.run import _ReasonPlan
+
+    g = sql.g
+    plan = _ReasonPlan(sql, by_id, language)
+    order = "[" + ", ".join(_q(r.id) for r in g.recommendations) + "]"
+    reasons = plan.select().sql("duckdb")
+    columns = "".join(f", r.{_i(alias)}" for alias in plan.columns)
+    query = (
+        "SELECT f.practice AS vejviser_practice, f.patient AS patient, f.rec AS vejviser_rec, "
+        "f.exceptions AS vejviser_exceptions, r.patient IS NOT NULL AS vejviser_found"
+        f"{columns} FROM (SELECT practice, patient, UNNEST(recommendations) AS rec, exceptions "
+        f"FROM {OUTCOMES} WHERE guideline = {_q(g.id)} AND practice IS NOT NULL "
+        "AND len(recommendations) > 0) AS f "
+        f"LEFT JOIN ({reasons}) AS r ON r.patient = f.patient "
+        f"ORDER BY f.practice, list_position({order}, f.rec), f.patient"
+    )
+    recs = {r.id: r for r in g.recommendations}
+    title = g.title.in_language(language)
+    suggestions = {
+        r.id: r.suggestion.label.in_language(language) if r.suggestion else ""
+        for r in recs.values()
+    }
+    plain = {r.id: out.plain_summary(r.summary.in_language(language)) for r in recs.values()}
+    cell = out.cell
+    written = 0
+    practice = None
+    writer: Any = None
+    for row in _rows(con.execute(query)):
+        if row["vejviser_practice"] != practice:
+            practice = row["vejviser_practice"]
+            writer = csv.writer(handles[practice], lineterminator="\n")
+        rec = recs[row["vejviser_rec"]]
+        reason = plan.reason(rec, row) if row["vejviser_found"] else None
+        writer.writerow(
+            [
+                cell(row["patient"]),
+                cell(g.id),
+                cell(g.version),
+                cell(title),
+                cell(rec.id),
+                cell(rec.indicator),
+                cell(reason.text if reason else plain[rec.id]),
+                cell(suggestions[rec.id]),
+                cell(reason.key_values if reason else ""),
+                cell("|".join(row["vejviser_exceptions"] or ())),
+            ]
+        )
+        written += 1
+    return written
+
+
+# -- MeasureReports ------------------------------------------------------------------------------
+
+_FHIR_POPULATIONS = {
+    "numerator": ("initial-population", "denominator", "numerator"),
+    "denominator": ("initial-population", "denominator"),
+    "excepted": ("initial-population", "denominator", "denominator-exception"),
+    "outside": ("initial-population",),
+}
+
+
+def write_measure_reports(
+    con: duckdb.DuckDBPyConnection,
+    directory: Path,
+    practice_files: Mapping[str, str],
+    guidelines: Sequence[t.CompiledGuideline],
+    as_of: dt.date,
+    language: str,
+    advance: Advance | None = None,
+) -> int:
+    """Every practice's MeasureReports, as :func:`run.write_outputs` writes them from
+    :func:`measure_report.practice_members`: the members grouped by SQL, one practice in Python at
+    a time. Returns the number of files."""
+    with_indicators = [g for g in sorted(guidelines, key=lambda g: g.id) if g.indicators]
+    query = (
+        "SELECT practice, guideline, i.indicator AS indicator, i.membership AS membership, "
+        "list(patient ORDER BY patient) AS patients FROM "
+        f"(SELECT practice, guideline, patient, UNNEST(indicators) AS i FROM {OUTCOMES} "
+        "WHERE practice IS NOT NULL AND in_register) GROUP BY ALL ORDER BY practice"
+    )
+    result = con.execute(query)
+    reports = 0
+
+    def members_of(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, dict[str, list[str]]]]:
+        found: dict[str, dict[str, dict[str, list[str]]]] = {}
+        for _, guideline, indicator, membership, patients in rows:
+            populations = found.setdefault(guideline, {}).setdefault(
+                indicator, {code: [] for code in POPULATIONS}
+            )
+            for code in _FHIR_POPULATIONS[membership]:
+                populations[code].extend(patients)
+        return found
+
+    def fetched() -> Iterator[tuple[Any, ...]]:
+        while batch := result.fetchmany(1000):
+            yield from batch
+
+    rows = fetched()
+    following = next(rows, None)
+    for practice, name in practice_files.items():  # sorted, as the groups
+        mine: list[tuple[Any, ...]] = []
+        while following is not None and following[0] == practice:
+            mine.append(following)
+            following = next(rows, None)
+        members = members_of(mine)
+        folder = directory / "measure_reports" / name
+        for g in with_indicators:
+            own = members.get(g.id, {})
+            summary = summary_report(practice, g, population_counts(own), as_of, language)
+            subjects = subject_list_report(practice, g, own, as_of, language)
+            _write_json(folder / f"{g.id}.summary.json", summary)
+            _write_json(folder / f"{g.id}.subject-list.json", subjects)
+            reports += 2
+        if advance is not None:
+            advance(1)
+    return reports
+
+
+def _write_json(path: Path, resource: Mapping[str, Any]) -> None:
+    """As ``json.dumps(indent=2, ensure_ascii=False)`` plus a newline: orjson writes the same
+    bytes, except for floats below 1e-4, which Python writes as 1e-05 and orjson as 1e-5 (a score
+    that small needs a denominator above 10,000; then the slow path is taken)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scores = (g.get("measureScore", {}).get("value", 1.0) for g in resource.get("group", ()))
+    if any(0 < abs(score) < 1e-4 for score in scores):
+        data = (json.dumps(resource, indent=2, ensure_ascii=False) + "\n").encode()
+    else:
+        data = orjson.dumps(resource, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

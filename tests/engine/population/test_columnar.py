@@ -1,0 +1,140 @@
+"""The runner's set-based outputs (DuckDB, engine/population/columnar.py) are the reference's.
+
+:func:`run_sweep` keeps a sweep's rows in DuckDB; :func:`write_outputs` builds the same files from
+Python outcomes with the pure functions of outputs.py and measure_report.py. Both run here over
+the same sweep, with clusters, a practice-less patient and CDS-feedback exceptions, and every file
+must be the same: CSVs and MeasureReports byte for byte, outcomes.parquet row for row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from engine.population import columnar
+from engine.population import outputs as out
+from engine.population.duckdb_engine import configure, load_tables, sweep
+from engine.population.run import RunManifest, list_reasons, run_sweep, write_outputs
+from engine.population.tables import facts_tables
+from fhir_adapter.records import PatientRecord
+from rules.guideline_set import GuidelineSet
+from service.feedback import PatientException
+from tests.engine.population.synthetic import AS_OF, CLUSTERS
+
+SUPPRESS = 5
+
+
+@pytest.fixture(scope="module")
+def con(
+    library: GuidelineSet, patients: list[PatientRecord]
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    with duckdb.connect() as connection:
+        configure(connection, memory_limit="1GB", threads=2)
+        load_tables(connection, facts_tables(patients), library)
+        yield connection
+
+
+@pytest.fixture(scope="module")
+def exceptions(con: duckdb.DuckDBPyConnection, library: GuidelineSet) -> list[PatientException]:
+    """Feedback for listed patients of two guidelines, one recorded after the date (not in force)."""
+    listed = sorted(
+        {(o.patient, o.guideline) for o in sweep(con, library, AS_OF) if o.recommendations}
+    )
+    assert len(listed) >= 3
+    recorded = dt.datetime(2026, 9, 1, 10, 0, tzinfo=dt.UTC)
+    late = dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.UTC)
+    (p0, g0), (p1, g1), (p2, g2) = listed[:3]
+    return [
+        PatientException(p0, g0, None, "declined", recorded, "u1"),
+        PatientException(p0, g0, None, "not-suitable", recorded, "u1"),
+        PatientException(p1, g1, None, "declined", late, "u2"),
+        PatientException(p2, g2, None, "not-suitable", recorded, "u3"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def columnar_run(
+    con: duckdb.DuckDBPyConnection,
+    library: GuidelineSet,
+    exceptions: list[PatientException],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> RunManifest:
+    out_dir = tmp_path_factory.mktemp("columnar")
+    return run_sweep(con, library, [AS_OF], out_dir, CLUSTERS, SUPPRESS, exceptions)
+
+
+@pytest.fixture(scope="module")
+def reference(
+    con: duckdb.DuckDBPyConnection,
+    library: GuidelineSet,
+    exceptions: list[PatientException],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    directory = tmp_path_factory.mktemp("reference") / str(AS_OF)
+    raw = list(sweep(con, library, AS_OF))
+    reasons = list_reasons(con, library, AS_OF, raw, "da")
+    write_outputs(directory, library, AS_OF, raw, reasons, CLUSTERS, SUPPRESS, exceptions, "da")
+    return directory
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.suffix != ".parquet"
+    }
+
+
+def test_every_file_is_the_reference_byte_for_byte(
+    columnar_run: RunManifest, reference: Path
+) -> None:
+    mine = files(columnar_run.directory / str(AS_OF))
+    theirs = files(reference)
+    assert sorted(mine) == sorted(theirs)
+    assert any(name.startswith("lists/") for name in mine)
+    assert any(name.startswith("measure_reports/") for name in mine)
+    for name, content in theirs.items():
+        assert mine[name] == content, name
+
+
+def test_outcomes_are_the_reference_row_for_row(columnar_run: RunManifest, reference: Path) -> None:
+    mine = pq.read_table(columnar_run.directory / str(AS_OF) / "outcomes.parquet")
+    theirs = pq.read_table(reference / "outcomes.parquet")
+    assert mine.column_names == list(out.OUTCOME_SCHEMA.names)
+    assert mine.to_pylist() == theirs.to_pylist()
+    excepted = [r for r in mine.to_pylist() if r["exceptions"]]
+    assert {tuple(r["exceptions"]) for r in excepted} == {
+        ("declined", "not-suitable"),
+        ("not-suitable",),
+    }
+
+
+def test_the_manifest_counts_and_times_each_step(columnar_run: RunManifest) -> None:
+    steps = {name.split("/", 1)[1] for name in columnar_run.timings}
+    assert steps == {"sweep", "outcomes", "indicators", "lists", "measure_reports"}
+    assert columnar_run.rows[f"{AS_OF}/outcomes.parquet"] > 0
+    assert columnar_run.rows[f"{AS_OF}/lists"] > 0
+
+
+def test_outcomes_written_in_batches_of_practices_are_the_same(
+    con: duckdb.DuckDBPyConnection,
+    library: GuidelineSet,
+    exceptions: list[PatientException],
+    reference: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A national sweep sorts outcomes.parquet a range of practices at a time (here 40 patients
+    a batch: one practice each, and the patient with no practice first)."""
+    monkeypatch.setattr(columnar, "BATCH_PATIENTS", 40)
+    run = run_sweep(con, library, [AS_OF], tmp_path, CLUSTERS, SUPPRESS, exceptions)
+    day = run.directory / str(AS_OF)
+    mine = pq.read_table(day / "outcomes.parquet")
+    assert mine.to_pylist() == pq.read_table(reference / "outcomes.parquet").to_pylist()
+    assert not list(day.glob(".*")), "no part files are left"
+    assert files(day) == files(reference)

@@ -1,0 +1,278 @@
+"""Streaming ingest: the same facts as normalise + facts_tables, upserts, an atomic store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engine.population.ingest import (
+    ISSUES,
+    QUARANTINE,
+    IngestInProgressError,
+    ingest,
+    ndjson_files,
+)
+from engine.population.store import FACT_TABLES, snapshot_of
+from engine.population.tables import facts_tables
+from fhir_adapter.normalise import normalise
+from synth.population import write_population
+
+AS_OF = dt.date(2026, 10, 1)
+
+
+def read_lines(source: Path) -> list[Any]:
+    """Every JSON object of the files in ingest order (what the in-memory path normalised)."""
+    resources = []
+    for path in ndjson_files(source):
+        for line in path.read_bytes().split(b"\n"):
+            try:
+                resource = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(resource, dict):
+                resources.append(resource)
+    return resources
+
+
+def resolved(tables: dict[str, pa.Table]) -> dict[str, list[tuple[Any, ...]]]:
+    """Rows of each fact table, sorted, with integer codes replaced by (system, value)."""
+    codes = {row["code"]: (row["system"], row["value"]) for row in tables["codes"].to_pylist()}
+    out = {}
+    for name in FACT_TABLES:
+        rows = []
+        for row in tables[name].to_pylist():
+            if name == "codes":
+                row = {"coding": (row["system"], row["value"])}
+            elif "code" in row:
+                row["code"] = codes[row["code"]]
+            rows.append(tuple(row.items()))
+        out[name] = sorted(rows, key=repr)
+    return out
+
+
+def store_tables(store: Path) -> dict[str, pa.Table]:
+    return {name: pq.read_table(store / f"{name}.parquet") for name in FACT_TABLES}
+
+
+def store_issues(store: Path) -> Counter[tuple[str, str]]:
+    lines = (store / ISSUES).read_text(encoding="utf-8").splitlines()
+    return Counter((i["resource"], i["reason"]) for i in map(json.loads, lines))
+
+
+def expected_issues(resources: list[Any]) -> Counter[tuple[str, str]]:
+    patients = normalise(resources)
+    found = [*patients.issues, *(i for p in patients.values() for i in p.issues)]
+    return Counter((i.resource, i.reason) for i in found)
+
+
+def dumps(resource: dict[str, Any]) -> str:
+    return json.dumps(resource, ensure_ascii=False)
+
+
+def first_line(path: Path, predicate: Any) -> dict[str, Any]:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            resource = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if predicate(resource):
+            return resource
+    raise AssertionError(f"nothing in {path.name} matches")
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic population (with its malformed lines) plus every cross-resource awkwardness:
+    duplicates in one file and across files, a duplicate Patient, a resource without an id, a
+    patient not in the input, a statement switching a requests-only patient's fallback off, and
+    a Medication that comes after the statement that refers to it."""
+    source = tmp_path_factory.mktemp("noisy")
+    write_population(source, 200, 3, 2, 31, AS_OF)  # two requests-only patients
+    observations = source / "Observation.ndjson"
+    lab = first_line(observations, lambda r: "valueQuantity" in r and r["status"] == "final")
+    panel = first_line(observations, lambda r: "component" in r)
+    changed = {**lab, "valueQuantity": {**lab["valueQuantity"], "value": 99.5}}
+    patient = first_line(source / "Patient.ndjson", lambda r: True)
+    statements = {
+        r["subject"]["reference"]
+        for r in map(json.loads, (source / "MedicationStatement.ndjson").read_text().splitlines())
+    }
+    requests_only = first_line(
+        source / "MedicationRequest.ndjson",
+        lambda r: r["subject"]["reference"] not in statements,
+    )
+    subject = lab["subject"]
+    extra = [
+        dumps(changed),  # "Extra" sorts before "Observation": this one is first and used
+        dumps({**panel, "effectiveDateTime": "2020-01-01"}),
+        dumps({**patient, "birthDate": "1901-01-01"}),
+        dumps({k: v for k, v in lab.items() if k != "id"}),  # named by its position
+        dumps({**lab, "id": "ghost", "subject": {"reference": "Patient/not-there"}}),
+        dumps({**lab, "id": "twice"}),
+        dumps({**lab, "id": "twice", "valueQuantity": {**lab["valueQuantity"], "value": 1}}),
+        dumps({"id": "typeless"}),
+        "",
+        "[1, 2]",
+        dumps(
+            {
+                "resourceType": "MedicationStatement",
+                "id": "switch-off",
+                "status": "active",
+                "subject": requests_only["subject"],
+                "medicationReference": {"reference": "Medication/late"},
+                "effectivePeriod": {"start": "2025-01-01"},
+            }
+        ),
+        dumps({**lab, "id": "no-subject", "subject": None}),
+    ]
+    (source / "Extra.ndjson").write_text("\n".join(extra) + "\n", encoding="utf-8")
+    late = {
+        "resourceType": "Medication",
+        "id": "late",
+        "code": {"coding": [{"system": "http://www.whocc.no/atc", "code": "A10BA02"}]},
+    }
+    (source / "Zeta.ndjson").write_text(
+        dumps(late) + "\n" + dumps({**lab, "subject": subject, "id": lab["id"]}) + "\n"
+    )
+    return source
+
+
+@pytest.mark.parametrize(("workers", "chunk_bytes"), [(1, 1 << 20), (2, 40_000)])
+def test_streaming_ingest_equals_normalise_and_facts_tables(
+    noisy: Path, tmp_path: Path, workers: int, chunk_bytes: int
+) -> None:
+    resources = read_lines(noisy)
+    expected = facts_tables(normalise(resources).values())
+    summary = ingest(noisy, tmp_path / "store", workers=workers, chunk_bytes=chunk_bytes)
+    got = resolved(store_tables(tmp_path / "store"))
+    want = resolved(expected)
+    for name in FACT_TABLES:
+        assert got[name] == want[name], name
+    assert store_issues(tmp_path / "store") == expected_issues(resources)
+    assert summary.lines == len(resources) + 1  # the JSON array is quarantined
+    assert summary.patients == expected["patients"].num_rows
+    quarantine = (tmp_path / "store" / QUARANTINE).read_text().splitlines()
+    assert len(quarantine) == summary.quarantined
+    reasons = [json.loads(q) for q in quarantine]
+    assert {"file": "Extra.ndjson", "line": 10, "reason": "not a JSON object"} in reasons
+    # the deliberate edge cases are really in the input
+    names = {row["resource"] for row in expected["observations"].to_pylist()}
+    assert "Observation/twice" in names
+    assert any(name.startswith("Observation #") for name in names)
+    assert "Observation/ghost" not in names
+    medications = {row["resource"] for row in expected["medications"].to_pylist()}
+    assert "MedicationStatement/switch-off" in medications  # its Medication came later
+    sources = {row["source"] for row in expected["medications"].to_pylist()}
+    assert sources == {"statement", "request"}  # the other requests-only patient
+
+
+def test_chunking_and_workers_do_not_change_the_store(noisy: Path, tmp_path: Path) -> None:
+    one = ingest(noisy, tmp_path / "a", workers=1, chunk_bytes=1 << 24)
+    two = ingest(noisy, tmp_path / "b", workers=2, chunk_bytes=25_000)
+    assert one.snapshot == two.snapshot
+    for name in FACT_TABLES:
+        assert store_tables(tmp_path / "a")[name].equals(store_tables(tmp_path / "b")[name])
+
+
+def observation_rows(store: Path) -> list[dict[str, Any]]:
+    return pq.read_table(store / "observations.parquet").to_pylist()
+
+
+def test_a_re_export_never_duplicates(tmp_path: Path) -> None:
+    write_population(tmp_path / "ndjson", 40, 2, 1, 3, AS_OF)
+    first = ingest(tmp_path / "ndjson", tmp_path / "store", workers=1)
+    tables = store_tables(tmp_path / "store")
+    second = ingest(tmp_path / "ndjson", tmp_path / "store", workers=2, chunk_bytes=30_000)
+    assert second.snapshot == first.snapshot == snapshot_of(tmp_path / "store")
+    assert (first.changed, second.changed) == (True, False)
+    assert second.rows == first.rows
+    for name in FACT_TABLES:
+        assert store_tables(tmp_path / "store")[name].equals(tables[name])
+
+
+def test_an_incremental_export_replaces_by_id_and_adds(tmp_path: Path) -> None:
+    write_population(tmp_path / "ndjson", 40, 2, 1, 3, AS_OF)
+    first = ingest(tmp_path / "ndjson", tmp_path / "store", workers=1)
+    before = observation_rows(tmp_path / "store")
+    lab = first_line(
+        tmp_path / "ndjson" / "Observation.ndjson",
+        lambda r: "valueQuantity" in r and r["status"] == "final" and "code" in r,
+    )
+    update = tmp_path / "update"
+    update.mkdir()
+    changed = {**lab, "valueQuantity": {**lab["valueQuantity"], "value": 77.5}}
+    new = {**lab, "id": "brand-new", "effectiveDateTime": "2026-09-30"}
+    # an incremental export (_since): no Patient, no Organization
+    (update / "Observation.ndjson").write_text(dumps(changed) + "\n" + dumps(new) + "\n")
+    second = ingest(update, tmp_path / "store", workers=2)
+    after = observation_rows(tmp_path / "store")
+    name = f"Observation/{lab['id']}"
+    assert [r["value"] for r in after if r["resource"] == name] == [77.5]
+    assert [r["resource"] for r in after if r["resource"] == "Observation/brand-new"] == [
+        "Observation/brand-new"
+    ]
+    assert len(after) == len(before) + 1
+    assert second.snapshot != first.snapshot
+    assert second.patients == first.patients
+    practices = {r["practice"] for r in pq.read_table(tmp_path / "store" / "patients.parquet").to_pylist()}  # fmt: skip
+    assert all(p and p.isdigit() for p in practices)  # ydernumre, kept from the first export
+    # the same incremental export again changes nothing
+    assert ingest(update, tmp_path / "store").snapshot == second.snapshot
+
+
+def test_what_else_the_store_holds_survives_the_swap(tmp_path: Path) -> None:
+    write_population(tmp_path / "ndjson", 10, 1, 1, 3, AS_OF)
+    ingest(tmp_path / "ndjson", tmp_path / "store", workers=1)
+    (tmp_path / "store" / "export").mkdir()
+    (tmp_path / "store" / "export" / "export.json").write_text("{}")
+    ingest(tmp_path / "ndjson", tmp_path / "store", workers=1)
+    assert (tmp_path / "store" / "export" / "export.json").read_text() == "{}"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".store")]
+    assert leftovers in ([], [".store.lock"])
+
+
+def test_a_failed_ingest_leaves_the_old_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_population(tmp_path / "ndjson", 10, 1, 1, 3, AS_OF)
+    first = ingest(tmp_path / "ndjson", tmp_path / "store", workers=1)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "store").glob("*.parquet")}
+    update = tmp_path / "update"
+    update.mkdir()
+    (update / "Patient.ndjson").write_text(dumps({"resourceType": "Patient", "id": "new"}) + "\n")
+
+    def crash(*args: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("engine.population.ingest._swap", crash)
+    with pytest.raises(OSError, match="disk full"):
+        ingest(update, tmp_path / "store", workers=1)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "store").glob("*.parquet")}
+    assert after == before
+    assert snapshot_of(tmp_path / "store") == first.snapshot
+    assert not list(tmp_path.glob(".store.ingest-*"))
+
+
+def test_an_empty_input_gives_an_empty_store(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    summary = ingest(tmp_path / "empty", tmp_path / "store", workers=2)
+    assert (summary.lines, summary.patients, summary.issues) == (0, 0, 0)
+    assert all(t.num_rows == 0 for t in store_tables(tmp_path / "store").values())
+
+
+def test_a_second_ingest_into_the_same_store_is_refused(tmp_path: Path) -> None:
+    write_population(tmp_path / "ndjson", 5, 1, 1, 3, AS_OF)
+    with (tmp_path / ".store.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(IngestInProgressError):
+            ingest(tmp_path / "ndjson", tmp_path / "store", workers=1)
+    assert not (tmp_path / "store").exists()
