@@ -65,6 +65,7 @@ import orjson  # noqa: E402
 from benchmarks import machine as host  # noqa: E402
 from benchmarks.load_generator import PLACEHOLDER  # noqa: E402
 from benchmarks.machine import code_version, machine  # noqa: E402
+from rules.effective import danish_today  # noqa: E402
 from service.cds_hooks.discovery import PATIENT_TOKEN  # noqa: E402
 from synth.patients import generate_patient  # noqa: E402
 
@@ -899,7 +900,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = args.seconds or (QUICK_SECONDS if args.quick else SECONDS)
     warmup = args.warmup if args.warmup is not None else (QUICK_WARMUP if args.quick else WARMUP)
     profile_on = (not args.quick) if args.profile is None else args.profile
-    as_of = date.today()  # the service evaluates as of today: the patient's data must be recent
+    as_of = danish_today()  # the service evaluates as of today: the patient's data must be recent
     machine_info = machine()
     code = code_version()
     notes: list[str] = []

@@ -38,6 +38,11 @@ def danish_date(moment: dt.datetime) -> dt.date:
     return moment.astimezone(DENMARK).date()
 
 
+def danish_today() -> dt.date:
+    """Today's date in Denmark: the service's "today", whatever the server's own time zone."""
+    return danish_date(dt.datetime.now(dt.UTC))
+
+
 def show(value: dt.date | dt.datetime) -> str:
     """An effective value as the author wrote it (ISO 8601)."""
     return value.isoformat()

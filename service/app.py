@@ -6,7 +6,6 @@ bodies are parsed with orjson and validated with pydantic; every error is an Ope
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fhir_adapter.normalise import normalise
 from fhir_adapter.records import PatientRecord
 from fhir_adapter.rest import FhirRestClient
-from rules.effective import danish_date
+from rules.effective import danish_date, danish_today
 from service.auth import build_authenticator, client_auth
 from service.cds_hooks.cards import build_cards
 from service.cds_hooks.discovery import SERVICES_BY_ID, discovery, prefetch_templates
@@ -303,6 +302,6 @@ def _draft_orders(request: CdsRequest) -> list[dict[str, Any]]:
                 "status": "active",
                 "subject": {"reference": f"Patient/{request.context.patientId}"},
             }
-            order.setdefault("authoredOn", dt.date.today().isoformat())
+            order.setdefault("authoredOn", danish_today().isoformat())
             orders.append(order)
     return orders

@@ -22,6 +22,7 @@ from engine.patient import PatientEngine
 from fhir_adapter.normalise import FhirInputError, normalise, read_resources
 from rules import schema
 from rules.catalogue import listing, render_catalogue
+from rules.effective import danish_today
 from rules.errors import RuleFileError
 from rules.guideline_set import GuidelineSet, load_guidelines
 
@@ -239,7 +240,7 @@ def evaluate(
     guidelines_dir: GuidelinesDir = None,
 ) -> None:
     """Explain, per guideline, what applies to the patient(s) in a FHIR file and why."""
-    reference = as_of.date() if as_of else dt.date.today()
+    reference = as_of.date() if as_of else danish_today()
     try:
         data = bundle.read_bytes()
     except OSError as exc:
@@ -286,7 +287,7 @@ def synth(
     from synth.population import write_population
 
     try:
-        summary = write_population(out, patients, practices, clusters, seed, dt.date.today())
+        summary = write_population(out, patients, practices, clusters, seed, danish_today())
     except ValueError as exc:
         raise fail(str(exc)) from None
     typer.echo(summary.report())
@@ -553,7 +554,7 @@ def demo(
     )
     typer.echo("== 2. A population sweep over a synthetic population (seed 2026)\n")
     sweep_dir = Path(out or REPOSITORY / "out" / "demo")
-    typer.echo(population_sweep(guidelines, patients, 3, 2026, dt.date.today(), sweep_dir) + "\n")
+    typer.echo(population_sweep(guidelines, patients, 3, 2026, danish_today(), sweep_dir) + "\n")
     engine = PatientEngine(guidelines)
     for path in sorted(EXAMPLES.glob("*.json")):
         for patient in normalise(read_resources(path.read_bytes())).values():
@@ -561,7 +562,7 @@ def demo(
             outcomes = [o for o in engine.evaluate(patient, DEMO_AS_OF) if o.in_register]
             typer.echo(explain_text(guidelines, outcomes, language.value))
     example = EXAMPLES / "ihd-diabetes.json"
-    bundle = shifted(example.read_text(encoding="utf-8"), (dt.date.today() - DEMO_AS_OF).days)
+    bundle = shifted(example.read_text(encoding="utf-8"), (danish_today() - DEMO_AS_OF).days)
     typer.echo("== 4. The CDS Hooks service (uvicorn, --no-auth) answers patient-view for it:\n")
     for card in service_call(bundle, "inge", language.value):
         typer.echo(

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from rules.effective import danish_today
+
 DEFAULT_BUNDLE = Path(__file__).with_name("patient-bundle.json")
 
 USER_ID = "Practitioner/vejviser-conformance-gp"
@@ -104,7 +106,7 @@ def load_patient(path: Path | None = None, today: dt.date | None = None) -> Pati
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
         raise FixtureError(f"{source} is not a FHIR Bundle")
     if path is None:
-        document = shift_dates(document, today or dt.date.today())
+        document = shift_dates(document, today or danish_today())
     resources = [
         entry["resource"]
         for entry in document.get("entry") or []

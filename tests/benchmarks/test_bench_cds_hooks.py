@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
-import datetime as dt
 import os
 import uuid
 from pathlib import Path
@@ -36,6 +35,7 @@ from benchmarks.bench_cds_hooks import (
 )
 from benchmarks.load_generator import PLACEHOLDER, LoadResult, split_template
 from benchmarks.load_generator import run as run_load
+from rules.effective import danish_today
 from rules.guideline_set import load_guidelines
 from service.app import create_app
 from service.auth import AuthSettings
@@ -43,7 +43,7 @@ from service.cds_hooks.discovery import prefetch_templates
 from service.settings import Settings
 
 LIBRARY = Path(__file__).resolve().parents[2] / "guidelines"
-TODAY = dt.date.today()
+TODAY = danish_today()
 PID = "bench-20"
 
 

@@ -7,7 +7,6 @@ down, too slow, or refuses the token (412), on Danish fixtures and on Synthea pa
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import gzip
 import json
 import random
@@ -22,6 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from rules.effective import danish_today
 from service.app import create_app
 from service.auth import AuthSettings
 from service.cds_hooks.prefetch import prefetch_from
@@ -54,7 +54,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 def danish_patient(patient_id: str, resources: int = 60) -> list[dict[str, Any]]:
     """A seeded synthetic Danish patient; 60 resources make sekmet page its searches (20 a page)."""
     rng = random.Random(patient_id)
-    patient = generate_patient(rng, patient_id, resources, dt.date.today())
+    patient = generate_patient(rng, patient_id, resources, danish_today())
     return [r for r in patient if r["resourceType"] != "Organization"]
 
 

@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 from fhir_adapter.codes import SYSTEMS, system_uri
 from fhir_adapter.normalise import YDERNUMMER
 from fhir_adapter.rest import FhirRestClient
+from rules.effective import danish_today
 from rules.guideline_set import load_guidelines
 from service.app import create_app
 from service.auth import AuthSettings
@@ -62,7 +63,7 @@ SLOW = settings(max_examples=1_000, deadline=None, suppress_health_check=_HEALTH
 """``-m slow`` (run by .ci/run): the numbers quoted in docs/robustness.md."""
 
 GUIDELINES = load_guidelines(LIBRARY)
-TODAY = dt.date.today()
+TODAY = danish_today()
 PREFETCH_KEYS = tuple(prefetch_templates(GUIDELINES, TODAY))
 """The keys discovery asks for today; all of them present means no FHIR fetch is needed."""
 

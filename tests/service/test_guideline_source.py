@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from rules.effective import danish_today
 from rules.errors import RuleFileError
 from rules.guideline_set import load_guidelines
 from service.app import create_app
@@ -423,7 +424,7 @@ def test_cards_come_from_the_versions_in_force_now(tmp_path: Path, guideline_dir
             "hook": "patient-view",
             "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
             "context": {"userId": "Practitioner/gp1", "patientId": "p1"},
-            "prefetch": prefetch_from(templates, diabetic_patient(dt.date.today())),
+            "prefetch": prefetch_from(templates, diabetic_patient(danish_today())),
         }
         cards = client.post("/cds-services/vejviser-patient-view", json=body).json()["cards"]
         assert {c["extension"]["dk.vejviser.provenance"]["version"] for c in cards} == {"1.0.0"}

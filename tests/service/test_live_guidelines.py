@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from rules.effective import danish_today
 from service.cli import app
 from tests.conftest import FIXTURE_GUIDELINES
 from tests.support.live_service import (
@@ -124,7 +125,7 @@ def change_shows(
 def test_changes_take_effect_under_load_and_a_broken_file_never_does(
     server: VejviserProcess, library: Path
 ) -> None:
-    today = dt.date.today()
+    today = danish_today()
     prefetch = full_prefetch(server.base_url, diabetic_patient(today))
     example = library / "example.yaml"
     original = example.read_text(encoding="utf-8")
@@ -231,7 +232,7 @@ def test_changes_take_effect_under_load_and_a_broken_file_never_does(
 def test_a_version_switches_on_at_its_moment_without_a_reload(
     server: VejviserProcess, library: Path
 ) -> None:
-    today = dt.date.today()
+    today = danish_today()
     prefetch = full_prefetch(server.base_url, diabetic_patient(today))
     starts = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)).replace(microsecond=0)
     publish(
@@ -300,7 +301,7 @@ def test_a_commit_pushed_to_the_branch_is_served(tmp_path: Path) -> None:
         assert status["source"]["kind"] == "git"
         assert status["source"]["commit"] == git("rev-parse", "HEAD", cwd=work)
         assert status["versions"][0]["file"] == "example.yaml"
-        prefetch = full_prefetch(server.base_url, diabetic_patient(dt.date.today()))
+        prefetch = full_prefetch(server.base_url, diabetic_patient(danish_today()))
         with LoadGenerator(server.base_url, prefetch, clients=2) as load:
             rule = work / "example.yaml"
             rule.write_text(rule.read_text().replace("value: 53\n", "value: 62\n"))

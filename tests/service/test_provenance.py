@@ -3,11 +3,11 @@ of the rule file that produced the card, also after the file has changed and bee
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from rules.effective import danish_today
 from service.app import create_app
 from service.auth import AuthSettings
 from service.cds_hooks.prefetch import prefetch_from
@@ -25,7 +25,7 @@ def call(client: TestClient, hook_instance: str) -> dict:
         "hook": "patient-view",
         "hookInstance": hook_instance,
         "context": {"userId": "Practitioner/gp1", "patientId": "p1"},
-        "prefetch": prefetch_from(templates, diabetic_patient(dt.date.today())),
+        "prefetch": prefetch_from(templates, diabetic_patient(danish_today())),
     }
     (card,) = client.post(PATIENT_VIEW, json=body).json()["cards"]
     return card
