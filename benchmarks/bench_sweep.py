@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import machine as host  # noqa: E402
+from engine.population.ingest import STORE_FORMAT  # noqa: E402
 
 BEGIN = "<!-- bench_sweep:begin -->"
 END = "<!-- bench_sweep:end -->"
@@ -65,8 +66,9 @@ def vejviser(*args: str) -> None:
 def base_store(cache: Path = CACHE) -> Path:
     """The 100,000-patient store, built once (synth + ingest, a few minutes)."""
     store = cache / f"store-{BASE_SIZE}"
-    if (store / "manifest.json").is_file():
+    if _current(store):
         return store
+    shutil.rmtree(store, ignore_errors=True)  # of an older store format: ingested again
     population = cache / f"population-{BASE_SIZE}"
     if not (population / "Patient.ndjson").is_file():
         vejviser(
@@ -76,6 +78,15 @@ def base_store(cache: Path = CACHE) -> Path:
         )
     vejviser("ingest", str(population), "--store", str(store))
     return store
+
+
+def _current(store: Path) -> bool:
+    """A cached store written in this version's store format."""
+    try:
+        manifest = json.loads((store / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return manifest.get("format") == STORE_FORMAT
 
 
 def _quote(text: str) -> str:
@@ -99,8 +110,9 @@ def tiled_store(base: Path, size: int, cache: Path = CACHE) -> Path:
     if rest or copies < 1:
         raise SystemExit(f"--sizes: {size} is not a multiple of the base store's {base_patients}")
     store = cache / f"store-{size}"
-    if (store / "manifest.json").is_file():
+    if _current(store):
         return store
+    shutil.rmtree(store, ignore_errors=True)
     partial = cache / f".partial-store-{size}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -138,6 +150,7 @@ def tiled_store(base: Path, size: int, cache: Path = CACHE) -> Path:
             for name, count in manifest["rows"].items()
         },
         "clusters": dict(sorted(clusters.items())),
+        "format": STORE_FORMAT,
         "tiled_from": str(base),
         "copies": copies,
     }

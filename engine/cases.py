@@ -138,6 +138,7 @@ def case_resources(patient: s.CasePatient) -> list[dict[str, Any]]:
             "id": PATIENT_ID,
             "birthDate": patient.birth_date.isoformat(),
             "gender": patient.sex,
+            **_deceased(patient.deceased),
         }
     ]
     resources += [_condition(i, c) for i, c in enumerate(patient.conditions, 1)]
@@ -146,6 +147,12 @@ def case_resources(patient: s.CasePatient) -> list[dict[str, Any]]:
     resources += [_goal(i, g) for i, g in enumerate(patient.goals, 1)]
     resources += patient.resources
     return resources
+
+
+def _deceased(deceased: dt.date | bool) -> dict[str, Any]:
+    if isinstance(deceased, bool):
+        return {"deceasedBoolean": True} if deceased else {}
+    return {"deceasedDateTime": deceased.isoformat()}
 
 
 @dataclass(frozen=True, slots=True)

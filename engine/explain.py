@@ -8,6 +8,8 @@ from typing import Any
 
 from engine.outcomes import GuidelineOutcome
 from engine.patient import ObservationValue, TargetValue
+from engine.primitives import alive
+from fhir_adapter.records import PatientRecord
 from rules import types as ty
 from rules.guideline_set import GuidelineSet
 from rules.rendering import Bound, render
@@ -21,6 +23,21 @@ WORDS = {
            "indicators": "Indicators", "evidence": "data", "none": "no recommendations",
            "set_by": "set by"},
 }  # fmt: skip
+
+
+DEATH = {
+    "da": ("død {day}: i intet register", "død (dato ukendt): i intet register"),
+    "en": ("died {day}: in no register", "died (date unknown): in no register"),
+}
+
+
+def death_note(patient: PatientRecord, as_of: dt.date, language: str) -> str | None:
+    """Why a dead patient is in no register; None while the patient is alive on ``as_of``."""
+    if alive(patient.deceased, patient.deceased_on, as_of):
+        return None
+    dated, undated = DEATH[language]
+    day = patient.deceased_on
+    return dated.format(day=day.isoformat()) if day is not None else undated
 
 
 def describe(value: Any, type_: ty.Type, language: str) -> str:

@@ -164,7 +164,13 @@ class CompiledRules:
     def evaluate(self, index: PatientIndex, as_of: dt.date) -> GuidelineOutcome:
         """This guideline alone, with its own targets: what its test cases check."""
         ev = Evaluation(self, index, as_of)
-        return self.finish(ev, self.register(ev) is True)
+        return self.finish(ev, self.registered(ev))
+
+    def registered(self, ev: Evaluation) -> bool:
+        """In the register: alive on the reference date and meeting the guideline's criteria."""
+        patient = ev.index.patient
+        alive = p.alive(patient.deceased, patient.deceased_on, ev.as_of)
+        return alive and self.register(ev) is True
 
     def finish(self, ev: Evaluation, in_register: bool) -> GuidelineOutcome:
         """Facts, targets (possibly shared across guidelines), recommendations, indicators."""
@@ -207,7 +213,7 @@ class PatientEngine:
         for rules in self.compiled:
             if rules.guideline.in_force(as_of) if wanted is None else id(rules.guideline) in wanted:
                 ev = Evaluation(rules, index, as_of)
-                started.append((rules, ev, rules.register(ev) is True))
+                started.append((rules, ev, rules.registered(ev)))
         _share_targets([(rules, ev) for rules, ev, in_register in started if in_register])
         return [rules.finish(ev, in_register) for rules, ev, in_register in started]
 

@@ -135,6 +135,12 @@ def age(birth_date: dt.date | None, on: dt.date) -> float | None:
     return float(years)
 
 
+def alive(deceased: bool, deceased_on: dt.date | None, on: dt.date) -> bool:
+    """Alive at the end of ``on``. A patient who died that day, or on an unknown date, is not:
+    the dead belong to no register, whatever the as-of date, when the date is not known."""
+    return not deceased or (deceased_on is not None and deceased_on > on)
+
+
 def months_between(start: dt.date, end: dt.date) -> float:
     """Full months from start to end: a month is complete when the day of month is reached again
     (31 January to 28 February is 0 months). Written out so SQL can say exactly the same."""

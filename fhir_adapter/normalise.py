@@ -952,7 +952,25 @@ def _patient_record(
     except _Skip as skip:
         practice = None
         issues.append(Issue(rid, skip.args[0]))
-    return PatientRecord(pid, birth_date, sex, practice)
+    deceased, deceased_on = _death(resource, rid, issues)
+    return PatientRecord(pid, birth_date, sex, practice, deceased=deceased, deceased_on=deceased_on)
+
+
+def _death(resource: dict[str, Any], rid: str, issues: list[Issue]) -> tuple[bool, date | None]:
+    """Patient.deceased[x] as (dead, date of death). A deceasedDateTime that cannot be read still
+    says the patient died (date unknown); a deceasedBoolean that is not a boolean says nothing."""
+    when = resource.get("deceasedDateTime")
+    if when is not None:
+        try:
+            return True, _date(when, "deceasedDateTime")
+        except _Skip as skip:
+            issues.append(Issue(rid, f"{skip.args[0]}: taken as dead on an unknown date"))
+            return True, None
+    flag = resource.get("deceasedBoolean")
+    if flag is None or type(flag) is bool:
+        return flag is True, None
+    issues.append(Issue(rid, "deceasedBoolean is not true or false: taken as alive"))
+    return False, None
 
 
 # --- one resource -----------------------------------------------------------------------------

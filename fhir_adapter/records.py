@@ -78,3 +78,5 @@ class PatientRecord(NamedTuple):
     conditions: tuple[ConditionRecord, ...] = ()
     goals: tuple[GoalRecord, ...] = ()
     issues: tuple[Issue, ...] = ()
+    deceased: bool = False  # Patient.deceased[x]: dead, with or without a known date
+    deceased_on: date | None = None  # the date of death, when deceasedDateTime gives one

@@ -346,6 +346,9 @@ class CasePatient(Strict):
 
     birth_date: dt.date
     sex: Literal["male", "female", "other", "unknown"]
+    deceased: dt.date | bool = Field(
+        default=False, description="The date of death, or true when only the death is known."
+    )
     conditions: list[CaseCondition] = Field(default_factory=list)
     observations: list[CaseObservation] = Field(default_factory=list)
     medications: list[CaseMedication] = Field(default_factory=list)

@@ -17,7 +17,7 @@ import orjson
 import typer
 
 from engine.cases import run_cases
-from engine.explain import explain_text, outcome_json
+from engine.explain import death_note, explain_text, outcome_json
 from engine.patient import PatientEngine
 from fhir_adapter.normalise import FhirInputError, normalise, read_resources
 from rules import schema
@@ -265,11 +265,14 @@ def evaluate(
                 {
                     "patient": patient.id,
                     "as_of": reference.isoformat(),
+                    "deceased": death_note(patient, reference, "en") is not None,
                     "guidelines": [outcome_json(o) for o in outcomes],
                 }
             )
         else:
-            typer.echo(f"Patient/{patient.id} ({reference.isoformat()})\n")
+            death = death_note(patient, reference, language.value)
+            note = f": {death}" if death else ""
+            typer.echo(f"Patient/{patient.id} ({reference.isoformat()}){note}\n")
             typer.echo(explain_text(guidelines, outcomes, language.value))
     if output is Format.json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -338,13 +341,14 @@ def ingest(
             raise fail(f"cannot read the Bundle {exc}") from None
         path = store / "bundles"
     from engine.population.ingest import IngestInProgressError
+    from engine.population.store import StoreError
     from service.progress import progress_for
 
     try:
         summary = run_ingest(
             path, store, workers=workers, chunk_bytes=chunk_mb << 20, progress=progress_for(quiet)
         )
-    except IngestInProgressError as exc:
+    except (IngestInProgressError, StoreError) as exc:
         raise fail(str(exc)) from None
     typer.echo(summary.report())
 

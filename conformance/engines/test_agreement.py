@@ -2,7 +2,8 @@
 
 Like OpenSAFELY ehrQL's spec tests: one seeded synthetic population, every guideline in the
 library, compared per patient and guideline: register, recommendations, indicator memberships and
-the shared individual targets (value, source, guideline that set it).
+the shared individual targets (value, source, guideline that set it). One patient in ten has died,
+some of them on or next to the reference date.
 """
 
 from __future__ import annotations
@@ -37,8 +38,23 @@ def population(size: int, seed: int) -> list[PatientRecord]:
     for number in range(size):
         rng = random.Random(f"{seed}-{number}")
         resources = generate_patient(rng, f"p{number}", rng.randint(5, 150), AS_OF)
+        _die(random.Random(f"{seed}-{number}-death"), resources)
         patients.append(normalise_patient(resources))
     return patients
+
+
+def _die(rng: random.Random, resources: list[dict]) -> None:
+    """One patient in ten dies: most within three years before AS_OF, some on the very day or
+    after it, some on an unknown date. Its own random stream: the rest of the patient is as
+    the seed always made it."""
+    if rng.random() >= 0.1:
+        return
+    (patient,) = [r for r in resources if r["resourceType"] == "Patient"]
+    if rng.random() < 0.2:
+        patient["deceasedBoolean"] = True
+        return
+    day = AS_OF + dt.timedelta(days=rng.choice([rng.randint(-3 * 365, 30), -1, 0, 1]))
+    patient["deceasedDateTime"] = f"{day.isoformat()}T{rng.randint(0, 23):02d}:15:00+01:00"
 
 
 def per_patient(

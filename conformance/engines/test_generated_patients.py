@@ -2,7 +2,8 @@
 
 The seeded population exercises typical data; these patients sit exactly where rules are
 easiest to get wrong: values at and next to thresholds, dates on and next to window edges,
-bounds such as '>90', stopped and restarted medication, resolved diagnoses, Goals.
+bounds such as '>90', stopped and restarted medication, resolved diagnoses, Goals, and deaths
+on, before and after the reference date.
 """
 
 from __future__ import annotations
@@ -120,8 +121,10 @@ def patients(draw: st.DrawFn) -> dict[str, Any]:
         )
     age = draw(st.sampled_from([17, 18, 30, 64, 65, 66, 79, 80, 84, 85, 90]))
     birth = AS_OF - relativedelta(years=age, days=draw(st.sampled_from([0, 1, -1])))
+    died = [False, False, False, False, True, AS_OF, AS_OF - dt.timedelta(days=1), AS_OF + dt.timedelta(days=1)]  # fmt: skip
     return {
         "birth_date": birth.isoformat(),
+        "deceased": draw(st.sampled_from(died)),
         "sex": draw(st.sampled_from(["male", "female"])),
         "observations": observations,
         "conditions": conditions,

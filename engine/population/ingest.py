@@ -52,7 +52,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.population.store import FACT_TABLES, MANIFEST
+from engine.population.store import FACT_TABLES, MANIFEST, StoreError
 from engine.population.tables import SCHEMAS
 from fhir_adapter.normalise import (
     YDERNUMMER,
@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 QUARANTINE = "quarantine.ndjson"
 ISSUES = "issues.ndjson"
 STAGING = "staging"
-STORE_FORMAT = 2
+STORE_FORMAT = 3
 CHUNK_BYTES = 8 << 20
 """Default chunk: 8 MB of NDJSON, about 14,000 resources of a synthetic export."""
 MEMORY_LIMIT = "1GB"
@@ -322,7 +322,13 @@ def _previous(store: Path) -> dict[str, Any] | None:
         manifest = json.loads((store / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if manifest.get("format") != STORE_FORMAT or not (store / STAGING).is_dir():
+    written = manifest.get("format")
+    if written is not None and written != STORE_FORMAT:
+        raise StoreError(  # merging would lose what the old format lacks (or misread it)
+            f"{store} was written in store format {written}; this version of Vejviser writes "
+            f"format {STORE_FORMAT}. Ingest the whole export into a new directory."
+        )
+    if written is None or not (store / STAGING).is_dir():
         return None  # a store written by write_store (tests, the demo): replaced as a whole
     manifest["directory"] = str(store)
     return manifest
@@ -601,7 +607,15 @@ class _Rows:
             return
         if person is not None:
             rows["patients"].append(
-                (index, person.id, person.birth_date, person.sex, person.practice)
+                (
+                    index,
+                    person.id,
+                    person.birth_date,
+                    person.sex,
+                    person.practice,
+                    person.deceased,
+                    person.deceased_on,
+                )
             )
         if not has_records:
             return
@@ -695,7 +709,7 @@ def _CODINGS(record: Any) -> Any:  # noqa: N802 - a key function, named like a c
 _STAGING_COLUMNS = {
     "resources": "name, patient, kind, has_records",
     "issues": "name, patient, kind, reason, duplicate",
-    "patients": "patient, birth_date, sex, practice",
+    "patients": "patient, birth_date, sex, practice, deceased, deceased_on",
     "observations": "patient, name, record, code, date, value, comparator, unit",
     "medications": 'patient, name, code, start, "end", status, request',
     "conditions": "patient, name, code, onset, abatement, clinical_status, recorded",

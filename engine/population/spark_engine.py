@@ -30,6 +30,7 @@ _SPARK_TYPES: dict[pa.DataType, st.DataType] = {
     pa.date32(): st.DateType(),
     pa.int32(): st.IntegerType(),
     pa.float64(): st.DoubleType(),
+    pa.bool_(): st.BooleanType(),
 }
 
 

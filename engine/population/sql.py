@@ -127,6 +127,7 @@ class GuidelineSql:
             exp.alias_(col("practice", "p"), "practice"),
             exp.alias_(self._age(), "age"),
             exp.alias_(col("sex", "p"), "sex"),
+            exp.alias_(self._alive(), "_alive"),  # "_": no fact name starts with one
         ).from_(exp.alias_(exp.to_table("patients"), "p"), copy=False)
         for fact in self.g.facts:
             if isinstance(fact.primitive, t.Derived):
@@ -158,7 +159,10 @@ class GuidelineSql:
                 )
         outer = exp.select("*").from_(exp.alias_(exp.paren(layered), "facts"), copy=False)
         outer = outer.select(
-            exp.alias_(is_true(self.condition(self.g.register, own=True)), "in_register"),
+            exp.alias_(
+                exp.and_(col("_alive"), is_true(self.condition(self.g.register, own=True))),
+                "in_register",
+            ),
             append=True,
             copy=False,
         )
@@ -174,6 +178,17 @@ class GuidelineSql:
         for name, cte in [("meds", self._meds()), *ctes]:
             outer = outer.with_(name, as_=cte, copy=False)
         return outer
+
+    def _alive(self) -> exp.Expression:
+        """As primitives.alive: not dead, or died after the reference date."""
+        died_later = exp.GT(this=col("deceased_on", "p"), expression=lit(self.as_of))
+        return exp.paren(
+            exp.or_(
+                exp.not_(exp.func("COALESCE", col("deceased", "p"), FALSE)),
+                is_true(died_later),
+                copy=False,
+            )
+        )
 
     def _age(self) -> exp.Expression:
         birth = col("birth_date", "p")

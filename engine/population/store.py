@@ -67,6 +67,12 @@ def load_store(con: duckdb.DuckDBPyConnection, directory: Path, guidelines: Guid
         path = directory / f"{name}.parquet"
         if not path.exists():
             raise StoreError(f"{directory} has no {name}.parquet")
+        missing = set(SCHEMAS[name].names) - set(pq.read_schema(path).names)
+        if missing:
+            raise StoreError(
+                f"{path} lacks column(s) {', '.join(sorted(missing))}: the store was written by "
+                "an older version of Vejviser. Ingest the data again into a new directory."
+            )
         query = exp.select("*").from_(exp.func("read_parquet", exp.Literal.string(str(path))))
         con.execute(create_table(name, query).sql(DIALECT))
     codes = pq.read_table(directory / "codes.parquet")

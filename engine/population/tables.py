@@ -23,6 +23,8 @@ SCHEMAS = {
             ("birth_date", pa.date32()),
             ("sex", pa.string()),
             ("practice", pa.string()),
+            ("deceased", pa.bool_()),
+            ("deceased_on", pa.date32()),
         ]
     ),
     "observations": pa.schema(
@@ -100,7 +102,14 @@ def facts_tables(patients: Iterable[PatientRecord]) -> dict[str, pa.Table]:
     }
     for p in patients:
         rows["patients"].append(
-            {"patient": p.id, "birth_date": p.birth_date, "sex": p.sex, "practice": p.practice}
+            {
+                "patient": p.id,
+                "birth_date": p.birth_date,
+                "sex": p.sex,
+                "practice": p.practice,
+                "deceased": p.deceased,
+                "deceased_on": p.deceased_on,
+            }
         )
         records_of: dict[str, int] = {}
         for o in p.observations:

@@ -316,3 +316,25 @@ def test_recorded_date_is_not_an_onset(engine: PatientEngine) -> None:
     assert onset is not None and onset.value is None  # but not how long the disease has lasted
     before = run(engine, as_of=dt.date(2026, 1, 9), resources=[recorded_only])
     assert not before.in_register
+
+
+@pytest.mark.parametrize(
+    ("deceased", "as_of", "registered"),
+    [
+        (False, AS_OF, True),
+        ("2026-06-02", AS_OF, True),  # dies the day after
+        ("2026-06-01", AS_OF, False),  # died that day
+        ("2024-01-01", AS_OF, False),
+        ("2024-01-01", dt.date(2023, 12, 31), True),  # a sweep at an earlier date still counts them
+        (True, AS_OF, False),  # date unknown
+    ],
+)
+def test_the_dead_are_in_no_register(
+    engine: PatientEngine, deceased: str | bool, as_of: dt.date, registered: bool
+) -> None:
+    out = run(
+        engine, as_of, deceased=deceased, conditions=[T2D], observations=[hba1c(80, "2023-12-01")]
+    )
+    assert out.in_register is registered
+    assert bool(out.recommendations) is registered
+    assert bool(out.indicators) is registered

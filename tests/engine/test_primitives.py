@@ -43,3 +43,12 @@ def test_episodes_merge_across_allowed_gaps() -> None:
 def test_stopped_without_end_date_is_never_active() -> None:
     assert p.active_medications([med(D(2020, 1, 1), None, "stopped")], D(2026, 1, 1)) == []
     assert p.active_medications([med(D(2020, 1, 1), D(2026, 1, 1), "stopped")], D(2026, 1, 1)) != []
+
+
+def test_alive_until_the_day_of_death() -> None:
+    died = dt.date(2025, 3, 1)
+    assert p.alive(False, None, died)
+    assert p.alive(True, died, died - dt.timedelta(days=1))
+    assert not p.alive(True, died, died)  # died that day: in no register that day
+    assert not p.alive(True, died, died + dt.timedelta(days=1))
+    assert not p.alive(True, None, dt.date(1900, 1, 1))  # date unknown: dead on every date

@@ -693,6 +693,34 @@ def test_patient_practice_variants() -> None:
     ]
 
 
+def test_patient_deceased_variants() -> None:
+    result = normalise(
+        [
+            patient("alive"),
+            patient("not-dead", deceasedBoolean=False),
+            patient("dated", deceasedDateTime="2025-03-01T23:30:00+01:00"),
+            patient("year", deceasedDateTime="2024"),
+            patient("undated", deceasedBoolean=True),
+            patient("garbled", deceasedDateTime="190101-0123"),
+            patient("odd", deceasedBoolean="yes"),
+        ]
+    )
+    assert {p.id: (p.deceased, p.deceased_on) for p in result.values()} == {
+        "alive": (False, None),
+        "not-dead": (False, None),
+        "dated": (True, date(2025, 3, 1)),  # the date as written, no time-zone shift
+        "year": (True, date(2024, 1, 1)),
+        "undated": (True, None),
+        "garbled": (True, None),
+        "odd": (False, None),
+    }
+    reasons = {i.resource: i.reason for p in result.values() for i in p.issues}
+    assert reasons == {
+        "Patient/garbled": "deceasedDateTime is not a valid date: taken as dead on an unknown date",
+        "Patient/odd": "deceasedBoolean is not true or false: taken as alive",
+    }  # never the value itself: it could be a CPR number
+
+
 def test_normalise_patient_needs_exactly_one_patient() -> None:
     with pytest.raises(FhirInputError, match="found none usable"):
         normalise_patient([observation()])

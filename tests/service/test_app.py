@@ -109,6 +109,15 @@ def test_cards_from_full_prefetch(client: TestClient) -> None:
     assert card["extension"]["dk.vejviser.provenance"]["guideline"] == "example-hba1c"
 
 
+def test_a_dead_patient_gets_no_cards(client: TestClient) -> None:
+    prefetch = full_prefetch(client)
+    assert client.post(PATIENT_VIEW, json=request(prefetch)).json()["cards"]
+    prefetch["patient"] = {**prefetch["patient"], "deceasedDateTime": "2025-11-02"}
+    response = client.post(PATIENT_VIEW, json=request(prefetch))
+    assert response.status_code == 200, response.text
+    assert response.json()["cards"] == []
+
+
 def test_cards_are_danish_by_default(client: TestClient) -> None:
     (card,) = client.post(PATIENT_VIEW, json=request(full_prefetch(client))).json()["cards"]
     assert card["summary"] == "HbA1c 67 mmol/mol (2026-03-02) er over målet 58 mmol/mol"

@@ -93,6 +93,29 @@ def test_evaluate_as_json(guideline_dir: Path) -> None:
     ]
 
 
+def test_evaluate_says_why_a_dead_patient_is_in_no_register(
+    tmp_path: Path, guideline_dir: Path
+) -> None:
+    bundle = json.loads(BUNDLE.read_text(encoding="utf-8"))
+    for entry in bundle["entry"]:
+        if entry["resource"]["resourceType"] == "Patient":
+            entry["resource"]["deceasedDateTime"] = "2026-05-20"
+    dead = tmp_path / "dead.json"
+    dead.write_text(json.dumps(bundle), encoding="utf-8")
+    args = ["evaluate", str(dead), "--as-of", "2026-06-01", "-g", str(guideline_dir)]
+    text = runner.invoke(app, [*args, "--language", "en"])
+    assert text.exit_code == 0, text.output
+    assert "(2026-06-01): died 2026-05-20: in no register" in text.output
+    assert "Register: no" in text.output
+    as_json = runner.invoke(app, [*args, "--format", "json"])
+    (patient,) = json.loads(as_json.stdout)
+    assert patient["deceased"] is True
+    assert [g["in_register"] for g in patient["guidelines"]] == [False]
+    before = runner.invoke(app, [*args[:2], "--as-of", "2026-05-19", *args[4:], "--format", "json"])
+    (alive,) = json.loads(before.stdout)
+    assert alive["deceased"] is False and alive["guidelines"][0]["in_register"] is True
+
+
 def test_evaluate_rejects_a_file_that_is_not_fhir(tmp_path: Path, guideline_dir: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("this is not json")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
@@ -36,8 +38,24 @@ def indicators(out: Path) -> str:
     return path.read_text(encoding="utf-8-sig")
 
 
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[SekmetServer]:
+    """A server of its own: a system-level export of the shared one would bring along the patients
+    other tests loaded, and the rates would depend on which tests ran first."""
+    (tmp_path / "sekmet").mkdir()
+    server = SekmetServer(tmp_path / "sekmet")
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def test_export_then_sweep_equals_files_then_sweep(
-    tmp_path: Path, fhir_server: SekmetServer
+    tmp_path: Path, own_server: SekmetServer
 ) -> None:
     write_population(tmp_path / "files", 40, 2, 1, 5, dt.date(2026, 10, 1))
     clean = tmp_path / "clean"
@@ -48,12 +66,12 @@ def test_export_then_sweep_equals_files_then_sweep(
         by_type.setdefault(resource["resourceType"], []).append(json.dumps(resource))
     for resource_type, lines in by_type.items():
         (clean / f"{resource_type}.ndjson").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    fhir_server.load(kept)
+    own_server.load(kept)
     as_of = ["--as-of", "2026-10-01"]
     assert (
         runner.invoke(app, ["ingest", str(clean), "--store", str(tmp_path / "s1")]).exit_code == 0
     )
-    exported = runner.invoke(app, ["ingest", fhir_server.base_url, "--store", str(tmp_path / "s2")])
+    exported = runner.invoke(app, ["ingest", own_server.base_url, "--store", str(tmp_path / "s2")])
     assert exported.exit_code == 0, exported.output
     for store, out in (("s1", "o1"), ("s2", "o2")):
         result = runner.invoke(

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,14 +18,17 @@ import pytest
 from engine.population.ingest import (
     ISSUES,
     QUARANTINE,
+    STORE_FORMAT,
     IngestInProgressError,
     ingest,
     ndjson_files,
 )
-from engine.population.store import FACT_TABLES, snapshot_of
+from engine.population.store import FACT_TABLES, MANIFEST, StoreError, load_store, snapshot_of
 from engine.population.tables import facts_tables
 from fhir_adapter.normalise import normalise
+from rules.guideline_set import load_guidelines
 from synth.population import write_population
+from tests.engine.population.synthetic import LIBRARY
 
 AS_OF = dt.date(2026, 10, 1)
 
@@ -93,7 +97,7 @@ def first_line(path: Path, predicate: Any) -> dict[str, Any]:
 def noisy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic population (with its malformed lines) plus every cross-resource awkwardness:
     duplicates in one file and across files, a duplicate Patient, a resource without an id, a
-    patient not in the input, a statement switching a requests-only patient's fallback off, and
+    patient not in the input, dead patients (dated, undated, unreadable date), a statement switching a requests-only patient's fallback off, and
     a Medication that comes after the statement that refers to it."""
     source = tmp_path_factory.mktemp("noisy")
     write_population(source, 200, 3, 2, 31, AS_OF)  # two requests-only patients
@@ -133,6 +137,9 @@ def noisy(tmp_path_factory: pytest.TempPathFactory) -> Path:
             }
         ),
         dumps({**lab, "id": "no-subject", "subject": None}),
+        dumps({**patient, "id": "dead-dated", "deceasedDateTime": "2025-03-01T10:00:00+01:00"}),
+        dumps({**patient, "id": "dead-undated", "deceasedBoolean": True}),
+        dumps({**patient, "id": "dead-garbled", "deceasedDateTime": "last spring"}),
     ]
     (source / "Extra.ndjson").write_text("\n".join(extra) + "\n", encoding="utf-8")
     late = {
@@ -276,3 +283,23 @@ def test_a_second_ingest_into_the_same_store_is_refused(tmp_path: Path) -> None:
         with pytest.raises(IngestInProgressError):
             ingest(tmp_path / "ndjson", tmp_path / "store", workers=1)
     assert not (tmp_path / "store").exists()
+
+
+def test_a_store_of_an_older_format_is_never_merged_into(tmp_path: Path) -> None:
+    write_population(tmp_path / "ndjson", 20, 1, 1, 3, AS_OF)
+    ingest(tmp_path / "ndjson", tmp_path / "store", workers=1)
+    manifest = tmp_path / "store" / MANIFEST
+    written = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**written, "format": STORE_FORMAT - 1}))
+    with pytest.raises(StoreError, match=r"store format 2.*new directory"):
+        ingest(tmp_path / "ndjson", tmp_path / "store", workers=1)
+    assert json.loads(manifest.read_text())["format"] == STORE_FORMAT - 1  # left as it was
+
+
+def test_a_sweep_refuses_a_store_without_the_columns_it_reads(tmp_path: Path) -> None:
+    write_population(tmp_path / "ndjson", 20, 1, 1, 3, AS_OF)
+    ingest(tmp_path / "ndjson", tmp_path / "store", workers=1)
+    path = tmp_path / "store" / "patients.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["deceased", "deceased_on"]), path)
+    with duckdb.connect() as con, pytest.raises(StoreError, match="deceased, deceased_on"):
+        load_store(con, tmp_path / "store", load_guidelines(LIBRARY))
