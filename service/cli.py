@@ -9,9 +9,10 @@ import datetime as dt
 import json
 import os
 import sys
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -25,6 +26,12 @@ from rules.catalogue import listing, render_catalogue
 from rules.effective import danish_today
 from rules.errors import RuleFileError
 from rules.guideline_set import GuidelineSet, load_guidelines
+
+if TYPE_CHECKING:
+    import httpx
+
+    from fhir_adapter.backend_auth import BackendServicesAuth
+
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -296,6 +303,15 @@ def synth(
     typer.echo(summary.report())
 
 
+SERVER = "From a FHIR server (Bulk Data $export)"
+
+
+class ExportLevel(StrEnum):
+    system = "system"
+    patient = "patient"
+    group = "group"
+
+
 @app.command()
 def ingest(
     source: Annotated[
@@ -315,6 +331,66 @@ def ingest(
         int, typer.Option(min=1, help="MB of NDJSON per unit of work (memory per worker).")
     ] = 8,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    level: Annotated[
+        ExportLevel,
+        typer.Option(
+            help="system ($export), patient (Patient/$export) or group.", rich_help_panel=SERVER
+        ),
+    ] = ExportLevel.system,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="Group id, for --level group (e.g. a practice's patients).", rich_help_panel=SERVER
+        ),
+    ] = None,
+    resource_types: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--type", help="Resource type to export (repeat; default: all).", rich_help_panel=SERVER
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only resources changed since this FHIR instant (_since).", rich_help_panel=SERVER
+        ),
+    ] = None,
+    since_last: Annotated[
+        bool,
+        typer.Option(
+            "--since-last",
+            help="Only what changed since the last export from this server that went into the store.",
+            rich_help_panel=SERVER,
+        ),
+    ] = False,
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            help="SMART Backend Services client id (with --private-key).", rich_help_panel=SERVER
+        ),
+    ] = None,
+    private_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM file of the client's RSA or EC P-384 key; its password, if any, in "
+            "VEJVISER_PRIVATE_KEY_PASSWORD.",
+            rich_help_panel=SERVER,
+        ),
+    ] = None,
+    scope: Annotated[
+        str, typer.Option(help="Scopes to ask for.", rich_help_panel=SERVER)
+    ] = "system/*.rs",
+    token_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Token endpoint (default: from .well-known/smart-configuration).",
+            rich_help_panel=SERVER,
+        ),
+    ] = None,
+    export_timeout: Annotated[
+        float,
+        typer.Option(min=1, help="Seconds the whole export may take.", rich_help_panel=SERVER),
+    ] = 6 * 3600,
 ) -> None:
     """Normalise FHIR NDJSON into a facts store; bad lines are quarantined, never dropped.
 
@@ -322,16 +398,26 @@ def ingest(
     those with the same type and id, the rest stay (a re-export never duplicates). See
     docs/ingest.md.
 
-    Given a FHIR server's base URL, a system-level Bulk Data export is made first (resumable;
-    the files are kept in STORE/export). Bundle files (Synthea: one per patient) are written
-    out as NDJSON in STORE/bundles first, references between entries resolved.
+    Given a FHIR server's base URL, a Bulk Data export is made first, in STORE/exports/current:
+    an interrupted export or ingest is picked up by running the same command again, and the
+    files are removed once they are in the store. Bundle files (Synthea: one per patient) are
+    written out as NDJSON in STORE/bundles first, references between entries resolved.
     """
     from engine.population.ingest import ingest as run_ingest
     from fhir_adapter.bundles import is_bundle_source, write_ndjson
 
+    request = ServerExport(
+        level, group, tuple(resource_types or ()), since, since_last, client_id, private_key,
+        scope, token_url, export_timeout,
+    )  # fmt: skip
     path = Path(source)
+    exported: str | None = None
     if source.startswith(("http://", "https://")):
-        path = _export(source, store / "export")
+        path, exported = _export(source, store, request)
+    elif request.given():
+        raise fail(
+            "the export options (--level, --type, --since, --client-id ...) need a server URL"
+        )
     elif not path.exists():
         raise fail(f"{source} does not exist")
     elif is_bundle_source(path):
@@ -341,6 +427,7 @@ def ingest(
             raise fail(f"cannot read the Bundle {exc}") from None
         path = store / "bundles"
     from engine.population.ingest import IngestInProgressError
+    from engine.population.server_export import record_ingested
     from engine.population.store import StoreError
     from service.progress import progress_for
 
@@ -351,22 +438,111 @@ def ingest(
     except (IngestInProgressError, StoreError) as exc:
         raise fail(str(exc)) from None
     typer.echo(summary.report())
+    if exported is not None:
+        kept = record_ingested(store, source, exported)
+        if kept is not None:
+            typer.echo(f"the server's error files are kept in {kept}", err=True)
 
 
-def _export(base_url: str, directory: Path) -> Path:
+@dataclass(frozen=True)
+class ServerExport:
+    """The ``ingest`` options that shape an export from a server."""
+
+    level: ExportLevel
+    group: str | None
+    types: tuple[str, ...]
+    since: str | None
+    since_last: bool
+    client_id: str | None
+    private_key: Path | None
+    scope: str
+    token_url: str | None
+    timeout: float
+
+    def given(self) -> bool:
+        """Whether any option that only an export uses was set."""
+        return bool(
+            self.level is not ExportLevel.system or self.group or self.types or self.since
+            or self.since_last or self.client_id or self.private_key or self.token_url
+        )  # fmt: skip
+
+
+def _export(base_url: str, store: Path, request: ServerExport) -> tuple[Path, str]:
+    """Export into STORE/exports/current; returns the directory and the transactionTime."""
     import httpx
 
-    from fhir_adapter.bulk import BulkExportClient
+    from engine.population.server_export import current_export, last_transaction_time
+    from fhir_adapter.bulk import BulkExportClient, ExportDirectoryInUse
     from fhir_adapter.rest import FhirError
 
+    if (request.level is ExportLevel.group) != (request.group is not None):
+        raise fail("--group goes with --level group, and --level group needs --group")
+    if request.since and request.since_last:
+        raise fail("give --since or --since-last, not both")
+    if (request.client_id is None) != (request.private_key is None):
+        raise fail("--client-id and --private-key go together")
+    since = request.since
+    if request.since_last:
+        try:
+            since = last_transaction_time(store, base_url)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        if since is None:
+            raise fail(
+                f"no export from {base_url} has gone into {store} yet: run without --since-last"
+            )
+    directory = current_export(store)
     with httpx.Client(timeout=60) as client:
         try:
-            result = BulkExportClient(client, base_url).export(directory, on_progress=typer.echo)
+            auth = _backend_auth(client, base_url, request)
+            result = BulkExportClient(client, base_url, auth=auth).export(
+                directory,
+                level=request.level.value,
+                group_id=request.group,
+                types=request.types,
+                since=since,
+                timeout=request.timeout,
+                on_progress=typer.echo,
+            )
+        except ExportDirectoryInUse:
+            raise fail(
+                f"{directory} holds an unfinished export made with other options: run the same "
+                "command as then to finish it, or delete that directory to start over"
+            ) from None
+        except ValueError as exc:  # an option the client rejects (a bad --since, --type, key)
+            raise fail(str(exc)) from None
         except FhirError as exc:
             raise fail(f"the export from {base_url} failed: {exc}") from None
     if result.has_errors:
-        typer.echo(f"the server reported {result.error_count} error(s): see {directory}", err=True)
-    return directory
+        typer.echo(
+            f"the server reported {result.error_count} error(s) it could not export", err=True
+        )
+    return directory, result.manifest.transaction_time
+
+
+def _backend_auth(
+    client: httpx.Client, base_url: str, request: ServerExport
+) -> BackendServicesAuth | None:
+    """SMART Backend Services tokens when a client is given; otherwise none are sent."""
+    from fhir_adapter.backend_auth import BackendServicesAuth, load_private_key
+
+    if request.client_id is None or request.private_key is None:
+        return None
+    password = os.environ.get("VEJVISER_PRIVATE_KEY_PASSWORD")
+    try:
+        key = load_private_key(
+            request.private_key.read_bytes(), password.encode() if password else None
+        )
+    except OSError as exc:
+        raise fail(f"cannot read {request.private_key}: {exc.strerror}") from None
+    return BackendServicesAuth(
+        client,
+        fhir_base_url=base_url,
+        client_id=request.client_id,
+        private_key=key,
+        scope=request.scope,
+        token_url=request.token_url,
+    )
 
 
 @app.command()

@@ -10,7 +10,7 @@ import pytest
 
 from engine.patient import PatientEngine
 from rules.guideline_set import GuidelineSet, load_guidelines
-from tests.support.sekmet import SEKMET, SekmetServer
+from tests.support.sekmet import SekmetServer, running
 
 FIXTURE_GUIDELINES = Path(__file__).parent / "fixtures" / "guidelines"
 
@@ -43,17 +43,5 @@ def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SekmetServ
     Tests share its data: give loaded resources ids unique to the test. A test that calls
     ``stop()`` must ``start()`` it again (same port and data) before it ends.
     """
-    if not SEKMET.exists():
-        pytest.fail(
-            f"sekmet-fhir is missing ({SEKMET}): run `bash scripts/setup.sh` to install it.",
-            pytrace=False,
-        )
-    server = SekmetServer(tmp_path_factory.mktemp("sekmet"))
-    try:
-        server.start()
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+    with running(SekmetServer(tmp_path_factory.mktemp("sekmet"))) as server:
         yield server
-    finally:
-        server.stop()

@@ -37,7 +37,9 @@ import glob
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
+import resource as rusage
 import shutil
 import time
 from collections import Counter
@@ -178,6 +180,10 @@ class IngestSummary:
     changed: bool = True
     timings: Mapping[str, float] = field(default_factory=dict)
     """Seconds per step: reference, read (parse + normalise), resolve (SQL + write), swap."""
+    worker_cpu_seconds: float = 0.0
+    """CPU seconds the worker processes spent on chunks (0 with one process: it reads itself)."""
+    worker_peak_mb: float = 0.0
+    """The largest worker's peak resident memory."""
 
     @property
     def resources_per_second(self) -> float:
@@ -260,12 +266,10 @@ def ingest(
                     _part_schema(table).empty_table(), work / "parts" / table / "empty.parquet"
                 )
             progress.start("reading", sum(t.end - t.start for t in tasks))
-            chunks, quarantined, lines, types = _read_all(
-                tasks, files, reference, workers, work / QUARANTINE, progress
-            )
+            read = _read_all(tasks, files, reference, workers, work / QUARANTINE, progress)
             timings["read"], clock = time.perf_counter() - clock, time.perf_counter()
             progress.start("resolving")
-            built = _build(work, chunks, previous, reference, workers)
+            built = _build(work, read.offsets, previous, reference, workers)
             timings["resolve"], clock = time.perf_counter() - clock, time.perf_counter()
             new = work / "store"
             (work / QUARANTINE).replace(new / QUARANTINE)
@@ -278,17 +282,19 @@ def ingest(
             progress.finish()
     return IngestSummary(
         files=len(files),
-        lines=lines,
-        quarantined=quarantined,
+        lines=read.lines,
+        quarantined=read.quarantined,
         patients=built["rows"]["patients"],
         issues=built["issues"],
         snapshot=built["snapshot"],
-        resources=dict(types),
+        resources=dict(read.types),
         rows=built["rows"],
         seconds=time.perf_counter() - started,
         workers=workers,
         changed=changed,
         timings={step: round(seconds, 3) for step, seconds in timings.items()},
+        worker_cpu_seconds=read.worker_cpu_seconds,
+        worker_peak_mb=read.worker_peak_mb,
     )
 
 
@@ -454,6 +460,21 @@ class _ChunkResult:
     objects: int  # JSON objects (the resources normalise would see)
     quarantine: list[tuple[int, str]]  # (line in the chunk, from 0; reason)
     types: Counter[str]
+    pid: int = 0  # the process that read it, with its CPU seconds for it and its peak memory
+    cpu_seconds: float = 0.0
+    peak_kb: int = 0
+
+
+@dataclass(slots=True)
+class _Read:
+    """What reading every chunk gives the steps after it."""
+
+    offsets: list[tuple[int, int]]  # (chunk, index offset)
+    quarantined: int
+    lines: int
+    types: Counter[str]
+    worker_cpu_seconds: float  # of worker processes (not this one): what wait4 cannot see
+    worker_peak_mb: float
 
 
 def _tasks(files: list[Path], chunk_bytes: int, parts: Path) -> list[_Task]:
@@ -490,17 +511,20 @@ def _read_all(
     workers: int,
     quarantine_path: Path,
     progress: Progress,
-) -> tuple[list[tuple[int, int]], int, int, Counter[str]]:
-    """Run every chunk; write the quarantine in input order. Returns (chunk, index offset) for
-    each chunk, the quarantined and non-blank line counts, and lines per resource type."""
+) -> _Read:
+    """Run every chunk; write the quarantine in input order."""
     initargs = (reference.medications, reference.organizations)
     offsets: list[tuple[int, int]] = []
     types: Counter[str] = Counter()
     quarantined = lines = objects = 0
+    worker_cpu, worker_peak_kb, me = 0.0, 0, os.getpid()
     line_offset = {}  # file -> line breaks before the chunk
     with quarantine_path.open("wb") as quarantine, _mapper(workers, initargs) as mapper:
         for task, result in zip(tasks, mapper(_read_chunk, tasks), strict=True):
             offsets.append((result.chunk, objects))
+            if result.pid != me:
+                worker_cpu += result.cpu_seconds
+                worker_peak_kb = max(worker_peak_kb, result.peak_kb)
             objects += result.objects
             lines += result.lines
             types.update(result.types)
@@ -511,7 +535,7 @@ def _read_all(
                 quarantine.write(orjson.dumps({**record, "reason": reason}) + b"\n")
             line_offset[result.file] = first + result.line_breaks
             progress.advance(task.end - task.start)
-    return offsets, quarantined, lines, types
+    return _Read(offsets, quarantined, lines, types, worker_cpu, worker_peak_kb / 1024)
 
 
 @contextlib.contextmanager
@@ -523,7 +547,12 @@ def _mapper(workers: int, initargs: tuple[Any, ...]) -> Iterator[Callable[..., I
         finally:
             _WORKER.clear()
         return
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=initargs) as pool:
+    # forkserver, not fork: the parent has threads (DuckDB's pool, the progress bar) and a forked
+    # child could inherit a lock one of them held and hang.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=initargs
+    ) as pool:
         yield lambda function, items: pool.map(function, items)
 
 
@@ -536,11 +565,16 @@ def _read_chunk(task: _Task) -> _ChunkResult:
     """
     enabled = gc.isenabled()
     gc.disable()
+    started = time.process_time()
     try:
-        return _read_chunk_uncollected(task)
+        result = _read_chunk_uncollected(task)
     finally:
         if enabled:
             gc.enable()
+    result.pid = os.getpid()
+    result.cpu_seconds = time.process_time() - started
+    result.peak_kb = rusage.getrusage(rusage.RUSAGE_SELF).ru_maxrss
+    return result
 
 
 def _read_chunk_uncollected(task: _Task) -> _ChunkResult:

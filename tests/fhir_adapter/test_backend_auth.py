@@ -29,7 +29,7 @@ from fhir_adapter.backend_auth import (
     public_jwks,
 )
 from fhir_adapter.rest import FhirTimeout
-from tests.support.sekmet import SEKMET, SekmetServer, free_port
+from tests.support.sekmet import SekmetServer, free_port, running
 
 EC_CLIENT = "vejviser-es384"
 RSA_CLIENT = "vejviser-rs384"
@@ -54,8 +54,6 @@ def smart_server(
     rsa_key: rsa.RSAPrivateKey,
 ) -> Iterator[SekmetServer]:
     """sekmet with SMART Backend Services only; both clients may read (``system/*.rs``)."""
-    if not SEKMET.exists():
-        pytest.fail(f"sekmet-fhir is missing ({SEKMET}): run `bash scripts/setup.sh`.")
     server = SekmetServer(
         tmp_path_factory.mktemp("sekmet-smart"),
         server_auth={
@@ -66,14 +64,8 @@ def smart_server(
             ],
         },
     )
-    try:
-        server.start()
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 class Recorder:

@@ -36,7 +36,7 @@ from fhir_adapter.bulk import (
 )
 from fhir_adapter.rest import FhirNotFound, FhirRejected, FhirUnauthorized, FhirUnavailable
 from synth.patients import generate_patient, make_practice
-from tests.support.sekmet import SEKMET, SekmetServer
+from tests.support.sekmet import FastSekmet, SekmetServer, running
 
 AS_OF = date(2025, 1, 1)
 PREFIX = "bulk-"
@@ -242,17 +242,6 @@ def test_other_export_in_the_same_directory_is_refused(
 # --- a real server, SMART Backend Services ----------------------------------------------------
 
 
-class FastSekmet(SekmetServer):
-    """sekmet whose export jobs skip their one-second pause (``simulator.delay_seconds``)."""
-
-    def write_settings(self) -> Path:
-        path = super().write_settings()
-        text = path.read_text(encoding="utf-8")
-        fast = "simulator: {enabled: false, delay_seconds: 0}"
-        path.write_text(text.replace("simulator: {enabled: false}", fast), encoding="utf-8")
-        return path
-
-
 @pytest.fixture(scope="module")
 def client_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP384R1())
@@ -262,8 +251,6 @@ def client_key() -> ec.EllipticCurvePrivateKey:
 def smart_server(
     tmp_path_factory: pytest.TempPathFactory, client_key: ec.EllipticCurvePrivateKey
 ) -> Iterator[SekmetServer]:
-    if not SEKMET.exists():
-        pytest.fail(f"sekmet-fhir is missing ({SEKMET}): run `bash scripts/setup.sh`.")
     server = FastSekmet(
         tmp_path_factory.mktemp("sekmet-smart"),
         server_auth={
@@ -277,14 +264,8 @@ def smart_server(
             ],
         },
     )
-    try:
-        server.start()
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 def test_export_with_a_backend_services_token(

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
+import random
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import pyarrow.parquet as pq
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
+from fhir_adapter.backend_auth import BackendServicesAuth, public_jwks
 from service.cli import app
+from synth.patients import generate_patient, make_practice
 from synth.population import write_population
+from tests.support.sekmet import FastSekmet, SekmetServer, running
 
 runner = CliRunner()
 
@@ -31,3 +42,172 @@ def test_ingest_prints_counts_and_updates_in_place(tmp_path: Path) -> None:
 def test_ingest_of_a_missing_source_fails(tmp_path: Path) -> None:
     result = runner.invoke(app, ["ingest", str(tmp_path / "nope"), "--store", str(tmp_path / "s")])
     assert result.exit_code == 2
+
+
+# --- straight from a FHIR server ----------------------------------------------------------------
+
+AS_OF = dt.date(2026, 10, 1)
+
+
+def patients(prefix: str, seeds: list[int], practice: dict | None = None) -> list[dict]:
+    """Synthetic patients (fixed seeds, 6 resources each) sharing one practice."""
+    practice = practice or {**make_practice(random.Random(0)), "id": f"{prefix}org"}
+    found = [practice]
+    for n, seed in enumerate(seeds, 1):
+        found += generate_patient(random.Random(seed), f"{prefix}p{n}", 6, AS_OF, practice=practice)
+    return found
+
+
+def store_patients(store: Path) -> set[str]:
+    return set(pq.read_table(store / "patients.parquet").column("patient").to_pylist())
+
+
+def observation_values(store: Path) -> dict[str, float]:
+    rows = pq.read_table(store / "observations.parquet").to_pylist()
+    return {r["resource"]: r["value"] for r in rows}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[SekmetServer]:
+    """A server of its own: each test counts exactly what it exported."""
+    with running(FastSekmet(tmp_path / "sekmet")) as started:
+        yield started
+
+
+def test_each_ingest_from_a_server_asks_it_again(server: SekmetServer, tmp_path: Path) -> None:
+    first = patients("x-", [1, 2])
+    server.load(first)
+    store = tmp_path / "store"
+    args = ["ingest", server.base_url, "--store", str(store), "--quiet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert store_patients(store) == {"x-p1", "x-p2"}
+    assert not (store / "exports" / "current").exists()  # ingested: the files are gone
+    recorded = json.loads((store / "exports" / "last.json").read_text())
+    assert list(recorded) == [server.base_url]
+
+    lab = next(r for r in first if r["resourceType"] == "Observation" and "valueQuantity" in r)
+    changed = {**lab, "valueQuantity": {**lab["valueQuantity"], "value": 123.0}}
+    server.load([changed, *patients("y-", [3], first[0])[1:]])
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert observation_values(store)[f"Observation/{lab['id']}"] == 123.0  # not last time's file
+    assert store_patients(store) == {"x-p1", "x-p2", "y-p1"}
+    assert json.loads((store / "exports" / "last.json").read_text()) != recorded
+
+
+def test_since_last_exports_only_what_changed(server: SekmetServer, tmp_path: Path) -> None:
+    server.load(patients("s-", [4, 5]))
+    store = tmp_path / "store"
+    args = ["ingest", server.base_url, "--store", str(store), "--quiet"]
+    assert runner.invoke(app, args).exit_code == 0
+    before = observation_values(store)
+    later = patients("t-", [6])
+    server.load(later)
+    result = runner.invoke(app, [*args, "--since-last"])
+    assert result.exit_code == 0, result.output
+    assert f"{len(later)} line(s)" in result.output  # the new patient, nothing older came along
+    assert store_patients(store) == {"s-p1", "s-p2", "t-p1"}
+    assert set(before) < set(observation_values(store))  # the earlier export's data stay
+
+
+def test_a_group_export_takes_the_groups_patients(server: SekmetServer, tmp_path: Path) -> None:
+    resources = patients("g-", [7, 8])
+    group = {
+        "resourceType": "Group",
+        "id": "g-list",
+        "type": "person",
+        "actual": True,
+        "member": [{"entity": {"reference": "Patient/g-p2"}}],
+    }
+    server.load([*resources, group])
+    store = tmp_path / "store"
+    args = ["ingest", server.base_url, "--store", str(store), "--level", "group", "--group"]
+    result = runner.invoke(app, [*args, "g-list", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert store_patients(store) == {"g-p2"}
+
+
+def test_an_interrupted_ingest_is_finished_by_the_next_run(
+    server: SekmetServer, tmp_path: Path
+) -> None:
+    server.load(patients("i-", [9]))
+    store = tmp_path / "store"
+    args = ["ingest", server.base_url, "--store", str(store), "--quiet"]
+    with (tmp_path / ".store.lock").open("w") as held:  # another ingest holds the store
+        fcntl.flock(held, fcntl.LOCK_EX)
+        refused = runner.invoke(app, args)
+    assert refused.exit_code == 2
+    assert "another ingest" in refused.output
+    assert (store / "exports" / "current" / "export.json").is_file()  # the export is kept
+    assert not (store / "exports" / "last.json").exists()  # ... and not counted as ingested
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert store_patients(store) == {"i-p1"}
+    assert not (store / "exports" / "current").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--level", "group"], "--level group needs --group"),
+        (["--group", "g1"], "--group goes with --level group"),
+        (["--since", "2026-01-01T00:00:00Z", "--since-last"], "not both"),
+        (["--since-last"], "run without --since-last"),
+        (["--client-id", "me"], "--client-id and --private-key go together"),
+    ],
+)
+def test_export_options_are_checked_before_anything_is_asked(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
+    url = "http://127.0.0.1:9/fhir"  # nothing listens: a request would fail differently
+    result = runner.invoke(app, ["ingest", url, "--store", str(tmp_path / "s"), *extra])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_export_options_need_a_server(tmp_path: Path) -> None:
+    write_population(tmp_path / "ndjson", 5, 1, 1, 8, AS_OF)
+    args = ["ingest", str(tmp_path / "ndjson"), "--store", str(tmp_path / "s"), "--type", "Patient"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "need a server URL" in result.output
+
+
+def test_backend_services_credentials_from_the_command_line(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    pem = tmp_path / "client.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    smart = FastSekmet(
+        tmp_path / "sekmet",
+        server_auth={
+            "types": ["smart"],
+            "smart_clients": [
+                {"client_id": "cli", "jwks": public_jwks(key), "scopes": "system/*.cruds"}
+            ],
+        },
+    )
+    with running(smart), httpx.Client() as http:
+        writer = BackendServicesAuth(
+            http,
+            fhir_base_url=smart.base_url,
+            client_id="cli",
+            private_key=key,
+            scope="system/*.cruds",
+        )
+        smart.load(patients("a-", [10]), access_token=writer.access_token())
+        store = tmp_path / "store"
+        args = ["ingest", smart.base_url, "--store", str(store), "--quiet"]
+        refused = runner.invoke(app, args)
+        assert refused.exit_code == 2
+        assert f"the export from {smart.base_url} failed" in refused.output
+        result = runner.invoke(app, [*args, "--client-id", "cli", "--private-key", str(pem)])
+        assert result.exit_code == 0, result.output
+        assert store_patients(store) == {"a-p1"}
+        assert writer.access_token() not in result.output

@@ -15,12 +15,13 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterable
-from contextlib import closing
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SEKMET = ROOT / ".venv-fhir" / "bin" / "sekmet"
@@ -101,6 +102,7 @@ class SekmetServer:
             return
         if not self.executable.exists():
             raise FileNotFoundError(MISSING)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         settings = self.write_settings()
         env = {k: v for k, v in os.environ.items() if k not in _SEKMET_ENV}
         with self.log_path.open("ab") as log:
@@ -179,3 +181,28 @@ class SekmetServer:
         if not self.log_path.exists():
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class FastSekmet(SekmetServer):
+    """sekmet whose export jobs skip their one-second pause (``simulator.delay_seconds``)."""
+
+    def write_settings(self) -> Path:
+        path = super().write_settings()
+        text = path.read_text(encoding="utf-8")
+        fast = "simulator: {enabled: false, delay_seconds: 0}"
+        path.write_text(text.replace("simulator: {enabled: false}", fast), encoding="utf-8")
+        return path
+
+
+@contextmanager
+def running(server: SekmetServer) -> Iterator[SekmetServer]:
+    """The server, started for the block and stopped after it. A server that is missing or does
+    not start fails the test, never skips it: these tests need a real FHIR server."""
+    try:
+        server.start()
+    except (FileNotFoundError, RuntimeError) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

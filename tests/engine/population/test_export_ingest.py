@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from service.cli import app
 from synth.population import write_population
-from tests.support.sekmet import SekmetServer
+from tests.support.sekmet import SekmetServer, running
 
 runner = CliRunner()
 
@@ -42,16 +42,8 @@ def indicators(out: Path) -> str:
 def own_server(tmp_path: Path) -> Iterator[SekmetServer]:
     """A server of its own: a system-level export of the shared one would bring along the patients
     other tests loaded, and the rates would depend on which tests ran first."""
-    (tmp_path / "sekmet").mkdir()
-    server = SekmetServer(tmp_path / "sekmet")
-    try:
-        server.start()
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+    with running(SekmetServer(tmp_path / "sekmet")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_export_then_sweep_equals_files_then_sweep(
