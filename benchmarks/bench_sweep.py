@@ -213,33 +213,18 @@ def child_duckdb(
 def child_spark(store: Path, out: Path) -> dict[str, Any]:
     """Spark local[2]: the store's Parquet read and cached, then the same SQL steps (the trees
     rendered for Spark), every outcome row computed (written to Spark's no-op sink)."""
-    import pyarrow.parquet as pq
-
     from engine.population import spark_engine
     from engine.population.sql import rendered_sweep, table_name
-    from engine.population.tables import valueset_codes
     from rules.guideline_set import load_guidelines
 
     guidelines = load_guidelines(ROOT / "guidelines")
-    # the JVM's heap and scratch space must be given before it starts (a builder's config comes
-    # too late for the driver's memory)
-    os.environ["PYSPARK_SUBMIT_ARGS"] = (
-        f"--driver-memory {SPARK_DRIVER_MEMORY} --conf spark.local.dir={out} pyspark-shell"
-    )
-    spark = spark_engine.local_session("bench-sweep")
+    spark = spark_engine.local_session("bench-sweep", out, SPARK_DRIVER_MEMORY)
     result: dict[str, Any] = {}
     try:
         started = time.perf_counter()
-        for name in TABLES:
-            frame = spark.read.parquet(str(store / f"{name}.parquet"))
-            frame.cache().createOrReplaceTempView(name)
-            frame.count()
-        codes = valueset_codes(guidelines, pq.read_table(store / "codes.parquet"))
-        frame = spark.createDataFrame(
-            codes.to_pylist(), schema=spark_engine.spark_schema(codes.schema)
-        )
-        frame.cache().createOrReplaceTempView("valueset_codes")
-        frame.count()
+        spark_engine.load_store(spark, store, guidelines)
+        for name in (*TABLES, "valueset_codes"):
+            spark.table(name).count()  # the cached views filled now, not in the first step
         result["load"] = time.perf_counter() - started
         started = time.perf_counter()
         rendered = rendered_sweep(guidelines, AS_OF, spark_engine.DIALECT)

@@ -5,9 +5,11 @@ Side effects (files, terminal, exit codes) live here; everything it calls is pur
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
@@ -30,6 +32,7 @@ from rules.guideline_set import GuidelineSet, load_guidelines
 if TYPE_CHECKING:
     import httpx
 
+    from engine.population.run import SqlSteps
     from fhir_adapter.backend_auth import BackendServicesAuth
 
 
@@ -48,6 +51,11 @@ conformance_app = typer.Typer(
     help="Check a running service against a standard.", no_args_is_help=True
 )
 app.add_typer(conformance_app, name="conformance")
+
+
+class SweepEngine(StrEnum):
+    duckdb = "duckdb"
+    spark = "spark"
 
 
 class Format(StrEnum):
@@ -579,13 +587,20 @@ def sweep(
         int | None, typer.Option(min=1, help="DuckDB threads (default: one per core).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    engine: Annotated[
+        SweepEngine,
+        typer.Option(help="What runs the SQL steps: DuckDB, or Apache Spark (local, both cores)."),
+    ] = SweepEngine.duckdb,
+    spark_memory: Annotated[
+        str, typer.Option(help="Heap of the local Spark JVM (--engine spark), e.g. 4g.")
+    ] = "4g",
 ) -> None:
     """Evaluate every guideline over a population store: lists, indicators, MeasureReports."""
     import tempfile
 
     import duckdb
 
-    from engine.population.duckdb_engine import configure
+    from engine.population.duckdb_engine import configure, sweep_tables
     from engine.population.run import run_sweep
     from engine.population.store import StoreError, clusters_of, load_store
     from service.feedback import FeedbackStore
@@ -602,6 +617,7 @@ def sweep(
         tempfile.TemporaryDirectory(prefix=".duckdb-", dir=temp_directory or out) as spill,
         duckdb.connect(str(Path(spill) / "sweep.duckdb")) as con,  # evictable tables
         Bars(wanted(quiet)) as bars,
+        contextlib.ExitStack() as stack,
     ):
         try:
             configure(con, memory_limit, spill, threads)
@@ -613,6 +629,9 @@ def sweep(
         except StoreError as exc:
             raise fail(str(exc)) from None
         mapping = mapping or clusters_of(store) or None
+        steps = sweep_tables
+        if engine is SweepEngine.spark:
+            steps = _spark_steps(stack, store, guidelines, Path(spill), spark_memory)
         manifest = run_sweep(
             con,
             guidelines,
@@ -624,8 +643,62 @@ def sweep(
             snapshot=snapshot,
             language=language.value,
             progress=bars,
+            sql_steps=steps,
+            engine=engine.value,
         )
+    if manifest.engine != engine:
+        typer.echo(f"(published before, by {manifest.engine}: the same inputs give the same run)")
     typer.echo(f"published {manifest.directory}")
+
+
+def _spark_steps(
+    stack: contextlib.ExitStack,
+    store: Path,
+    guidelines: GuidelineSet,
+    scratch: Path,
+    memory: str,
+) -> SqlSteps:
+    """A local Spark session for the sweep (stopped with ``stack``) and its SQL steps."""
+    if not re.fullmatch(r"[1-9][0-9]*[kmgt]", memory, flags=re.IGNORECASE):
+        raise fail(f"--spark-memory: {memory!r} is not a JVM heap size such as 4g or 512m")
+    try:
+        from engine.population import spark_engine
+    except ImportError:
+        raise fail("Spark is not installed: pip install 'vejviser[spark]'") from None
+    spark = spark_engine.local_session("vejviser-sweep", scratch / "spark-local", memory)
+    stack.callback(spark.stop)
+    spark.sparkContext.setLogLevel("ERROR")
+    spark_engine.load_store(spark, store, guidelines)
+    return spark_engine.sweep_steps(spark, scratch)
+
+
+@app.command()
+def compare(
+    previous: Annotated[
+        Path, typer.Argument(help="The earlier run directory, or one of its as-of directories.")
+    ],
+    current: Annotated[Path, typer.Argument(help="The later run (or as-of) directory.")],
+    out: Annotated[Path, typer.Option(help="Where comparison.csv and comparison.md go.")],
+) -> None:
+    """Who entered or left each practice's lists and how each indicator moved between two
+    sweeps: the 3-, 6- and 12-month follow-up. A run directory stands for its latest date."""
+    from engine.population.run import compare as compare_runs
+    from engine.population.run import write_comparison
+
+    try:
+        report = compare_runs(previous, current)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    write_comparison(report, out)
+    entered = sum(c.change == "entered" for c in report.lists)
+    typer.echo(
+        f"{report.previous} -> {report.current}: {entered} entered and "
+        f"{len(report.lists) - entered} left a list; {len(report.indicators)} indicator rows"
+    )
+    typer.echo(
+        f"wrote {out / 'comparison.md'} (counts) and {out / 'comparison.csv'} (names patients: "
+        "split it per practice before it leaves the room)"
+    )
 
 
 def _clusters(path: Path) -> dict[str, str]:
@@ -655,6 +728,10 @@ def serve(
         typer.Option(help="Serve the guidelines of this git repository (URL or path)."),
     ] = None,
     branch: Annotated[str | None, typer.Option(help="Branch of --guidelines-git.")] = None,
+    guidelines_git_path: Annotated[
+        str | None,
+        typer.Option(help="Folder of the guidelines inside --guidelines-git (default: its root)."),
+    ] = None,
     poll: Annotated[
         float | None,
         typer.Option(help="Seconds between checks of the guideline source (0: never)."),
@@ -680,6 +757,8 @@ def serve(
         overrides["guidelines_git"] = guidelines_git
     if branch is not None:
         overrides["guidelines_branch"] = branch
+    if guidelines_git_path is not None:
+        overrides["guidelines_git_path"] = guidelines_git_path
     if poll is not None:
         overrides["guidelines_poll_seconds"] = poll
     settings = Settings(**overrides)

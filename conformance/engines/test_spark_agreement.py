@@ -1,4 +1,5 @@
-"""Spark runs the same compiled trees as DuckDB, so it must agree with the per-patient engine too.
+"""Spark runs the same compiled trees as DuckDB, so it must agree with the per-patient engine too,
+and `vejviser sweep --engine spark` must publish the very files `--engine duckdb` publishes.
 
 Why slow-only: a local Spark session costs tens of seconds to start and plans every guideline's
 queries on the JVM, minutes in all even for a small population. The DuckDB suite covers the SQL
@@ -7,45 +8,64 @@ itself on every run; this one guards the Spark rendering of the very same trees.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
 pytest.importorskip("pyspark")
 
-from pyspark.sql import SparkSession
-
-from conformance.engines.test_agreement import AS_OF, library, per_patient, population
-from engine.population import spark_engine
+from conformance.engines.test_agreement import AS_OF, assert_same, library, per_patient, population
+from engine.population.run import MANIFEST
+from engine.population.store import write_store
 from engine.population.tables import facts_tables
+from service.cli import app
 
 
-@pytest.fixture(scope="module")
-def spark() -> Iterator[SparkSession]:
-    session = spark_engine.local_session("vejviser-conformance")
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
+def published(out: Path) -> Path:
+    (run,) = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return run
+
+
+def outcomes(run: Path) -> dict[tuple[str, str], tuple]:
+    """outcomes.parquet keyed and shaped like per_patient's results."""
+    rows = pq.read_table(run / str(AS_OF) / "outcomes.parquet").to_pylist()
+    return {
+        (r["patient"], r["guideline"]): (
+            r["in_register"],
+            tuple(sorted(r["recommendations"])),
+            tuple((i["indicator"], i["membership"]) for i in r["indicators"]),
+            tuple((t["name"], t["value"], t["source"], t["set_by"]) for t in r["targets"]),
+        )
+        for r in rows
+    }
 
 
 @pytest.mark.slow
-def test_spark_agrees_with_the_per_patient_engine(spark: SparkSession) -> None:
-    guidelines = library()
-    patients = population(60, seed=11)
-    expected = per_patient(guidelines, patients, AS_OF)
-    spark_engine.load_tables(spark, facts_tables(patients), guidelines)
-    got = {
-        (o.patient, o.guideline): (
-            o.in_register,
-            tuple(sorted(o.recommendations)),
-            o.indicators,
-            o.targets,
-        )
-        for o in spark_engine.sweep(spark, guidelines, AS_OF)
-    }
-    assert set(got) == set(expected)
-    differences = [
-        (key, expected[key], got[key]) for key in sorted(expected) if expected[key] != got[key]
-    ]
-    assert not differences, f"{len(differences)} of {len(expected)} differ, e.g. {differences[:3]}"
+def test_a_spark_sweep_agrees_and_publishes_the_same_files(tmp_path: Path) -> None:
+    patients = population(60, seed=11)  # one in ten dead, some on the very day
+    expected = per_patient(library(), patients, AS_OF)
     assert sum(v[0] for v in expected.values()) > len(patients) // 10
+    write_store(facts_tables(patients), tmp_path / "store")
+    runs = {}
+    for engine in ("duckdb", "spark"):
+        args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", str(AS_OF)]
+        result = CliRunner().invoke(
+            app, [*args, "--out", str(tmp_path / engine), "--engine", engine, "--quiet"]
+        )
+        assert result.exit_code == 0, result.output
+        runs[engine] = published(tmp_path / engine)
+    assert_same(expected, outcomes(runs["spark"]))
+    duckdb_files = sorted(p.relative_to(runs["duckdb"]) for p in runs["duckdb"].rglob("*"))
+    spark_files = sorted(p.relative_to(runs["spark"]) for p in runs["spark"].rglob("*"))
+    assert spark_files == duckdb_files
+    differ = [
+        name
+        for name in duckdb_files
+        if (runs["duckdb"] / name).is_file()
+        and name.name != MANIFEST
+        and (runs["duckdb"] / name).read_bytes() != (runs["spark"] / name).read_bytes()
+    ]
+    assert differ == []
+    assert '"engine": "spark"' in (runs["spark"] / MANIFEST).read_text()

@@ -95,7 +95,13 @@ def sweep(
 ) -> Iterator[PopulationOutcome]:
     """Every patient x guideline in force on the date, as Python objects (tests, small runs;
     :mod:`engine.population.run` keeps a sweep's rows in DuckDB instead)."""
-    rendered = sweep_tables(con, guidelines, as_of)
+    return outcomes_of(con, sweep_tables(con, guidelines, as_of))
+
+
+def outcomes_of(
+    con: duckdb.DuckDBPyConnection, rendered: RenderedSweep
+) -> Iterator[PopulationOutcome]:
+    """The ``g<n>_outcomes`` rows in ``con`` (whichever engine computed them) as Python objects."""
     for index, sql in rendered.compiled:
         result = con.execute(f"SELECT * FROM {table_name(index, 'outcomes')}")
         names = [d[0] for d in result.description]

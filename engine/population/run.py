@@ -53,7 +53,14 @@ from engine.population.measure_report import (
     summary_report,
 )
 from engine.population.outcomes import PopulationOutcome
-from engine.population.sql import GuidelineSql, col, lit, rendered_sweep, table_name
+from engine.population.sql import (
+    GuidelineSql,
+    RenderedSweep,
+    col,
+    lit,
+    rendered_sweep,
+    table_name,
+)
 from rules import tree as t
 from rules import types as ty
 from rules.guideline_set import GuidelineSet
@@ -79,6 +86,19 @@ class Progress(Protocol):
     def done(self) -> None:
         """The current step is finished."""
         ...
+
+
+class SqlSteps(Protocol):
+    """Computes one date's sweep tables in ``con`` (``g<n>_base``, ``winners``, ``g<n>_outcomes``)
+    and returns the sweep rendered for DuckDB, which the output writers query."""
+
+    def __call__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        guidelines: GuidelineSet,
+        as_of: dt.date,
+        on_step: Callable[[str], None] | None = None,
+    ) -> RenderedSweep: ...
 
 
 class _Silent:
@@ -108,6 +128,7 @@ class RunManifest:
     comparisons: tuple[str, ...]
     format: int = FORMAT
     completed: str = ""  # UTC timestamp of publication
+    engine: str = "duckdb"  # what ran the SQL steps (the files are written by DuckDB either way)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -137,6 +158,8 @@ def run_sweep(
     snapshot: str = "",
     language: str = "da",
     progress: Progress | None = None,
+    sql_steps: SqlSteps = sweep_tables,
+    engine: str = "duckdb",
 ) -> RunManifest:
     """Sweep every reference date over the facts loaded in ``con`` and publish the outputs.
 
@@ -146,6 +169,9 @@ def run_sweep(
     Returns the manifest of the published run (the existing one if this exact run was published
     before). Raises :class:`RunInProgressError` if the same run is being written right now.
     ``progress`` is told about each date's long steps (the CLI shows bars on a terminal).
+    ``sql_steps`` computes a date's tables in ``con`` (default: DuckDB itself; Spark's is
+    :func:`engine.population.spark_engine.sweep_steps`), named ``engine`` in the manifest. The
+    engine is not part of the run's identity: the engines must give the same result.
 
     The sweep's rows stay in DuckDB: outcomes.parquet is written by DuckDB and the other files
     are read back from it (:mod:`engine.population.columnar`), so memory does not grow with the
@@ -188,6 +214,7 @@ def run_sweep(
                 rows,
                 timings,
                 progress or _Silent(),
+                sql_steps,
             )
         comparisons = []
         for as_of in dates[1:]:
@@ -224,6 +251,7 @@ def run_sweep(
             timings=timings,
             comparisons=tuple(comparisons),
             completed=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            engine=engine,
         )
         _write(partial / MANIFEST, manifest.to_json())  # last: a manifest means complete
         _fsync_tree(partial)
@@ -287,6 +315,7 @@ def _sweep_date(
     rows: dict[str, int],
     timings: dict[str, float],
     progress: Progress,
+    sql_steps: SqlSteps,
 ) -> set[str]:
     """One reference date: sweep, write every file (reasons rendered on the way). Returns the
     practices. Timings per step go to the manifest: ``sweep`` (the SQL steps), ``outcomes``
@@ -303,7 +332,7 @@ def _sweep_date(
 
     started = time.perf_counter()
     advance = progress.task(f"{as_of}: sweep query", len(in_force))
-    rendered = sweep_tables(con, guidelines, as_of, on_step=lambda _: advance(1))
+    rendered = sql_steps(con, guidelines, as_of, on_step=lambda _: advance(1))
     started = timed("sweep", started)
 
     progress.task(f"{as_of}: outcomes.parquet", None)
@@ -656,6 +685,9 @@ def compare(previous_run_dir: Path, current_run_dir: Path) -> out.ComparisonRepo
     ``<as-of>`` directories, so a cluster can compare this quarter's run with last quarter's.
     """
     before, after = _as_of_directory(previous_run_dir), _as_of_directory(current_run_dir)
+    for directory, given in ((before, previous_run_dir), (after, current_run_dir)):
+        if not (directory / "outcomes.parquet").is_file():
+            raise ValueError(f"{given} is neither a published run nor one of its as-of directories")
     return out.ComparisonReport(
         before.name,
         after.name,

@@ -225,3 +225,42 @@ def test_sweep_bounds_duckdb_and_shows_no_bars_off_a_terminal(
     assert not list((tmp_path / "out").glob(".duckdb-*")), "the spill directory is removed"
     bad = runner.invoke(app, [*args, "--memory-limit", "lots"])
     assert bad.exit_code == 2 and "bad DuckDB setting" in bad.output
+    heap = runner.invoke(app, [*args, "--engine", "spark", "--spark-memory", "4g -Dx=y"])
+    assert heap.exit_code == 2 and "not a JVM heap size" in heap.output
+
+
+def test_compare_two_published_sweeps(tmp_path: Path, guideline_dir: Path) -> None:
+    spec = CasePatient.model_validate(
+        {
+            "birth_date": "1950-01-01",
+            "sex": "female",
+            "conditions": [{"code": "icpc2:T90", "onset": "2015-01-01"}],
+            "observations": [
+                {"code": "npu:NPU27300", "value": 67, "unit": "mmol/mol", "date": "2026-03-02"}
+            ],
+        }
+    )
+    patient = normalise_patient(case_resources(spec))._replace(practice="123456")
+    write_store(facts_tables([patient]), tmp_path / "store")
+    runs = []
+    for as_of in ("2026-01-01", "2026-06-01"):  # before and after the high HbA1c
+        args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", as_of]
+        args += ["--out", str(tmp_path / as_of), "-g", str(guideline_dir), "--language", "en"]
+        assert runner.invoke(app, args).exit_code == 0
+        (run,) = (tmp_path / as_of).glob("*/manifest.json")
+        runs.append(run.parent)
+    result = runner.invoke(app, ["compare", *map(str, runs), "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    # from "no HbA1c" (January) to "above the target" (June)
+    assert "2026-01-01 -> 2026-06-01: 1 entered and 1 left a list" in result.output
+    rows = (tmp_path / "cmp" / "comparison.csv").read_text(encoding="utf-8-sig").splitlines()
+    changes = sorted(row.split(",")[4:7] for row in rows if row.startswith("list,"))
+    assert [change[1:] for change in changes] == [
+        ["case-patient", "entered"],
+        ["case-patient", "left"],
+    ]
+    assert changes[0][0] != changes[1][0]  # two different recommendations
+    assert "case-patient" not in (tmp_path / "cmp" / "comparison.md").read_text()
+    wrong = runner.invoke(app, ["compare", str(tmp_path), str(runs[1]), "--out", str(tmp_path)])
+    assert wrong.exit_code == 2
+    assert "neither a published run nor one of its as-of directories" in wrong.output

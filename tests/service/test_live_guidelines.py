@@ -291,11 +291,15 @@ def test_a_commit_pushed_to_the_branch_is_served(tmp_path: Path) -> None:
     git("init", "--bare", "--quiet", "--initial-branch=main", str(bare))
     git("clone", "--quiet", str(bare), str(work))
     git("checkout", "--quiet", "-b", "main", cwd=work)
-    shutil.copytree(FIXTURE_GUIDELINES, work, dirs_exist_ok=True)
+    shutil.copytree(FIXTURE_GUIDELINES, work / "rules")  # a folder of the repository
+    (work / "README.md").write_text("The quality unit's guidelines.\n")
     git("add", ".", cwd=work)
     git("commit", "--quiet", "-m", "first", cwd=work)
     git("push", "--quiet", "origin", "main", cwd=work)
-    source = ("--guidelines-git", f"file://{bare}", "--branch", "main")
+    source = (
+        *("--guidelines-git", f"file://{bare}"),
+        *("--branch", "main", "--guidelines-git-path", "rules"),
+    )
     with running(VejviserProcess(tmp_path, *source, poll=POLL)) as server:
         status = server.status()
         assert status["source"]["kind"] == "git"
@@ -303,7 +307,7 @@ def test_a_commit_pushed_to_the_branch_is_served(tmp_path: Path) -> None:
         assert status["versions"][0]["file"] == "example.yaml"
         prefetch = full_prefetch(server.base_url, diabetic_patient(danish_today()))
         with LoadGenerator(server.base_url, prefetch, clients=2) as load:
-            rule = work / "example.yaml"
+            rule = work / "rules" / "example.yaml"
             rule.write_text(rule.read_text().replace("value: 53\n", "value: 62\n"))
             git("commit", "--quiet", "-am", "default target 62", cwd=work)
             changed = time.monotonic()
