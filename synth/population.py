@@ -71,6 +71,12 @@ the age distribution. Prevalences are of *diagnosed* disease, which is what a GP
 - Prescriptions: 10 % of patients on medication also have MedicationRequests (renewals over the
   last year), 5 % have MedicationRequests instead of MedicationStatements (a practice system
   that exports prescriptions only; fhir_adapter uses requests when there is no statement).
+- Deaths: an export of a practice system holds the patients who have died too. About 1 % of
+  Danish adults die each year (some 55,000-60,000 deaths a year in the 2020s among about 4.7
+  million adults: Statistics Denmark, statbank.dk tables DOD and FOLK1A; not age-dependent here,
+  a modelling choice), so 2 % of patients have a ``deceasedDateTime`` within the two years before the
+  reference date, on or after the day of their last recorded resource. From their own random
+  stream: everything else about every patient is as without deaths.
 
 Noise at documented rates (:class:`PopulationNoise`), counted in :class:`PopulationSummary`:
 entered-in-error lab results (0.5 %), HbA1c in % (NPU03835, 2 %), eGFR above 90 as ``> 90``
@@ -154,6 +160,8 @@ _DEMENTIA = ((58, 0.0), (62, 0.002), (67, 0.005), (72, 0.012), (77, 0.028), (82,
 _HBA1C_GOAL_SHARE = 0.3
 _SYSTOLIC_GOAL_SHARE = 0.2
 _REQUESTS_ONLY = 0.05
+_DEATHS_PER_YEAR = 0.01
+_DEATH_YEARS = 2
 _REQUESTS_TOO = 0.10
 _GPS_PER_PRACTICE = ((1, 0.50), (2, 0.25), (3, 0.13), (4, 0.08), (5, 0.04))
 _CLUSTER_TOWNS = (
@@ -223,6 +231,8 @@ class PopulationSummary:
     """Ydernummer -> patients listed."""
     practice_cluster: Mapping[str, str]
     """Ydernummer -> the id of its cluster Organization."""
+    deceased: int = 0
+    """Patients with a ``deceasedDateTime`` (all within two years of the reference date)."""
     seconds: float = 0.0
     workers: int = 1
 
@@ -257,6 +267,7 @@ class PopulationSummary:
             "prescriptions": dict(self.prescriptions),
             "ages": dict(self.ages),
             "sexes": dict(self.sexes),
+            "deceased": self.deceased,
             "seconds": round(self.seconds, 3),
             "workers": self.workers,
             "resources_per_second": round(self.resources_per_second),
@@ -275,7 +286,7 @@ class PopulationSummary:
                 f"{self.clusters:,} clusters (seed {self.seed}, reference date {self.as_of}) "
                 f"-> {self.out_dir}",
                 f"lines: {files}",
-                f"prevalence: {prevalences}",
+                f"prevalence: {prevalences}; deceased: {self.deceased:,}",
                 f"noise: {noise}",
                 f"{self.resources:,} resources in {self.seconds:.1f} s with {self.workers} "
                 f"process(es): {self.resources_per_second:,.0f} resources/s",
@@ -553,6 +564,25 @@ def _structural_noise(rng: random.Random, resource: Resource, noise: PopulationN
     return kind
 
 
+def _death(rng: random.Random, resources: list[Resource], as_of: date) -> date | None:
+    """The day a patient died, if they did within :data:`_DEATH_YEARS` of ``as_of``: never
+    before a resource of theirs, so no lab result is dated after the death."""
+    if rng.random() >= _DEATHS_PER_YEAR * _DEATH_YEARS:
+        return None
+    window = as_of - timedelta(days=round(365.25 * _DEATH_YEARS))
+    last = max((_day_of(r) for r in resources), default=window)
+    earliest = min(max(window, last), as_of)
+    return earliest + timedelta(days=rng.randint(0, (as_of - earliest).days))
+
+
+def _day_of(resource: Resource) -> date:
+    """The date a resource was recorded on (the fields :mod:`synth.patients` writes)."""
+    for key in ("effectiveDateTime", "authoredOn", "dateAsserted", "startDate", "recordedDate"):
+        if key in resource:
+            return date.fromisoformat(resource[key][:10])
+    return date.min
+
+
 def _patient_lines(
     seed: int,
     index: int,
@@ -573,6 +603,10 @@ def _patient_lines(
     patient = resources[0]
     cpr = patient["identifier"][0]
     cpr["value"] = fake_cpr(date.fromisoformat(patient["birthDate"]), index)  # unique < 10,000
+    died = _death(random.Random(f"{_SEED_PREFIX}:{seed}:{index}:death"), resources, as_of)
+    if died is not None:
+        patient["deceasedDateTime"] = died.isoformat()
+        stats["deceased"] += 1
 
     statements = [r for r in resources if r["resourceType"] == "MedicationStatement"]
     u = rng.random() if statements else 1.0
@@ -765,6 +799,7 @@ def write_population(
         sexes={sex: stats[f"sex:{sex}"] for sex in ("female", "male")},
         practice_patients=plan.practice_patients,
         practice_cluster=plan.practice_cluster,
+        deceased=stats["deceased"],
         seconds=time.perf_counter() - started,
         workers=workers,
     )

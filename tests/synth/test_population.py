@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +231,24 @@ def test_prevalences_are_roughly_those_of_danish_adults(large: PopulationSummary
     }
     ages = [AS_OF.year - int(p["birthDate"][:4]) for p in _resources(large, "Patient")]
     assert min(ages) >= 18 and max(ages) <= 101
+
+
+def test_some_patients_have_died_after_their_last_record(large: PopulationSummary) -> None:
+    """About 2 % died within two years of the reference date, never before a record of theirs."""
+    died = {
+        f"Patient/{p['id']}": date.fromisoformat(p["deceasedDateTime"])
+        for p in _resources(large, "Patient")
+        if "deceasedDateTime" in p
+    }
+    assert len(died) == large.deceased
+    assert 0.01 <= large.deceased / large.patients <= 0.03
+    assert all(AS_OF - timedelta(days=731) <= day <= AS_OF for day in died.values())
+    for rtype in ("Observation", "Condition", "MedicationStatement", "Goal"):
+        for resource in _resources(large, rtype):
+            subject = resource.get("subject")
+            when = resource.get("effectiveDateTime") or resource.get("recordedDate")
+            if isinstance(subject, dict) and subject.get("reference") in died and when:
+                assert date.fromisoformat(when[:10]) <= died[subject["reference"]]
 
 
 def test_medication_follows_the_conditions(large: PopulationSummary) -> None:
