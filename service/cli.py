@@ -415,9 +415,17 @@ def ingest(
     from fhir_adapter.bundles import is_bundle_source, write_ndjson
 
     request = ServerExport(
-        level, group, tuple(resource_types or ()), since, since_last, client_id, private_key,
-        scope, token_url, export_timeout,
-    )  # fmt: skip
+        level=level,
+        group=group,
+        types=tuple(resource_types or ()),
+        since=since,
+        since_last=since_last,
+        client_id=client_id,
+        private_key=private_key,
+        scope=scope,
+        token_url=token_url,
+        timeout=export_timeout,
+    )
     path = Path(source)
     exported: str | None = None
     if source.startswith(("http://", "https://")):

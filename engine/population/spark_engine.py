@@ -25,6 +25,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import types as st
 
 from engine.population.duckdb_engine import DIALECT as DUCKDB
+from engine.population.run import SqlSteps
 from engine.population.sql import RenderedSweep, rendered_sweep, table_name
 from engine.population.store import FACT_TABLES, snapshot_of
 from engine.population.tables import valueset_codes
@@ -94,7 +95,7 @@ def load_store(spark: SparkSession, directory: Path, guidelines: GuidelineSet) -
     return snapshot
 
 
-def sweep_steps(spark: SparkSession, scratch: Path) -> Callable[..., RenderedSweep]:
+def sweep_steps(spark: SparkSession, scratch: Path) -> SqlSteps:
     """The SQL steps of :func:`engine.population.run.run_sweep`, run on ``spark``: the results go
     through Parquet in ``scratch`` into the DuckDB tables and views the output writers read."""
 
@@ -123,10 +124,10 @@ def sweep_tables(
     rendered = rendered_sweep(guidelines, as_of, DIALECT)
     step_dir = scratch / f"spark-{as_of}"
     shutil.rmtree(step_dir, ignore_errors=True)
-    for (index, compiled), sql in zip(rendered.compiled, rendered.base, strict=True):
+    for (index, guideline_sql), sql in zip(rendered.compiled, rendered.base, strict=True):
         _materialise(spark, con, sql, table_name(index, "base"), step_dir)
         if on_step is not None:
-            on_step(compiled.g.id)
+            on_step(guideline_sql.g.id)
     _materialise(spark, con, rendered.winners, "winners", step_dir)
     for (index, _), sql in zip(rendered.compiled, rendered.outcomes, strict=True):
         _materialise(spark, con, sql, table_name(index, "outcomes"), step_dir)
