@@ -11,11 +11,10 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
-import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,26 +34,14 @@ from fhir_adapter.bulk import (
     ExportTimeout,
 )
 from fhir_adapter.rest import FhirNotFound, FhirRejected, FhirUnauthorized, FhirUnavailable
-from synth.patients import generate_patient, make_practice
+from tests.support.populations import population
 from tests.support.sekmet import FastSekmet, SekmetServer, running
 
-AS_OF = date(2025, 1, 1)
 PREFIX = "bulk-"
 SMART_CLIENT = "vejviser-bulk"
 MOCK_BASE = "https://fhir.example.dk/fhir"
 Resource = dict[str, Any]
 Key = tuple[str, str]
-
-
-def population(prefix: str, seeds: list[int], practice: Resource | None = None) -> list[Resource]:
-    """Synthetic patients (fixed seeds, 6 resources each) sharing one practice."""
-    practice = practice or {**make_practice(random.Random(0)), "id": f"{prefix}org"}
-    resources = [practice]
-    for n, seed in enumerate(seeds, 1):
-        resources += generate_patient(
-            random.Random(seed), f"{prefix}p{n}", 6, AS_OF, practice=practice
-        )
-    return resources
 
 
 def by_key(resources: list[Resource]) -> dict[Key, Resource]:

@@ -161,19 +161,24 @@ def test_docs_writes_and_checks_the_catalogue(guideline_dir: Path, tmp_path: Pat
     assert stale.exit_code == 1 and "out of date" in stale.output
 
 
+DIABETIC = {
+    "birth_date": "1950-01-01",
+    "sex": "female",
+    "conditions": [{"code": "icpc2:T90", "onset": "2015-01-01"}],
+    "observations": [
+        {"code": "npu:NPU27300", "value": 67, "unit": "mmol/mol", "date": "2026-03-02"}
+    ],
+}
+
+
+def write_patient_store(store: Path, spec: dict) -> None:
+    """A facts store of one shorthand patient, listed at practice 123456."""
+    record = normalise_patient(case_resources(CasePatient.model_validate(spec)))
+    write_store(facts_tables([record._replace(practice="123456")]), store)
+
+
 def test_sweep_over_a_store(tmp_path: Path, guideline_dir: Path) -> None:
-    spec = CasePatient.model_validate(
-        {
-            "birth_date": "1950-01-01",
-            "sex": "female",
-            "conditions": [{"code": "icpc2:T90", "onset": "2015-01-01"}],
-            "observations": [
-                {"code": "npu:NPU27300", "value": 67, "unit": "mmol/mol", "date": "2026-03-02"}
-            ],
-        }
-    )
-    patient = normalise_patient(case_resources(spec))._replace(practice="123456")
-    write_store(facts_tables([patient]), tmp_path / "store")
+    write_patient_store(tmp_path / "store", DIABETIC)
     (tmp_path / "clusters.csv").write_text("practice,cluster\n123456,klynge-1\n")
     args = [
         "sweep",
@@ -214,9 +219,7 @@ def test_sweep_over_a_store(tmp_path: Path, guideline_dir: Path) -> None:
 def test_sweep_bounds_duckdb_and_shows_no_bars_off_a_terminal(
     tmp_path: Path, guideline_dir: Path
 ) -> None:
-    spec = CasePatient.model_validate({"birth_date": "1950-01-01", "sex": "female"})
-    patient = normalise_patient(case_resources(spec))._replace(practice="123456")
-    write_store(facts_tables([patient]), tmp_path / "store")
+    write_patient_store(tmp_path / "store", {"birth_date": "1950-01-01", "sex": "female"})
     args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", "2026-06-01"]
     args += ["--out", str(tmp_path / "out"), "-g", str(guideline_dir)]
     result = runner.invoke(app, [*args, "--memory-limit", "512MB", "--threads", "1"])
@@ -230,18 +233,7 @@ def test_sweep_bounds_duckdb_and_shows_no_bars_off_a_terminal(
 
 
 def test_compare_two_published_sweeps(tmp_path: Path, guideline_dir: Path) -> None:
-    spec = CasePatient.model_validate(
-        {
-            "birth_date": "1950-01-01",
-            "sex": "female",
-            "conditions": [{"code": "icpc2:T90", "onset": "2015-01-01"}],
-            "observations": [
-                {"code": "npu:NPU27300", "value": 67, "unit": "mmol/mol", "date": "2026-03-02"}
-            ],
-        }
-    )
-    patient = normalise_patient(case_resources(spec))._replace(practice="123456")
-    write_store(facts_tables([patient]), tmp_path / "store")
+    write_patient_store(tmp_path / "store", DIABETIC)
     runs = []
     for as_of in ("2026-01-01", "2026-06-01"):  # before and after the high HbA1c
         args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", as_of]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from typer.testing import CliRunner
 
 from fhir_adapter.backend_auth import BackendServicesAuth, public_jwks
 from service.cli import app
-from synth.patients import generate_patient, make_practice
 from synth.population import write_population
+from tests.support.populations import population
 from tests.support.sekmet import FastSekmet, SekmetServer, running
 
 runner = CliRunner()
@@ -49,15 +48,6 @@ def test_ingest_of_a_missing_source_fails(tmp_path: Path) -> None:
 AS_OF = dt.date(2026, 10, 1)
 
 
-def patients(prefix: str, seeds: list[int], practice: dict | None = None) -> list[dict]:
-    """Synthetic patients (fixed seeds, 6 resources each) sharing one practice."""
-    practice = practice or {**make_practice(random.Random(0)), "id": f"{prefix}org"}
-    found = [practice]
-    for n, seed in enumerate(seeds, 1):
-        found += generate_patient(random.Random(seed), f"{prefix}p{n}", 6, AS_OF, practice=practice)
-    return found
-
-
 def store_patients(store: Path) -> set[str]:
     return set(pq.read_table(store / "patients.parquet").column("patient").to_pylist())
 
@@ -75,7 +65,7 @@ def server(tmp_path: Path) -> Iterator[SekmetServer]:
 
 
 def test_each_ingest_from_a_server_asks_it_again(server: SekmetServer, tmp_path: Path) -> None:
-    first = patients("x-", [1, 2])
+    first = population("x-", [1, 2])
     server.load(first)
     store = tmp_path / "store"
     args = ["ingest", server.base_url, "--store", str(store), "--quiet"]
@@ -88,7 +78,7 @@ def test_each_ingest_from_a_server_asks_it_again(server: SekmetServer, tmp_path:
 
     lab = next(r for r in first if r["resourceType"] == "Observation" and "valueQuantity" in r)
     changed = {**lab, "valueQuantity": {**lab["valueQuantity"], "value": 123.0}}
-    server.load([changed, *patients("y-", [3], first[0])[1:]])
+    server.load([changed, *population("y-", [3], first[0])[1:]])
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert observation_values(store)[f"Observation/{lab['id']}"] == 123.0  # not last time's file
@@ -97,12 +87,12 @@ def test_each_ingest_from_a_server_asks_it_again(server: SekmetServer, tmp_path:
 
 
 def test_since_last_exports_only_what_changed(server: SekmetServer, tmp_path: Path) -> None:
-    server.load(patients("s-", [4, 5]))
+    server.load(population("s-", [4, 5]))
     store = tmp_path / "store"
     args = ["ingest", server.base_url, "--store", str(store), "--quiet"]
     assert runner.invoke(app, args).exit_code == 0
     before = observation_values(store)
-    later = patients("t-", [6])
+    later = population("t-", [6])
     server.load(later)
     result = runner.invoke(app, [*args, "--since-last"])
     assert result.exit_code == 0, result.output
@@ -112,7 +102,7 @@ def test_since_last_exports_only_what_changed(server: SekmetServer, tmp_path: Pa
 
 
 def test_a_group_export_takes_the_groups_patients(server: SekmetServer, tmp_path: Path) -> None:
-    resources = patients("g-", [7, 8])
+    resources = population("g-", [7, 8])
     group = {
         "resourceType": "Group",
         "id": "g-list",
@@ -131,7 +121,7 @@ def test_a_group_export_takes_the_groups_patients(server: SekmetServer, tmp_path
 def test_an_interrupted_ingest_is_finished_by_the_next_run(
     server: SekmetServer, tmp_path: Path
 ) -> None:
-    server.load(patients("i-", [9]))
+    server.load(population("i-", [9]))
     store = tmp_path / "store"
     args = ["ingest", server.base_url, "--store", str(store), "--quiet"]
     with (tmp_path / ".store.lock").open("w") as held:  # another ingest holds the store
@@ -201,7 +191,7 @@ def test_backend_services_credentials_from_the_command_line(tmp_path: Path) -> N
             private_key=key,
             scope="system/*.cruds",
         )
-        smart.load(patients("a-", [10]), access_token=writer.access_token())
+        smart.load(population("a-", [10]), access_token=writer.access_token())
         store = tmp_path / "store"
         args = ["ingest", smart.base_url, "--store", str(store), "--quiet"]
         refused = runner.invoke(app, args)
