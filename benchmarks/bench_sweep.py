@@ -256,6 +256,8 @@ class Run:
     load_after: float | None
     result: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    measured: str = ""  # UTC minute the run ended
+    code: str = ""  # the code version it ran
 
     def part(self, name: str) -> float | None:
         if name == "load":
@@ -340,6 +342,8 @@ def measure(
     child.returncode = os.waitstatus_to_exitcode(status)
     peak = max(usage.ru_maxrss * 1024, sampler.peak) / 1024**3
     run = Run(size, engine, mode, wall, peak, load_before, None, {"memory_limit": memory_limit})
+    run.measured = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}"
+    run.code = host.code_version()
     run.load_after = host.load_average()
     if child.returncode == 0 and result_file.is_file():
         run.result = json.loads(result_file.read_text(encoding="utf-8"))
@@ -355,6 +359,14 @@ def measure(
 def _median(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
+
+
+def _span(moments: Sequence[str]) -> str:
+    """First to last of the runs' times; empty if a run has none (records of older scripts)."""
+    if not moments or not all(moments):
+        return ""
+    first, last = min(moments), max(moments)
+    return first if first == last else f"{first} to {last}"
 
 
 def _s(value: float | None) -> str:
@@ -385,9 +397,9 @@ def render(
         "(load the facts, then every outcome row computed), Spark local[2] against DuckDB. This "
         "section is written by `benchmarks/bench_sweep.py`; change the script, not the text.",
         "",
-        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- Date: {_span([r.measured for r in runs]) or f'{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}'} UTC",
         f"- Machine: {machine_info}",
-        f"- Code: {code}",
+        f"- Code: {', '.join(dict.fromkeys(r.code for r in runs if r.code)) or code}",
         f"- Command: `{command}`",
         *(f"- Note: {note}" for note in notes),
         "",
@@ -498,6 +510,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--memory-limit", default=MEMORY_LIMIT, help=f"DuckDB's (default {MEMORY_LIMIT})"
     )
     parser.add_argument("--command", help="the command to show (with --report: the runs')")
+    parser.add_argument(
+        "--measured", help="with --report: when runs that did not record it were measured"
+    )
+    parser.add_argument("--code", help="with --report: the code runs that did not record it ran")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -523,6 +539,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip()
         ]
+        for run in runs:  # records written before runs recorded their time and code
+            run.measured = run.measured or args.measured or ""
+            run.code = run.code or args.code or ""
         return _publish(runs, argv, machine_info, code, args)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     engines = [e for e in args.engines.split(",") if e]

@@ -53,3 +53,12 @@ def test_the_report_says_whether_the_goal_was_met(tmp_path: Path) -> None:
     write_section(docs, section, BEGIN, END)
     write_section(docs, section.replace("2 cores", "two cores"), BEGIN, END)
     assert docs.read_text().count(BEGIN) == 1 and "two cores" in docs.read_text()
+
+
+def test_the_report_dates_the_runs_not_the_report() -> None:
+    first = Run(100_000, "duckdb", "full", 12.0, 1.1, 0.5, 0.7, measured="2026-01-02 10:00")
+    last = Run(100_000, "duckdb", "full", 12.5, 1.1, 0.5, 0.7, measured="2026-01-02 10:05")
+    first.code = last.code = "commit abc"
+    section = render([last, first], "python -m benchmarks.bench_sweep", "2 cores", "later", [])
+    assert "- Date: 2026-01-02 10:00 to 2026-01-02 10:05 UTC" in section
+    assert "- Code: commit abc" in section
