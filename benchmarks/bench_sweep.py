@@ -265,8 +265,10 @@ class Run:
         timings = self.result.get("timings", {})
         if name == "sql":
             return timings.get("sql", timings.get("sweep"))
-        if name == "outputs":
-            steps = ("outcomes", "indicators", "lists", "measure_reports")
+        if name == "outputs":  # the MeasureReports are written beside the lists since 2026-11-26
+            beside = "measure_reports_wait" in timings
+            last = "measure_reports_wait" if beside else "measure_reports"
+            steps = ("outcomes", "indicators", "lists", last)
             return sum(timings.get(s, 0.0) for s in steps) if "outcomes" in timings else None
         return timings.get(name)
 
@@ -448,10 +450,20 @@ def _steps(runs: Sequence[Run]) -> list[str]:
     biggest = max(r.size for r in full)
     timings = [r.result.get("timings", {}) for r in full if r.size == biggest]
     steps = ["sweep", "outcomes", "indicators", "lists", "measure_reports"]
+    if all("measure_reports_wait" in t for t in timings):
+        steps += ["measure_reports_wait"]
     medians = {s: _median([t.get(s) for t in timings]) for s in steps}
     load = _median([r.part("load") for r in full if r.size == biggest])
     parts = [f"load {_s(load)}"] + [f"{s} {_s(medians[s])}" for s in steps]
-    return [f"Steps of the {biggest:,}-patient full run (median s): " + ", ".join(parts) + "."]
+    beside = (
+        " (measure_reports: in a worker process beside the lists; measure_reports_wait: how "
+        "long after the lists it finished)"
+        if "measure_reports_wait" in steps
+        else ""
+    )
+    return [
+        f"Steps of the {biggest:,}-patient full run (median s): " + ", ".join(parts) + beside + "."
+    ]
 
 
 def _verdict(runs: Sequence[Run]) -> str:

@@ -18,9 +18,13 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import os
-import shutil
+import multiprocessing
+import resource as rusage
+import tempfile
+import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +46,11 @@ from rules import tree as t
 CLUSTERS = "vejviser_clusters"
 EXCEPTIONS = "vejviser_exceptions"
 OUTCOMES = "vejviser_outcomes"
+LISTED = "vejviser_listed_patients"  # the patients a guideline's reasons are rendered for
+LISTED_ROWS = "vejviser_listed_rows"  # outcome rows that put a patient on a list, one per rec
 BATCH = 20_000  # rows fetched into Python at a time
-BATCH_PATIENTS = 500_000  # patients per sorted part of outcomes.parquet
+BATCH_PATIENTS = 500_000  # patients per sorted range of outcomes.parquet
+ROW_GROUP = 122_880  # rows per row group of outcomes.parquet written a range at a time
 
 Advance = Callable[[int], None]
 """Reports progress: called with the number of units of work just done."""
@@ -156,8 +163,9 @@ def write_outcomes(
     Why in batches: sorting every patient x guideline row of a national population (80 million
     rows with nested lists) at once outgrows DuckDB's memory limit. The rows are written in
     ranges of practices (about ``batch_patients`` patients each, in sort order), each range
-    sorted by DuckDB into a part file, and the parts are copied in order into the one file by
-    pyarrow, a row group at a time. One range (a small population) is written directly."""
+    sorted by DuckDB and streamed into the one file by pyarrow's writer, a row group at a time
+    (no part files to write, read and encode again). One range (a small population) is written
+    by DuckDB directly."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if rendered.compiled:
         union = " UNION ALL ".join(_guideline_outcomes(i, s) for i, s in rendered.compiled)
@@ -178,38 +186,24 @@ def write_outcomes(
             f"TO {_path(path)} (FORMAT PARQUET, COMPRESSION ZSTD)"
         )
     else:
-        parts = path.parent / f".{path.name}.parts"
-        shutil.rmtree(parts, ignore_errors=True)
-        parts.mkdir()
-        try:
-            files = []
-            for n, (low, high) in enumerate(ranges):
-                part = parts / f"{n:05d}.parquet"
-                key = "COALESCE(practice, '')"
-                con.execute(
-                    f"COPY (SELECT * FROM ({union}) WHERE {key} >= {_q(low)} AND "
-                    f"{key} <= {_q(high)} {order}) TO {_path(part)} "
-                    "(FORMAT PARQUET, COMPRESSION ZSTD)"
+        key = "COALESCE(practice, '')"
+        with pq.ParquetWriter(path, _outcomes_schema(con, union), compression="zstd") as writer:
+            for low, high in ranges:
+                sorted_range = con.sql(  # a relation's reader streams; execute()'s copies
+                    f"SELECT * FROM ({union}) WHERE {key} >= {_q(low)} AND {key} <= {_q(high)} "
+                    f"{order}"
                 )
-                files.append(part)
-            writer = None
-            try:
-                for part in files:
-                    source = pq.ParquetFile(part)
-                    if writer is None:
-                        writer = pq.ParquetWriter(path, source.schema_arrow, compression="zstd")
-                    for group in range(source.num_row_groups):
-                        writer.write_table(source.read_row_group(group))
-            finally:
-                if writer is not None:
-                    writer.close()
-        finally:
-            shutil.rmtree(parts, ignore_errors=True)
-    _fsync(path)
+                with sorted_range.to_arrow_reader(ROW_GROUP) as reader:
+                    for part in reader:
+                        writer.write_batch(part, row_group_size=ROW_GROUP)
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW {OUTCOMES} AS SELECT * FROM read_parquet({_path(path)})"
     )
     return int(con.execute(f"SELECT count(*) FROM {OUTCOMES}").fetchall()[0][0])
+
+
+def _outcomes_schema(con: duckdb.DuckDBPyConnection, union: str) -> pa.Schema:
+    return con.sql(f"SELECT * FROM ({union}) LIMIT 0").to_arrow_table().schema
 
 
 def _practice_ranges(con: duckdb.DuckDBPyConnection, batch_patients: int) -> list[tuple[str, str]]:
@@ -285,11 +279,9 @@ def practices(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [str(p) for (p,) in con.execute(query).fetchall()]
 
 
-def _rows(result: duckdb.DuckDBPyConnection) -> Iterator[dict[str, Any]]:
-    names = [d[0] for d in result.description]
+def _rows(result: duckdb.DuckDBPyConnection) -> Iterator[tuple[Any, ...]]:
     while batch := result.fetchmany(BATCH):
-        for values in batch:
-            yield dict(zip(names, values, strict=True))
+        yield from batch
 
 
 def write_lists(
@@ -315,6 +307,13 @@ def write_lists(
         csv.writer(handle, lineterminator="\n").writerow(out.LIST_COLUMNS)
         handles[practice] = handle
     written = 0
+    # the rows that list someone, read from outcomes.parquet once (not once per guideline: the
+    # file is sorted by practice and patient, so a guideline filter skips nothing)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {LISTED_ROWS} AS SELECT guideline, practice, patient, "
+        f"UNNEST(recommendations) AS rec, exceptions FROM {OUTCOMES} "
+        "WHERE practice IS NOT NULL AND len(recommendations) > 0"
+    )
     try:
         for index, sql in sorted(rendered.compiled, key=lambda c: c[1].g.id):
             g = sql.g
@@ -322,12 +321,11 @@ def write_lists(
                 written += _write_guideline_list(con, index, sql, by_id, handles, language)
             if advance is not None:
                 advance(1)
-        for handle in handles.values():
-            handle.flush()
-            os.fsync(handle.fileno())
     finally:
         for handle in handles.values():
             handle.close()
+        con.execute(f"DROP VIEW IF EXISTS {LISTED}")
+        con.execute(f"DROP TABLE IF EXISTS {LISTED_ROWS}")
     return written
 
 
@@ -342,49 +340,47 @@ def _write_guideline_list(
     from engine.population.run import _ReasonPlan
 
     g = sql.g
-    plan = _ReasonPlan(sql, by_id, language)
+    plan = _ReasonPlan(sql, by_id, language, first_column=5)  # after the five columns below
     order = "[" + ", ".join(_q(r.id) for r in g.recommendations) + "]"
-    reasons = plan.select().sql("duckdb")
+    mine = f"SELECT * FROM {LISTED_ROWS} WHERE guideline = {_q(g.id)}"
+    # the reasons' expressions computed for this guideline's listed patients only
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {LISTED} AS SELECT DISTINCT patient FROM ({mine})")
+    reasons = plan.query().sql("duckdb")
     columns = "".join(f", r.{_i(alias)}" for alias in plan.columns)
     query = (
         "SELECT f.practice AS vejviser_practice, f.patient AS patient, f.rec AS vejviser_rec, "
         "f.exceptions AS vejviser_exceptions, r.patient IS NOT NULL AS vejviser_found"
-        f"{columns} FROM (SELECT practice, patient, UNNEST(recommendations) AS rec, exceptions "
-        f"FROM {OUTCOMES} WHERE guideline = {_q(g.id)} AND practice IS NOT NULL "
-        "AND len(recommendations) > 0) AS f "
-        f"LEFT JOIN ({reasons}) AS r ON r.patient = f.patient "
+        f"{columns} FROM ({mine}) AS f LEFT JOIN ({reasons}) AS r ON r.patient = f.patient "
         f"ORDER BY f.practice, list_position({order}, f.rec), f.patient"
     )
     recs = {r.id: r for r in g.recommendations}
     title = g.title.in_language(language)
+    cell = out.cell
+    fixed = {  # the cells that are the same for every patient a recommendation lists
+        r.id: (cell(g.id), cell(g.version), cell(title), cell(r.id), cell(r.indicator))
+        for r in recs.values()
+    }
     suggestions = {
         r.id: r.suggestion.label.in_language(language) if r.suggestion else ""
         for r in recs.values()
     }
     plain = {r.id: out.plain_summary(r.summary.in_language(language)) for r in recs.values()}
-    cell = out.cell
     written = 0
     practice = None
     writer: Any = None
     for row in _rows(con.execute(query)):
-        if row["vejviser_practice"] != practice:
-            practice = row["vejviser_practice"]
+        listed_in, patient, rec, excepted, found = row[:5]
+        if listed_in != practice:
+            practice = listed_in
             writer = csv.writer(handles[practice], lineterminator="\n")
-        rec = recs[row["vejviser_rec"]]
-        reason = plan.reason(rec, row) if row["vejviser_found"] else None
+        if found:
+            reason = plan.reason(recs[rec], row)
+            text, key_values = reason.text, reason.key_values
+        else:
+            text, key_values = plain[rec], ""
+        exceptions = "|".join(excepted or ())
         writer.writerow(
-            [
-                cell(row["patient"]),
-                cell(g.id),
-                cell(g.version),
-                cell(title),
-                cell(rec.id),
-                cell(rec.indicator),
-                cell(reason.text if reason else plain[rec.id]),
-                cell(suggestions[rec.id]),
-                cell(reason.key_values if reason else ""),
-                cell("|".join(row["vejviser_exceptions"] or ())),
-            ]
+            (cell(patient), *fixed[rec], text, suggestions[rec], key_values, exceptions)
         )
         written += 1
     return written
@@ -457,25 +453,126 @@ def write_measure_reports(
     return reports
 
 
+class MeasureReportsWorker:
+    """MeasureReports written by a worker process from a finished outcomes.parquet, beside the
+    caller, who meanwhile writes the lists.
+
+    Why a process: both steps are Python on one core (building 50,000 reports' JSON; rendering
+    2.4 million reasons at 5.5 million patients); the machine has a second. The worker reads the
+    file with its own DuckDB (one thread, ``memory_limit``), so it needs nothing of the caller's
+    connection. Started from a forkserver: the caller has DuckDB's threads, and a forked child
+    could inherit a lock one of them held.
+    """
+
+    def __init__(
+        self,
+        outcomes: Path,
+        directory: Path,
+        practice_files: Mapping[str, str],
+        guidelines: Sequence[t.CompiledGuideline],
+        as_of: dt.date,
+        language: str,
+        memory_limit: str = "1GB",
+    ) -> None:
+        context = multiprocessing.get_context("forkserver")
+        self._written = context.Value("q", 0, lock=False)  # practices done, for progress
+        self._result, sending = context.Pipe(duplex=False)
+        arguments = (outcomes, directory, dict(practice_files), list(guidelines), as_of, language)
+        self._process = context.Process(
+            target=_measure_reports_worker,
+            args=(sending, self._written, memory_limit, *arguments),
+            name="vejviser-measure-reports",
+            daemon=True,
+        )
+        self._process.start()
+        sending.close()
+
+    def wait(self, advance: Advance | None = None) -> tuple[int, float, float]:
+        """Wait for the worker, advancing by practices done; returns its files, wall seconds and
+        peak resident memory in MB. Raises RuntimeError with the worker's error."""
+        reported = 0
+        while not self._result.poll(0.2):
+            if not self._process.is_alive() and not self._result.poll():
+                break
+            reported = self._advance(advance, reported)
+        self._advance(advance, reported)
+        try:
+            status, *value = self._result.recv()
+        except EOFError:
+            self._process.join()
+            raise RuntimeError(
+                f"the MeasureReports worker died (exit code {self._process.exitcode})"
+            ) from None
+        finally:
+            self._process.join()
+        if status != "ok":
+            raise RuntimeError(f"writing the MeasureReports failed in the worker:\n{value[0]}")
+        files, seconds, peak_mb = value
+        return int(files), float(seconds), float(peak_mb)
+
+    def stop(self) -> None:
+        """End the worker now (the caller failed: its run is not published)."""
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()
+
+    def _advance(self, advance: Advance | None, reported: int) -> int:
+        written = int(self._written.value)
+        if advance is not None and written > reported:
+            advance(written - reported)
+        return written
+
+
+def _measure_reports_worker(
+    result: Connection,
+    written: Any,
+    memory_limit: str,
+    outcomes: Path,
+    directory: Path,
+    practice_files: Mapping[str, str],
+    guidelines: Sequence[t.CompiledGuideline],
+    as_of: dt.date,
+    language: str,
+) -> None:
+    started = time.perf_counter()
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix=".measure-reports-", dir=directory.parent) as spill,
+            duckdb.connect() as con,
+        ):
+            con.execute(f"SET memory_limit = {_q(memory_limit)}")
+            con.execute(f"SET temp_directory = {_path(Path(spill))}")
+            con.execute("SET threads = 1")
+            con.execute("SET enable_progress_bar = false")
+            con.execute(
+                f"CREATE TEMP VIEW {OUTCOMES} AS SELECT * FROM read_parquet({_path(outcomes)})"
+            )
+
+            def advance(n: int) -> None:
+                written.value += n
+
+            files = write_measure_reports(
+                con, directory, practice_files, guidelines, as_of, language, advance
+            )
+        seconds = time.perf_counter() - started
+        peak_mb = rusage.getrusage(rusage.RUSAGE_SELF).ru_maxrss / 1024
+        result.send(("ok", files, seconds, peak_mb))
+    except BaseException:
+        result.send(("error", traceback.format_exc()))
+    finally:
+        result.close()
+
+
 def _write_json(path: Path, resource: Mapping[str, Any]) -> None:
     """As ``json.dumps(indent=2, ensure_ascii=False)`` plus a newline: orjson writes the same
     bytes, except for floats below 1e-4, which Python writes as 1e-05 and orjson as 1e-5 (a score
-    that small needs a denominator above 10,000; then the slow path is taken)."""
+    that small needs a denominator above 10,000; then the slow path is taken). Not synced here:
+    the runner syncs the whole run once before publishing it (a sync per file cost a third of
+    the time of writing 50,000 reports)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     scores = (g.get("measureScore", {}).get("value", 1.0) for g in resource.get("group", ()))
     if any(0 < abs(score) < 1e-4 for score in scores):
         data = (json.dumps(resource, indent=2, ensure_ascii=False) + "\n").encode()
     else:
         data = orjson.dumps(resource, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-    with path.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    path.write_bytes(data)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import sqlglot.expressions as exp
 
 from engine.population.outcomes import PopulationOutcome
-from engine.population.sql import GuidelineSql, RenderedSweep, rendered_sweep, table_name
+from engine.population.sql import Cte, GuidelineSql, RenderedSweep, rendered_sweep, table_name
 from engine.population.tables import valueset_codes
 from rules.guideline_set import GuidelineSet
 
@@ -72,22 +72,41 @@ def sweep_tables(
     are written from them in one pass). Nothing is fetched into Python. ``on_step`` is called
     with each guideline id as its base table is done (progress)."""
     rendered = rendered_sweep(guidelines, as_of, DIALECT)
-    for (index, compiled), (ctes, sql) in zip(rendered.compiled, rendered.base_steps, strict=True):
+    last_use = {cte.key: n for n, (ctes, _) in enumerate(rendered.base_steps) for cte in ctes}
+    computed: set[str] = set()
+    for n, ((index, compiled), (ctes, sql)) in enumerate(
+        zip(rendered.compiled, rendered.base_steps, strict=True)
+    ):
         # Each fact's CTE becomes a table first: in one query DuckDB would keep every fact's
         # per-patient aggregate and hash table in memory at once (t2d-annual-control has eleven
         # facts: some 2 KB per patient, over 8 GB for a national population); one at a time,
-        # the step stays within the memory limit. Same rows: the CTEs are plain.
-        for name, cte in ctes:  # named as in the query: meds, f_<fact>, goal_<target>
-            con.execute(f"CREATE OR REPLACE TABLE {name} AS {cte}")
-        con.execute(f"CREATE OR REPLACE TABLE {table_name(index, 'base')} AS {sql}")
-        for name, _ in ctes:
-            con.execute(f"DROP TABLE {name}")
+        # the step stays within the memory limit. Same rows: the CTEs are plain. A table is
+        # computed once per sweep (medication in force, eGFR in the last year: guidelines
+        # share them), kept until the last guideline that reads it, and read through a view
+        # named as in the query (meds, f_<fact>, goal_<target>). Temporary tables: they are not
+        # compressed into the database file (a third faster), and DuckDB still evicts them to
+        # its temp_directory past the memory limit.
+        for cte in ctes:
+            shared = _shared_table(cte)
+            if cte.key not in computed:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {shared} AS {cte.sql}")
+                computed.add(cte.key)
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {cte.name} AS SELECT * FROM {shared}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table_name(index, 'base')} AS {sql}")
+        for cte in ctes:
+            con.execute(f"DROP VIEW {cte.name}")
+            if last_use[cte.key] == n:
+                con.execute(f"DROP TABLE IF EXISTS {_shared_table(cte)}")  # twice in one query
         if on_step is not None:
             on_step(compiled.g.id)
-    con.execute(f"CREATE OR REPLACE TABLE winners AS {rendered.winners}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE winners AS {rendered.winners}")
     for (index, _), sql in zip(rendered.compiled, rendered.outcomes, strict=True):
-        con.execute(f"CREATE OR REPLACE VIEW {table_name(index, 'outcomes')} AS {sql}")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {table_name(index, 'outcomes')} AS {sql}")
     return rendered
+
+
+def _shared_table(cte: Cte) -> str:
+    return f"shared_{cte.key}"
 
 
 def sweep(

@@ -45,6 +45,7 @@ import sqlglot.expressions as exp
 
 from engine.population import columnar
 from engine.population import outputs as out
+from engine.population.columnar import LISTED
 from engine.population.duckdb_engine import DIALECT, sweep_tables
 from engine.population.measure_report import (
     population_counts,
@@ -67,7 +68,6 @@ from rules.guideline_set import GuidelineSet
 from rules.rendering import Bound
 from rules.rendering import render as _render
 
-LISTED = "vejviser_listed_patients"  # the patients a guideline's reasons are rendered for
 FORMAT = 1  # bump when the layout or a file's columns change: it is part of the run id
 MANIFEST = "manifest.json"
 
@@ -254,7 +254,7 @@ def run_sweep(
             engine=engine,
         )
         _write(partial / MANIFEST, manifest.to_json())  # last: a manifest means complete
-        _fsync_tree(partial)
+        os.sync()  # every file and directory entry durable before the rename publishes them
         partial.rename(final)  # atomic on one file system; fails if final has files
         _fsync_dir(out_dir)
         (out_dir / f".lock-{run_id}").unlink(missing_ok=True)
@@ -320,7 +320,8 @@ def _sweep_date(
     """One reference date: sweep, write every file (reasons rendered on the way). Returns the
     practices. Timings per step go to the manifest: ``sweep`` (the SQL steps), ``outcomes``
     (outcomes.parquet), ``indicators``, ``lists`` (reasons rendered and written),
-    ``measure_reports``."""
+    ``measure_reports`` (written by a worker process beside the lists) and
+    ``measure_reports_wait`` (how long the reports took after the lists were done)."""
     directory = partial / str(as_of)
     in_force = guidelines.in_force(as_of)
 
@@ -361,17 +362,22 @@ def _sweep_date(
 
     practices = columnar.practices(con)
     files = {practice: _safe(practice) for practice in practices}
-    advance = progress.task(f"{as_of}: lists and reasons", len(in_force))
-    rows[f"{as_of}/lists"] = columnar.write_lists(
-        con, rendered, directory, files, in_force, language, advance
+    reports = columnar.MeasureReportsWorker(
+        directory / "outcomes.parquet", directory, files, in_force, as_of, language
     )
-    started = timed("lists", started)
-
-    advance = progress.task(f"{as_of}: MeasureReports", len(files))
-    rows[f"{as_of}/measure_reports"] = columnar.write_measure_reports(
-        con, directory, files, in_force, as_of, language, advance
-    )
-    timed("measure_reports", started)
+    try:
+        advance = progress.task(f"{as_of}: lists and reasons", len(in_force))
+        rows[f"{as_of}/lists"] = columnar.write_lists(
+            con, rendered, directory, files, in_force, language, advance
+        )
+        lists_done = timed("lists", started)
+        advance = progress.task(f"{as_of}: MeasureReports", len(files))
+        rows[f"{as_of}/measure_reports"], seconds, _ = reports.wait(advance)
+    except BaseException:
+        reports.stop()
+        raise
+    timings[f"{as_of}/measure_reports"] = round(seconds, 3)  # beside the lists, in the worker
+    timed("measure_reports_wait", lists_done)
     return set(practices)
 
 
@@ -468,39 +474,44 @@ def list_reasons(
         plan = _ReasonPlan(sql, by_id, language)
         con.register(LISTED, pa.table({"patient": sorted(patients)}))
         try:
-            result = con.execute(plan.query().sql(DIALECT))
-            names = [d[0] for d in result.description]
-            fetched = result.fetchall()
+            fetched = con.execute(plan.query().sql(DIALECT)).fetchall()
         finally:
             con.unregister(LISTED)
-        for values in fetched:
-            row = dict(zip(names, values, strict=True))
-            recs = patients.get(str(row["patient"]))
+        for row in fetched:
+            patient = str(row[0])
+            recs = patients.get(patient)
             for rec in sql.g.recommendations if recs else ():
                 if rec.id in recs:
-                    reasons[(str(row["patient"]), sql.g.id, rec.id)] = plan.reason(rec, row)
+                    reasons[(patient, sql.g.id, rec.id)] = plan.reason(rec, row)
     return reasons
 
 
-Row = Mapping[str, Any]
+Row = Sequence[Any]  # the patient, then the plan's columns (see _ReasonPlan.first_column)
 
 
 class _ReasonPlan:
     """The columns one guideline's summaries and evidence need, and how to render them."""
 
     def __init__(
-        self, sql: GuidelineSql, by_id: Mapping[str, t.CompiledGuideline], language: str
+        self,
+        sql: GuidelineSql,
+        by_id: Mapping[str, t.CompiledGuideline],
+        language: str,
+        first_column: int = 1,
     ) -> None:
+        """``first_column``: where the plan's columns start in the rows given to :meth:`reason`
+        (rows are tuples: a dict per row cost a tenth of a national run's list time)."""
         self.sql = sql
         self.by_id = by_id
         self.language = language
+        self.first_column = first_column
         self.columns: dict[str, exp.Expression] = {}
         self._aliases: dict[str, str] = {}
         self.facts = {f.name: f for f in sql.g.facts}
         self.targets = {target.name: target for target in sql.g.targets}
         self.slots = {
             rec.id: [
-                part if isinstance(part, str) else (self._slot(part), part.type)
+                part if isinstance(part, str) else (self._slot(part), renderer(part.type, language))
                 for part in rec.summary.in_language(language).parts
             ]
             for rec in sql.g.recommendations
@@ -532,7 +543,7 @@ class _ReasonPlan:
             if isinstance(part, str)
             else out.SLOT_UNAVAILABLE
             if part[0] is _UNAVAILABLE
-            else render(part[0], part[1], self.language)
+            else part[1](part[0])
             for part in parts
         )
         return out.Reason(
@@ -562,14 +573,15 @@ class _ReasonPlan:
             )
         return select
 
-    def _column(self, expression: exp.Expression) -> str:
-        """One query column per distinct expression, however many slots read it."""
+    def _column(self, expression: exp.Expression) -> int:
+        """One query column per distinct expression, however many slots read it; returns its
+        position in a row."""
         key = expression.sql(DIALECT)
         alias = self._aliases.get(key)
         if alias is None:
             alias = self._aliases[key] = f"c{len(self.columns)}"
             self.columns[alias] = expression
-        return alias
+        return self.first_column + int(alias[1:])
 
     def _slot(self, expr: t.Expr) -> Callable[[Row], Any]:
         if isinstance(expr, t.Field) and isinstance(expr.record, t.Ref):
@@ -581,10 +593,10 @@ class _ReasonPlan:
             if observation and expr.name == "value":
                 return self._bound(name)
         try:
-            alias = self._column(self.sql.condition(expr, own=False))
+            column = self._column(self.sql.condition(expr, own=False))
         except Exception:  # an expression the compiler has no SQL for: say so, do not fail
             return lambda row: _UNAVAILABLE
-        return lambda row: row[alias]
+        return lambda row: row[column]
 
     def _bound(self, fact: str) -> Callable[[Row], Any]:
         """An observation's value, as a bound when the lab reported one (eGFR '>90')."""
@@ -624,7 +636,8 @@ class _ReasonPlan:
             target = self.targets[name]
             value = self._column(col(f"{name}__shared"))
             unit: ty.Type = ty.Quantity(target.unit) if target.unit else ty.NUMBER
-            return lambda row: render(row[value], unit, language)
+            in_unit = renderer(unit, language)
+            return lambda row: in_unit(row[value])
         fact = self.facts.get(name)
         if fact is None:
             return None
@@ -633,38 +646,44 @@ class _ReasonPlan:
             read = self._bound(name)
             date = self._column(col(f"{name}__date"))
             value_type = fact.type.field_type("value") if isinstance(fact.type, ty.Record) else None
-            kind = value_type or ty.NUMBER
+            as_value = renderer(value_type or ty.NUMBER, language)
 
             def observation(row: Row) -> str:
                 if row[date] is None:
-                    return render(None, kind, language)
-                return f"{render(read(row), kind, language)} ({row[date].isoformat()})"
+                    return as_value(None)
+                return f"{as_value(read(row))} ({row[date].isoformat()})"
 
             return observation
         if isinstance(primitive, t.ObservationFact | t.ConditionOnset | t.PatientGoal):
             plain = self._column(col(name))
-            return lambda row: render(row[plain], fact.type, language)
+            as_fact = renderer(fact.type, language)
+            return lambda row: as_fact(row[plain])
         return None
 
 
 _UNAVAILABLE = object()
-_RENDERED: dict[tuple[type, object, ty.Type, str], str] = {}
+_REMEMBERED = 100_000  # rendered values a renderer keeps
 
 
-def render(value: object, type_: ty.Type, language: str) -> str:
-    """:func:`rules.rendering.render`, remembered: a sweep renders the same few thousand
-    numbers, dates and units millions of times. The value's class is part of the key: True, 1
-    and 1.0 are equal keys but render differently."""
-    key = (value.__class__, value, type_, language)
-    try:
-        return _RENDERED[key]
-    except KeyError:
-        text = _RENDERED[key] = _render(value, type_, language)
-        if len(_RENDERED) > 200_000:
-            _RENDERED.clear()
-        return text
-    except TypeError:  # an unhashable value
-        return _render(value, type_, language)
+def renderer(type_: ty.Type, language: str) -> Callable[[object], str]:
+    """:func:`rules.rendering.render` for one type and language, remembered: a sweep renders the
+    same few thousand numbers, dates and units millions of times. The value's class is part of
+    the key: True, 1 and 1.0 are equal keys but render differently."""
+    remembered: dict[tuple[type, object], str] = {}
+
+    def render(value: object) -> str:
+        key = (value.__class__, value)
+        try:
+            return remembered[key]
+        except KeyError:
+            if len(remembered) >= _REMEMBERED:
+                remembered.clear()
+            text = remembered[key] = _render(value, type_, language)
+            return text
+        except TypeError:  # an unhashable value
+            return _render(value, type_, language)
+
+    return render
 
 
 # -- over time -----------------------------------------------------------------------------------
@@ -744,26 +763,16 @@ def _json(resource: Mapping[str, Any]) -> str:
 
 
 def _write(path: Path, text: str, encoding: str = "utf-8") -> None:
-    """Write and fsync, so a published run survives a power cut as well as a kill."""
+    """Not synced: :func:`run_sweep` syncs once before publishing (a sync per file was a third of
+    the time of writing a national run's 50,000 MeasureReports)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding=encoding, newline="") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _write_parquet(path: Path, table: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
-        pq.write_table(table, f, compression="zstd")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_tree(root: Path) -> None:
-    """Make every directory entry durable before the rename publishes them."""
-    for directory, _, _ in os.walk(root, topdown=False):
-        _fsync_dir(Path(directory))
+    pq.write_table(table, path, compression="zstd")
 
 
 def _remove_stale_partials(out_dir: Path) -> None:

@@ -14,6 +14,7 @@ and indicators with the shared targets).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 
 import sqlglot.expressions as exp
@@ -850,9 +851,23 @@ class RenderedSweep:
     base: tuple[str, ...]  # per compiled guideline, in order
     winners: str
     outcomes: tuple[str, ...]
-    # per compiled guideline: its base query's CTEs (name, query) in order, and the query without
-    # them, for an engine that materialises each CTE first (DuckDB: bounded memory)
-    base_steps: tuple[tuple[tuple[tuple[str, str], ...], str], ...] = ()
+    # per compiled guideline: its base query's CTEs in order, and the query without them, for an
+    # engine that materialises each CTE first (DuckDB: bounded memory)
+    base_steps: tuple[tuple[tuple[Cte, ...], str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Cte:
+    """One CTE of a guideline's base query, rendered alone.
+
+    ``key`` names its content: the query text and the keys of the earlier CTEs it reads. Two
+    guidelines' CTEs with the same key give the same rows (eGFR in the last year, medication in
+    force), so an engine can compute such a table once for the whole sweep.
+    """
+
+    name: str
+    key: str
+    sql: str
 
 
 _RENDERED: dict[tuple[object, ...], RenderedSweep] = {}
@@ -882,14 +897,20 @@ def rendered_sweep(guidelines: GuidelineSet, as_of: dt.date, dialect: str) -> Re
     return found
 
 
-def _split_ctes(query: exp.Select, dialect: str) -> tuple[tuple[tuple[str, str], ...], str]:
+def _split_ctes(query: exp.Select, dialect: str) -> tuple[tuple[Cte, ...], str]:
     """A query's CTEs, each rendered alone, and the query rendered without them. Run in order as
     tables named after the CTEs, they give the query's result: the CTEs are plain and refer only
     to tables and earlier CTEs."""
     with_ = query.args.get("with_")
     if with_ is None:
         return (), query.sql(dialect)
-    ctes = tuple((cte.alias, cte.this.sql(dialect)) for cte in with_.expressions)
+    keys: dict[str, str] = {}
+    ctes = []
+    for cte in with_.expressions:
+        text = cte.this.sql(dialect)
+        read = sorted({keys[t.name] for t in cte.this.find_all(exp.Table) if t.name in keys})
+        keys[cte.alias] = hashlib.sha256("\n".join([text, *read]).encode()).hexdigest()[:16]
+        ctes.append(Cte(cte.alias, keys[cte.alias], text))
     bare = query.copy()
     bare.set("with_", None)
-    return ctes, bare.sql(dialect)
+    return tuple(ctes), bare.sql(dialect)

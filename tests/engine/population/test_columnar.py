@@ -116,7 +116,14 @@ def test_outcomes_are_the_reference_row_for_row(columnar_run: RunManifest, refer
 
 def test_the_manifest_counts_and_times_each_step(columnar_run: RunManifest) -> None:
     steps = {name.split("/", 1)[1] for name in columnar_run.timings}
-    assert steps == {"sweep", "outcomes", "indicators", "lists", "measure_reports"}
+    assert steps == {
+        "sweep",
+        "outcomes",
+        "indicators",
+        "lists",
+        "measure_reports",  # in a worker process, beside the lists
+        "measure_reports_wait",
+    }
     assert columnar_run.rows[f"{AS_OF}/outcomes.parquet"] > 0
     assert columnar_run.rows[f"{AS_OF}/lists"] > 0
 
@@ -138,3 +145,20 @@ def test_outcomes_written_in_batches_of_practices_are_the_same(
     assert mine.to_pylist() == pq.read_table(reference / "outcomes.parquet").to_pylist()
     assert not list(day.glob(".*")), "no part files are left"
     assert files(day) == files(reference)
+
+
+def test_a_failing_measure_reports_worker_fails_the_caller_with_its_error(tmp_path: Path) -> None:
+    worker = columnar.MeasureReportsWorker(
+        tmp_path / "no-such-outcomes.parquet", tmp_path / "date", {"1": "1"}, [], AS_OF, "da"
+    )
+    with pytest.raises(RuntimeError, match="no-such-outcomes.parquet"):
+        worker.wait()
+
+
+def test_a_stopped_measure_reports_worker_writes_nothing_more(tmp_path: Path) -> None:
+    worker = columnar.MeasureReportsWorker(
+        tmp_path / "no-such-outcomes.parquet", tmp_path / "date", {}, [], AS_OF, "da"
+    )
+    worker.stop()
+    with pytest.raises(RuntimeError, match="died|failed"):
+        worker.wait()
