@@ -211,10 +211,13 @@ def child_duckdb(
 
 
 def child_spark(store: Path, out: Path) -> dict[str, Any]:
-    """Spark local[2]: the store's Parquet read and cached, then the same SQL steps (the trees
-    rendered for Spark), every outcome row computed (written to Spark's no-op sink)."""
+    """Spark local[2]: the store's Parquet read and cached, then the SQL steps as
+    ``vejviser sweep --engine spark`` runs them (the trees rendered for Spark, each result through
+    Parquet into DuckDB, where the file writers read it), every outcome row computed."""
+    import duckdb
+
     from engine.population import spark_engine
-    from engine.population.sql import rendered_sweep, table_name
+    from engine.population.sql import table_name
     from rules.guideline_set import load_guidelines
 
     guidelines = load_guidelines(ROOT / "guidelines")
@@ -227,17 +230,14 @@ def child_spark(store: Path, out: Path) -> dict[str, Any]:
             spark.table(name).count()  # the cached views filled now, not in the first step
         result["load"] = time.perf_counter() - started
         started = time.perf_counter()
-        rendered = rendered_sweep(guidelines, AS_OF, spark_engine.DIALECT)
-        for (index, _), sql in zip(rendered.compiled, rendered.base, strict=True):
-            frame = spark.sql(sql)
-            frame.cache().createOrReplaceTempView(table_name(index, "base"))
-        winners = spark.sql(rendered.winners)
-        winners.cache().createOrReplaceTempView("winners")
-        rows = 0
-        for sql in rendered.outcomes:
-            frame = spark.sql(sql).cache()
-            frame.write.format("noop").mode("overwrite").save()
-            rows += frame.count()
+        with duckdb.connect() as con:  # where the product path puts Spark's results
+            rendered = spark_engine.sweep_tables(spark, con, guidelines, AS_OF, out)
+            rows = sum(
+                con.execute(f"SELECT count(*) FROM {table_name(index, 'outcomes')}").fetchall()[0][
+                    0
+                ]
+                for index, _ in rendered.compiled
+            )
         result["timings"] = {"sql": time.perf_counter() - started}
         result["rows"] = {"outcomes": rows}
     finally:

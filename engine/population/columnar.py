@@ -19,7 +19,6 @@ import csv
 import datetime as dt
 import json
 import multiprocessing
-import resource as rusage
 import tempfile
 import time
 import traceback
@@ -487,9 +486,9 @@ class MeasureReportsWorker:
         self._process.start()
         sending.close()
 
-    def wait(self, advance: Advance | None = None) -> tuple[int, float, float]:
-        """Wait for the worker, advancing by practices done; returns its files, wall seconds and
-        peak resident memory in MB. Raises RuntimeError with the worker's error."""
+    def wait(self, advance: Advance | None = None) -> tuple[int, float]:
+        """Wait for the worker, advancing by practices done; returns the files it wrote and its
+        wall seconds. Raises RuntimeError with the worker's error."""
         reported = 0
         while not self._result.poll(0.2):
             if not self._process.is_alive() and not self._result.poll():
@@ -499,7 +498,6 @@ class MeasureReportsWorker:
         try:
             status, *value = self._result.recv()
         except EOFError:
-            self._process.join()
             raise RuntimeError(
                 f"the MeasureReports worker died (exit code {self._process.exitcode})"
             ) from None
@@ -507,8 +505,8 @@ class MeasureReportsWorker:
             self._process.join()
         if status != "ok":
             raise RuntimeError(f"writing the MeasureReports failed in the worker:\n{value[0]}")
-        files, seconds, peak_mb = value
-        return int(files), float(seconds), float(peak_mb)
+        files, seconds = value
+        return int(files), float(seconds)
 
     def stop(self) -> None:
         """End the worker now (the caller failed: its run is not published)."""
@@ -554,9 +552,7 @@ def _measure_reports_worker(
             files = write_measure_reports(
                 con, directory, practice_files, guidelines, as_of, language, advance
             )
-        seconds = time.perf_counter() - started
-        peak_mb = rusage.getrusage(rusage.RUSAGE_SELF).ru_maxrss / 1024
-        result.send(("ok", files, seconds, peak_mb))
+        result.send(("ok", files, time.perf_counter() - started))
     except BaseException:
         result.send(("error", traceback.format_exc()))
     finally:

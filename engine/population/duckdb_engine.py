@@ -10,7 +10,14 @@ import pyarrow as pa
 import sqlglot.expressions as exp
 
 from engine.population.outcomes import PopulationOutcome
-from engine.population.sql import Cte, GuidelineSql, RenderedSweep, rendered_sweep, table_name
+from engine.population.sql import (
+    Cte,
+    GuidelineSql,
+    RenderedSweep,
+    last_uses,
+    rendered_sweep,
+    table_name,
+)
 from engine.population.tables import valueset_codes
 from rules.guideline_set import GuidelineSet
 
@@ -72,7 +79,7 @@ def sweep_tables(
     are written from them in one pass). Nothing is fetched into Python. ``on_step`` is called
     with each guideline id as its base table is done (progress)."""
     rendered = rendered_sweep(guidelines, as_of, DIALECT)
-    last_use = {cte.key: n for n, (ctes, _) in enumerate(rendered.base_steps) for cte in ctes}
+    last_use = last_uses(rendered.base_steps)
     computed: set[str] = set()
     for n, ((index, compiled), (ctes, sql)) in enumerate(
         zip(rendered.compiled, rendered.base_steps, strict=True)

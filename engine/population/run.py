@@ -372,7 +372,7 @@ def _sweep_date(
         )
         lists_done = timed("lists", started)
         advance = progress.task(f"{as_of}: MeasureReports", len(files))
-        rows[f"{as_of}/measure_reports"], seconds, _ = reports.wait(advance)
+        rows[f"{as_of}/measure_reports"], seconds = reports.wait(advance)
     except BaseException:
         reports.stop()
         raise

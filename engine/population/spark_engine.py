@@ -21,12 +21,12 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as st
 
 from engine.population.duckdb_engine import DIALECT as DUCKDB
 from engine.population.run import SqlSteps
-from engine.population.sql import RenderedSweep, rendered_sweep, table_name
+from engine.population.sql import RenderedSweep, last_uses, rendered_sweep, table_name
 from engine.population.store import FACT_TABLES, snapshot_of
 from engine.population.tables import valueset_codes
 from rules.guideline_set import GuidelineSet
@@ -124,8 +124,23 @@ def sweep_tables(
     rendered = rendered_sweep(guidelines, as_of, DIALECT)
     step_dir = scratch / f"spark-{as_of}"
     shutil.rmtree(step_dir, ignore_errors=True)
-    for (index, guideline_sql), sql in zip(rendered.compiled, rendered.base, strict=True):
+    last_use = last_uses(rendered.base_steps)
+    shared: dict[str, DataFrame] = {}
+    for n, ((index, guideline_sql), (ctes, sql)) in enumerate(
+        zip(rendered.compiled, rendered.base_steps, strict=True)
+    ):
+        # As on DuckDB, each CTE is computed once per sweep and read by name: Spark inlines a
+        # CTE wherever it is read (medication in force, read by every medication fact, was
+        # computed again for each), and guidelines share most of them.
+        for cte in ctes:
+            if cte.key not in shared:
+                shared[cte.key] = spark.sql(cte.sql).cache()
+            shared[cte.key].createOrReplaceTempView(cte.name)
         _materialise(spark, con, sql, table_name(index, "base"), step_dir)
+        for cte in ctes:
+            spark.catalog.dropTempView(cte.name)
+            if last_use[cte.key] == n and cte.key in shared:
+                shared.pop(cte.key).unpersist()
         if on_step is not None:
             on_step(guideline_sql.g.id)
     _materialise(spark, con, rendered.winners, "winners", step_dir)

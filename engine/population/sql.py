@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlglot.expressions as exp
@@ -848,12 +849,12 @@ class RenderedSweep:
     """
 
     compiled: tuple[tuple[int, GuidelineSql], ...]
-    base: tuple[str, ...]  # per compiled guideline, in order
     winners: str
     outcomes: tuple[str, ...]
-    # per compiled guideline: its base query's CTEs in order, and the query without them, for an
-    # engine that materialises each CTE first (DuckDB: bounded memory)
-    base_steps: tuple[tuple[tuple[Cte, ...], str], ...] = ()
+    # per compiled guideline: its base query's CTEs in order, and the query without them; both
+    # engines compute each CTE first, once per sweep (DuckDB: bounded memory; Spark: a CTE read
+    # twice is not computed twice)
+    base_steps: tuple[tuple[tuple[Cte, ...], str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -868,6 +869,12 @@ class Cte:
     name: str
     key: str
     sql: str
+
+
+def last_uses(base_steps: Sequence[tuple[Sequence[Cte], str]]) -> dict[str, int]:
+    """CTE key -> the last guideline (position in ``base_steps``) that reads it: when an engine
+    that shares CTE results across guidelines may let go of one."""
+    return {cte.key: n for n, (ctes, _) in enumerate(base_steps) for cte in ctes}
 
 
 _RENDERED: dict[tuple[object, ...], RenderedSweep] = {}
@@ -886,7 +893,6 @@ def rendered_sweep(guidelines: GuidelineSet, as_of: dt.date, dialect: str) -> Re
     bases = [sql.base() for _, sql in compiled]
     found = RenderedSweep(
         compiled,
-        tuple(base.sql(dialect) for base in bases),
         winners([(i, s.g) for i, s in compiled]).sql(dialect),
         tuple(sql.outcomes().sql(dialect) for _, sql in compiled),
         tuple(_split_ctes(base, dialect) for base in bases),
