@@ -11,7 +11,6 @@ import sqlglot.expressions as exp
 
 from engine.population.outcomes import PopulationOutcome
 from engine.population.sql import (
-    Cte,
     GuidelineSql,
     RenderedSweep,
     last_uses,
@@ -89,31 +88,23 @@ def sweep_tables(
         # facts: some 2 KB per patient, over 8 GB for a national population); one at a time,
         # the step stays within the memory limit. Same rows: the CTEs are plain. A table is
         # computed once per sweep (medication in force, eGFR in the last year: guidelines
-        # share them), kept until the last guideline that reads it, and read through a view
-        # named as in the query (meds, f_<fact>, goal_<target>). Temporary tables: they are not
-        # compressed into the database file (a third faster), and DuckDB still evicts them to
-        # its temp_directory past the memory limit.
+        # share them) and kept until the last guideline that reads it. Temporary tables: they
+        # are not compressed into the database file (a third faster), and DuckDB still evicts
+        # them to its temp_directory past the memory limit.
         for cte in ctes:
-            shared = _shared_table(cte)
             if cte.key not in computed:
-                con.execute(f"CREATE OR REPLACE TEMP TABLE {shared} AS {cte.sql}")
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {cte.table} AS {cte.sql}")
                 computed.add(cte.key)
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {cte.name} AS SELECT * FROM {shared}")
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table_name(index, 'base')} AS {sql}")
         for cte in ctes:
-            con.execute(f"DROP VIEW {cte.name}")
             if last_use[cte.key] == n:
-                con.execute(f"DROP TABLE IF EXISTS {_shared_table(cte)}")  # twice in one query
+                con.execute(f"DROP TABLE IF EXISTS {cte.table}")  # twice in one query
         if on_step is not None:
             on_step(compiled.g.id)
     con.execute(f"CREATE OR REPLACE TEMP TABLE winners AS {rendered.winners}")
     for (index, _), sql in zip(rendered.compiled, rendered.outcomes, strict=True):
         con.execute(f"CREATE OR REPLACE TEMP VIEW {table_name(index, 'outcomes')} AS {sql}")
     return rendered
-
-
-def _shared_table(cte: Cte) -> str:
-    return f"shared_{cte.key}"
 
 
 def sweep(

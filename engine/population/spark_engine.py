@@ -129,17 +129,17 @@ def sweep_tables(
     for n, ((index, guideline_sql), (ctes, sql)) in enumerate(
         zip(rendered.compiled, rendered.base_steps, strict=True)
     ):
-        # As on DuckDB, each CTE is computed once per sweep and read by name: Spark inlines a
-        # CTE wherever it is read (medication in force, read by every medication fact, was
-        # computed again for each), and guidelines share most of them.
+        # As on DuckDB, each CTE is computed once per sweep, cached and read by its table
+        # name: Spark inlines a CTE wherever it is read (medication in force, read by every
+        # medication fact, was computed again for each), and guidelines share most of them.
         for cte in ctes:
             if cte.key not in shared:
                 shared[cte.key] = spark.sql(cte.sql).cache()
-            shared[cte.key].createOrReplaceTempView(cte.name)
+                shared[cte.key].createOrReplaceTempView(cte.table)
         _materialise(spark, con, sql, table_name(index, "base"), step_dir)
         for cte in ctes:
-            spark.catalog.dropTempView(cte.name)
             if last_use[cte.key] == n and cte.key in shared:
+                spark.catalog.dropTempView(cte.table)
                 shared.pop(cte.key).unpersist()
         if on_step is not None:
             on_step(guideline_sql.g.id)

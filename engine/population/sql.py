@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlglot.expressions as exp
@@ -859,16 +859,20 @@ class RenderedSweep:
 
 @dataclass(frozen=True, slots=True)
 class Cte:
-    """One CTE of a guideline's base query, rendered alone.
+    """One CTE of a guideline's base query, rendered alone as a table of its own.
 
-    ``key`` names its content: the query text and the keys of the earlier CTEs it reads. Two
-    guidelines' CTEs with the same key give the same rows (eGFR in the last year, medication in
-    force), so an engine can compute such a table once for the whole sweep.
+    ``key`` names its content: the query text, in which the earlier CTEs it reads are already
+    named by their keys. Two guidelines' CTEs with the same key give the same rows (eGFR in the
+    last year, medication in force), so an engine computes ``table`` once for the whole sweep.
     """
 
-    name: str
+    name: str  # as in the guideline's query: meds, f_<fact>, goal_<target>
     key: str
-    sql: str
+    sql: str  # reads earlier CTEs by their tables
+
+    @property
+    def table(self) -> str:
+        return f"shared_{self.key}"
 
 
 def last_uses(base_steps: Sequence[tuple[Sequence[Cte], str]]) -> dict[str, int]:
@@ -904,19 +908,34 @@ def rendered_sweep(guidelines: GuidelineSet, as_of: dt.date, dialect: str) -> Re
 
 
 def _split_ctes(query: exp.Select, dialect: str) -> tuple[tuple[Cte, ...], str]:
-    """A query's CTEs, each rendered alone, and the query rendered without them. Run in order as
-    tables named after the CTEs, they give the query's result: the CTEs are plain and refer only
-    to tables and earlier CTEs."""
+    """A query's CTEs, each rendered alone, and the query rendered without them, every reference
+    to a CTE replaced by its table (``shared_<key> AS <cte name>``, so qualified columns still
+    resolve). Run in order as those tables, they give the query's result: the CTEs are plain and
+    refer only to tables and earlier CTEs.
+
+    Why tables named by content rather than views named as in the query: an engine shares the
+    tables across guidelines, and Spark uncaches a cached result when a view over it is dropped
+    or replaced (every guideline's ``meds`` would be computed again)."""
     with_ = query.args.get("with_")
     if with_ is None:
         return (), query.sql(dialect)
-    keys: dict[str, str] = {}
+    tables: dict[str, str] = {}
     ctes = []
     for cte in with_.expressions:
-        text = cte.this.sql(dialect)
-        read = sorted({keys[t.name] for t in cte.this.find_all(exp.Table) if t.name in keys})
-        keys[cte.alias] = hashlib.sha256("\n".join([text, *read]).encode()).hexdigest()[:16]
-        ctes.append(Cte(cte.alias, keys[cte.alias], text))
+        text = _reading_tables(cte.this, tables).sql(dialect)
+        found = Cte(cte.alias, hashlib.sha256(text.encode()).hexdigest()[:16], text)
+        tables[cte.alias] = found.table
+        ctes.append(found)
     bare = query.copy()
     bare.set("with_", None)
-    return tuple(ctes), bare.sql(dialect)
+    return tuple(ctes), _reading_tables(bare, tables).sql(dialect)
+
+
+def _reading_tables(query: exp.Expression, tables: Mapping[str, str]) -> exp.Expression:
+    """``query`` with each reference to a CTE named in ``tables`` replaced by its table."""
+    query = query.copy()
+    for table in list(query.find_all(exp.Table)):
+        if table.name in tables and not table.args.get("db"):
+            alias = table.alias or table.name
+            table.replace(exp.alias_(exp.to_table(tables[table.name]), alias, table=True))
+    return query
