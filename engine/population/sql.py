@@ -221,19 +221,30 @@ class GuidelineSql:
         return select.join(exp.alias_(exp.to_table("valueset_codes"), "v"), on=on, copy=False)
 
     def _meds(self) -> exp.Select:
-        """Medication in force: statements, or requests for patients with no statement at all."""
-        statements = (
+        """Medication in force: statements, or requests for patients with no statement at all.
+
+        A left join to the patients with a statement, not ``NOT IN (subquery)``: under an OR,
+        Spark runs NOT IN as a nested loop over every pair of rows (quadratic in the
+        population). The same rows, since every medication row has a patient."""
+        with_statement = (
             exp.select(col("patient"))
+            .distinct(copy=False)
             .from_("medications", copy=False)
             .where(exp.EQ(this=col("source"), expression=lit("statement")), copy=False)
         )
         keep = exp.or_(
             exp.EQ(this=col("source", "m"), expression=lit("statement")),
-            exp.not_(exp.In(this=col("patient", "m"), query=statements.subquery())),
+            exp.Is(this=col("patient", "s"), expression=NULL),
         )
         return (
-            exp.select("*")
+            exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("m")))
             .from_(exp.alias_(exp.to_table("medications"), "m"), copy=False)
+            .join(
+                exp.alias_(exp.paren(with_statement), "s"),
+                on=exp.EQ(this=col("patient", "s"), expression=col("patient", "m")),
+                join_type="left",
+                copy=False,
+            )
             .where(keep, copy=False)
         )
 
