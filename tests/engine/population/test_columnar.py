@@ -151,7 +151,7 @@ def test_a_failing_measure_reports_worker_fails_the_caller_with_its_error(tmp_pa
     worker = columnar.MeasureReportsWorker(
         tmp_path / "no-such-outcomes.parquet", tmp_path / "date", {"1": "1"}, [], AS_OF, "da"
     )
-    with pytest.raises(RuntimeError, match="no-such-outcomes.parquet"):
+    with pytest.raises(RuntimeError, match=r"no-such-outcomes\.parquet"):
         worker.wait()
 
 
@@ -160,5 +160,5 @@ def test_a_stopped_measure_reports_worker_writes_nothing_more(tmp_path: Path) ->
         tmp_path / "no-such-outcomes.parquet", tmp_path / "date", {}, [], AS_OF, "da"
     )
     worker.stop()
-    with pytest.raises(RuntimeError, match="died|failed"):
+    with pytest.raises(RuntimeError, match=r"died|failed"):
         worker.wait()
