@@ -23,6 +23,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.population import outputs as out
+from engine.population.duckdb_engine import configure
 from engine.population.measure_report import (
     POPULATIONS,
     population_counts,
@@ -476,10 +478,12 @@ class MeasureReportsWorker:
         context = multiprocessing.get_context("forkserver")
         self._written = context.Value("q", 0, lock=False)  # practices done, for progress
         self._result, sending = context.Pipe(duplex=False)
-        arguments = (outcomes, directory, dict(practice_files), list(guidelines), as_of, language)
+        job = _ReportsJob(
+            outcomes, directory, dict(practice_files), tuple(guidelines), as_of, language
+        )
         self._process = context.Process(
             target=_measure_reports_worker,
-            args=(sending, self._written, memory_limit, *arguments),
+            args=(sending, self._written, memory_limit, job),
             name="vejviser-measure-reports",
             daemon=True,
         )
@@ -521,36 +525,45 @@ class MeasureReportsWorker:
         return written
 
 
+@dataclass(frozen=True, slots=True)
+class _ReportsJob:
+    """What the MeasureReports worker writes: :func:`write_measure_reports`' arguments."""
+
+    outcomes: Path
+    directory: Path
+    practice_files: Mapping[str, str]
+    guidelines: tuple[t.CompiledGuideline, ...]
+    as_of: dt.date
+    language: str
+
+
 def _measure_reports_worker(
-    result: Connection,
-    written: Any,
-    memory_limit: str,
-    outcomes: Path,
-    directory: Path,
-    practice_files: Mapping[str, str],
-    guidelines: Sequence[t.CompiledGuideline],
-    as_of: dt.date,
-    language: str,
+    result: Connection, written: Any, memory_limit: str, job: _ReportsJob
 ) -> None:
     started = time.perf_counter()
     try:
         with (
-            tempfile.TemporaryDirectory(prefix=".measure-reports-", dir=directory.parent) as spill,
+            tempfile.TemporaryDirectory(
+                prefix=".measure-reports-", dir=job.directory.parent
+            ) as spill,
             duckdb.connect() as con,
         ):
-            con.execute(f"SET memory_limit = {_q(memory_limit)}")
-            con.execute(f"SET temp_directory = {_path(Path(spill))}")
-            con.execute("SET threads = 1")
-            con.execute("SET enable_progress_bar = false")
+            configure(con, memory_limit, spill, threads=1)
             con.execute(
-                f"CREATE TEMP VIEW {OUTCOMES} AS SELECT * FROM read_parquet({_path(outcomes)})"
+                f"CREATE TEMP VIEW {OUTCOMES} AS SELECT * FROM read_parquet({_path(job.outcomes)})"
             )
 
             def advance(n: int) -> None:
                 written.value += n
 
             files = write_measure_reports(
-                con, directory, practice_files, guidelines, as_of, language, advance
+                con,
+                job.directory,
+                job.practice_files,
+                job.guidelines,
+                job.as_of,
+                job.language,
+                advance,
             )
         result.send(("ok", files, time.perf_counter() - started))
     except BaseException:
