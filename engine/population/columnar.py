@@ -15,7 +15,6 @@ path for other engines; a test checks the two against each other.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import multiprocessing
@@ -52,6 +51,7 @@ LISTED_ROWS = "vejviser_listed_rows"  # outcome rows that put a patient on a lis
 BATCH = 20_000  # rows fetched into Python at a time
 BATCH_PATIENTS = 500_000  # patients per sorted range of outcomes.parquet
 ROW_GROUP = 122_880  # rows per row group of outcomes.parquet written a range at a time
+_BOM = "\ufeff"
 
 Advance = Callable[[int], None]
 """Reports progress: called with the number of units of work just done."""
@@ -303,9 +303,10 @@ def write_lists(
     for practice, name in practice_files.items():
         path = directory / "lists" / f"{name}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        # a BOM so that Excel, which is how most practices open a CSV, reads æ, ø and å
-        handle = path.open("w", encoding="utf-8-sig", newline="")
-        csv.writer(handle, lineterminator="\n").writerow(out.LIST_COLUMNS)
+        # a BOM so that Excel, which is how most practices open a CSV, reads æ, ø and å; written
+        # by hand: the "utf-8-sig" codec encodes in Python on every write, "utf-8" in C
+        handle = path.open("w", encoding="utf-8", newline="")
+        handle.write(_BOM + ",".join(map(out.csv_field, out.LIST_COLUMNS)) + "\n")
         handles[practice] = handle
     written = 0
     # the rows that list someone, read from outcomes.parquet once (not once per guideline: the
@@ -356,32 +357,33 @@ def _write_guideline_list(
     )
     recs = {r.id: r for r in g.recommendations}
     title = g.title.in_language(language)
-    cell = out.cell
-    fixed = {  # the cells that are the same for every patient a recommendation lists
-        r.id: (cell(g.id), cell(g.version), cell(title), cell(r.id), cell(r.indicator))
+    field, cell = out.csv_field, out.cell
+    fixed = {  # the fields that are the same for every patient a recommendation lists
+        r.id: ",".join(field(cell(v)) for v in (g.id, g.version, title, r.id, r.indicator))
         for r in recs.values()
     }
     suggestions = {
-        r.id: r.suggestion.label.in_language(language) if r.suggestion else ""
+        r.id: field(r.suggestion.label.in_language(language) if r.suggestion else "")
         for r in recs.values()
     }
-    plain = {r.id: out.plain_summary(r.summary.in_language(language)) for r in recs.values()}
+    plain = {r.id: field(out.plain_summary(r.summary.in_language(language))) for r in recs.values()}
     written = 0
     practice = None
-    writer: Any = None
+    write: Any = None  # the practice's file's write, set by its first row
     for row in _rows(con.execute(query)):
         listed_in, patient, rec, excepted, found = row[:5]
         if listed_in != practice:
             practice = listed_in
-            writer = csv.writer(handles[practice], lineterminator="\n")
+            write = handles[practice].write
         if found:
             reason = plan.reason(recs[rec], row)
-            text, key_values = reason.text, reason.key_values
+            text, key_values = field(reason.text), field(reason.key_values)
         else:
             text, key_values = plain[rec], ""
-        exceptions = "|".join(excepted or ())
-        writer.writerow(
-            (cell(patient), *fixed[rec], text, suggestions[rec], key_values, exceptions)
+        exceptions = field("|".join(excepted)) if excepted else ""
+        write(
+            f"{field(cell(patient))},{fixed[rec]},{text},{suggestions[rec]},{key_values},"
+            f"{exceptions}\n"
         )
         written += 1
     return written

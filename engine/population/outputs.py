@@ -16,6 +16,7 @@ import csv
 import datetime as dt
 import io
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -641,6 +642,28 @@ def cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+_QUOTED = re.compile(r'[,"\n]')  # the delimiter, the quote character, the line end
+
+
+def csv_field(text: str) -> str:
+    """``text`` as one field of a line that ``csv.writer`` (minimal quoting, LF line ends) would
+    write.
+
+    Why not the csv module: a national sweep writes millions of list rows, and its writer took
+    10 microseconds a row (it looks at every character); most fields need no quotes. A field
+    with a carriage return is left to the module, whose rule for it this does not repeat. A
+    test checks this against ``csv.writer`` for arbitrary text; :func:`csv_text` stays on the
+    module.
+    """
+    if "\r" in text:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(("", text))
+        return buffer.getvalue()[1:-1]
+    if _QUOTED.search(text) is None:
+        return text
+    return '"' + text.replace('"', '""') + '"'
 
 
 def csv_text(columns: Sequence[str], records: Iterable[Mapping[str, object]]) -> str:

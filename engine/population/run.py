@@ -511,7 +511,7 @@ class _ReasonPlan:
         self.targets = {target.name: target for target in sql.g.targets}
         self.slots = {
             rec.id: [
-                part if isinstance(part, str) else (self._slot(part), renderer(part.type, language))
+                part if isinstance(part, str) else _slot_text(self._slot(part), part.type, language)
                 for part in rec.summary.in_language(language).parts
             ]
             for rec in sql.g.recommendations
@@ -534,20 +534,10 @@ class _ReasonPlan:
         return select
 
     def reason(self, rec: t.RecommendationDef, row: Row) -> out.Reason:
-        parts = [
-            part if isinstance(part, str) else (part[0](row), part[1])
-            for part in self.slots[rec.id]
-        ]
-        text = "".join(
-            part
-            if isinstance(part, str)
-            else out.SLOT_UNAVAILABLE
-            if part[0] is _UNAVAILABLE
-            else part[1](part[0])
-            for part in parts
-        )
+        # lists, not generators, and the class test, not isinstance: millions of rows
+        text = "".join([p if p.__class__ is str else p(row) for p in self.slots[rec.id]])
         return out.Reason(
-            text, out.key_values_text((n, fn(row)) for n, fn in self.evidence[rec.id])
+            text, out.key_values_text([(n, fn(row)) for n, fn in self.evidence[rec.id]])
         )
 
     def _shared(self) -> exp.Select:
@@ -663,6 +653,18 @@ class _ReasonPlan:
 
 _UNAVAILABLE = object()
 _REMEMBERED = 100_000  # rendered values a renderer keeps
+
+
+def _slot_text(read: Callable[[Row], Any], type_: ty.Type, language: str) -> Callable[[Row], str]:
+    """A template slot's text in a row: the value rendered, or the ellipsis if the sweep
+    cannot compute it."""
+    render = renderer(type_, language)
+
+    def text(row: Row) -> str:
+        value = read(row)
+        return out.SLOT_UNAVAILABLE if value is _UNAVAILABLE else render(value)
+
+    return text
 
 
 def renderer(type_: ty.Type, language: str) -> Callable[[object], str]:
