@@ -36,6 +36,7 @@ from engine.population import outputs as out
 from engine.population.duckdb_engine import configure
 from engine.population.measure_report import (
     POPULATIONS,
+    Entries,
     population_counts,
     subject_list_report,
     summary_report,
@@ -444,10 +445,11 @@ def write_measure_reports(
             following = next(rows, None)
         members = members_of(mine)
         folder = directory / "measure_reports" / name
+        entries = Entries()
         for g in with_indicators:
             own = members.get(g.id, {})
             summary = summary_report(practice, g, population_counts(own), as_of, language)
-            subjects = subject_list_report(practice, g, own, as_of, language)
+            subjects = subject_list_report(practice, g, own, as_of, language, entries)
             _write_json(folder / f"{g.id}.summary.json", summary)
             _write_json(folder / f"{g.id}.subject-list.json", subjects)
             reports += 2

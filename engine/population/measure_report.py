@@ -110,18 +110,32 @@ def summary_report(
     return report
 
 
+class Entries(dict[str, dict[str, Any]]):
+    """A List entry per patient, made the first time it is asked for and shared after that.
+
+    Why: a patient is in several populations of every indicator of several guidelines, and the
+    entries of a national run's reports were most of their time (tens of millions of small
+    dicts). The JSON is the same whether entries are shared or not."""
+
+    def __missing__(self, patient: str) -> dict[str, Any]:
+        entry = self[patient] = {"item": {"reference": f"Patient/{patient}"}}
+        return entry
+
+
 def subject_list_report(
     practice: str,
     guideline: CompiledGuideline,
     members: Mapping[str, Members],
     as_of: dt.date,
     language: str,
+    entries: Entries | None = None,
 ) -> dict[str, Any]:
     """One practice, one guideline: each population's patients as a contained List.
 
     ``members`` maps indicator id -> FHIR population code -> patient ids. Empty populations get
-    a count of 0 and no List.
+    a count of 0 and no List. ``entries``: the practice's entries, shared by its reports.
     """
+    entries = Entries() if entries is None else entries
     report = _base("subject-list", practice, guideline, as_of)
     contained: list[dict[str, Any]] = []
     groups = []
@@ -142,7 +156,7 @@ def subject_list_report(
                         "mode": "snapshot",
                         "title": f"{indicator.id}: {code}",
                         "date": as_of.isoformat(),
-                        "entry": [{"item": {"reference": f"Patient/{p}"}} for p in patients],
+                        "entry": [entries[p] for p in patients],
                     }
                 )
                 population["subjectResults"] = {"reference": f"#{list_id}"}
