@@ -30,7 +30,6 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from engine.population import outputs as out
 from engine.population.duckdb_engine import configure
@@ -50,8 +49,6 @@ OUTCOMES = "vejviser_outcomes"
 LISTED = "vejviser_listed_patients"  # the patients a guideline's reasons are rendered for
 LISTED_ROWS = "vejviser_listed_rows"  # outcome rows that put a patient on a list, one per rec
 BATCH = 20_000  # rows fetched into Python at a time
-BATCH_PATIENTS = 500_000  # patients per sorted range of outcomes.parquet
-ROW_GROUP = 122_880  # rows per row group of outcomes.parquet written a range at a time
 _BOM = "\ufeff"
 
 Advance = Callable[[int], None]
@@ -149,25 +146,17 @@ def _guideline_outcomes(index: int, sql: GuidelineSql) -> str:
         f"COALESCE(e.codes, []::VARCHAR[]) AS exceptions "
         f"FROM {table_name(index, 'outcomes')} AS o "
         f"LEFT JOIN {CLUSTERS} AS c ON c.practice = o.practice "
-        f"LEFT JOIN {EXCEPTIONS} AS e ON e.patient = o.patient AND e.guideline = {_q(g.id)}"
+        f"LEFT JOIN {EXCEPTIONS} AS e ON e.patient = o.patient AND e.guideline = {_q(g.id)} "
+        f"WHERE {registered} OR e.codes IS NOT NULL"
     )
 
 
-def write_outcomes(
-    con: duckdb.DuckDBPyConnection,
-    rendered: RenderedSweep,
-    path: Path,
-    batch_patients: int | None = None,
-) -> int:
+def write_outcomes(con: duckdb.DuckDBPyConnection, rendered: RenderedSweep, path: Path) -> int:
     """outcomes.parquet, sorted as :func:`outputs.outcome_order`; then readable as ``OUTCOMES``.
     Returns the number of rows.
 
-    Why in batches: sorting every patient x guideline row of a national population (80 million
-    rows with nested lists) at once outgrows DuckDB's memory limit. The rows are written in
-    ranges of practices (about ``batch_patients`` patients each, in sort order), each range
-    sorted by DuckDB and streamed into the one file by pyarrow's writer, a row group at a time
-    (no part files to write, read and encode again). One range (a small population) is written
-    by DuckDB directly."""
+    One sorted COPY: the rows are the registers (some 3 million at 5.5 million patients), which
+    DuckDB sorts within its memory limit and spills past it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if rendered.compiled:
         union = " UNION ALL ".join(_guideline_outcomes(i, s) for i, s in rendered.compiled)
@@ -179,63 +168,28 @@ def write_outcomes(
             f"{_EMPTY_INDICATORS} AS indicators, {_EMPTY_TARGETS} AS targets, "
             "[]::VARCHAR[] AS exceptions WHERE false"
         )
-    order = "ORDER BY COALESCE(practice, ''), patient, guideline"
-    batch = batch_patients or BATCH_PATIENTS
-    ranges = _practice_ranges(con, batch) if rendered.compiled else []
-    if len(ranges) <= 1:
-        con.execute(
-            f"COPY (SELECT * FROM ({union}) {order}) "
-            f"TO {_path(path)} (FORMAT PARQUET, COMPRESSION ZSTD)"
-        )
-    else:
-        key = "COALESCE(practice, '')"
-        with pq.ParquetWriter(path, _outcomes_schema(con, union), compression="zstd") as writer:
-            for low, high in ranges:
-                sorted_range = con.sql(  # a relation's reader streams; execute()'s copies
-                    f"SELECT * FROM ({union}) WHERE {key} >= {_q(low)} AND {key} <= {_q(high)} "
-                    f"{order}"
-                )
-                with sorted_range.to_arrow_reader(ROW_GROUP) as reader:
-                    for part in reader:
-                        writer.write_batch(part, row_group_size=ROW_GROUP)
+    con.execute(
+        f"COPY (SELECT * FROM ({union}) ORDER BY COALESCE(practice, ''), patient, guideline) "
+        f"TO {_path(path)} (FORMAT PARQUET, COMPRESSION ZSTD)"
+    )
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW {OUTCOMES} AS SELECT * FROM read_parquet({_path(path)})"
     )
     return int(con.execute(f"SELECT count(*) FROM {OUTCOMES}").fetchall()[0][0])
 
 
-def _outcomes_schema(con: duckdb.DuckDBPyConnection, union: str) -> pa.Schema:
-    return con.sql(f"SELECT * FROM ({union}) LIMIT 0").to_arrow_table().schema
-
-
-def _practice_ranges(con: duckdb.DuckDBPyConnection, batch_patients: int) -> list[tuple[str, str]]:
-    """Consecutive ranges of the sort key ``COALESCE(practice, '')`` with about
-    ``batch_patients`` patients each (a practice is never split)."""
-    counts = con.execute(
-        "SELECT COALESCE(practice, '') AS k, count(*) FROM patients GROUP BY 1 ORDER BY 1"
-    ).fetchall()
-    ranges: list[tuple[str, str]] = []
-    low, size = None, 0
-    for key, count in counts:
-        if low is None:
-            low = key
-        size += count
-        if size >= batch_patients:
-            ranges.append((low, key))
-            low, size = None, 0
-    if low is not None:
-        ranges.append((low, counts[-1][0]))
-    return ranges
-
-
 # -- indicators ----------------------------------------------------------------------------------
 
 
 def indicator_rows(
-    con: duckdb.DuckDBPyConnection, guidelines: Sequence[t.CompiledGuideline], language: str
+    con: duckdb.DuckDBPyConnection,
+    guidelines: Sequence[t.CompiledGuideline],
+    clusters: Mapping[str, str],
+    language: str,
 ) -> list[out.IndicatorRow]:
     """:func:`outputs.indicator_rows` over ``OUTCOMES``: the counts by SQL, the rows by the same
-    function that builds them from Python outcomes."""
+    function that builds them from Python outcomes. The units are those of the swept
+    ``patients`` (a practice with nobody in any register still gets its rows of zeros)."""
     long = (
         "SELECT practice, cluster, guideline, i.indicator AS indicator, i.membership AS m FROM "
         f"(SELECT practice, cluster, guideline, UNNEST(indicators) AS i FROM {OUTCOMES} "
@@ -260,15 +214,11 @@ def indicator_rows(
             con.execute(query).fetchall()
         )
     }
-    units: set[tuple[str, str]] = set()
-    for practice, cluster in con.execute(
-        f"SELECT DISTINCT practice, cluster FROM {OUTCOMES}"
-    ).fetchall():
-        units.add(("all", out.ALL))
-        if practice is not None:
-            units.add(("practice", practice))
-            if cluster is not None:
-                units.add(("cluster", cluster))
+    units = {
+        unit
+        for (practice,) in con.execute("SELECT DISTINCT practice FROM patients").fetchall()
+        for unit in out.units_of(practice, clusters)
+    }
     return out.indicator_rows_from_counts(counts, units, guidelines, language)
 
 
@@ -277,7 +227,7 @@ def indicator_rows(
 
 def practices(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Every practice with patients (each gets a list, possibly empty), sorted."""
-    query = f"SELECT DISTINCT practice FROM {OUTCOMES} WHERE practice IS NOT NULL ORDER BY 1"
+    query = "SELECT DISTINCT practice FROM patients WHERE practice IS NOT NULL ORDER BY 1"
     return [str(p) for (p,) in con.execute(query).fetchall()]
 
 

@@ -31,8 +31,8 @@ from engine.population.outputs import (
     compare_lists,
     indicator_rows,
     list_members,
+    units_of,
 )
-from engine.population.outputs import _units as units_of
 from rules.tree import CompiledGuideline
 
 Unit = tuple[str, str]  # (level, id): ("all", "all"), ("cluster", ...), ("practice", ...)

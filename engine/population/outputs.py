@@ -127,10 +127,14 @@ def outcomes_table(
     content_hashes: Mapping[tuple[str, str], str],
     reasons: ExceptionReasons,
 ) -> pa.Table:
-    """One row per patient and guideline in force: the engine's outcome, nested as lists.
+    """A row per patient in a guideline's register, and per patient outside it with an
+    exception recorded for the guideline: the engine's outcome, nested as lists.
 
-    Nested rather than one column per indicator because guidelines have different indicators;
-    ``UNNEST(indicators)`` gives the long patient/guideline/indicator/membership table.
+    Why not every patient x guideline: outside the register an outcome is empty (no targets,
+    recommendations or memberships), and such rows were 96 % of a national file and most of
+    the time to write it. Nested rather than one column per indicator because guidelines have
+    different indicators; ``UNNEST(indicators)`` gives the long patient/guideline/indicator/
+    membership table.
     """
     rows = [
         {
@@ -149,6 +153,7 @@ def outcomes_table(
             "exceptions": list(reasons.get((o.patient, o.guideline), ())),
         }
         for o in sorted(outcomes, key=outcome_order)
+        if o.in_register or (o.patient, o.guideline) in reasons
     ]
     return pa.Table.from_pylist(rows, schema=OUTCOME_SCHEMA)
 
@@ -200,7 +205,8 @@ class IndicatorRow:
 INDICATOR_COLUMNS = tuple(f.name for f in fields(IndicatorRow))
 
 
-def _units(practice: str | None, clusters: Mapping[str, str]) -> list[tuple[str, str]]:
+def units_of(practice: str | None, clusters: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The units a patient of ``practice`` counts in: all, the practice, its cluster."""
     units = [("all", ALL)]
     if practice is not None:
         units.append(("practice", practice))
@@ -226,7 +232,7 @@ def indicator_rows(
     counts: dict[tuple[str, str, str, str], list[int]] = {}
     units: set[tuple[str, str]] = set()
     for o in outcomes:
-        here = _units(o.practice, clusters)
+        here = units_of(o.practice, clusters)
         units.update(here)
         if not o.in_register:
             continue

@@ -8,7 +8,7 @@ into each file is decided by the pure functions in :mod:`engine.population.outpu
 Layout of a published run (``out_dir/<run id>/``)::
 
     manifest.json                      what produced it: guidelines, snapshot, dates, counts
-    <as-of>/outcomes.parquet           one row per patient x guideline in force
+    <as-of>/outcomes.parquet           one row per patient in a register (of a guideline in force)
     <as-of>/indicators.csv             practice rows unsuppressed; cluster and all suppressed
     <as-of>/indicators-shared.csv      every level suppressed: what may leave the practices
     <as-of>/lists/<ydernummer>.csv     each practice's own patient list
@@ -68,7 +68,7 @@ from rules.guideline_set import GuidelineSet
 from rules.rendering import Bound
 from rules.rendering import render as _render
 
-FORMAT = 1  # bump when the layout or a file's columns change: it is part of the run id
+FORMAT = 2  # bump when the layout or a file's columns change: it is part of the run id
 MANIFEST = "manifest.json"
 
 
@@ -129,6 +129,9 @@ class RunManifest:
     format: int = FORMAT
     completed: str = ""  # UTC timestamp of publication
     engine: str = "duckdb"  # what ran the SQL steps (the files are written by DuckDB either way)
+    # every patient of the store, each evaluated against every guideline in force on each date;
+    # outcomes.parquet has rows for those in a register (None: a run of format 1)
+    patients: int | None = None
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -252,6 +255,7 @@ def run_sweep(
             comparisons=tuple(comparisons),
             completed=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             engine=engine,
+            patients=int(con.execute("SELECT count(*) FROM patients").fetchall()[0][0]),
         )
         _write(partial / MANIFEST, manifest.to_json())  # last: a manifest means complete
         os.sync()  # every file and directory entry durable before the rename publishes them
@@ -347,7 +351,7 @@ def _sweep_date(
     started = timed("outcomes", started)
 
     progress.task(f"{as_of}: indicators", None)
-    indicators = columnar.indicator_rows(con, in_force, language)
+    indicators = columnar.indicator_rows(con, in_force, clusters, language)
     for name, publish in (
         ("indicators.csv", out.for_the_run),
         ("indicators-shared.csv", out.for_sharing),
@@ -723,8 +727,9 @@ def compare(previous_run_dir: Path, current_run_dir: Path) -> out.ComparisonRepo
 def _listed(path: Path) -> Iterator[dict[str, Any]]:
     """The outcome rows that put a patient on a practice's list, batch by batch.
 
-    Why not the whole file: a national outcomes.parquet has a row per patient and guideline
-    (82.5 million at 5.5 million patients) and at most 3 % of them put anyone on a list."""
+    Why not the whole file: a national outcomes.parquet has millions of register rows, and
+    fewer than half of them put anyone on a list (older runs, of format 1, have a row for every
+    patient and guideline, 3 % of which list anyone)."""
     columns = ["patient", "practice", "guideline", "recommendations"]
     for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns):
         listed = pc.and_(

@@ -41,11 +41,12 @@ def con(
 
 @pytest.fixture(scope="module")
 def exceptions(con: duckdb.DuckDBPyConnection, library: GuidelineSet) -> list[PatientException]:
-    """Feedback for listed patients of two guidelines, one recorded after the date (not in force)."""
-    listed = sorted(
-        {(o.patient, o.guideline) for o in sweep(con, library, AS_OF) if o.recommendations}
-    )
+    """Feedback for listed patients of two guidelines, one recorded after the date (not in force),
+    and one for a patient who is not in the guideline's register."""
+    outcomes = list(sweep(con, library, AS_OF))
+    listed = sorted({(o.patient, o.guideline) for o in outcomes if o.recommendations})
     assert len(listed) >= 3
+    p3, g3 = min((o.patient, o.guideline) for o in outcomes if not o.in_register)
     recorded = dt.datetime(2026, 9, 1, 10, 0, tzinfo=dt.UTC)
     late = dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.UTC)
     (p0, g0), (p1, g1), (p2, g2) = listed[:3]
@@ -54,6 +55,7 @@ def exceptions(con: duckdb.DuckDBPyConnection, library: GuidelineSet) -> list[Pa
         PatientException(p0, g0, None, "not-suitable", recorded, "u1"),
         PatientException(p1, g1, None, "declined", late, "u2"),
         PatientException(p2, g2, None, "not-suitable", recorded, "u3"),
+        PatientException(p3, g3, None, "declined", recorded, "u4"),
     ]
 
 
@@ -108,10 +110,28 @@ def test_outcomes_are_the_reference_row_for_row(columnar_run: RunManifest, refer
     assert mine.column_names == list(out.OUTCOME_SCHEMA.names)
     assert mine.to_pylist() == theirs.to_pylist()
     excepted = [r for r in mine.to_pylist() if r["exceptions"]]
-    assert {tuple(r["exceptions"]) for r in excepted} == {
-        ("declined", "not-suitable"),
-        ("not-suitable",),
-    }
+    assert sorted((r["in_register"], tuple(r["exceptions"])) for r in excepted) == [
+        (False, ("declined",)),
+        (True, ("declined", "not-suitable")),
+        (True, ("not-suitable",)),
+    ]
+
+
+def test_outcomes_hold_the_registers_and_the_exceptions_recorded_outside_them(
+    con: duckdb.DuckDBPyConnection,
+    library: GuidelineSet,
+    exceptions: list[PatientException],
+    columnar_run: RunManifest,
+    patients: list[PatientRecord],
+) -> None:
+    rows = pq.read_table(columnar_run.directory / str(AS_OF) / "outcomes.parquet").to_pylist()
+    outcomes = list(sweep(con, library, AS_OF))
+    recorded = {(e.patient_id, e.guideline_id) for e in exceptions if e.recorded_at.date() <= AS_OF}
+    registered = {(o.patient, o.guideline) for o in outcomes if o.in_register}
+    assert registered and len(registered) < len(outcomes)
+    assert {(r["patient"], r["guideline"]) for r in rows} == registered | recorded
+    assert len(rows) == len(registered | recorded)
+    assert columnar_run.patients == len(patients)
 
 
 def test_the_manifest_counts_and_times_each_step(columnar_run: RunManifest) -> None:
@@ -126,25 +146,6 @@ def test_the_manifest_counts_and_times_each_step(columnar_run: RunManifest) -> N
     }
     assert columnar_run.rows[f"{AS_OF}/outcomes.parquet"] > 0
     assert columnar_run.rows[f"{AS_OF}/lists"] > 0
-
-
-def test_outcomes_written_in_batches_of_practices_are_the_same(
-    con: duckdb.DuckDBPyConnection,
-    library: GuidelineSet,
-    exceptions: list[PatientException],
-    reference: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A national sweep sorts outcomes.parquet a range of practices at a time (here 40 patients
-    a batch: one practice each, and the patient with no practice first)."""
-    monkeypatch.setattr(columnar, "BATCH_PATIENTS", 40)
-    run = run_sweep(con, library, [AS_OF], tmp_path, CLUSTERS, SUPPRESS, exceptions)
-    day = run.directory / str(AS_OF)
-    mine = pq.read_table(day / "outcomes.parquet")
-    assert mine.to_pylist() == pq.read_table(reference / "outcomes.parquet").to_pylist()
-    assert not list(day.glob(".*")), "no part files are left"
-    assert files(day) == files(reference)
 
 
 def test_a_failing_measure_reports_worker_fails_the_caller_with_its_error(tmp_path: Path) -> None:
