@@ -115,7 +115,8 @@ _EMPTY_TARGETS = "[]::STRUCT(name VARCHAR, value DOUBLE, source VARCHAR, set_by 
 
 def _guideline_outcomes(index: int, sql: GuidelineSql) -> str:
     """One guideline's rows of outcomes.parquet, as :func:`outputs.outcomes_table` builds them from
-    :func:`duckdb_engine.outcome` and :func:`outputs.apply_exceptions`."""
+    :func:`duckdb_engine.outcome` and :func:`outputs.apply_exceptions`: its register (the
+    ``g<n>_outcomes`` rows), then the patients outside it with an exception recorded."""
     g = sql.g
     recommendations = "[]::VARCHAR[]"
     for n, r in reversed(list(enumerate(g.recommendations))):  # list_concat: no lambdas (1.1)
@@ -135,20 +136,25 @@ def _guideline_outcomes(index: int, sql: GuidelineSql) -> str:
         for x in g.targets
     ]
     target_list = f"[{', '.join(targets)}]" if targets else _EMPTY_TARGETS
-    registered = "COALESCE(o.in_register, false)"
-    return (
+    provenance = f"{_q(g.id)} AS guideline, {_q(g.version)} AS version, {_q(g.content_hash)}"
+    registered = (
         f"SELECT CAST(o.patient AS VARCHAR) AS patient, CAST(o.practice AS VARCHAR) AS practice, "
-        f"c.cluster AS cluster, {_q(g.id)} AS guideline, {_q(g.version)} AS version, "
-        f"{_q(g.content_hash)} AS content_hash, {registered} AS in_register, "
-        f"{recommendations} AS recommendations, "
-        f"CASE WHEN {registered} THEN {indicators} ELSE {_EMPTY_INDICATORS} END AS indicators, "
-        f"CASE WHEN {registered} THEN {target_list} ELSE {_EMPTY_TARGETS} END AS targets, "
-        f"COALESCE(e.codes, []::VARCHAR[]) AS exceptions "
+        f"c.cluster AS cluster, {provenance} AS content_hash, true AS in_register, "
+        f"{recommendations} AS recommendations, {indicators} AS indicators, "
+        f"{target_list} AS targets, COALESCE(e.codes, []::VARCHAR[]) AS exceptions "
         f"FROM {table_name(index, 'outcomes')} AS o "
         f"LEFT JOIN {CLUSTERS} AS c ON c.practice = o.practice "
-        f"LEFT JOIN {EXCEPTIONS} AS e ON e.patient = o.patient AND e.guideline = {_q(g.id)} "
-        f"WHERE {registered} OR e.codes IS NOT NULL"
+        f"LEFT JOIN {EXCEPTIONS} AS e ON e.patient = o.patient AND e.guideline = {_q(g.id)}"
     )
+    excepted_outside = (
+        f"SELECT CAST(p.patient AS VARCHAR), CAST(p.practice AS VARCHAR), c.cluster, "
+        f"{provenance}, false, []::VARCHAR[], {_EMPTY_INDICATORS}, {_EMPTY_TARGETS}, e.codes "
+        f"FROM {EXCEPTIONS} AS e JOIN patients AS p ON p.patient = e.patient "
+        f"LEFT JOIN {CLUSTERS} AS c ON c.practice = p.practice "
+        f"ANTI JOIN {table_name(index, 'base')} AS b ON b.patient = e.patient "
+        f"WHERE e.guideline = {_q(g.id)}"
+    )
+    return f"{registered} UNION ALL {excepted_outside}"
 
 
 def write_outcomes(con: duckdb.DuckDBPyConnection, rendered: RenderedSweep, path: Path) -> int:

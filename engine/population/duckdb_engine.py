@@ -118,12 +118,29 @@ def sweep(
 def outcomes_of(
     con: duckdb.DuckDBPyConnection, rendered: RenderedSweep
 ) -> Iterator[PopulationOutcome]:
-    """The ``g<n>_outcomes`` rows in ``con`` (whichever engine computed them) as Python objects."""
+    """The ``g<n>_outcomes`` rows in ``con`` (whichever engine computed them) as Python objects,
+    and the empty outcome of every patient outside the guideline's register (no row there)."""
     for index, sql in rendered.compiled:
         result = con.execute(f"SELECT * FROM {table_name(index, 'outcomes')}")
         names = [d[0] for d in result.description]
         for row in result.fetchall():
             yield outcome(sql, dict(zip(names, row, strict=True)))
+        outside = con.execute(
+            "SELECT p.patient, p.practice FROM patients AS p "
+            f"ANTI JOIN {table_name(index, 'base')} AS b ON b.patient = p.patient"
+        )
+        g = sql.g
+        for patient, practice in outside.fetchall():
+            yield PopulationOutcome(
+                str(patient),
+                None if practice is None else str(practice),
+                g.id,
+                g.version,
+                False,
+                (),
+                (),
+                (),
+            )
 
 
 def outcome(sql: GuidelineSql, row: dict[str, object]) -> PopulationOutcome:
