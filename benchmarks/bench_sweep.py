@@ -167,7 +167,7 @@ def child_duckdb(
     store: Path, out: Path, mode: str, memory_limit: str = MEMORY_LIMIT
 ) -> dict[str, Any]:
     """mode ``full``: load + run_sweep (every file); ``sql``: load + the SQL steps only, every
-    outcome row materialised (for the engine comparison)."""
+    register's outcome rows materialised (for the engine comparison)."""
     import duckdb
 
     from engine.population.duckdb_engine import configure, sweep_tables
@@ -213,7 +213,7 @@ def child_duckdb(
 def child_spark(store: Path, out: Path) -> dict[str, Any]:
     """Spark local[2]: the store's Parquet read and cached, then the SQL steps as
     ``vejviser sweep --engine spark`` runs them (the trees rendered for Spark, each result through
-    Parquet into DuckDB, where the file writers read it), every outcome row computed."""
+    Parquet into DuckDB, where the file writers read it), every register's outcome rows computed."""
     import duckdb
 
     from engine.population import spark_engine
@@ -394,7 +394,7 @@ def render(
         f"{SEED}, {PRACTICES} practices, {CLUSTERS} clusters) and ingested; **larger stores are "
         "tiled copies of it** (ids suffixed and practices and clusters renumbered per copy, so "
         "practices keep their size). *sql* rows compare the engines on the SQL steps alone "
-        "(load the facts, then every outcome row computed), Spark local[2] against DuckDB. This "
+        "(load the facts, then every register's outcome rows computed), Spark local[2] against DuckDB. This "
         "section is written by `benchmarks/bench_sweep.py`; change the script, not the text.",
         "",
         f"- Date: {_span([r.measured for r in runs]) or f'{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}'} UTC",
