@@ -6,9 +6,10 @@ inclusive windows, latest by (date, resource), SQL's own three-valued logic, bou
 '>90' compared as intervals, one target per measure across guidelines by precedence. Trees are
 rendered per dialect (DuckDB, Spark) by sqlglot; no SQL text is written or transpiled.
 
-A sweep runs in three steps per reference date: ``base`` (a row per patient in the register: facts
-and the guideline's own targets; patients outside a register have an empty outcome), ``winners`` (the target per patient and measure), ``outcomes`` (recommendations
-and indicators with the shared targets).
+A sweep runs in three steps per reference date: ``base`` (a row per patient in the register, with
+its facts and the guideline's own targets; outside a register the outcome is empty), ``winners``
+(the target per patient and measure), ``outcomes`` (recommendations and indicators with the
+shared targets).
 """
 
 from __future__ import annotations
