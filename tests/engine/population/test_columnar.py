@@ -27,6 +27,8 @@ from service.feedback import PatientException
 from tests.engine.population.synthetic import AS_OF, CLUSTERS
 
 SUPPRESS = 5
+# a practice whose only patient is in no register: it still gets its list and indicator rows
+UNREGISTERED = PatientRecord("zz-healthy", dt.date(2000, 5, 5), "female", "999999")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def con(
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     with duckdb.connect() as connection:
         configure(connection, memory_limit="1GB", threads=2)
-        load_tables(connection, facts_tables(patients), library)
+        load_tables(connection, facts_tables([*patients, UNREGISTERED]), library)
         yield connection
 
 
@@ -100,6 +102,8 @@ def test_every_file_is_the_reference_byte_for_byte(
     assert sorted(mine) == sorted(theirs)
     assert any(name.startswith("lists/") for name in mine)
     assert any(name.startswith("measure_reports/") for name in mine)
+    assert "lists/999999.csv" in mine, "a practice with nobody in any register has a list"
+    assert ",999999," in mine["indicators.csv"].decode(), "and its indicator rows of zeros"
     for name, content in theirs.items():
         assert mine[name] == content, name
 
@@ -131,7 +135,8 @@ def test_outcomes_hold_the_registers_and_the_exceptions_recorded_outside_them(
     assert registered and len(registered) < len(outcomes)
     assert {(r["patient"], r["guideline"]) for r in rows} == registered | recorded
     assert len(rows) == len(registered | recorded)
-    assert columnar_run.patients == len(patients)
+    assert columnar_run.patients == len(patients) + 1
+    assert "zz-healthy" not in {r["patient"] for r in rows}
 
 
 def test_the_manifest_counts_and_times_each_step(columnar_run: RunManifest) -> None:
