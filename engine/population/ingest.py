@@ -7,10 +7,10 @@ See docs/ingest.md for the whole design; in short:
 1. **Reference resources first.** Organization and Medication resources are looked up by other
    resources, so every file is scanned for them first (a byte search: files without them cost
    little) and they are kept in two small dicts, merged with those of the existing store.
-2. **Chunks in parallel.** The files are cut into byte ranges at line ends; a process pool (one
-   worker per core by default) parses each chunk with orjson, runs
-   :func:`fhir_adapter.normalise.resource_records` per resource (the per-patient path's own
-   code) and writes the chunk's rows as Parquet part files. Memory is bounded by the chunk size
+2. **Chunks in parallel** (:mod:`engine.population.chunks`). The files are cut into byte ranges
+   at line ends; a process pool (one worker per core by default) parses each chunk with orjson,
+   runs :func:`fhir_adapter.normalise.resource_records` per resource (the per-patient path's
+   own code) and writes the chunk's rows as Parquet part files. Memory is bounded by the chunk size
    and the number of workers, never by the population.
 3. **Across resources, in SQL.** What :func:`~fhir_adapter.normalise.normalise` applies across
    resources (duplicates: the first one in the input is used; MedicationRequests only for a
@@ -32,20 +32,20 @@ import contextlib
 import ctypes
 import ctypes.util
 import fcntl
-import gc
 import glob
 import hashlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.context
 import os
-import resource as rusage
 import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,15 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.population.chunks import (
+    BOM,
+    PART_SCHEMAS,
+    Task,
+    init_worker,
+    part_schema,
+    read_chunk,
+    tasks_of,
+)
 from engine.population.store import FACT_TABLES, MANIFEST, StoreError
 from engine.population.tables import SCHEMAS
 from fhir_adapter.normalise import (
@@ -73,90 +82,9 @@ CHUNK_BYTES = 8 << 20
 MEMORY_LIMIT = "1GB"
 """DuckDB's memory for the SQL step; it spills to disk beyond it."""
 DUPLICATE = "appears more than once in the input; the first is used"
-_BOM = b"\xef\xbb\xbf"
 _STORE_FILES = frozenset(
     {*(f"{name}.parquet" for name in FACT_TABLES), MANIFEST, QUARANTINE, ISSUES, STAGING}
 )
-
-# --- part files: what a worker writes per chunk ------------------------------------------------
-
-_PART_SCHEMAS = {
-    "resources": pa.schema(
-        [
-            ("ordinal", pa.int64()),
-            ("name", pa.string()),
-            ("patient", pa.string()),
-            ("kind", pa.string()),
-            ("has_records", pa.bool_()),
-        ]
-    ),
-    "issues": pa.schema(
-        [
-            ("ordinal", pa.int64()),
-            ("name", pa.string()),
-            ("patient", pa.string()),
-            ("kind", pa.string()),
-            ("reason", pa.string()),
-        ]
-    ),
-    "patients": pa.schema(
-        [("ordinal", pa.int64()), *((f.name, f.type) for f in SCHEMAS["patients"])]
-    ),
-    "observations": pa.schema(
-        [
-            ("ordinal", pa.int64()),
-            ("patient", pa.string()),
-            ("name", pa.string()),
-            ("record", pa.int32()),
-            ("code", pa.int32()),
-            ("date", pa.date32()),
-            ("value", pa.float64()),
-            ("comparator", pa.string()),
-            ("unit", pa.string()),
-        ]
-    ),
-    "medications": pa.schema(
-        [
-            ("ordinal", pa.int64()),
-            ("patient", pa.string()),
-            ("name", pa.string()),
-            ("code", pa.int32()),
-            ("start", pa.date32()),
-            ("end", pa.date32()),
-            ("status", pa.string()),
-            ("request", pa.bool_()),
-        ]
-    ),
-    "conditions": pa.schema(
-        [
-            ("ordinal", pa.int64()),
-            ("patient", pa.string()),
-            ("name", pa.string()),
-            ("code", pa.int32()),
-            ("onset", pa.date32()),
-            ("abatement", pa.date32()),
-            ("clinical_status", pa.string()),
-            ("recorded", pa.date32()),
-        ]
-    ),
-    "goals": pa.schema(
-        [
-            ("ordinal", pa.int64()),
-            ("patient", pa.string()),
-            ("name", pa.string()),
-            ("code", pa.int32()),
-            ("value", pa.float64()),
-            ("start", pa.date32()),
-        ]
-    ),
-    "codes": pa.schema([("code", pa.int32()), ("system", pa.string()), ("value", pa.string())]),
-}
-
-
-def _part_schema(table: str) -> pa.Schema:
-    """A part file's schema: the table's, plus the chunk (codes and ordinals are per chunk)."""
-    return _PART_SCHEMAS[table].append(pa.field("chunk", pa.int32()))
-
 
 _RECORD_TABLES = ("observations", "medications", "conditions", "goals")
 _REFERENCE_SCHEMA = pa.schema(
@@ -256,14 +184,16 @@ def ingest(
             timings: dict[str, float] = {}
             clock = time.perf_counter()
             previous = _previous(store)
+            if workers > 1:
+                _forkserver()  # it imports while this process scans
             progress.start("reference resources")
             reference = _reference_resources(files, previous)
             timings["reference"], clock = time.perf_counter() - clock, time.perf_counter()
-            tasks = _tasks(files, chunk_bytes, work / "parts")
-            for table in _PART_SCHEMAS:
+            tasks = tasks_of(files, chunk_bytes, work / "parts")
+            for table in PART_SCHEMAS:
                 (work / "parts" / table).mkdir()
                 pq.write_table(
-                    _part_schema(table).empty_table(), work / "parts" / table / "empty.parquet"
+                    part_schema(table).empty_table(), work / "parts" / table / "empty.parquet"
                 )
             progress.start("reading", sum(t.end - t.start for t in tasks))
             read = _read_all(tasks, files, reference, workers, work / QUARANTINE, progress)
@@ -414,7 +344,7 @@ def _lines_with(files: list[Path], needles: tuple[bytes, ...]) -> Iterator[bytes
                 if any(needle in block for needle in needles):
                     for line in block.split(b"\n"):
                         if any(needle in line for needle in needles):
-                            yield line.removeprefix(_BOM)
+                            yield line.removeprefix(BOM)
 
 
 def practice_clusters(resources: list[Any]) -> dict[str, str]:
@@ -438,31 +368,7 @@ def practice_clusters(resources: list[Any]) -> dict[str, str]:
     return clusters
 
 
-# --- step 2: chunks, in parallel -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Task:
-    chunk: int
-    file: int
-    path: str
-    start: int
-    end: int
-    parts: str
-
-
-@dataclass(slots=True)
-class _ChunkResult:
-    chunk: int
-    file: int
-    line_breaks: int  # lines in the byte range, blank ones included (for line numbers)
-    lines: int  # non-blank lines
-    objects: int  # JSON objects (the resources normalise would see)
-    quarantine: list[tuple[int, str]]  # (line in the chunk, from 0; reason)
-    types: Counter[str]
-    pid: int = 0  # the process that read it, with its CPU seconds for it and its peak memory
-    cpu_seconds: float = 0.0
-    peak_kb: int = 0
+# --- step 2: chunks, in parallel (engine.population.chunks) ---------------------------------
 
 
 @dataclass(slots=True)
@@ -477,35 +383,8 @@ class _Read:
     worker_peak_mb: float
 
 
-def _tasks(files: list[Path], chunk_bytes: int, parts: Path) -> list[_Task]:
-    """Byte ranges of about ``chunk_bytes``, each ending at a line end."""
-    tasks: list[_Task] = []
-    for number, path in enumerate(files):
-        size = path.stat().st_size
-        start = 0
-        with path.open("rb") as handle:
-            while start < size:
-                handle.seek(min(start + chunk_bytes, size))
-                if handle.tell() < size:
-                    handle.readline()
-                end = handle.tell()
-                tasks.append(_Task(len(tasks), number, str(path), start, end, str(parts)))
-                start = end
-    return tasks
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(
-    medications: dict[str, dict[str, Any]], organizations: dict[str, OrganizationRecord]
-) -> None:
-    _WORKER["medications"] = medications
-    _WORKER["organizations"] = organizations
-
-
 def _read_all(
-    tasks: list[_Task],
+    tasks: list[Task],
     files: list[Path],
     reference: Reference,
     workers: int,
@@ -520,7 +399,7 @@ def _read_all(
     worker_cpu, worker_peak_kb, me = 0.0, 0, os.getpid()
     line_offset = {}  # file -> line breaks before the chunk
     with quarantine_path.open("wb") as quarantine, _mapper(workers, initargs) as mapper:
-        for task, result in zip(tasks, mapper(_read_chunk, tasks), strict=True):
+        for task, result in zip(tasks, mapper(read_chunk, tasks), strict=True):
             offsets.append((result.chunk, objects))
             if result.pid != me:
                 worker_cpu += result.cpu_seconds
@@ -538,204 +417,34 @@ def _read_all(
     return _Read(offsets, quarantined, lines, types, worker_cpu, worker_peak_kb / 1024)
 
 
+def _forkserver() -> multiprocessing.context.ForkServerContext:
+    """Workers forked from a server that has imported the chunk reader once.
+
+    forkserver, not fork: the parent has threads (DuckDB's pool, the progress bar) and a forked
+    child could inherit a lock one of them held and hang. Started before the reference scan, the
+    server imports meanwhile; each worker importing for itself cost a second before the first
+    chunk. (If the server already runs in this process, it is used as it is.)
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["engine.population.chunks"])
+    forkserver.ensure_running()
+    return context
+
+
 @contextlib.contextmanager
 def _mapper(workers: int, initargs: tuple[Any, ...]) -> Iterator[Callable[..., Iterator[Any]]]:
     if workers == 1:
-        _init_worker(*initargs)
+        init_worker(*initargs)
         try:
             yield map
         finally:
-            _WORKER.clear()
+            init_worker({}, {})
         return
-    # forkserver, not fork: the parent has threads (DuckDB's pool, the progress bar) and a forked
-    # child could inherit a lock one of them held and hang.
-    context = multiprocessing.get_context("forkserver")
+    context = _forkserver()
     with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=initargs
+        workers, mp_context=context, initializer=init_worker, initargs=initargs
     ) as pool:
         yield lambda function, items: pool.map(function, items)
-
-
-def _read_chunk(task: _Task) -> _ChunkResult:
-    """Parse and normalise one chunk; write its rows as one Parquet part per table.
-
-    The garbage collector is off meanwhile: the chunk's rows are tens of thousands of tuples
-    that live until the chunk is written, and collections that traverse them again and again
-    cost more than half the parsing time. Nothing here makes reference cycles that need it.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    started = time.process_time()
-    try:
-        result = _read_chunk_uncollected(task)
-    finally:
-        if enabled:
-            gc.enable()
-    result.pid = os.getpid()
-    result.cpu_seconds = time.process_time() - started
-    result.peak_kb = rusage.getrusage(rusage.RUSAGE_SELF).ru_maxrss
-    return result
-
-
-def _read_chunk_uncollected(task: _Task) -> _ChunkResult:
-    with open(task.path, "rb") as handle:  # noqa: PTH123 - hot path, a plain open
-        handle.seek(task.start)
-        data = handle.read(task.end - task.start)
-    if task.start == 0:
-        data = data.removeprefix(_BOM)
-    pieces = data.split(b"\n")
-    if pieces and not pieces[-1]:
-        pieces.pop()
-    rows = _Rows()
-    quarantine: list[tuple[int, str]] = []
-    types: Counter[str] = Counter()
-    medications = _WORKER["medications"]
-    organizations = _WORKER["organizations"]
-    loads = orjson.loads
-    decode_error = orjson.JSONDecodeError
-    lines = index = 0
-    for number, line in enumerate(pieces):
-        if not line.strip():
-            continue
-        lines += 1
-        try:
-            resource = loads(line)
-        except decode_error as exc:
-            quarantine.append((number, f"not JSON: {exc.msg}"))
-            continue
-        if type(resource) is not dict:
-            quarantine.append((number, "not a JSON object"))
-            continue
-        rtype = resource.get("resourceType")
-        types[rtype if type(rtype) is str else "(no type)"] += 1
-        if rtype == "Organization" or rtype == "Medication":
-            index += 1
-            continue
-        found = resource_records(resource, {}, medications, organizations, index)
-        rows.add(index, rtype, found)
-        index += 1
-    rows.write(Path(task.parts), task.chunk)
-    return _ChunkResult(task.chunk, task.file, len(pieces), lines, index, quarantine, types)
-
-
-class _Rows:
-    """Rows of one chunk's part files (tuples in the part schema's order), resource by resource."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, list[tuple[Any, ...]]] = {table: [] for table in _PART_SCHEMAS}
-        self.codes: dict[tuple[str, str], int] = {}
-
-    def add(self, index: int, rtype: Any, found: Any) -> None:
-        (name, patient, observations, medications, source, conditions, goals, person, _, issues) = (
-            found
-        )
-        rows = self.rows
-        kind = rtype if type(rtype) is str else None
-        if issues:
-            rows["issues"] += [(index, i.resource, patient, kind, i.reason) for i in issues]
-        if kind not in _KINDS:
-            return
-        has_records = bool(observations or medications or conditions or goals)
-        rows["resources"].append((index, name, patient, kind, has_records))
-        if patient is None:
-            return
-        if person is not None:
-            rows["patients"].append(
-                (
-                    index,
-                    person.id,
-                    person.birth_date,
-                    person.sex,
-                    person.practice,
-                    person.deceased,
-                    person.deceased_on,
-                )
-            )
-        if not has_records:
-            return
-        codes = self.codes
-        if observations:
-            out = rows["observations"]
-            if len(observations) > 1:  # facts_tables numbers a resource's records in this order
-                observations = sorted(observations, key=_CODINGS)
-            for record, o in enumerate(observations):
-                for coding in o.codings:
-                    code = codes.get(coding)
-                    if code is None:
-                        code = codes[coding] = len(codes)
-                    out.append(
-                        (
-                            index,
-                            patient,
-                            o.resource,
-                            record,
-                            code,
-                            o.date,
-                            o.value,
-                            o.comparator,
-                            o.unit,
-                        )
-                    )
-            return
-        for m in medications:
-            rows["medications"] += [
-                (
-                    index,
-                    patient,
-                    m.resource,
-                    self.code(c),
-                    m.start,
-                    m.end,
-                    m.status,
-                    source == "request",
-                )
-                for c in m.codings
-            ]
-        for r in conditions:
-            rows["conditions"] += [
-                (
-                    index,
-                    patient,
-                    r.resource,
-                    self.code(c),
-                    r.onset,
-                    r.abatement,
-                    r.clinical_status,
-                    r.recorded,
-                )
-                for c in r.codings
-            ]
-        for g in goals:
-            rows["goals"] += [
-                (index, patient, g.resource, self.code(c), g.value, g.start) for c in g.measure
-            ]
-
-    def code(self, coding: tuple[str, str]) -> int:
-        found = self.codes.get(coding)
-        if found is None:
-            found = self.codes[coding] = len(self.codes)
-        return found
-
-    def write(self, parts: Path, chunk: int) -> None:
-        self.rows["codes"] = [(number, s, v) for (s, v), number in self.codes.items()]
-        for table, rows in self.rows.items():
-            if not rows:
-                continue
-            schema = _PART_SCHEMAS[table]
-            columns = list(zip(*rows, strict=True))
-            arrays = [pa.array(column, f.type) for column, f in zip(columns, schema, strict=True)]
-            arrays.append(pa.array([chunk] * len(rows), pa.int32()))
-            batch = pa.Table.from_arrays(arrays, schema=_part_schema(table))
-            pq.write_table(batch, parts / table / f"{chunk}.parquet", compression="lz4")
-
-
-_KINDS = frozenset(
-    {"Observation", "Condition", "MedicationStatement", "MedicationRequest", "Goal", "Patient"}
-)
-
-
-def _CODINGS(record: Any) -> Any:  # noqa: N802 - a key function, named like a constant
-    return record.codings
 
 
 # --- step 3: across resources, in SQL ---------------------------------------------------------------

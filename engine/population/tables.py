@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from fhir_adapter.records import Coding, PatientRecord
-from rules.guideline_set import GuidelineSet
+
+if TYPE_CHECKING:
+    from rules.guideline_set import GuidelineSet
 
 SCHEMAS = {
     "patients": pa.schema(
