@@ -48,7 +48,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -71,8 +71,10 @@ from fhir_adapter.rest import (
 )
 
 __all__ = [
+    "DELETED_DIR",
     "STATE_FILE",
     "BulkExportClient",
+    "Deletions",
     "DownloadFailed",
     "ExportDirectoryInUse",
     "ExportFailed",
@@ -83,6 +85,7 @@ __all__ = [
     "Manifest",
     "OutputFile",
     "TokenSource",
+    "deleted_resources",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,9 @@ STATE_FILE = "export.json"
 
 ERROR_DIR = "errors"
 """Subdirectory for the manifest's ``error`` files, apart from the exported data."""
+
+DELETED_DIR = "deleted"
+"""Subdirectory for the manifest's ``deleted`` files: what was deleted since ``_since``."""
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
 """Largest manifest read; a bigger one is refused rather than held in memory."""
@@ -178,7 +184,7 @@ class TokenSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class OutputFile:
-    """One file of the manifest's ``output`` or ``error`` list."""
+    """One file of the manifest's ``output``, ``error`` or ``deleted`` list."""
 
     type: str
     url: str = field(repr=False)  # may be pre-signed: keep it out of reprs and logs
@@ -196,6 +202,8 @@ class Manifest:
     output: tuple[OutputFile, ...]
     error: tuple[OutputFile, ...]
     raw: dict[str, Any] = field(repr=False, compare=False)
+    deleted: tuple[OutputFile, ...] = ()
+    """Bundle files naming the resources deleted since ``_since`` (Bulk Data 2.0)."""
 
     @classmethod
     def parse(cls, data: object) -> Manifest:
@@ -220,6 +228,7 @@ class Manifest:
             output=_parse_files(data.get("output"), "output", required=True),
             error=_parse_files(data.get("error"), "error", required=False),
             raw=data,
+            deleted=_parse_files(data.get("deleted"), "deleted", required=False),
         )
 
 
@@ -259,6 +268,9 @@ class ExportResult:
     """The manifest's ``error`` files (OperationOutcome NDJSON), downloaded under ``errors/``."""
     error_count: int
     """OperationOutcome resources in the error files: resources the server could not export."""
+    deleted_files: list[Path] = field(default_factory=list)
+    """The manifest's ``deleted`` files (transaction Bundles), downloaded under ``deleted/``:
+    read them with :func:`deleted_resources` and remove those resources from earlier data."""
     status_url: str | None = field(default=None, repr=False)
     job_deleted: bool = False
     cleanup_error: FhirError | None = None
@@ -282,6 +294,66 @@ class ExportResult:
         """The OperationOutcomes from the error files, read line by line."""
         for path in self.error_files:
             yield from _read_ndjson(path)
+
+
+@dataclass(frozen=True, slots=True)
+class Deletions:
+    """The resources a server deleted since an earlier export, from its ``deleted`` files."""
+
+    names: frozenset[str]
+    """``Type/id`` of each deleted resource."""
+    unreadable: tuple[str, ...]
+    """``file:line: reason`` of each line or entry that names no resource, so nothing is
+    skipped silently: a deletion that cannot be applied leaves the resource where it was."""
+
+
+def deleted_resources(files: Iterable[Path]) -> Deletions:
+    """Read ``deleted`` files: NDJSON of transaction Bundles whose entries have
+    ``request.method`` DELETE and ``request.url`` ``Type/id`` (relative, or absolute with the
+    server's base), as the Bulk Data IG (2.0) describes them."""
+    names: set[str] = set()
+    unreadable: list[str] = []
+    for path in files:
+        with path.open("rb") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                found, problem = _deleted_in(line)
+                names.update(found)
+                if problem is not None:
+                    unreadable.append(f"{path.name}:{number}: {problem}")
+    return Deletions(frozenset(names), tuple(unreadable))
+
+
+def _deleted_in(line: bytes) -> tuple[list[str], str | None]:
+    """The names one Bundle line deletes, and what was wrong with it (the first problem)."""
+    try:
+        bundle = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return [], "not JSON"
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        return [], "not a Bundle"
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return [], "a Bundle without entries"
+    names, problem = [], None
+    for entry in entries:
+        request = entry.get("request") if isinstance(entry, dict) else None
+        method = request.get("method") if isinstance(request, dict) else None
+        url = request.get("url") if isinstance(request, dict) else None
+        name = _deleted_name(url) if method == "DELETE" and isinstance(url, str) else None
+        if name is None:
+            problem = problem or "an entry without a DELETE request of a Type/id url"
+        else:
+            names.append(name)
+    return names, problem
+
+
+def _deleted_name(url: str) -> str | None:
+    parts = url.split("?", 1)[0].rstrip("/").split("/")
+    if len(parts) < 2 or not _RESOURCE_TYPE.fullmatch(parts[-2]):
+        return None
+    return f"{parts[-2]}/{parts[-1]}" if _FHIR_ID.fullmatch(parts[-1]) else None
 
 
 def _read_ndjson(path: Path) -> Iterator[dict[str, Any]]:
@@ -538,7 +610,7 @@ class BulkExportClient:
         deadline: float,
         status_url: str | None = None,
     ) -> ExportResult:
-        """Download every output and error file of ``manifest`` into ``directory``.
+        """Download every output, error and deleted file of ``manifest`` into ``directory``.
 
         Files already complete there are skipped (counts checked again), ``.part`` files are
         resumed. Error files are downloaded like data and counted in the result; they mean
@@ -568,6 +640,11 @@ class BulkExportClient:
         for entry, target, label in _plan(manifest.error, directory / ERROR_DIR, "error file"):
             self._download_file(entry, target, label, send_token=send_token, deadline=deadline)
             error_files.append(target)
+        deleted_files: list[Path] = []
+        deleted = _plan(manifest.deleted, directory / DELETED_DIR, "deleted file")
+        for entry, target, label in deleted:
+            self._download_file(entry, target, label, send_token=send_token, deadline=deadline)
+            deleted_files.append(target)
         error_count = sum(_count_resources(path) for path in error_files)
         if error_count:
             log.warning(
@@ -589,6 +666,7 @@ class BulkExportClient:
             files=files,
             error_files=error_files,
             error_count=error_count,
+            deleted_files=deleted_files,
             status_url=status_url,
         )
 

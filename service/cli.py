@@ -339,6 +339,15 @@ def ingest(
         int, typer.Option(min=1, help="MB of NDJSON per unit of work (memory per worker).")
     ] = 8,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    deleted: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--deleted",
+            help="NDJSON of Bundles with DELETE entries (a Bulk Data export's deleted files), "
+            "or a directory of them: those resources leave the store. An export from a server "
+            "applies its own.",
+        ),
+    ] = None,
     level: Annotated[
         ExportLevel,
         typer.Option(
@@ -408,8 +417,10 @@ def ingest(
 
     Given a FHIR server's base URL, a Bulk Data export is made first, in STORE/exports/current:
     an interrupted export or ingest is picked up by running the same command again, and the
-    files are removed once they are in the store. Bundle files (Synthea: one per patient) are
-    written out as NDJSON in STORE/bundles first, references between entries resolved.
+    files are removed once they are in the store. Resources the server lists as deleted (an
+    export with --since or --since-last) leave the store, as do those of --deleted files.
+    Bundle files (Synthea: one per patient) are written out as NDJSON in STORE/bundles first,
+    references between entries resolved.
     """
     from engine.population.ingest import ingest as run_ingest
     from fhir_adapter.bundles import is_bundle_source, write_ndjson
@@ -428,8 +439,10 @@ def ingest(
     )
     path = Path(source)
     exported: str | None = None
+    deleted_files = _deleted_files(deleted or [])
     if source.startswith(("http://", "https://")):
-        path, exported = _export(source, store, request)
+        path, exported, from_server = _export(source, store, request)
+        deleted_files += from_server
     elif request.given():
         raise fail(
             "the export options (--level, --type, --since, --client-id ...) need a server URL"
@@ -447,9 +460,15 @@ def ingest(
     from engine.population.store import StoreError
     from service.progress import progress_for
 
+    deletions = _deletions(deleted_files)
     try:
         summary = run_ingest(
-            path, store, workers=workers, chunk_bytes=chunk_mb << 20, progress=progress_for(quiet)
+            path,
+            store,
+            workers=workers,
+            chunk_bytes=chunk_mb << 20,
+            progress=progress_for(quiet),
+            deleted=deletions,
         )
     except (IngestInProgressError, StoreError) as exc:
         raise fail(str(exc)) from None
@@ -483,8 +502,39 @@ class ServerExport:
         )  # fmt: skip
 
 
-def _export(base_url: str, store: Path, request: ServerExport) -> tuple[Path, str]:
-    """Export into STORE/exports/current; returns the directory and the transactionTime."""
+def _deleted_files(given: list[Path]) -> list[Path]:
+    """The ``--deleted`` files: each given file, and the NDJSON files of a given directory."""
+    files = []
+    for path in given:
+        if path.is_dir():
+            files += sorted(path.glob("*.ndjson"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise fail(f"{path} does not exist")
+    return files
+
+
+def _deletions(files: list[Path]) -> frozenset[str]:
+    """The resources the deleted files name; what cannot be read is said, never skipped."""
+    from fhir_adapter.bulk import deleted_resources
+
+    try:
+        found = deleted_resources(files)
+    except OSError as exc:
+        raise fail(f"cannot read the deleted files: {exc}") from None
+    if found.unreadable:
+        typer.echo(
+            f"{len(found.unreadable)} line(s) of the deleted files have an entry that names no "
+            "resource (Type/id): not applied. " + "; ".join(found.unreadable[:5]),
+            err=True,
+        )
+    return found.names
+
+
+def _export(base_url: str, store: Path, request: ServerExport) -> tuple[Path, str, list[Path]]:
+    """Export into STORE/exports/current; returns the directory, the transactionTime and the
+    deleted files (of a ``_since`` export from a server that lists deletions)."""
     import httpx
 
     from engine.population.server_export import current_export, last_transaction_time
@@ -533,7 +583,7 @@ def _export(base_url: str, store: Path, request: ServerExport) -> tuple[Path, st
         typer.echo(
             f"the server reported {result.error_count} error(s) it could not export", err=True
         )
-    return directory, result.manifest.transaction_time
+    return directory, result.manifest.transaction_time, result.deleted_files
 
 
 def _backend_auth(

@@ -42,7 +42,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import forkserver
@@ -112,6 +112,10 @@ class IngestSummary:
     """CPU seconds the worker processes spent on chunks (0 with one process: it reads itself)."""
     worker_peak_mb: float = 0.0
     """The largest worker's peak resident memory."""
+    deletions: int = 0
+    """Resources named as deleted (a ``_since`` export's deleted files)."""
+    deleted: int = 0
+    """Of those, how many the store held and no longer holds."""
 
     @property
     def resources_per_second(self) -> float:
@@ -125,6 +129,14 @@ class IngestSummary:
                 f"{self.quarantined:,} line(s) quarantined, {self.issues:,} resource issue(s); "
                 f"snapshot {self.snapshot}" + ("" if self.changed else " (unchanged)"),
                 f"resources: {types or 'none'}",
+                *(
+                    [
+                        f"deleted on the server: {self.deletions:,} resource(s), "
+                        f"{self.deleted:,} of them removed from the store"
+                    ]
+                    if self.deletions
+                    else []
+                ),
                 f"{self.lines:,} lines in {self.seconds:.1f} s with {self.workers} "
                 f"process(es): {self.resources_per_second:,.0f} resources/s",
             ]
@@ -162,17 +174,21 @@ def ingest(
     workers: int | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     progress: Progress | None = None,
+    deleted: Iterable[str] = (),
 ) -> IngestSummary:
     """Read every NDJSON file of ``source`` (a file or a directory) into the store at ``store``.
 
     An existing store is updated (resources replaced by name, the others kept); a new one is
-    created. ``workers`` processes (default: the available cores) parse and normalise chunks of
+    created. ``deleted`` names resources (``Type/id``) to remove from the store, as an
+    incremental export's deleted files list them (:func:`fhir_adapter.bulk.deleted_resources`);
+    one that ``source`` holds too is kept, as ``source`` has it. ``workers`` processes (default: the available cores) parse and normalise chunks of
     ``chunk_bytes``; with one worker everything runs in this process.
     """
     started = time.perf_counter()
     progress = progress or Progress()
     workers = max(1, workers or _cores())
     chunk_bytes = max(1, chunk_bytes)
+    deletions = frozenset(deleted)
     files = ndjson_files(source)
     store = Path(store)
     store.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +203,7 @@ def ingest(
             if workers > 1:
                 _forkserver()  # it imports while this process scans
             progress.start("reference resources")
-            reference = _reference_resources(files, previous)
+            reference = _reference_resources(files, previous, deletions)
             timings["reference"], clock = time.perf_counter() - clock, time.perf_counter()
             tasks = tasks_of(files, chunk_bytes, work / "parts")
             for table in PART_SCHEMAS:
@@ -199,7 +215,7 @@ def ingest(
             read = _read_all(tasks, files, reference, workers, work / QUARANTINE, progress)
             timings["read"], clock = time.perf_counter() - clock, time.perf_counter()
             progress.start("resolving")
-            built = _build(work, read.offsets, previous, reference, workers)
+            built = _build(work, read.offsets, previous, reference, workers, deletions)
             timings["resolve"], clock = time.perf_counter() - clock, time.perf_counter()
             new = work / "store"
             (work / QUARANTINE).replace(new / QUARANTINE)
@@ -225,6 +241,8 @@ def ingest(
         timings={step: round(seconds, 3) for step, seconds in timings.items()},
         worker_cpu_seconds=read.worker_cpu_seconds,
         worker_peak_mb=read.worker_peak_mb,
+        deletions=len(deletions),
+        deleted=built["deleted"] + reference.deleted,
     )
 
 
@@ -283,11 +301,14 @@ class Reference:
     organizations: dict[str, OrganizationRecord]
     raw: dict[str, tuple[str, bytes]]  # name -> (kind, JSON) as stored in staging
     clusters: dict[str, str]
+    deleted: int = 0  # earlier ones removed as deleted on the server
 
 
-def _reference_resources(files: list[Path], previous: dict[str, Any] | None) -> Reference:
+def _reference_resources(
+    files: list[Path], previous: dict[str, Any] | None, deleted: frozenset[str]
+) -> Reference:
     """This input's Organizations and Medications (the first of a name wins, as in normalise),
-    over the store's earlier ones (replaced by name)."""
+    over the store's earlier ones (replaced by name, removed when ``deleted``)."""
     raw: dict[str, tuple[str, bytes]] = {}
     organizations_in_order: list[dict[str, Any]] = []
     if previous is not None:
@@ -315,6 +336,9 @@ def _reference_resources(files: list[Path], previous: dict[str, Any] | None) -> 
         fresh.setdefault(f"{kind}/{ident}", (kind, orjson.dumps(resource)))
     for name in fresh:
         earlier.pop(name, None)
+    gone = [name for name in earlier if name in deleted]
+    for name in gone:
+        del earlier[name]
     raw = {**earlier, **fresh}
     medications: dict[str, dict[str, Any]] = {}
     organizations: dict[str, OrganizationRecord] = {}
@@ -329,7 +353,7 @@ def _reference_resources(files: list[Path], previous: dict[str, Any] | None) -> 
             if name in earlier:
                 kept_organizations.append(resource)
     clusters = practice_clusters([*kept_organizations, *organizations_in_order])
-    return Reference(medications, organizations, raw, clusters)
+    return Reference(medications, organizations, raw, clusters, len(gone))
 
 
 def _lines_with(files: list[Path], needles: tuple[bytes, ...]) -> Iterator[bytes]:
@@ -485,8 +509,12 @@ def _build(
     previous: dict[str, Any] | None,
     reference: Reference,
     workers: int,
+    deleted: frozenset[str],
 ) -> dict[str, Any]:
-    """Merge this ingest's parts with the store's staging; derive and write the fact tables."""
+    """Merge this ingest's parts with the store's staging; derive and write the fact tables.
+
+    A staged resource is replaced when this input has one of its name, and removed when it is
+    ``deleted`` (and this input has none of its name)."""
     out = work / "store"
     (out / STAGING).mkdir(parents=True)
     parts = work / "parts"
@@ -547,12 +575,20 @@ def _build(
             "CREATE TABLE n_first AS SELECT min(ordinal) AS ordinal FROM n_resources "
             "WHERE patient IS NOT NULL GROUP BY name"
         )
+        con.register("deleted_names", pa.table({"name": pa.array(sorted(deleted), pa.string())}))
+        run("CREATE TABLE deletions AS SELECT name FROM deleted_names")
+        con.unregister("deleted_names")
         run(
             "CREATE TABLE n_names AS SELECT NULL::VARCHAR AS name WHERE false"
             if previous is None  # nothing to replace
             else "CREATE TABLE n_names AS SELECT name FROM n_resources "
-            "UNION SELECT name FROM n_issues"
+            "UNION SELECT name FROM n_issues UNION SELECT name FROM deletions"
         )
+        (removed,) = run(
+            "SELECT count(*) FROM (SELECT name FROM deletions EXCEPT "
+            "(SELECT name FROM n_resources UNION SELECT name FROM n_issues)) "
+            f"WHERE name IN (SELECT name FROM {old('resources')})"
+        ).fetchone()  # type: ignore[misc]
         kept = "(patient IS NULL OR ordinal IN (SELECT ordinal FROM n_first))"
         codes_path = _sql_string(parts / "codes" / "*.parquet")
         run(f"CREATE TABLE n_codes AS SELECT * FROM read_parquet({codes_path})")
@@ -675,7 +711,7 @@ def _build(
         "clusters": dict(sorted(reference.clusters.items())),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return {"snapshot": snapshot, "rows": rows, "issues": issues}
+    return {"snapshot": snapshot, "rows": rows, "issues": issues, "deleted": int(removed)}
 
 
 def _write_issues(con: duckdb.DuckDBPyConnection, path: Path) -> int:

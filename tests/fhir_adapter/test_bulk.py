@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fhir_adapter.backend_auth import BackendServicesAuth, public_jwks
 from fhir_adapter.bulk import (
+    DELETED_DIR,
     STATE_FILE,
     BulkExportClient,
     DownloadFailed,
@@ -32,6 +33,7 @@ from fhir_adapter.bulk import (
     ExportNotFound,
     ExportResult,
     ExportTimeout,
+    deleted_resources,
 )
 from fhir_adapter.rest import FhirNotFound, FhirRejected, FhirUnauthorized, FhirUnavailable
 from tests.support.populations import population
@@ -668,6 +670,49 @@ def test_error_files_are_downloaded_and_reported(
     assert texts == ["Observation/x unreadable", "Condition/y unreadable"]
     assert "2 OperationOutcome(s)" in caplog.text
     assert "unreadable" not in caplog.text  # diagnostics may name patients: not logged
+
+
+def deleting(*urls: str) -> bytes:
+    entries = [{"request": {"method": "DELETE", "url": url}} for url in urls]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    return json.dumps(bundle).encode() + b"\n"
+
+
+def test_deleted_files_are_downloaded_apart_from_the_data(tmp_path: Path) -> None:
+    deleted = deleting("Observation/o1", "Patient/p1") + deleting(f"{MOCK_BASE}/Condition/c-1")
+    server = MockServer(files={"/files/Observation.ndjson": NDJSON, "/files/del.ndjson": deleted})
+    server.manifest["output"] = server.manifest["output"][:1]
+    server.manifest["deleted"] = [
+        {"type": "Bundle", "url": "https://fhir.example.dk/files/del.ndjson", "count": 2}
+    ]
+    result = mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+    assert result.deleted_files == [tmp_path / DELETED_DIR / "Bundle.ndjson"]
+    assert list(result.files) == ["Observation"]  # the deletions are not data
+    found = deleted_resources(result.deleted_files)
+    assert found.names == {"Observation/o1", "Patient/p1", "Condition/c-1"}
+    assert found.unreadable == ()
+
+
+def test_what_a_deleted_file_cannot_say_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "Bundle.ndjson"
+    path.write_bytes(
+        deleting("Observation/o1")
+        + b"\n"  # a blank line is no entry
+        + deleting("Patient?identifier=0101010101", "Patient/p2")  # conditional: not applied
+        + b'{"resourceType": "Patient", "id": "p3"}\n'
+        + b"not json\n"
+        + json.dumps(
+            {"resourceType": "Bundle", "entry": [{"request": {"method": "PUT", "url": "Goal/g"}}]}
+        ).encode()
+    )
+    found = deleted_resources([path])
+    assert found.names == {"Observation/o1", "Patient/p2"}
+    assert found.unreadable == (
+        "Bundle.ndjson:3: an entry without a DELETE request of a Type/id url",
+        "Bundle.ndjson:4: not a Bundle",
+        "Bundle.ndjson:5: not JSON",
+        "Bundle.ndjson:6: an entry without a DELETE request of a Type/id url",
+    )
 
 
 def test_files_elsewhere_get_no_token(tmp_path: Path) -> None:

@@ -38,6 +38,31 @@ def test_ingest_prints_counts_and_updates_in_place(tmp_path: Path) -> None:
     assert f"snapshot {manifest['snapshot']} (unchanged)" in again.output
 
 
+def test_ingest_removes_the_resources_of_deleted_files(tmp_path: Path) -> None:
+    write_population(tmp_path / "ndjson", 30, 2, 1, 8, dt.date(2026, 10, 1))
+    store = tmp_path / "store"
+    assert runner.invoke(app, ["ingest", str(tmp_path / "ndjson"), "--store", str(store)]).exit_code == 0  # fmt: skip
+    patient = sorted(store_patients(store))[0]
+    entries = [
+        {"request": {"method": "DELETE", "url": f"Patient/{patient}"}},
+        {"request": {"method": "DELETE", "url": "Patient?identifier=x"}},
+    ]
+    deleted = tmp_path / "deleted"
+    deleted.mkdir()
+    (deleted / "Bundle.ndjson").write_text(
+        json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}) + "\n"
+    )
+    (tmp_path / "empty").mkdir()
+    args = ["ingest", str(tmp_path / "empty"), "--store", str(store), "--deleted", str(deleted)]
+    result = runner.invoke(app, [*args, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "deleted on the server: 1 resource(s), 1 of them removed from the store" in result.output
+    assert "1 line(s) of the deleted files have an entry that names no resource" in result.output
+    assert patient not in store_patients(store) and len(store_patients(store)) == 29
+    missing = runner.invoke(app, [*args[:4], "--deleted", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
 def test_ingest_of_a_missing_source_fails(tmp_path: Path) -> None:
     result = runner.invoke(app, ["ingest", str(tmp_path / "nope"), "--store", str(tmp_path / "s")])
     assert result.exit_code == 2
