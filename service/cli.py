@@ -19,21 +19,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import orjson
 import typer
 
-from engine.cases import run_cases
-from engine.explain import death_note, explain_text, outcome_json
-from engine.patient import PatientEngine
 from fhir_adapter.normalise import FhirInputError, normalise, read_resources
-from rules import schema
-from rules.catalogue import listing, render_catalogue
 from rules.effective import danish_today
 from rules.errors import RuleFileError
-from rules.guideline_set import GuidelineSet, load_guidelines
 
+# The rule compiler, the engine and the schemas are imported by the commands that use them:
+# with them here every command (and --help) took 0.5 s more to start, and so did each ingest
+# worker, which imports this module again as the main module of its parent.
 if TYPE_CHECKING:
     import httpx
 
     from engine.population.run import SqlSteps
     from fhir_adapter.backend_auth import BackendServicesAuth
+    from rules.guideline_set import GuidelineSet
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -90,6 +88,8 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def load_or_exit(directory: Path) -> GuidelineSet:
+    from rules.guideline_set import load_guidelines
+
     try:
         return load_guidelines(directory)
     except RuleFileError as exc:
@@ -104,6 +104,8 @@ def check(
     directory: Annotated[Path | None, typer.Argument(help="Guideline directory.")] = None,
 ) -> None:
     """Validate every rule and value-set file and run every test case (exit 1 on any failure)."""
+    from engine.cases import run_cases
+
     guidelines = load_or_exit(directory or default_guidelines())
     results = run_cases(guidelines)
     failures = [failure for result in results for failure in result.failures]
@@ -126,6 +128,8 @@ def list_guidelines(
     output: Annotated[Format, typer.Option("--format", help="text or json.")] = Format.text,
 ) -> None:
     """List every guideline version: id, version, title, effective period and status."""
+    from rules.catalogue import listing
+
     rows = listing(load_or_exit(directory or default_guidelines()))
     if output is Format.json:
         typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
@@ -149,6 +153,8 @@ def docs(
     ] = False,
 ) -> None:
     """Render the guideline catalogue (docs/guidelines.md) from the rule files."""
+    from rules.catalogue import render_catalogue
+
     text = render_catalogue(load_or_exit(directory or default_guidelines()))
     current = out.read_text(encoding="utf-8") if out.exists() else None
     if check_only:
@@ -166,6 +172,8 @@ def export_schema(
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Print the JSON Schema of rule files (for editors such as VS Code's YAML extension)."""
+    from rules import schema
+
     model = schema.Guideline if kind is SchemaKind.guideline else schema.ValueSet
     text = json.dumps(model.model_json_schema(by_alias=True), indent=2, ensure_ascii=False)
     if out is None:
@@ -255,6 +263,9 @@ def evaluate(
     guidelines_dir: GuidelinesDir = None,
 ) -> None:
     """Explain, per guideline, what applies to the patient(s) in a FHIR file and why."""
+    from engine.explain import death_note, explain_text, outcome_json
+    from engine.patient import PatientEngine
+
     reference = as_of.date() if as_of else danish_today()
     try:
         data = bundle.read_bytes()
@@ -860,6 +871,9 @@ def demo(
     out: Annotated[Path | None, typer.Option(help="Where the demo's store and sweeps go.")] = None,
 ) -> None:
     """The library's test cases, a synthetic population, the example patients, a CDS Hooks call."""
+    from engine.cases import run_cases
+    from engine.explain import explain_text
+    from engine.patient import PatientEngine
     from service.demo import population_sweep, service_call, shifted
 
     guidelines = load_or_exit(default_guidelines())
