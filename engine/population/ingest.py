@@ -181,8 +181,9 @@ def ingest(
     An existing store is updated (resources replaced by name, the others kept); a new one is
     created. ``deleted`` names resources (``Type/id``) to remove from the store, as an
     incremental export's deleted files list them (:func:`fhir_adapter.bulk.deleted_resources`);
-    one that ``source`` holds too is kept, as ``source`` has it. ``workers`` processes (default: the available cores) parse and normalise chunks of
-    ``chunk_bytes``; with one worker everything runs in this process.
+    one that ``source`` holds too is kept, as ``source`` has it. ``workers`` processes
+    (default: the available cores) parse and normalise chunks of ``chunk_bytes``; with one
+    worker everything runs in this process.
     """
     started = time.perf_counter()
     progress = progress or Progress()

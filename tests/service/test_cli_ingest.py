@@ -41,7 +41,8 @@ def test_ingest_prints_counts_and_updates_in_place(tmp_path: Path) -> None:
 def test_ingest_removes_the_resources_of_deleted_files(tmp_path: Path) -> None:
     write_population(tmp_path / "ndjson", 30, 2, 1, 8, dt.date(2026, 10, 1))
     store = tmp_path / "store"
-    assert runner.invoke(app, ["ingest", str(tmp_path / "ndjson"), "--store", str(store)]).exit_code == 0  # fmt: skip
+    first = runner.invoke(app, ["ingest", str(tmp_path / "ndjson"), "--store", str(store)])
+    assert first.exit_code == 0, first.output
     patient = sorted(store_patients(store))[0]
     entries = [
         {"request": {"method": "DELETE", "url": f"Patient/{patient}"}},
