@@ -25,6 +25,7 @@ from fhir_adapter.normalise import normalise
 from fhir_adapter.records import PatientRecord
 from fhir_adapter.rest import FhirRestClient
 from rules.effective import danish_date, danish_today
+from service import heap
 from service.auth import build_authenticator, client_auth
 from service.cds_hooks.cards import build_cards
 from service.cds_hooks.discovery import SERVICES_BY_ID, discovery, prefetch_templates
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.fhir = FhirRestClient(http)
             app.state.authenticator = build_authenticator(settings.auth, http)
             app.state.feedback = FeedbackStore(settings.feedback_database)
+            heap.settle()  # the guidelines and the modules are loaded: keep them out of the GC's way
             try:
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(publisher.watch)

@@ -43,6 +43,7 @@ from rules.effective import danish_date
 from rules.errors import RuleFileError
 from rules.guideline_set import GuidelineSet, load_guidelines
 from rules.tree import CompiledGuideline
+from service import heap
 
 log = logging.getLogger("vejviser.guidelines")
 
@@ -529,7 +530,8 @@ class GuidelinePublisher:
         while True:
             await anyio.sleep(self.poll_seconds)
             try:
-                await anyio.to_thread.run_sync(self.refresh)
+                if await anyio.to_thread.run_sync(self.refresh) == "swapped":
+                    heap.settle()  # the new set is lasting state; the one it replaced can go
             except Exception:  # never let one bad poll stop the watching
                 log.exception(
                     "guidelines.poll_failed", extra={"fields": {"event": "guidelines.poll_failed"}}
