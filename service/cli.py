@@ -528,6 +528,8 @@ def _deleted_files(given: list[Path]) -> list[Path]:
 
 def _deletions(files: list[Path]) -> frozenset[str]:
     """The resources the deleted files name; what cannot be read is said, never skipped."""
+    if not files:
+        return frozenset()
     from fhir_adapter.bulk import deleted_resources
 
     try:

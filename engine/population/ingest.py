@@ -585,11 +585,15 @@ def _build(
             else "CREATE TABLE n_names AS SELECT name FROM n_resources "
             "UNION SELECT name FROM n_issues UNION SELECT name FROM deletions"
         )
-        (removed,) = run(
-            "SELECT count(*) FROM (SELECT name FROM deletions EXCEPT "
-            "(SELECT name FROM n_resources UNION SELECT name FROM n_issues)) "
-            f"WHERE name IN (SELECT name FROM {old('resources')})"
-        ).fetchone()  # type: ignore[misc]
+        (removed,) = (
+            run(
+                "SELECT count(*) FROM (SELECT name FROM deletions EXCEPT "
+                "(SELECT name FROM n_resources UNION SELECT name FROM n_issues)) "
+                f"WHERE name IN (SELECT name FROM {old('resources')})"
+            ).fetchone()  # type: ignore[misc]
+            if deleted and previous is not None  # else the staging need not be read again
+            else (0,)
+        )
         kept = "(patient IS NULL OR ordinal IN (SELECT ordinal FROM n_first))"
         codes_path = _sql_string(parts / "codes" / "*.parquet")
         run(f"CREATE TABLE n_codes AS SELECT * FROM read_parquet({codes_path})")
