@@ -64,20 +64,24 @@ def population_sweep(
         manifest = run_sweep(
             con, guidelines, dates, out_dir / "sweeps", clusters, snapshot=snapshot
         )
-    return _summary(manifest.directory / dates[-1].isoformat(), patients, practices)
+    directory = manifest.directory / dates[-1].isoformat()
+    return _summary(directory, patients, practices, manifest.suppress_below)
 
 
-def _summary(directory: Path, patients: int, practices: int) -> str:
+def _summary(directory: Path, patients: int, practices: int, suppress_below: int) -> str:
     """Indicator rates for everyone and the size of each practice's list, from the published files."""
     with (directory / "indicators.csv").open(encoding="utf-8-sig", newline="") as handle:
         rows = [indicator_row_from_csv(r) for r in csv.DictReader(handle)]
     lines = [f"{patients} synthetic patients, {practices} practices, published in {directory}:", ""]
+    suppressed = f"suppressed (fewer than {suppress_below} patients in or out of the numerator)"
     for row in rows:
         if row.level == "all":
-            rate = "suppressed" if row.rate is None else f"{100 * row.rate:.0f} %"
-            lines.append(
-                f"  {row.guideline} / {row.indicator}: {rate} ({row.numerator}/{row.denominator})"
+            rate = (
+                suppressed
+                if row.rate is None
+                else f"{100 * row.rate:.0f} % ({row.numerator}/{row.denominator})"
             )
+            lines.append(f"  {row.guideline} / {row.indicator}: {rate}")
     for path in sorted((directory / "lists").glob("*.csv")):
         with path.open(encoding="utf-8-sig", newline="") as handle:
             listed = {r["patient"] for r in csv.DictReader(handle)}
