@@ -24,7 +24,7 @@ from rules import types as ty
 from rules.effective import instant
 from rules.errors import RuleError
 from rules.expressions import ExpressionError, names_in, parse, parse_condition, references
-from rules.rendering import width
+from rules.rendering import is_observation, width
 from rules.source import Path, SourceDocument, YamlSyntaxError, parse_yaml
 from rules.valuesets import CompiledValueSet, compile_codes
 
@@ -384,7 +384,7 @@ class _GuidelineCompiler:
             expr = self.problems.expression(path, piece, lambda x: parse(x, self.scope), offset)
             if expr is None:
                 ok = False
-            elif isinstance(expr.type, ty.Record):
+            elif isinstance(expr.type, ty.Record) and not is_observation(expr.type):
                 self.problems.at(path, f"show a field, e.g. {{{piece.strip()}.value}}", offset)
                 ok = False
             else:

@@ -7,7 +7,7 @@ characters" and the text a GP reads can never disagree.
 from __future__ import annotations
 
 import datetime as dt
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 from rules import types as ty
 from rules.tree import Text
@@ -29,6 +29,13 @@ class Bound(NamedTuple):
     comparator: str  # < <= > >=
 
 
+class Dated(NamedTuple):
+    """An observation as a sweep's row holds it: the value and the day it was taken."""
+
+    value: float | Bound | None
+    date: dt.date
+
+
 def number(value: float, language: str) -> str:
     """At most two decimals, no trailing zeros; Danish uses a decimal comma."""
     text = f"{round(value, 2):.2f}".rstrip("0").rstrip(".")
@@ -45,6 +52,8 @@ def render(value: object, type_: ty.Type, language: str) -> str:
     """A value as a GP reads it; missing data say so in words."""
     if value is None:
         return MISSING.in_language(language)
+    if is_observation(type_):
+        return _render_observation(value, type_, language)
     if isinstance(value, bool):
         yes, no = YES_NO["en" if language == "en" else "da"]
         return yes if value else no
@@ -62,9 +71,29 @@ def render(value: object, type_: ty.Type, language: str) -> str:
     return str(value)
 
 
+def is_observation(type_: ty.Type) -> TypeGuard[ty.Record]:
+    """A latest/earliest observation: the one record a template may show whole."""
+    return isinstance(type_, ty.Record) and type_.name == "observation"
+
+
+def _render_observation(observation: Any, type_: ty.Record, language: str) -> str:
+    """'67 mmol/mol (2026-03-02)': value and day together, so that a missing observation reads
+    'ukendt' once instead of 'ukendt den ukendt'. ``observation`` has ``value`` and ``date``
+    (the per-patient engine's ObservationValue, a sweep's row)."""
+    value = render(observation.value, _value_type(type_), language)
+    return f"{value} ({observation.date.isoformat()})"
+
+
+def _value_type(type_: ty.Record) -> ty.Type:
+    return type_.field_type("value") or ty.NUMBER
+
+
 def width(type_: ty.Type) -> int | None:
     """The most characters a value of this type renders to; None when it has no bound."""
     missing = max(len(MISSING.da), len(MISSING.en))
+    if is_observation(type_):
+        value = width(_value_type(type_))
+        return None if value is None else max(value + len(" (2026-01-01)"), missing)
     if isinstance(type_, ty.Quantity):
         unit = max(len(unit_display(type_.unit, language)) for language in UNIT_DISPLAY)
         return max(COMPARATOR_WIDTH + NUMBER_WIDTH + 1 + unit, missing)

@@ -65,7 +65,7 @@ from engine.population.sql import (
 from rules import tree as t
 from rules import types as ty
 from rules.guideline_set import GuidelineSet
-from rules.rendering import Bound
+from rules.rendering import Bound, Dated, is_observation
 from rules.rendering import render as _render
 
 FORMAT = 2  # bump when the layout or a file's columns change: it is part of the run id
@@ -578,13 +578,13 @@ class _ReasonPlan:
         return self.first_column + int(alias[1:])
 
     def _slot(self, expr: t.Expr) -> Callable[[Row], Any]:
+        if isinstance(expr, t.Ref) and self._is_observation_fact(expr.name):
+            return self._observation(expr.name)
         if isinstance(expr, t.Field) and isinstance(expr.record, t.Ref):
             name = expr.record.name
             if name in self.targets and expr.name == "reason":
                 return self._target_reason(self.targets[name])
-            fact = self.facts.get(name)
-            observation = fact is not None and isinstance(fact.primitive, t.ObservationFact)
-            if observation and expr.name == "value":
+            if self._is_observation_fact(name) and expr.name == "value":
                 return self._bound(name)
         try:
             column = self._column(self.sql.condition(expr, own=False))
@@ -603,6 +603,22 @@ class _ReasonPlan:
             return Bound(row[value], row[comparator])
 
         return read
+
+    def _is_observation_fact(self, name: str) -> bool:
+        """A latest or earliest observation fact: its value, comparator and date are columns."""
+        fact = self.facts.get(name)
+        return (
+            fact is not None
+            and isinstance(fact.primitive, t.ObservationFact)
+            and is_observation(fact.type)
+        )
+
+    def _observation(self, fact: str) -> Callable[[Row], Dated | None]:
+        """A whole observation (value and day), rendered as the per-patient engine renders its
+        ObservationValue; None when the patient has none."""
+        value = self._bound(fact)
+        date = self._column(col(f"{fact}__date"))
+        return lambda row: None if row[date] is None else Dated(value(row), row[date])
 
     def _target_reason(self, target: t.TargetDef) -> Callable[[Row], Any]:
         """The winning rule's reason: a case index into the target of the guideline that set it
@@ -636,18 +652,8 @@ class _ReasonPlan:
         if fact is None:
             return None
         primitive = fact.primitive
-        if isinstance(primitive, t.ObservationFact) and primitive.which != "count":
-            read = self._bound(name)
-            date = self._column(col(f"{name}__date"))
-            value_type = fact.type.field_type("value") if isinstance(fact.type, ty.Record) else None
-            as_value = renderer(value_type or ty.NUMBER, language)
-
-            def observation(row: Row) -> str:
-                if row[date] is None:
-                    return as_value(None)
-                return f"{as_value(read(row))} ({row[date].isoformat()})"
-
-            return observation
+        if self._is_observation_fact(name):
+            return _slot_text(self._observation(name), fact.type, language)
         if isinstance(primitive, t.ObservationFact | t.ConditionOnset | t.PatientGoal):
             plain = self._column(col(name))
             as_fact = renderer(fact.type, language)

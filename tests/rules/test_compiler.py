@@ -76,6 +76,38 @@ def test_summary_that_can_exceed_140_characters(guideline_dir: Path) -> None:
     assert any("can exceed 140 characters" in e for e in errors)
 
 
+def test_an_observation_may_be_shown_whole(guideline_dir: Path) -> None:
+    text = (guideline_dir / "example.yaml").read_text(encoding="utf-8")
+    (guideline_dir / "example.yaml").write_text(
+        text.replace("HbA1c {hba1c.value} ({hba1c.date})", "HbA1c {hba1c}"), encoding="utf-8"
+    )
+    (guideline,) = load_guidelines(guideline_dir).guidelines
+    summary = next(r for r in guideline.recommendations if r.id == "above-target").summary
+    assert [type(p).__name__ for p in summary.da.parts][:2] == ["str", "Ref"]
+
+
+def test_a_target_is_shown_by_a_field(guideline_dir: Path) -> None:
+    errors = errors_after(
+        guideline_dir, "er over målet {hba1c_target.value}", "er over målet {hba1c_target}"
+    )
+    assert any("show a field, e.g. {hba1c_target.value}" in e for e in errors)
+
+
+def test_a_whole_observation_counts_its_date_in_the_140_characters(guideline_dir: Path) -> None:
+    """Four eGFR inserts fit as values (4 x 26 characters) but not with their dates (4 x 39)."""
+    summary = (
+        'summary: {da: "Metformin ved eGFR {egfr.value}", en: "Metformin with eGFR {egfr.value}"}'
+    )
+    values = " ".join(["{egfr.value}"] * 4)
+    whole = " ".join(["{egfr}"] * 4)
+    fits = f'summary: {{da: "eGFR {values}", en: "eGFR {values}"}}'
+    text = (guideline_dir / "example.yaml").read_text(encoding="utf-8")
+    (guideline_dir / "example.yaml").write_text(text.replace(summary, fits), encoding="utf-8")
+    load_guidelines(guideline_dir)
+    errors = errors_after(guideline_dir, fits, fits.replace(values, whole))
+    assert any("can exceed 140 characters (up to 164" in e for e in errors)
+
+
 def test_unknown_key_is_an_error(guideline_dir: Path) -> None:
     errors = errors_after(
         guideline_dir, "indicator: critical", "indicator: critical\n    colour: red"

@@ -1,0 +1,38 @@
+"""How values read in card texts: an observation shown whole is its value and its day, and a
+missing one says so once."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from engine.patient import ObservationValue
+from rules import types as ty
+from rules.rendering import Bound, Dated, render, width
+
+DAY = dt.date(2026, 3, 2)
+HBA1C = ty.observation("mmol/mol")
+EGFR = ty.observation("mL/min/1.73m2")
+
+
+def test_an_observation_reads_as_value_and_day() -> None:
+    observation = ObservationValue(67.0, DAY, "Observation/h1")
+    assert render(observation, HBA1C, "da") == "67 mmol/mol (2026-03-02)"
+    assert render(Dated(7.5, DAY), ty.observation(None), "da") == "7,5 (2026-03-02)"
+
+
+def test_a_reported_bound_keeps_its_comparator() -> None:
+    observation = ObservationValue(Bound(90.0, ">"), DAY, "Observation/e1")
+    assert render(observation, EGFR, "en") == ">90 mL/min/1.73 m² (2026-03-02)"
+
+
+def test_a_missing_observation_is_said_once() -> None:
+    assert render(None, HBA1C, "da") == "ukendt"
+    assert render(None, HBA1C, "en") == "unknown"
+    assert render(Dated(None, DAY), HBA1C, "da") == "ukendt (2026-03-02)"  # a non-numeric result
+
+
+def test_the_width_bounds_the_longest_observation() -> None:
+    longest = ObservationValue(Bound(-12345.67, ">="), DAY, "Observation/e1")
+    for language in ("da", "en"):
+        assert len(render(longest, EGFR, language)) <= (width(EGFR) or 0)
+    assert width(EGFR) == (width(ty.Quantity("mL/min/1.73m2")) or 0) + len(" (2026-03-02)")
