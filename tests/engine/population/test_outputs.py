@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from engine.population.outcomes import PopulationOutcome
 from engine.population.run import compare, write_comparison, write_outputs
 from rules.guideline_set import GuidelineSet
 from service.feedback import PatientException
+from tests.engine.population.synthetic import LIBRARY
 
 # -- Wilson score interval -----------------------------------------------------------------------
 
@@ -113,6 +115,10 @@ def test_practice_rows_are_kept_for_the_practice_and_suppressed_for_sharing() ->
 # -- exceptions ----------------------------------------------------------------------------------
 
 
+# the library's version of t2d-hba1c: write_outputs looks the outcomes' guideline up by it
+VERSION = yaml.safe_load((LIBRARY / "t2d-hba1c.yaml").read_text(encoding="utf-8"))["version"]
+
+
 def outcome(
     patient: str,
     practice: str | None,
@@ -125,7 +131,7 @@ def outcome(
         patient,
         practice,
         "t2d-hba1c",
-        "1.1.0",
+        VERSION,
         in_register,
         recommendations,
         indicators if in_register else (),
