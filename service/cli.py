@@ -29,7 +29,7 @@ from rules.errors import RuleFileError
 if TYPE_CHECKING:
     import httpx
 
-    from engine.population.run import SqlSteps
+    from engine.population.run import RunManifest, SqlSteps
     from fhir_adapter.backend_auth import BackendServicesAuth
     from rules.guideline_set import GuidelineSet
 
@@ -720,6 +720,26 @@ def sweep(
     if manifest.engine != engine:
         typer.echo(f"(published before, by {manifest.engine}: the same inputs give the same run)")
     typer.echo(f"published {manifest.directory}")
+    typer.echo(_published(manifest))
+
+
+def _published(manifest: RunManifest) -> str:
+    """What a run holds, date by date, in the words of the files a quality unit opens."""
+    guidelines = len({g["id"] for gs in manifest.guidelines.values() for g in gs})
+    patients = "" if manifest.patients is None else f"{manifest.patients:,} patient(s) in "
+    lines = [
+        f"  {patients}{manifest.practices:,} practice(s) and {manifest.clusters:,} cluster(s); "
+        f"{guidelines} guideline(s); snapshot {manifest.snapshot}"
+    ]
+    for day in manifest.as_of:
+        rows, took = manifest.rows, manifest.timings
+        seconds = sum(s for step, s in took.items() if step.startswith(f"{day}/"))
+        lines.append(
+            f"  {day}: {rows.get(f'{day}/lists', 0):,} patient list row(s), "
+            f"{rows.get(f'{day}/indicators.csv', 0):,} indicator row(s), "
+            f"{rows.get(f'{day}/measure_reports', 0):,} MeasureReport(s) in {seconds:.1f} s"
+        )
+    return "\n".join(lines)
 
 
 def _spark_steps(

@@ -201,6 +201,11 @@ def test_sweep_over_a_store(tmp_path: Path, guideline_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     (listing,) = (tmp_path / "out").glob("*/2026-06-01/lists/123456.csv")
     assert "case-patient" in listing.read_text(encoding="utf-8-sig")
+    rows = len(listing.read_text(encoding="utf-8-sig").splitlines()) - 1
+    assert "  1 patient(s) in 1 practice(s) and 1 cluster(s); 1 guideline(s); snapshot " in (
+        result.output
+    )
+    assert f"  2026-06-01: {rows} patient list row(s), " in result.output
     missing = runner.invoke(
         app,
         [
