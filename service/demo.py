@@ -73,15 +73,19 @@ def _summary(directory: Path, patients: int, practices: int, suppress_below: int
     with (directory / "indicators.csv").open(encoding="utf-8-sig", newline="") as handle:
         rows = [indicator_row_from_csv(r) for r in csv.DictReader(handle)]
     lines = [f"{patients} synthetic patients, {practices} practices, published in {directory}:", ""]
-    suppressed = f"suppressed (fewer than {suppress_below} patients in or out of the numerator)"
-    for row in rows:
-        if row.level == "all":
-            rate = (
-                suppressed
-                if row.rate is None
-                else f"{100 * row.rate:.0f} % ({row.numerator}/{row.denominator})"
-            )
-            lines.append(f"  {row.guideline} / {row.indicator}: {rate}")
+    everyone = [row for row in rows if row.level == "all"]
+    for row in everyone:
+        rate = (
+            "suppressed"
+            if row.rate is None
+            else f"{100 * row.rate:.0f} % ({row.numerator}/{row.denominator})"
+        )
+        lines.append(f"  {row.guideline} / {row.indicator}: {rate}")
+    if any(row.rate is None for row in everyone):
+        lines.append(
+            f"  (suppressed: fewer than {suppress_below} patients in the numerator or outside it,"
+            " few enough to be recognised)"
+        )
     for path in sorted((directory / "lists").glob("*.csv")):
         with path.open(encoding="utf-8-sig", newline="") as handle:
             listed = {r["patient"] for r in csv.DictReader(handle)}

@@ -16,7 +16,8 @@ def test_demo_shows_library_sweep_examples_and_a_service_call(tmp_path: Path) ->
     assert "== 1. Guideline library:" in result.output and " 0 failed." in result.output
     assert "30 synthetic patients, 3 practices" in result.output
     assert "patients on its list" in result.output
-    assert "None" not in result.output.split("== 2.")[1].split("== 3.")[0]
+    sweep = result.output.split("== 2.")[1].split("== 3.")[0]
+    assert "None" not in sweep and "(suppressed: fewer than 5 patients" in sweep
     assert list(tmp_path.glob("sweeps/*/manifest.json"))
     assert "== 3. ihd-diabetes.json: Patient/inge" in result.output
     section = result.output.split("== 4.")[1]
