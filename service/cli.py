@@ -466,7 +466,7 @@ def ingest(
         except FhirInputError as exc:
             raise fail(f"cannot read the Bundle {exc}") from None
         path = store / "bundles"
-    from engine.population.ingest import IngestInProgressError
+    from engine.population.ingest import ISSUES, QUARANTINE, IngestInProgressError
     from engine.population.server_export import record_ingested
     from engine.population.store import StoreError
     from service.progress import progress_for
@@ -484,6 +484,10 @@ def ingest(
     except (IngestInProgressError, StoreError) as exc:
         raise fail(str(exc)) from None
     typer.echo(summary.report())
+    if summary.quarantined:
+        typer.echo(f"quarantined lines, each with its file, line and reason: {store / QUARANTINE}")
+    if summary.issues:
+        typer.echo(f"resource issues, each with its resource and reason: {store / ISSUES}")
     if exported is not None:
         kept = record_ingested(store, source, exported)
         if kept is not None:

@@ -31,11 +31,26 @@ def test_ingest_prints_counts_and_updates_in_place(tmp_path: Path) -> None:
     assert first.exit_code == 0, first.output
     assert "30 patients" in first.output
     assert "quarantined" in first.output and "resources/s" in first.output
+    assert "quarantined lines, each" not in first.output  # none: no pointer to an empty file
     assert "━" not in first.output  # no progress bar when not on a terminal
     manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
     again = runner.invoke(app, [*args, "--quiet"])
     assert again.exit_code == 0, again.output
     assert f"snapshot {manifest['snapshot']} (unchanged)" in again.output
+
+
+def test_ingest_says_where_the_quarantine_and_the_issues_are(tmp_path: Path) -> None:
+    orphan = {"resourceType": "Observation", "id": "o1", "status": "final"}  # no subject
+    (tmp_path / "in.ndjson").write_text("{not json\n" + json.dumps(orphan) + "\n")
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["ingest", str(tmp_path / "in.ndjson"), "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    assert "1 line(s) quarantined, 1 resource issue(s)" in result.output
+    quarantine, issues = store / "quarantine.ndjson", store / "issues.ndjson"
+    assert f"quarantined lines, each with its file, line and reason: {quarantine}" in result.output
+    assert f"resource issues, each with its resource and reason: {issues}" in result.output
+    assert json.loads(quarantine.read_text())["line"] == 1
+    assert json.loads(issues.read_text())["resource"] == "Observation/o1"
 
 
 def test_ingest_removes_the_resources_of_deleted_files(tmp_path: Path) -> None:
