@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from fhir_adapter.bulk import STATE_FILE
 from fhir_adapter.normalise import FhirInputError, read_resources
 
 SUFFIXES = (".json", ".json.gz")
+GZIP_MAGIC = b"\x1f\x8b"
 _TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
 UNKNOWN_TYPE = "unknown"  # the file for entries that are not a resource with a resourceType
 
@@ -59,16 +61,27 @@ def is_bundle_source(source: Path) -> bool:
     return source.name.endswith(SUFFIXES)
 
 
+def file_bytes(path: Path) -> bytes:
+    """A FHIR file's bytes, decompressed when it is gzip: told by its first two bytes, not its
+    name, so that a renamed ``.json.gz`` (Synthea's) is not read as garbage. Raises
+    :class:`FhirInputError` for a gzip file that cannot be decompressed, OSError as reading does.
+    """
+    data = path.read_bytes()
+    if not data.startswith(GZIP_MAGIC):
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise FhirInputError(f"not a readable gzip file ({exc})") from None
+
+
 def bundle_resources(path: Path) -> Iterator[Any]:
     """The resources of one Bundle file, references to its own fullUrls rewritten to Type/id.
 
     Raises :class:`FhirInputError` (naming the file) when the file is not JSON at all.
     """
-    data = path.read_bytes()
-    if path.name.endswith(".gz"):
-        data = gzip.decompress(data)
     try:
-        resources = read_resources(data)
+        resources = read_resources(file_bytes(path))
     except FhirInputError as exc:
         raise FhirInputError(f"{path.name}: {exc}") from None
     for resource in resources:

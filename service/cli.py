@@ -253,7 +253,9 @@ def status_text(status: dict[str, Any]) -> str:
 
 @app.command()
 def evaluate(
-    bundle: Annotated[Path, typer.Argument(help="FHIR R4 Bundle, resource list or NDJSON file.")],
+    bundle: Annotated[
+        Path, typer.Argument(help="FHIR R4 Bundle, resource list or NDJSON file (gzip too).")
+    ],
     as_of: Annotated[
         dt.datetime | None,
         typer.Option(formats=["%Y-%m-%d"], help="Reference date (default: today)."),
@@ -265,14 +267,13 @@ def evaluate(
     """Explain, per guideline, what applies to the patient(s) in a FHIR file and why."""
     from engine.explain import death_note, explain_text, outcome_json
     from engine.patient import PatientEngine
+    from fhir_adapter.bundles import file_bytes
 
     reference = as_of.date() if as_of else danish_today()
     try:
-        data = bundle.read_bytes()
+        result = normalise(read_resources(file_bytes(bundle)))
     except OSError as exc:
         raise fail(f"cannot read {bundle}: {exc.strerror}") from None
-    try:
-        result = normalise(read_resources(data))
     except FhirInputError as exc:
         raise fail(f"{bundle}: {exc}") from None
     for issue in result.issues:

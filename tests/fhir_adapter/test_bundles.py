@@ -8,10 +8,11 @@ import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
-from fhir_adapter.bundles import bundle_files, is_bundle_source, write_ndjson
-from fhir_adapter.normalise import normalise, read_resources
+from fhir_adapter.bundles import bundle_files, file_bytes, is_bundle_source, write_ndjson
+from fhir_adapter.normalise import FhirInputError, normalise, read_resources
 from service.cli import app
 
 FIXTURE = Path(__file__).parent / "fixtures" / "transaction_urn_uuid.json"
@@ -74,6 +75,16 @@ def test_references_outside_the_bundle_and_malformed_entries_are_kept(tmp_path: 
     assert observation["subject"] == {"reference": "Patient/p"}
     assert observation["encounter"] == {"reference": "urn:uuid:not-in-the-bundle"}
     assert (tmp_path / "out" / "unknown.ndjson").read_text() == '"not an entry"\n'
+
+
+def test_a_gzip_file_is_read_by_its_bytes_not_its_name(tmp_path: Path) -> None:
+    plain = FIXTURE.read_bytes()
+    (tmp_path / "renamed.json").write_bytes(gzip.compress(plain))
+    assert file_bytes(tmp_path / "renamed.json") == plain
+    assert file_bytes(FIXTURE) == plain
+    (tmp_path / "cut.json.gz").write_bytes(gzip.compress(plain)[:40])
+    with pytest.raises(FhirInputError, match="not a readable gzip file"):
+        file_bytes(tmp_path / "cut.json.gz")
 
 
 def test_which_sources_are_bundles(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -122,6 +123,21 @@ def test_evaluate_rejects_a_file_that_is_not_fhir(tmp_path: Path, guideline_dir:
     result = runner.invoke(app, ["evaluate", str(bad), "-g", str(guideline_dir)])
     assert result.exit_code == 2
     assert "bad.json" in result.output
+
+
+def test_evaluate_reads_a_gzipped_bundle(tmp_path: Path, guideline_dir: Path) -> None:
+    """Synthea's files are .json.gz; a gzip file is read as one whatever its name."""
+    args = ["--as-of", "2026-06-01", "-g", str(guideline_dir), "--language", "en"]
+    plain = runner.invoke(app, ["evaluate", str(BUNDLE), *args])
+    assert plain.exit_code == 0, plain.output
+    for name in ("patient.json.gz", "patient.json"):
+        (tmp_path / name).write_bytes(gzip.compress(BUNDLE.read_bytes()))
+        packed = runner.invoke(app, ["evaluate", str(tmp_path / name), *args])
+        assert packed.exit_code == 0, packed.output
+        assert packed.output == plain.output
+    (tmp_path / "cut.json.gz").write_bytes(gzip.compress(BUNDLE.read_bytes())[:30])
+    cut = runner.invoke(app, ["evaluate", str(tmp_path / "cut.json.gz"), *args])
+    assert cut.exit_code == 2 and "cut.json.gz: not a readable gzip file" in cut.output
 
 
 def test_evaluate_missing_file(guideline_dir: Path) -> None:
