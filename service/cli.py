@@ -337,8 +337,8 @@ def ingest(
     source: Annotated[
         str,
         typer.Argument(
-            help="An NDJSON file or a directory of them, a FHIR Bundle (.json, .json.gz) or a "
-            "directory of them, or a FHIR server base URL."
+            help="An NDJSON file or a directory of them (*.ndjson, *.ndjson.gz), a FHIR Bundle "
+            "(.json, .json.gz) or a directory of them, or a FHIR server base URL."
         ),
     ],
     store: Annotated[
@@ -482,7 +482,7 @@ def ingest(
             progress=progress_for(quiet),
             deleted=deletions,
         )
-    except (IngestInProgressError, StoreError) as exc:
+    except (IngestInProgressError, StoreError, FhirInputError) as exc:
         raise fail(str(exc)) from None
     typer.echo(summary.report())
     if summary.quarantined:

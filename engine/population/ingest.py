@@ -33,6 +33,7 @@ import ctypes
 import ctypes.util
 import fcntl
 import glob
+import gzip
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ import multiprocessing.context
 import os
 import shutil
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -65,8 +67,10 @@ from engine.population.chunks import (
 )
 from engine.population.store import FACT_TABLES, MANIFEST, StoreError
 from engine.population.tables import SCHEMAS
+from fhir_adapter.bundles import GZIP_MAGIC
 from fhir_adapter.normalise import (
     YDERNUMMER,
+    FhirInputError,
     OrganizationRecord,
     resource_records,
 )
@@ -161,7 +165,27 @@ class Progress:
 
 
 def ndjson_files(source: Path) -> list[Path]:
-    return sorted(source.glob("*.ndjson")) if source.is_dir() else [source]
+    """The NDJSON files of a source: the file itself, or a directory's ``*.ndjson`` and
+    ``*.ndjson.gz`` in name order."""
+    if not source.is_dir():
+        return [source]
+    return sorted([*source.glob("*.ndjson"), *source.glob("*.ndjson.gz")])
+
+
+def inflated(path: Path, target: Path) -> Path:
+    """``path`` itself, or for a gzip file (told by its first bytes, not its name) its content
+    streamed to ``target``: chunks are byte ranges, which a compressed file does not have.
+    Raises FhirInputError naming the file when it cannot be decompressed to the end."""
+    with path.open("rb") as handle:
+        if handle.read(len(GZIP_MAGIC)) != GZIP_MAGIC:
+            return path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with gzip.open(path, "rb") as packed, target.open("wb") as out:
+            shutil.copyfileobj(packed, out, 1 << 20)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise FhirInputError(f"{path.name}: not a readable gzip file ({exc})") from None
+    return target
 
 
 # --- the public entry ----------------------------------------------------------------------------
@@ -190,7 +214,7 @@ def ingest(
     workers = max(1, workers or _cores())
     chunk_bytes = max(1, chunk_bytes)
     deletions = frozenset(deleted)
-    files = ndjson_files(source)
+    sources = ndjson_files(source)
     store = Path(store)
     store.parent.mkdir(parents=True, exist_ok=True)
     with _locked(store):
@@ -200,6 +224,8 @@ def ingest(
         try:
             timings: dict[str, float] = {}
             clock = time.perf_counter()
+            inflate = work / "inflated"
+            files = [inflated(p, inflate / f"{n}.ndjson") for n, p in enumerate(sources)]
             previous = _previous(store)
             if workers > 1:
                 _forkserver()  # it imports while this process scans
@@ -213,7 +239,7 @@ def ingest(
                     part_schema(table).empty_table(), work / "parts" / table / "empty.parquet"
                 )
             progress.start("reading", sum(t.end - t.start for t in tasks))
-            read = _read_all(tasks, files, reference, workers, work / QUARANTINE, progress)
+            read = _read_all(tasks, sources, reference, workers, work / QUARANTINE, progress)
             timings["read"], clock = time.perf_counter() - clock, time.perf_counter()
             progress.start("resolving")
             built = _build(work, read.offsets, previous, reference, workers, deletions)
@@ -228,7 +254,7 @@ def ingest(
             shutil.rmtree(work, ignore_errors=True)
             progress.finish()
     return IngestSummary(
-        files=len(files),
+        files=len(sources),
         lines=read.lines,
         quarantined=read.quarantined,
         patients=built["rows"]["patients"],

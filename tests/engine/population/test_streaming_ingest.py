@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import gzip
 import json
 from collections import Counter
 from pathlib import Path
@@ -25,7 +26,7 @@ from engine.population.ingest import (
 )
 from engine.population.store import FACT_TABLES, MANIFEST, StoreError, load_store, snapshot_of
 from engine.population.tables import facts_tables
-from fhir_adapter.normalise import normalise
+from fhir_adapter.normalise import FhirInputError, normalise
 from rules.guideline_set import load_guidelines
 from synth.population import write_population
 from tests.engine.population.synthetic import LIBRARY
@@ -188,6 +189,39 @@ def test_chunking_and_workers_do_not_change_the_store(noisy: Path, tmp_path: Pat
     assert one.snapshot == two.snapshot
     for name in FACT_TABLES:
         assert store_tables(tmp_path / "a")[name].equals(store_tables(tmp_path / "b")[name])
+
+
+def test_gzipped_files_ingest_as_their_content(noisy: Path, tmp_path: Path) -> None:
+    """*.ndjson.gz in a directory, and a gzip file whatever its name, read as the plain files;
+    the quarantine names the file as given."""
+    plain = ingest(noisy, tmp_path / "plain", workers=2, chunk_bytes=25_000)
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    for path in ndjson_files(noisy):  # the same order: Patient.ndjson keeps its name, gzipped
+        name = path.name if path.name == "Patient.ndjson" else f"{path.name}.gz"
+        (packed / name).write_bytes(gzip.compress(path.read_bytes()))
+    summary = ingest(packed, tmp_path / "store", workers=2, chunk_bytes=25_000)
+    assert (summary.snapshot, summary.files, summary.lines) == (
+        plain.snapshot,
+        plain.files,
+        plain.lines,
+    )
+    quarantine = [json.loads(q) for q in (tmp_path / "store" / QUARANTINE).read_text().splitlines()]
+    assert {"file": "Extra.ndjson.gz", "line": 10, "reason": "not a JSON object"} in quarantine
+    assert not list(tmp_path.glob(".store.ingest-*")), "the inflated copies are removed"
+
+
+def test_a_broken_gzip_file_stops_the_ingest_and_names_it(noisy: Path, tmp_path: Path) -> None:
+    ingest(noisy, tmp_path / "store", workers=1)
+    before = store_tables(tmp_path / "store")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    data = gzip.compress((noisy / "Extra.ndjson").read_bytes())
+    (broken / "Extra.ndjson.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(FhirInputError, match=r"Extra\.ndjson\.gz: not a readable gzip file"):
+        ingest(broken, tmp_path / "store", workers=1)
+    for name in FACT_TABLES:
+        assert store_tables(tmp_path / "store")[name].equals(before[name])
 
 
 def observation_rows(store: Path) -> list[dict[str, Any]]:
