@@ -485,6 +485,8 @@ def ingest(
     except (IngestInProgressError, StoreError, FhirInputError) as exc:
         raise fail(str(exc)) from None
     typer.echo(summary.report())
+    if not summary.files:
+        typer.echo(f"{path} holds no NDJSON files (*.ndjson, *.ndjson.gz)", err=True)
     if summary.quarantined:
         typer.echo(f"quarantined lines, each with its file, line and reason: {store / QUARANTINE}")
     if summary.issues:

@@ -73,6 +73,7 @@ def test_ingest_removes_the_resources_of_deleted_files(tmp_path: Path) -> None:
     result = runner.invoke(app, [*args, "--quiet"])
     assert result.exit_code == 0, result.output
     assert "deleted on the server: 1 resource(s), 1 of them removed from the store" in result.output
+    assert f"{tmp_path / 'empty'} holds no NDJSON files (*.ndjson, *.ndjson.gz)" in result.output
     assert "1 line(s) of the deleted files have an entry that names no resource" in result.output
     assert patient not in store_patients(store) and len(store_patients(store)) == 29
     missing = runner.invoke(app, [*args[:4], "--deleted", str(tmp_path / "nope")])
