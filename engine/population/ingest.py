@@ -111,7 +111,8 @@ class IngestSummary:
     workers: int = 1
     changed: bool = True
     timings: Mapping[str, float] = field(default_factory=dict)
-    """Seconds per step: reference, read (parse + normalise), resolve (SQL + write), swap."""
+    """Seconds per step: inflate (gzip files only), reference, read (parse + normalise),
+    resolve (SQL + write), swap."""
     worker_cpu_seconds: float = 0.0
     """CPU seconds the worker processes spent on chunks (0 with one process: it reads itself)."""
     worker_peak_mb: float = 0.0
@@ -226,6 +227,8 @@ def ingest(
             clock = time.perf_counter()
             inflate = work / "inflated"
             files = [inflated(p, inflate / f"{n}.ndjson") for n, p in enumerate(sources)]
+            if files != sources:
+                timings["inflate"], clock = time.perf_counter() - clock, time.perf_counter()
             previous = _previous(store)
             if workers > 1:
                 _forkserver()  # it imports while this process scans

@@ -209,6 +209,7 @@ def test_gzipped_files_ingest_as_their_content(noisy: Path, tmp_path: Path) -> N
     quarantine = [json.loads(q) for q in (tmp_path / "store" / QUARANTINE).read_text().splitlines()]
     assert {"file": "Extra.ndjson.gz", "line": 10, "reason": "not a JSON object"} in quarantine
     assert not list(tmp_path.glob(".store.ingest-*")), "the inflated copies are removed"
+    assert "inflate" in summary.timings and "inflate" not in plain.timings
 
 
 def test_a_broken_gzip_file_stops_the_ingest_and_names_it(noisy: Path, tmp_path: Path) -> None:
