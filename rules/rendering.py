@@ -29,13 +29,6 @@ class Bound(NamedTuple):
     comparator: str  # < <= > >=
 
 
-class Dated(NamedTuple):
-    """An observation as a sweep's row holds it: the value and the day it was taken."""
-
-    value: float | Bound | None
-    date: dt.date
-
-
 def number(value: float, language: str) -> str:
     """At most two decimals, no trailing zeros; Danish uses a decimal comma."""
     text = f"{round(value, 2):.2f}".rstrip("0").rstrip(".")
@@ -79,12 +72,17 @@ def is_observation(type_: ty.Type) -> TypeGuard[ty.Record]:
 def _render_observation(observation: Any, type_: ty.Record, language: str) -> str:
     """'67 mmol/mol (2026-03-02)': value and day together, so that a missing observation reads
     'ukendt' once instead of 'ukendt den ukendt'. ``observation`` has ``value`` and ``date``
-    (the per-patient engine's ObservationValue, a sweep's row)."""
-    value = render(observation.value, _value_type(type_), language)
-    return f"{value} ({observation.date.isoformat()})"
+    (the per-patient engine's ObservationValue)."""
+    value = render(observation.value, observation_value_type(type_), language)
+    return observation_text(value, observation.date)
 
 
-def _value_type(type_: ty.Record) -> ty.Type:
+def observation_text(value: str, day: dt.date) -> str:
+    """An observation's rendered value with its day."""
+    return f"{value} ({day.isoformat()})"
+
+
+def observation_value_type(type_: ty.Record) -> ty.Type:
     return type_.field_type("value") or ty.NUMBER
 
 
@@ -92,7 +90,7 @@ def width(type_: ty.Type) -> int | None:
     """The most characters a value of this type renders to; None when it has no bound."""
     missing = max(len(MISSING.da), len(MISSING.en))
     if is_observation(type_):
-        value = width(_value_type(type_))
+        value = width(observation_value_type(type_))
         return None if value is None else max(value + len(" (2026-01-01)"), missing)
     if isinstance(type_, ty.Quantity):
         unit = max(len(unit_display(type_.unit, language)) for language in UNIT_DISPLAY)

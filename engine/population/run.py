@@ -65,7 +65,13 @@ from engine.population.sql import (
 from rules import tree as t
 from rules import types as ty
 from rules.guideline_set import GuidelineSet
-from rules.rendering import Bound, Dated, is_observation
+from rules.rendering import (
+    MISSING,
+    Bound,
+    is_observation,
+    observation_text,
+    observation_value_type,
+)
 from rules.rendering import render as _render
 
 FORMAT = 2  # bump when the layout or a file's columns change: it is part of the run id
@@ -515,7 +521,7 @@ class _ReasonPlan:
         self.targets = {target.name: target for target in sql.g.targets}
         self.slots = {
             rec.id: [
-                part if isinstance(part, str) else _slot_text(self._slot(part), part.type, language)
+                part if isinstance(part, str) else self._insert_text(part)
                 for part in rec.summary.in_language(language).parts
             ]
             for rec in sql.g.recommendations
@@ -577,9 +583,12 @@ class _ReasonPlan:
             self.columns[alias] = expression
         return self.first_column + int(alias[1:])
 
-    def _slot(self, expr: t.Expr) -> Callable[[Row], Any]:
+    def _insert_text(self, expr: t.Expr) -> Callable[[Row], str]:
         if isinstance(expr, t.Ref) and self._is_observation_fact(expr.name):
-            return self._observation(expr.name)
+            return self._observation_text(expr.name)
+        return _slot_text(self._slot(expr), expr.type, self.language)
+
+    def _slot(self, expr: t.Expr) -> Callable[[Row], Any]:
         if isinstance(expr, t.Field) and isinstance(expr.record, t.Ref):
             name = expr.record.name
             if name in self.targets and expr.name == "reason":
@@ -613,12 +622,17 @@ class _ReasonPlan:
             and is_observation(fact.type)
         )
 
-    def _observation(self, fact: str) -> Callable[[Row], Dated | None]:
-        """A whole observation (value and day), rendered as the per-patient engine renders its
-        ObservationValue; None when the patient has none."""
+    def _observation_text(self, fact: str) -> Callable[[Row], str]:
+        """A whole observation (value and day) as :func:`rules.rendering.render` shows the
+        per-patient engine's ObservationValue. The value's rendering is remembered, not the
+        pair's: pairs of value and day are mostly distinct."""
         value = self._bound(fact)
         date = self._column(col(f"{fact}__date"))
-        return lambda row: None if row[date] is None else Dated(value(row), row[date])
+        as_value = renderer(observation_value_type(self.facts[fact].type), self.language)
+        missing = MISSING.in_language(self.language)
+        return lambda row: (
+            missing if row[date] is None else observation_text(as_value(value(row)), row[date])
+        )
 
     def _target_reason(self, target: t.TargetDef) -> Callable[[Row], Any]:
         """The winning rule's reason: a case index into the target of the guideline that set it
@@ -653,7 +667,7 @@ class _ReasonPlan:
             return None
         primitive = fact.primitive
         if self._is_observation_fact(name):
-            return _slot_text(self._observation(name), fact.type, language)
+            return self._observation_text(name)
         if isinstance(primitive, t.ObservationFact | t.ConditionOnset | t.PatientGoal):
             plain = self._column(col(name))
             as_fact = renderer(fact.type, language)

@@ -7,7 +7,7 @@ import datetime as dt
 
 from engine.patient import ObservationValue
 from rules import types as ty
-from rules.rendering import Bound, Dated, render, width
+from rules.rendering import Bound, render, width
 
 DAY = dt.date(2026, 3, 2)
 HBA1C = ty.observation("mmol/mol")
@@ -17,7 +17,10 @@ EGFR = ty.observation("mL/min/1.73m2")
 def test_an_observation_reads_as_value_and_day() -> None:
     observation = ObservationValue(67.0, DAY, "Observation/h1")
     assert render(observation, HBA1C, "da") == "67 mmol/mol (2026-03-02)"
-    assert render(Dated(7.5, DAY), ty.observation(None), "da") == "7,5 (2026-03-02)"
+    assert (
+        render(ObservationValue(7.5, DAY, "Observation/x"), ty.observation(None), "da")
+        == "7,5 (2026-03-02)"
+    )
 
 
 def test_a_reported_bound_keeps_its_comparator() -> None:
@@ -28,7 +31,9 @@ def test_a_reported_bound_keeps_its_comparator() -> None:
 def test_a_missing_observation_is_said_once() -> None:
     assert render(None, HBA1C, "da") == "ukendt"
     assert render(None, HBA1C, "en") == "unknown"
-    assert render(Dated(None, DAY), HBA1C, "da") == "ukendt (2026-03-02)"  # a non-numeric result
+    assert (
+        render(ObservationValue(None, DAY, "Observation/x"), HBA1C, "da") == "ukendt (2026-03-02)"
+    )  # a non-numeric result
 
 
 def test_the_width_bounds_the_longest_observation() -> None:
