@@ -45,7 +45,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import forkserver
 from pathlib import Path
@@ -59,6 +59,7 @@ import pyarrow.parquet as pq
 from engine.population.chunks import (
     BOM,
     PART_SCHEMAS,
+    ChunkResult,
     Task,
     init_worker,
     part_schema,
@@ -320,7 +321,10 @@ def _previous(store: Path) -> dict[str, Any] | None:
 
 # --- step 1: Organization and Medication resources ------------------------------------------------
 
-_NEEDLES = (b'"Organization"', b'"Medication"')
+# The type names of reference resources, each with a byte of it that is rare in clinical
+# resources: a block is searched for the name only when it holds that byte, which memchr tells
+# five times faster than the search for the name (most blocks are Observations without either).
+_NEEDLES = ((b"z", b'"Organization"'), (b"M", b'"Medication"'))
 
 
 @dataclass(slots=True)
@@ -386,8 +390,9 @@ def _reference_resources(
     return Reference(medications, organizations, raw, clusters, len(gone))
 
 
-def _lines_with(files: list[Path], needles: tuple[bytes, ...]) -> Iterator[bytes]:
-    """Lines containing any of ``needles``, found block by block (most blocks have none)."""
+def _lines_with(files: list[Path], needles: tuple[tuple[bytes, bytes], ...]) -> Iterator[bytes]:
+    """Lines containing any of the ``(byte, needle)`` needles (a byte that the needle holds,
+    searched first), found block by block (most blocks have none)."""
     for path in files:
         with path.open("rb") as handle:
             while True:
@@ -395,9 +400,9 @@ def _lines_with(files: list[Path], needles: tuple[bytes, ...]) -> Iterator[bytes
                 if not block:
                     break
                 block += handle.readline()
-                if any(needle in block for needle in needles):
+                if any(byte in block and needle in block for byte, needle in needles):
                     for line in block.split(b"\n"):
-                        if any(needle in line for needle in needles):
+                        if any(needle in line for _, needle in needles):
                             yield line.removeprefix(BOM)
 
 
@@ -447,13 +452,19 @@ def _read_all(
 ) -> _Read:
     """Run every chunk; write the quarantine in input order."""
     initargs = (reference.medications, reference.organizations)
+    results: dict[int, ChunkResult] = {}
+    with _chunk_runner(workers, initargs) as run:
+        for task, result in run(tasks):
+            results[task.chunk] = result
+            progress.advance(task.end - task.start)
     offsets: list[tuple[int, int]] = []
     types: Counter[str] = Counter()
     quarantined = lines = objects = 0
     worker_cpu, worker_peak_kb, me = 0.0, 0, os.getpid()
     line_offset = {}  # file -> line breaks before the chunk
-    with quarantine_path.open("wb") as quarantine, _mapper(workers, initargs) as mapper:
-        for task, result in zip(tasks, mapper(read_chunk, tasks), strict=True):
+    with quarantine_path.open("wb") as quarantine:
+        for task in tasks:
+            result = results.pop(task.chunk)
             offsets.append((result.chunk, objects))
             if result.pid != me:
                 worker_cpu += result.cpu_seconds
@@ -467,7 +478,6 @@ def _read_all(
                 record = {"file": files[result.file].name, "line": first + line + 1}
                 quarantine.write(orjson.dumps({**record, "reason": reason}) + b"\n")
             line_offset[result.file] = first + result.line_breaks
-            progress.advance(task.end - task.start)
     return _Read(offsets, quarantined, lines, types, worker_cpu, worker_peak_kb / 1024)
 
 
@@ -486,11 +496,18 @@ def _forkserver() -> multiprocessing.context.ForkServerContext:
 
 
 @contextlib.contextmanager
-def _mapper(workers: int, initargs: tuple[Any, ...]) -> Iterator[Callable[..., Iterator[Any]]]:
+def _chunk_runner(
+    workers: int, initargs: tuple[Any, ...]
+) -> Iterator[Callable[[list[Task]], Iterator[tuple[Task, ChunkResult]]]]:
+    """A function that reads chunks and yields (task, result) as each finishes.
+
+    With workers, the largest chunks go first: the small ones (the short files, the end of
+    each file) then fill the gaps, where in file order one worker could be left with a whole
+    chunk while the other idles."""
     if workers == 1:
         init_worker(*initargs)
         try:
-            yield map
+            yield lambda tasks: ((task, read_chunk(task)) for task in tasks)
         finally:
             init_worker({}, {})
         return
@@ -498,7 +515,18 @@ def _mapper(workers: int, initargs: tuple[Any, ...]) -> Iterator[Callable[..., I
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=init_worker, initargs=initargs
     ) as pool:
-        yield lambda function, items: pool.map(function, items)
+
+        def run(tasks: list[Task]) -> Iterator[tuple[Task, ChunkResult]]:
+            largest_first = sorted(tasks, key=lambda t: t.end - t.start, reverse=True)
+            futures = {pool.submit(read_chunk, task): task for task in largest_first}
+            try:
+                for future in as_completed(futures):
+                    yield futures[future], future.result()
+            finally:  # a chunk that failed: the others need not run
+                for future in futures:
+                    future.cancel()
+
+        yield run
 
 
 # --- step 3: across resources, in SQL ---------------------------------------------------------------

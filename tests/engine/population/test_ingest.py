@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from engine.population.ingest import ingest
+from engine.population.ingest import _NEEDLES, ingest
 from engine.population.store import clusters_of, snapshot_of
 from synth.population import write_population
 
@@ -41,3 +41,34 @@ def test_a_bad_line_is_quarantined_with_its_place(tmp_path: Path) -> None:
         (2, "not JSON"),
         (3, "not a JSON object"),
     ]
+
+
+def test_the_quarantine_is_in_input_order_when_chunks_finish_out_of_order(tmp_path: Path) -> None:
+    """Two workers take the largest chunks first; the quarantine still lists the bad lines by
+    file, then line, with the line numbers of the whole file."""
+    source = tmp_path / "ndjson"
+    source.mkdir()
+    good = {"resourceType": "Patient", "birthDate": "1950-01-01", "gender": "male"}
+    for name, lines in (("A.ndjson", 40), ("B.ndjson", 400), ("C.ndjson", 4)):
+        rows = [json.dumps({**good, "id": f"{name}-{n}"}) for n in range(lines)]
+        for bad in range(0, lines, 3):
+            rows[bad] = "{not json"
+        (source / name).write_text("\n".join(rows) + "\n")
+    result = ingest(source, tmp_path / "store", workers=2, chunk_bytes=2_000)
+    quarantine = [
+        json.loads(line)
+        for line in (tmp_path / "store" / "quarantine.ndjson").read_text().splitlines()
+    ]
+    want = [
+        (name, bad + 1)
+        for name, lines in (("A.ndjson", 40), ("B.ndjson", 400), ("C.ndjson", 4))
+        for bad in range(0, lines, 3)
+    ]
+    assert [(q["file"], q["line"]) for q in quarantine] == want
+    assert result.quarantined == len(want)
+    assert result.patients == 444 - len(want)
+
+
+def test_each_reference_needle_holds_the_byte_searched_first() -> None:
+    """A block without the byte is passed over: the byte must be part of the type name."""
+    assert all(byte in needle for byte, needle in _NEEDLES)
