@@ -249,6 +249,14 @@ class _GuidelineCompiler:
             expr = self.problems.expression(path, args, lambda x: parse(x, self.scope))
             if expr is None:
                 return None
+            if isinstance(expr.type, ty.Record):  # the population engine has columns, not records
+                whole = expr.name if isinstance(expr, t.Ref) else args.strip()
+                fields = ", ".join(f"{whole}.{n}" for n, _ in expr.type.fields)
+                self.problems.at(
+                    path,
+                    f"an expression fact gives a value, not a whole {expr.type.name}: "
+                    f"use '{whole}' itself, or one of its fields ({fields})",
+                )  # the fact stays in scope: its uses are not reported as unknown names
             self.derived_refs[name] = references(expr)
             return t.FactDef(name, t.Derived(expr), expr.type)
         valueset = self._valueset((*path, "valueset"), args.valueset)

@@ -212,3 +212,35 @@ def test_test_case_value_words(guideline_dir: Path) -> None:
 def test_target_reasons_are_short(guideline_dir: Path) -> None:
     errors = errors_after(guideline_dir, "en: frail elderly}", "en: " + "x" * 51 + "}")
     assert any("reason" in e and "50" in e for e in errors)
+
+
+@pytest.mark.parametrize(
+    ("expression", "whole"), [("egfr", "egfr"), ("(first_hba1c)", "first_hba1c")]
+)
+def test_an_expression_fact_is_a_value_not_a_whole_observation(
+    guideline_dir: Path, expression: str, whole: str
+) -> None:
+    """A sweep has the fields of an observation as columns, not the record: such a fact loaded
+    and then stopped every sweep with a TypeError. Its uses are not reported as unknown names."""
+    summary = "summary: {da: Ingen HbA1c i 12 måneder, en: No HbA1c in 12 months}"
+    path = guideline_dir / "example.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert summary in text
+    path.write_text(
+        text.replace(
+            summary, 'summary: {da: "Nyre: {kidney.value}", en: "Kidney: {kidney.value}"}'
+        ),
+        encoding="utf-8",
+    )
+    errors = errors_after(
+        guideline_dir,
+        '  frail: {expression: "age >= 85"}\n',
+        f'  frail: {{expression: "age >= 85"}}\n  kidney: {{expression: "{expression}"}}\n',
+    )
+    line = line_of(guideline_dir, "kidney: {expression")
+    fields = ", ".join(f"{whole}.{field}" for field in ("value", "date", "resource"))
+    assert len(errors) == 1
+    assert errors[0].endswith(
+        f"example.yaml:{line}:25: an expression fact gives a value, not a whole observation: "
+        f"use '{whole}' itself, or one of its fields ({fields})"
+    )
