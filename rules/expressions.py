@@ -83,19 +83,23 @@ def _parser() -> Lark:
 
 def parse(text: str, scope: Mapping[str, ty.Type]) -> t.Expr:
     """Parse and type-check one expression against the names in ``scope``."""
-    try:
-        syntax = _parser().parse(text)
-    except UnexpectedInput as exc:
-        raise _syntax_error(text, exc) from None
-    return _Checker(scope).check(syntax)
+    return _checked(text, _Checker(scope))
 
 
 def parse_condition(text: str, scope: Mapping[str, ty.Type]) -> t.Expr:
     """An expression that must be true or false (register, when, numerator...)."""
-    expr = parse(text, scope)
+    expr = _checked(text, _Checker(scope, condition=True))
     if expr.type != ty.BOOL:
         raise ExpressionError(f"this must be a condition (true/false), not a {_describe(expr)}", 1)
     return expr
+
+
+def _checked(text: str, checker: _Checker) -> t.Expr:
+    try:
+        syntax = _parser().parse(text)
+    except UnexpectedInput as exc:
+        raise _syntax_error(text, exc) from None
+    return checker.check(syntax)
 
 
 def names_in(text: str) -> set[str]:
@@ -143,8 +147,11 @@ def _column(node: Tree | Token) -> int:
 class _Checker:
     """Turns a lark parse tree into a typed :mod:`rules.tree` expression, or explains why not."""
 
-    def __init__(self, scope: Mapping[str, ty.Type]) -> None:
+    def __init__(self, scope: Mapping[str, ty.Type], *, condition: bool = False) -> None:
+        """``condition``: the expression decides something, so a target's reason (a text
+        in the reader's language, to show) cannot be read."""
         self.scope = scope
+        self.condition = condition
 
     def check(self, node: Tree | Token) -> t.Expr:
         if isinstance(node, Token):
@@ -203,6 +210,12 @@ class _Checker:
                 names = ", ".join(n for n, _ in expr.type.fields)
                 raise ExpressionError(
                     f"'{expr_text(expr)}' has no field '{field}' (it has: {names})", _column(field)
+                )
+            if self.condition and expr.type.name == "target" and field == "reason":
+                raise ExpressionError(
+                    f"'{expr_text(expr)}.reason' is text to show in a summary or detail; a "
+                    f"condition reads {expr_text(expr)}.value or {expr_text(expr)}.source",
+                    _column(field),
                 )
             expr = t.Field(expr, str(field), field_type)
         return expr

@@ -73,3 +73,21 @@ def test_quantity_arithmetic_keeps_units() -> None:
     expr = parse("hba1c.value * 1.3", SCOPE)
     assert expr.type == ty.Quantity("mmol/mol")
     assert parse("hba1c.value / hba1c.value", SCOPE).type == ty.NUMBER
+
+
+@pytest.mark.parametrize(
+    ("text", "column"),
+    [("goal.reason = 'frail'", 6), ("exists(goal.reason) and ihd", 13)],
+)
+def test_a_condition_cannot_read_a_target_reason(text: str, column: int) -> None:
+    """A target's reason is a text in the reader's language, there to be shown; a sweep has no
+    column for it (such a condition stopped every sweep)."""
+    scope = {**SCOPE, "goal": ty.target("mmol/mol", 40)}
+    with pytest.raises(ExpressionError) as caught:
+        parse_condition(text, scope)
+    assert caught.value.message == (
+        "'goal.reason' is text to show in a summary or detail; "
+        "a condition reads goal.value or goal.source"
+    )
+    assert caught.value.column == column
+    assert parse("goal.reason", scope).type == ty.Scalar("string")  # a template may show it
