@@ -57,6 +57,7 @@ from engine.population.outcomes import PopulationOutcome
 from engine.population.sql import (
     GuidelineSql,
     RenderedSweep,
+    Value,
     col,
     lit,
     rendered_sweep,
@@ -593,23 +594,24 @@ class _ReasonPlan:
             name = expr.record.name
             if name in self.targets and expr.name == "reason":
                 return self._target_reason(self.targets[name])
-            if self._is_observation_fact(name) and expr.name == "value":
-                return self._bound(name)
         try:
-            column = self._column(self.sql.condition(expr, own=False))
+            value = self.sql.value(expr, own=False)
         except Exception:  # an expression the compiler has no SQL for: say so, do not fail
             return lambda row: _UNAVAILABLE
-        return lambda row: row[column]
+        return self._read(value)
 
-    def _bound(self, fact: str) -> Callable[[Row], Any]:
-        """An observation's value, as a bound when the lab reported one (eGFR '>90')."""
-        value = self._column(col(f"{fact}__value"))
-        comparator = self._column(col(f"{fact}__cmp"))
+    def _read(self, value: Value) -> Callable[[Row], Any]:
+        """A value in a row; a bound when it carries a comparator: a lab's eGFR '>90', and what
+        arithmetic on it keeps a bound ('{egfr.value * 2}' is '>180')."""
+        number = self._column(value.v)
+        if value.cmp is None:
+            return lambda row: row[number]
+        comparator = self._column(value.cmp)
 
         def read(row: Row) -> Any:
-            if row[value] is None or row[comparator] is None:
-                return row[value]
-            return Bound(row[value], row[comparator])
+            if row[number] is None or row[comparator] is None:
+                return row[number]
+            return Bound(row[number], row[comparator])
 
         return read
 
@@ -626,7 +628,7 @@ class _ReasonPlan:
         """A whole observation (value and day) as :func:`rules.rendering.render` shows the
         per-patient engine's ObservationValue. The value's rendering is remembered, not the
         pair's: pairs of value and day are mostly distinct."""
-        value = self._bound(fact)
+        value = self._read(Value(col(f"{fact}__value"), col(f"{fact}__cmp")))
         date = self._column(col(f"{fact}__date"))
         as_value = renderer(observation_value_type(self.facts[fact].type), self.language)
         missing = MISSING.in_language(self.language)

@@ -613,7 +613,11 @@ class GuidelineSql:
     # -- expressions -------------------------------------------------------------------------------
 
     def condition(self, expr: t.Expr, own: bool) -> exp.Expression:
-        return _Expressions(self, own).compile(expr).v
+        return self.value(expr, own).v
+
+    def value(self, expr: t.Expr, own: bool) -> Value:
+        """The expression's SQL with its comparator, when its value may be a bound."""
+        return _Expressions(self, own).compile(expr)
 
 
 class _Expressions:
