@@ -103,21 +103,27 @@ def load_or_exit(directory: Path) -> GuidelineSet:
 def check(
     directory: Annotated[Path | None, typer.Argument(help="Guideline directory.")] = None,
 ) -> None:
-    """Validate every rule and value-set file and run every test case (exit 1 on any failure)."""
+    """Validate every rule and value-set file, run every test case, and build every guideline's
+    population queries (exit 1 on any failure)."""
     from engine.cases import run_cases
+    from engine.population.sql import sweep_problems
 
     guidelines = load_or_exit(directory or default_guidelines())
     results = run_cases(guidelines)
     failures = [failure for result in results for failure in result.failures]
     for failure in failures:
         typer.echo(str(failure), err=True)
+    unsweepable = sweep_problems(guidelines)
+    for problem in unsweepable:
+        typer.echo(problem, err=True)
     failed = sum(not r.passed for r in results)
     summary = (
         f"{len(guidelines.files)} guideline(s), {len(guidelines.valuesets)} value set(s), "
         f"{len(results)} test case(s): "
     )
-    if failed:
-        typer.echo(summary + f"{failed} failed.", err=True)
+    if failed or unsweepable:
+        cannot = f"; {len(unsweepable)} cannot be swept" if unsweepable else ""
+        typer.echo(summary + f"{failed} failed{cannot}.", err=True)
         raise typer.Exit(1)
     typer.echo(summary + "all passed.")
 

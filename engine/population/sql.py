@@ -896,6 +896,28 @@ def compile_sweep(guidelines: GuidelineSet, as_of: dt.date) -> list[tuple[int, G
     ]
 
 
+def sweep_problems(guidelines: GuidelineSet) -> list[str]:
+    """One line per guideline version the SQL engine cannot build its queries for.
+
+    Why: such a rule file loads and evaluates per patient, and then stops every sweep that
+    includes it, months later and in a quality unit's hands. The rule language's load checks
+    reject what is known not to work (see conformance/engines/test_language_agreement.py); this
+    catches whatever else the population engine lacks, when the guideline is checked."""
+    problems = []
+    for index, guideline in enumerate(guidelines.guidelines):
+        try:
+            sql = GuidelineSql(index, guideline, guideline.starts.date())
+            sql.base()
+            sql.outcomes()
+        except Exception as exc:  # any failure here is one a sweep would stop on
+            problems.append(
+                f"{guideline.file}: {guideline.id} {guideline.version}: the population engine "
+                f"cannot evaluate this guideline ({type(exc).__name__}: {exc}); a sweep that "
+                "includes it would stop"
+            )
+    return problems
+
+
 @dataclass(frozen=True, slots=True)
 class RenderedSweep:
     """One reference date's sweep as SQL text for one dialect: the steps' queries, rendered once.

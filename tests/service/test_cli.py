@@ -6,9 +6,11 @@ import gzip
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from engine.cases import case_resources
+from engine.population.sql import GuidelineSql
 from engine.population.store import write_store
 from engine.population.tables import facts_tables
 from fhir_adapter.normalise import normalise_patient
@@ -43,6 +45,24 @@ def test_check_fails_when_a_test_case_fails(guideline_dir: Path) -> None:
         "expected fact hba1c = 66, got 67 (2026-03-02, Observation/observation-1)" in result.output
     )
     assert "1 failed." in result.output
+
+
+def test_check_fails_on_a_guideline_the_population_engine_cannot_build(
+    guideline_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the SQL engine lacks is found when the guideline is checked, not in a sweep."""
+
+    def lacking(self: GuidelineSql) -> None:
+        raise TypeError("no SQL for Novelty")
+
+    monkeypatch.setattr(GuidelineSql, "outcomes", lacking)
+    result = runner.invoke(app, ["guidelines", "check", str(guideline_dir)])
+    assert result.exit_code == 1
+    assert (
+        "example.yaml: example-hba1c 1.0.0: the population engine cannot evaluate this guideline "
+        "(TypeError: no SQL for Novelty); a sweep that includes it would stop"
+    ) in result.output
+    assert "1 test case(s): 0 failed; 1 cannot be swept." in result.output
 
 
 def test_schema_is_json_schema() -> None:
