@@ -686,6 +686,7 @@ def sweep(
 
     from engine.population.duckdb_engine import configure, sweep_tables
     from engine.population.run import run_sweep
+    from engine.population.sql import UnsweepableGuidelineError
     from engine.population.store import StoreError, clusters_of, load_store
     from service.feedback import FeedbackStore
     from service.progress import Bars, wanted
@@ -716,20 +717,23 @@ def sweep(
         steps = sweep_tables
         if engine is SweepEngine.spark:
             steps = _spark_steps(stack, store, guidelines, Path(spill), spark_memory)
-        manifest = run_sweep(
-            con,
-            guidelines,
-            sorted(d.date() for d in as_of),
-            out,
-            mapping,
-            suppress_below,
-            exceptions,
-            snapshot=snapshot,
-            language=language.value,
-            progress=bars,
-            sql_steps=steps,
-            engine=engine.value,
-        )
+        try:
+            manifest = run_sweep(
+                con,
+                guidelines,
+                sorted(d.date() for d in as_of),
+                out,
+                mapping,
+                suppress_below,
+                exceptions,
+                snapshot=snapshot,
+                language=language.value,
+                progress=bars,
+                sql_steps=steps,
+                engine=engine.value,
+            )
+        except UnsweepableGuidelineError as exc:
+            raise fail(f"{exc}; run vejviser guidelines check on the directory") from None
     if manifest.engine != engine:
         typer.echo(f"(published before, by {manifest.engine}: the same inputs give the same run)")
     typer.echo(f"published {manifest.directory}")

@@ -14,9 +14,10 @@ shared targets).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlglot.expressions as exp
@@ -889,11 +890,32 @@ def winners(guidelines: list[tuple[int, t.CompiledGuideline]]) -> exp.Expression
     )
 
 
+class UnsweepableGuidelineError(ValueError):
+    """The SQL engine cannot build a guideline's queries; the message names its file."""
+
+
+@contextlib.contextmanager
+def _building(guideline: t.CompiledGuideline) -> Iterator[None]:
+    """Any failure to build a guideline's SQL, as the error a sweep or a check reports."""
+    try:
+        yield
+    except UnsweepableGuidelineError:
+        raise
+    except Exception as exc:  # whatever the population engine lacks for this rule file
+        raise UnsweepableGuidelineError(
+            f"{guideline.file}: {guideline.id} {guideline.version}: the population engine "
+            f"cannot evaluate this guideline ({type(exc).__name__}: {exc}); a sweep that "
+            "includes it would stop"
+        ) from exc
+
+
 def compile_sweep(guidelines: GuidelineSet, as_of: dt.date) -> list[tuple[int, GuidelineSql]]:
     """The guidelines in force on the date, numbered for table names."""
-    return [
-        (index, GuidelineSql(index, g, as_of)) for index, g in enumerate(guidelines.in_force(as_of))
-    ]
+    compiled = []
+    for index, guideline in enumerate(guidelines.in_force(as_of)):
+        with _building(guideline):
+            compiled.append((index, GuidelineSql(index, guideline, as_of)))
+    return compiled
 
 
 def sweep_problems(guidelines: GuidelineSet) -> list[str]:
@@ -906,15 +928,12 @@ def sweep_problems(guidelines: GuidelineSet) -> list[str]:
     problems = []
     for index, guideline in enumerate(guidelines.guidelines):
         try:
-            sql = GuidelineSql(index, guideline, guideline.starts.date())
-            sql.base()
-            sql.outcomes()
-        except Exception as exc:  # any failure here is one a sweep would stop on
-            problems.append(
-                f"{guideline.file}: {guideline.id} {guideline.version}: the population engine "
-                f"cannot evaluate this guideline ({type(exc).__name__}: {exc}); a sweep that "
-                "includes it would stop"
-            )
+            with _building(guideline):
+                sql = GuidelineSql(index, guideline, guideline.starts.date())
+                sql.base()
+                sql.outcomes()
+        except UnsweepableGuidelineError as exc:
+            problems.append(str(exc))
     return problems
 
 
@@ -972,11 +991,15 @@ def rendered_sweep(guidelines: GuidelineSet, as_of: dt.date, dialect: str) -> Re
     if found is not None:
         return found
     compiled = tuple(compile_sweep(guidelines, as_of))
-    bases = [sql.base() for _, sql in compiled]
+    bases, outcomes = [], []
+    for _, sql in compiled:
+        with _building(sql.g):
+            bases.append(sql.base())
+            outcomes.append(sql.outcomes().sql(dialect))
     found = RenderedSweep(
         compiled,
         winners([(i, s.g) for i, s in compiled]).sql(dialect),
-        tuple(sql.outcomes().sql(dialect) for _, sql in compiled),
+        tuple(outcomes),
         tuple(_split_ctes(base, dialect) for base in bases),
     )
     if len(_RENDERED) >= _RENDERED_MAX:

@@ -273,6 +273,27 @@ def test_sweep_bounds_duckdb_and_shows_no_bars_off_a_terminal(
     assert heap.exit_code == 2 and "not a JVM heap size" in heap.output
 
 
+def test_a_sweep_stops_with_the_file_the_population_engine_cannot_build(
+    tmp_path: Path, guideline_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same words as the check, before anything is published; not a traceback."""
+
+    def lacking(self: GuidelineSql) -> None:
+        raise TypeError("no SQL for Novelty")
+
+    monkeypatch.setattr(GuidelineSql, "outcomes", lacking)
+    write_patient_store(tmp_path / "store", DIABETIC)
+    args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", "2031-01-07"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "out"), "-g", str(guideline_dir)])
+    assert result.exit_code == 2
+    assert (
+        "the population engine cannot evaluate this guideline (TypeError: no SQL for Novelty)"
+        in (result.output)
+    )
+    assert "run vejviser guidelines check on the directory" in result.output
+    assert not list((tmp_path / "out").glob("*/2031-01-07/lists/*.csv"))
+
+
 def test_compare_two_published_sweeps(tmp_path: Path, guideline_dir: Path) -> None:
     write_patient_store(tmp_path / "store", DIABETIC)
     runs = []
