@@ -61,6 +61,10 @@ def render(value: object, type_: ty.Type, language: str) -> str:
         return value.isoformat()
     if isinstance(value, Text):
         return value.in_language(language)
+    if isinstance(type_, ty.Scalar) and type_.words:
+        for code, da, en in type_.words:
+            if value == code:
+                return en if language == "en" else da
     return str(value)
 
 

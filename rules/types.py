@@ -9,10 +9,14 @@ FHIR_ID_LENGTH = 64  # FHIR ids are at most 64 characters
 
 @dataclass(frozen=True, slots=True)
 class Scalar:
-    """bool, number, date or string; ``width`` bounds a string's rendered length (None: unknown)."""
+    """bool, number, date or string; ``width`` bounds a string's rendered length (None: unknown).
+
+    ``words``: (code, Danish, English) for a string whose values are codes a reader should see
+    in words (sex: 'female' is 'kvinde' on a Danish card); it compares as any string."""
 
     kind: str
     width: int | None = field(default=None, compare=False)
+    words: tuple[tuple[str, str, str], ...] = field(default=(), compare=False)
 
     def __str__(self) -> str:
         return self.kind
@@ -48,7 +52,16 @@ BOOL = Scalar("bool")
 NUMBER = Scalar("number")
 DATE = Scalar("date")
 STRING = Scalar("string")
-SEX = Scalar("string", width=len("unknown"))
+SEX = Scalar(
+    "string",
+    width=len("unknown"),
+    words=(
+        ("male", "mand", "male"),
+        ("female", "kvinde", "female"),
+        ("other", "andet", "other"),
+        ("unknown", "ukendt", "unknown"),
+    ),
+)  # FHIR administrative gender
 RESOURCE = Scalar("string", width=len("MedicationStatement/") + FHIR_ID_LENGTH)
 TARGET_SOURCE = Scalar("string", width=len("default"))
 

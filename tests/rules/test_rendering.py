@@ -41,3 +41,16 @@ def test_the_width_bounds_the_longest_observation() -> None:
     for language in ("da", "en"):
         assert len(render(longest, EGFR, language)) <= (width(EGFR) or 0)
     assert width(EGFR) == (width(ty.Quantity("mL/min/1.73m2")) or 0) + len(" (2026-03-02)")
+
+
+def test_sex_reads_in_words_in_the_card_language() -> None:
+    """The FHIR code in an English card; 'female' in a Danish sentence is not Danish."""
+    assert [render(code, ty.SEX, "da") for code in ("female", "male", "other", "unknown")] == [
+        "kvinde",
+        "mand",
+        "andet",
+        "ukendt",
+    ]
+    assert render("female", ty.SEX, "en") == "female"
+    assert render("female", ty.STRING, "da") == "female"  # any other text as it is
+    assert ty.SEX == ty.STRING  # and it compares as text: sex = 'female'
