@@ -630,6 +630,10 @@ class _Expressions:
 
     def compile(self, expr: t.Expr) -> Value:
         if isinstance(expr, t.Literal):
+            if isinstance(expr.value, float):
+                # a DOUBLE, as the per-patient engine's float: both dialects read 58.0 as a
+                # DECIMAL, which shows as '58.0' on a list and makes 0.1 + 0.2 = 0.3 true
+                return Value(exp.cast(lit(expr.value), "DOUBLE"))
             return Value(lit(expr.value))
         if isinstance(expr, t.Ref):
             return self._ref(expr)
