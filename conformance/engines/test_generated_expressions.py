@@ -11,20 +11,14 @@ as '58.0': SQL read the literal as a DECIMAL, not as the per-patient engine's fl
 from __future__ import annotations
 
 import shutil
-from functools import cache
 from pathlib import Path
 
-import duckdb
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conformance.engines.test_agreement import AS_OF, on_duckdb, per_patient, population
-from engine.patient import PatientEngine
-from engine.population.duckdb_engine import load_tables, sweep
-from engine.population.run import list_reasons
-from engine.population.tables import facts_tables
-from fhir_adapter.records import PatientRecord
+from conformance.engines.test_agreement import AS_OF, on_duckdb, per_patient
+from conformance.engines.test_language_agreement import patients, summaries
 from rules.guideline_set import load_guidelines
 
 HERE = Path(__file__).parent
@@ -90,11 +84,6 @@ def expression(kind: str, depth: int) -> st.SearchStrategy[str]:
     )
 
 
-@cache
-def patients() -> list[PatientRecord]:
-    return population(300, seed=7)
-
-
 def rule_file(conditions: list[str], inserts: list[str]) -> str:
     """language.yaml's facts, targets and indicator, with generated recommendations."""
     text = (HERE / "language" / "language.yaml").read_text(encoding="utf-8")
@@ -134,16 +123,5 @@ def test_engines_agree_on_generated_conditions_and_inserts(
     guidelines = load_guidelines(directory)
     expected = per_patient(guidelines, patients(), AS_OF)
     assert on_duckdb(guidelines, patients(), AS_OF) == expected
-    engine = PatientEngine(guidelines)
-    cards = {
-        (patient.id, outcome.guideline, rec.id): rec.summary.da
-        for patient in patients()
-        for outcome in engine.evaluate(patient, AS_OF)
-        for rec in outcome.recommendations
-        if rec.id.startswith("s")
-    }
-    with duckdb.connect() as con:
-        load_tables(con, facts_tables(patients()), guidelines)
-        reasons = list_reasons(con, guidelines, AS_OF, list(sweep(con, guidelines, AS_OF)), "da")
-    listed = {key: reason.text for key, reason in reasons.items() if key[2].startswith("s")}
+    cards, listed = summaries(guidelines, "da", "s")
     assert listed == cards

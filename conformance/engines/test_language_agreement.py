@@ -76,23 +76,32 @@ def test_every_condition_agrees_and_fires_as_meant(language: GuidelineSet) -> No
     }
 
 
-@pytest.mark.parametrize("language_code", ["da", "en"])
-def test_every_insert_reads_the_same_on_the_list_and_the_card(
-    language: GuidelineSet, language_code: str
-) -> None:
-    engine = PatientEngine(language)
+def summaries(
+    guidelines: GuidelineSet, language_code: str, prefix: str
+) -> tuple[dict[tuple[str, str, str], str], dict[tuple[str, str, str], str]]:
+    """(card summaries, list reasons) of the recommendations whose id starts with ``prefix``,
+    keyed by (patient, guideline, recommendation)."""
+    engine = PatientEngine(guidelines)
     cards = {
         (patient.id, outcome.guideline, rec.id): getattr(rec.summary, language_code)
         for patient in patients()
         for outcome in engine.evaluate(patient, AS_OF)
         for rec in outcome.recommendations
-        if rec.id.startswith("show-")
+        if rec.id.startswith(prefix)
     }
     with duckdb.connect() as con:
-        load_tables(con, facts_tables(patients()), language)
-        outcomes = list(sweep(con, language, AS_OF))
-        reasons = list_reasons(con, language, AS_OF, outcomes, language_code)
-    listed = {key: reason.text for key, reason in reasons.items() if key[2].startswith("show-")}
+        load_tables(con, facts_tables(patients()), guidelines)
+        outcomes = list(sweep(con, guidelines, AS_OF))
+        reasons = list_reasons(con, guidelines, AS_OF, outcomes, language_code)
+    listed = {key: reason.text for key, reason in reasons.items() if key[2].startswith(prefix)}
+    return cards, listed
+
+
+@pytest.mark.parametrize("language_code", ["da", "en"])
+def test_every_insert_reads_the_same_on_the_list_and_the_card(
+    language: GuidelineSet, language_code: str
+) -> None:
+    cards, listed = summaries(language, language_code, "show-")
     differences = [
         (key, cards[key], listed.get(key)) for key in cards if cards[key] != listed.get(key)
     ]
