@@ -130,8 +130,18 @@ def _syntax_error(text: str, exc: UnexpectedInput) -> ExpressionError:
         hint = " (texts and units are written in single quotes)" if char == '"' else ""
         return ExpressionError(f"unexpected character {char!r}{hint}", column)
     if isinstance(exc, UnexpectedToken):
+        before = text[: exc.token.start_pos].rstrip()
+        if exc.token.type == "NAME" and before.endswith(" not"):
+            return ExpressionError(_NOT_INSIDE, len(before) - len("not") + 1)
         return ExpressionError(f"unexpected {exc.token.value!r} here", column)
     return ExpressionError("this is not a valid expression", column)
+
+
+# 'not' binds more loosely than '=', '<' and arithmetic: 'frail != not ihd' has no meaning
+_NOT_INSIDE = (
+    "'not' applies to a whole condition, not to one side of a comparison or a sum: "
+    "put it in parentheses, e.g. frail != (not ihd)"
+)
 
 
 def _describe(expr: t.Expr) -> str:
@@ -222,6 +232,8 @@ class _Checker:
 
     def _call(self, node: Tree) -> t.Expr:
         name, *arg_nodes = node.children
+        if str(name) == "not":  # 'frail != not (ihd)' reads as a call of a function 'not'
+            raise ExpressionError(_NOT_INSIDE, _column(name))
         if str(name) not in FUNCTIONS:
             known = ", ".join(FUNCTIONS)
             raise ExpressionError(f"unknown function '{name}' (known: {known})", _column(name))

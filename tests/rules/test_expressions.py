@@ -91,3 +91,16 @@ def test_a_condition_cannot_read_a_target_reason(text: str, column: int) -> None
     )
     assert caught.value.column == column
     assert parse("goal.reason", scope).type == ty.Scalar("string")  # a template may show it
+
+
+@pytest.mark.parametrize(
+    ("text", "column"), [("frail != not ihd", 10), ("age > not (1)", 7), ("ihd = not(ihd)", 7)]
+)
+def test_not_inside_a_comparison_says_where_it_belongs(text: str, column: int) -> None:
+    """'not' binds more loosely than '=': the parser read it as a name or a function."""
+    scope = {**SCOPE, "frail": ty.BOOL}
+    with pytest.raises(ExpressionError) as caught:
+        parse_condition(text, scope)
+    assert caught.value.message.startswith("'not' applies to a whole condition")
+    assert caught.value.column == column
+    assert parse_condition("frail != (not ihd)", scope).type == ty.BOOL
