@@ -2,9 +2,10 @@
 
 ``language/language.yaml`` names each feature once; here Hypothesis combines them: well-typed
 conditions and inserts of random shape over the same facts (arithmetic on bounds and missing
-values, comparisons of every type, nested logic, constants), 30 conditions and 10 inserts to a
-rule file. Both engines must fire the same recommendations for every patient, and a list must
-read as the card. Its first runs found constant inserts ('{58 'mmol/mol'}') that a list showed
+values, comparisons of every type, nested logic, constants), 30 conditions, 10 inserts and 5
+indicators (denominator, numerator, exceptions) to a rule file. Both engines must fire the same
+recommendations and give the same indicator memberships for every patient, and a list must read
+as the card. Its first runs found constant inserts ('{58 'mmol/mol'}') that a list showed
 as '58.0': SQL read the literal as a DECIMAL, not as the per-patient engine's float.
 """
 
@@ -84,11 +85,13 @@ def expression(kind: str, depth: int) -> st.SearchStrategy[str]:
     )
 
 
-def rule_file(conditions: list[str], inserts: list[str]) -> str:
-    """language.yaml's facts, targets and indicator, with generated recommendations."""
+Indicator = tuple[str, str, str]  # denominator, numerator, exceptions
+
+
+def rule_file(conditions: list[str], inserts: list[str], indicators: list[Indicator]) -> str:
+    """language.yaml's facts and targets, with generated recommendations and indicators."""
     text = (HERE / "language" / "language.yaml").read_text(encoding="utf-8")
-    head, rest = text.split("\nrecommendations:\n")
-    indicators = rest[rest.index("indicators:\n") :]
+    head = text.split("\nrecommendations:\n")[0]
     lines = [
         f'  - {{id: c{i}, when: "{c}", indicator: info, summary: {{da: c, en: c}}}}'
         for i, c in enumerate(conditions)
@@ -97,7 +100,13 @@ def rule_file(conditions: list[str], inserts: list[str]) -> str:
         f'  - {{id: s{i}, when: "true", indicator: info, summary: {{da: "{{{e}}}", en: "{{{e}}}"}}}}'
         for i, e in enumerate(inserts)
     ]
-    return head + "\nrecommendations:\n" + "\n".join(lines) + "\n" + indicators
+    lines.append("indicators:")
+    lines += [
+        f'  - {{id: i{i}, title: {{da: i, en: i}}, denominator: "{d}", numerator: "{n}", '
+        f'exceptions: "{x}"}}'
+        for i, (d, n, x) in enumerate(indicators)
+    ]
+    return head + "\nrecommendations:\n" + "\n".join(lines) + "\n"
 
 
 @settings(
@@ -113,13 +122,22 @@ def rule_file(conditions: list[str], inserts: list[str]) -> str:
         min_size=10,
         max_size=10,
     ),
+    indicators=st.lists(
+        st.tuples(expression("bool", 2), expression("bool", 2), expression("bool", 1)),
+        min_size=5,
+        max_size=5,
+    ),
 )
 def test_engines_agree_on_generated_conditions_and_inserts(
-    tmp_path_factory: pytest.TempPathFactory, conditions: list[str], inserts: list[str]
+    tmp_path_factory: pytest.TempPathFactory,
+    conditions: list[str],
+    inserts: list[str],
+    indicators: list[Indicator],
 ) -> None:
     directory = tmp_path_factory.mktemp("generated")
     shutil.copytree(VALUESETS, directory / "valuesets")
-    (directory / "generated.yaml").write_text(rule_file(conditions, inserts), encoding="utf-8")
+    rules = rule_file(conditions, inserts, indicators)
+    (directory / "generated.yaml").write_text(rules, encoding="utf-8")
     guidelines = load_guidelines(directory)
     expected = per_patient(guidelines, patients(), AS_OF)
     assert on_duckdb(guidelines, patients(), AS_OF) == expected
