@@ -31,6 +31,14 @@ from fhir_adapter.normalise import FhirInputError, read_resources
 
 SUFFIXES = (".json", ".json.gz")
 GZIP_MAGIC = b"\x1f\x8b"
+GZIP_ERRORS = (OSError, EOFError, zlib.error)  # what decompressing a damaged gzip file raises
+
+
+def unreadable_gzip(exc: BaseException) -> str:
+    """What is wrong with a gzip file that cannot be decompressed to the end."""
+    return f"not a readable gzip file ({exc})"
+
+
 _TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
 UNKNOWN_TYPE = "unknown"  # the file for entries that are not a resource with a resourceType
 
@@ -71,8 +79,8 @@ def file_bytes(path: Path) -> bytes:
         return data
     try:
         return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise FhirInputError(f"not a readable gzip file ({exc})") from None
+    except GZIP_ERRORS as exc:
+        raise FhirInputError(unreadable_gzip(exc)) from None
 
 
 def bundle_resources(path: Path) -> Iterator[Any]:

@@ -42,7 +42,6 @@ import multiprocessing.context
 import os
 import shutil
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -68,7 +67,7 @@ from engine.population.chunks import (
 )
 from engine.population.store import FACT_TABLES, MANIFEST, StoreError
 from engine.population.tables import SCHEMAS
-from fhir_adapter.bundles import GZIP_MAGIC
+from fhir_adapter.bundles import GZIP_ERRORS, GZIP_MAGIC, unreadable_gzip
 from fhir_adapter.normalise import (
     YDERNUMMER,
     FhirInputError,
@@ -185,8 +184,8 @@ def inflated(path: Path, target: Path) -> Path:
     try:
         with gzip.open(path, "rb") as packed, target.open("wb") as out:
             shutil.copyfileobj(packed, out, 1 << 20)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise FhirInputError(f"{path.name}: not a readable gzip file ({exc})") from None
+    except GZIP_ERRORS as exc:
+        raise FhirInputError(f"{path.name}: {unreadable_gzip(exc)}") from None
     return target
 
 

@@ -903,8 +903,6 @@ def _building(guideline: t.CompiledGuideline) -> Iterator[None]:
     """Any failure to build a guideline's SQL, as the error a sweep or a check reports."""
     try:
         yield
-    except UnsweepableGuidelineError:
-        raise
     except Exception as exc:  # whatever the population engine lacks for this rule file
         raise UnsweepableGuidelineError(
             f"{guideline.file}: {guideline.id} {guideline.version}: the population engine "
