@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -39,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as ``python benchmarks/bench_ingest.py``
     sys.path.insert(0, str(ROOT))
+
+from benchmarks import machine as host  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- bench_ingest:begin -->"
@@ -122,24 +123,8 @@ def run_once(source: Path, scratch: Path, patients: int, workers: int, chunk_mb:
 
 
 def machine(load_before: float, load_after: float) -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = ""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                memory = f", {int(line.split()[1]) / 1024 / 1024:.0f} GB RAM"
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0))
     return (
-        f"{cores} cores (nproc), {model}{memory}, Python {platform.python_version()}; "
+        f"{host.machine(memory=True, load=False)}; "
         f"load average {load_before:.2f} before, {load_after:.2f} after"
     )
 

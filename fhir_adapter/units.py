@@ -174,6 +174,7 @@ def conversion(
         return None, spelled
     convert = _CONVERSIONS.get((key, spelled))
     if convert is None:
-        shown = unit if len(unit) <= 40 else unit[:40] + "..."  # type: ignore[arg-type]
+        given = unit or ""  # not empty: it spelled a unit
+        shown = given if len(given) <= 40 else given[:40] + "..."
         raise UnitError(f"{analyte.name} unit {shown!r} cannot be converted to {analyte.unit}")
     return convert, analyte.unit
