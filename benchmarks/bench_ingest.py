@@ -41,7 +41,6 @@ if __package__ in (None, ""):  # run as ``python benchmarks/bench_ingest.py``
 
 from benchmarks import machine as host  # noqa: E402
 
-DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- bench_ingest:begin -->"
 END = "<!-- bench_ingest:end -->"
 GOAL = 100_000  # resources/s
@@ -220,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data", type=Path, help="reuse (or keep) the populations here, one folder per size"
     )
     parser.add_argument("--quick", action="store_true", help="2,000 patients, 1 run, no docs")
-    parser.add_argument("--docs", type=Path, default=DOCS)
+    parser.add_argument("--docs", type=Path, default=host.DOCS)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     sizes = [2_000] if args.quick else [int(n) for n in args.patients.split(",")]
