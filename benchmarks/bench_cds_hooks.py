@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as ``python benchmarks/bench_cds_hooks.py``
     sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
+import httpx2  # noqa: E402
 import orjson  # noqa: E402
 
 from benchmarks import machine as host  # noqa: E402
@@ -235,11 +235,11 @@ class VejviserServer:
                 stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + START_TIMEOUT
-        with httpx.Client(timeout=1.0) as client:
+        with httpx2.Client(timeout=1.0) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"vejviser exited during start-up:\n{self.log_tail()}")
-                with contextlib.suppress(httpx.TransportError):
+                with contextlib.suppress(httpx2.TransportError):
                     if client.get(f"{self.base_url}/health").status_code == 200:
                         return
                 time.sleep(0.05)
@@ -355,7 +355,7 @@ def call_once(base_url: str, body: bytes) -> int:
     """Send the case once and return its number of cards; fails loudly on anything but 200,
     so a broken prefetch is not benchmarked as a fast 4xx."""
     content = body.replace(PLACEHOLDER.encode(), str(uuid.uuid4()).encode())
-    response = httpx.post(
+    response = httpx2.post(
         f"{base_url}/cds-services/{SERVICE_ID}",
         content=content,
         headers={"Content-Type": "application/json"},
@@ -426,7 +426,7 @@ def run_load(
 
 def discovery_keys(base_url: str) -> dict[str, str]:
     """The patient-view service's prefetch keys, as the running service advertises them."""
-    services = httpx.get(f"{base_url}/cds-services", timeout=10.0).json()["services"]
+    services = httpx2.get(f"{base_url}/cds-services", timeout=10.0).json()["services"]
     return next(s for s in services if s["id"] == SERVICE_ID)["prefetch"]
 
 
@@ -475,7 +475,7 @@ def probe_fhir(fhir_base: str, keys: dict[str, str], patient_id: str) -> list[st
     queries = {key: query.replace(PATIENT_TOKEN, patient_id) for key, query in keys.items()}
     queries["$everything"] = f"Patient/{patient_id}/$everything"
     timings, refused = [], []
-    with httpx.Client(timeout=60.0, headers=headers) as client:
+    with httpx2.Client(timeout=60.0, headers=headers) as client:
         for key, query in queries.items():
             started = time.perf_counter()
             status = client.get(f"{fhir_base}/{query}").status_code
@@ -645,7 +645,7 @@ def profile_server(workdir: Path, size: int, seconds: float, as_of: date) -> Pro
     """
     target = workdir / "server.prof"
     server = VejviserServer(workdir, profile_to=target)
-    with running(server), httpx.Client(timeout=30.0) as client:
+    with running(server), httpx2.Client(timeout=30.0) as client:
         (case,) = full_prefetch_cases(server.base_url, [size], as_of)
         url = f"{server.base_url}/cds-services/{SERVICE_ID}"
         headers = {"Content-Type": "application/json"}
@@ -909,7 +909,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         server = VejviserServer(workdir)
         with running(server):
-            in_force = httpx.get(f"{server.base_url}/ready", timeout=10).json()[
+            in_force = httpx2.get(f"{server.base_url}/ready", timeout=10).json()[
                 "guidelines_in_force"
             ]
             cases = full_prefetch_cases(server.base_url, SIZES, as_of)

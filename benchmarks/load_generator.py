@@ -6,7 +6,7 @@ than about the service. Why closed loop: ``concurrency`` workers each send the n
 soon as the previous answer is in, which is how a pool of EHR sessions behaves and gives latency
 and throughput from the same run.
 
-Each worker keeps its own connection (httpx pool of ``concurrency`` keep-alive connections), so
+Each worker keeps its own connection (httpx2 pool of ``concurrency`` keep-alive connections), so
 no time goes to TCP handshakes. Latency is measured per request on this side with
 ``time.perf_counter_ns`` from just before sending to the end of reading the body. Requests that
 complete in the measurement window (after the warm-up) count; throughput is that count divided by
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from time import perf_counter_ns
 
-import httpx
+import httpx2
 import orjson
 
 _CLIENT, _MACHINE = "\0client", "\0machine"  # snapshot keys that no --watch name can be
@@ -109,7 +109,7 @@ async def run(
     head, tail = split_template(body)
     watch = watch or {}
     result = LoadResult()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     send_headers = {"Content-Type": "application/json", **(headers or {})}
     start = perf_counter_ns()
     window_start = start + int(warmup * 1e9)
@@ -126,14 +126,14 @@ async def run(
         await asyncio.sleep(max(0.0, (moment_ns - perf_counter_ns()) / 1e9))
         cpu[name] = cpu_snapshot()
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: httpx2.AsyncClient) -> None:
         while perf_counter_ns() < window_end:
             content = head + str(uuid.uuid4()).encode() + tail
             sent = perf_counter_ns()
             try:
                 response = await client.post(url, content=content, headers=send_headers)
                 await response.aread()
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 done = perf_counter_ns()
                 if window_start <= done <= window_end:
                     result.failures += 1
@@ -147,7 +147,7 @@ async def run(
                 if response.status_code != 200 and result.first_error is None:
                     result.first_error = f"HTTP {key}: {response.text[:300]}"
 
-    async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
+    async with httpx2.AsyncClient(limits=limits, timeout=60.0) as client:
         # CPU is read at the window's edges exactly, not when the last answer arrives: under
         # heavy load that can be long after the window closed.
         timers = [snapshot_at(window_start, "start"), snapshot_at(window_end, "end")]

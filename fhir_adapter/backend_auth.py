@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
+import httpx2
 import jwt
 import orjson
 from cryptography.hazmat.primitives import serialization
@@ -214,7 +214,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def discover_token_endpoint(
-    client: httpx.Client,
+    client: httpx2.Client,
     fhir_base_url: str,
     *,
     algorithm: Algorithm | None = None,
@@ -270,14 +270,14 @@ class BackendServicesAuth:
     """Access tokens for one registered backend client, cached until shortly before expiry.
 
     Thread-safe: one instance can serve several exports; only one token request runs at a time.
-    The caller owns the ``httpx.Client`` (TLS settings, proxies, closing it). ``clock`` (a
+    The caller owns the ``httpx2.Client`` (TLS settings, proxies, closing it). ``clock`` (a
     monotonic clock, for the cache) and ``wall_clock`` (Unix time, for ``exp``) are injectable
     for tests.
     """
 
     def __init__(
         self,
-        client: httpx.Client,
+        client: httpx2.Client,
         *,
         fhir_base_url: str,
         client_id: str,
@@ -430,7 +430,7 @@ class BackendServicesAuth:
         return token
 
 
-def _raise_token_error(response: httpx.Response, assertion: str) -> None:
+def _raise_token_error(response: httpx2.Response, assertion: str) -> None:
     """Map a refused token request to a typed error with the OAuth error code."""
     status = response.status_code
     error: str | None = None
@@ -471,12 +471,12 @@ def _raise_token_error(response: httpx.Response, assertion: str) -> None:
 
 def _http_url(
     value: str, what: str, error: Callable[[str], Exception] = BackendAuthUnavailable
-) -> httpx.URL:
+) -> httpx2.URL:
     """An absolute http(s) URL; ``error`` makes the exception (ValueError for our own settings,
     BackendAuthUnavailable for what a server told us)."""
     try:
-        url = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError):
+        url = httpx2.URL(value)
+    except (httpx2.InvalidURL, TypeError):
         raise error(f"{what} is not a valid URL.") from None
     if url.scheme not in _DEFAULT_PORTS or not url.host or url.fragment:
         raise error(f"{what} is not an absolute http(s) URL.")
@@ -484,7 +484,7 @@ def _http_url(
 
 
 def _send(
-    client: httpx.Client,
+    client: httpx2.Client,
     method: str,
     url: str,
     what: str,
@@ -492,7 +492,7 @@ def _send(
     *,
     headers: dict[str, str],
     data: dict[str, str] | None = None,
-) -> httpx.Response:
+) -> httpx2.Response:
     """One request; redirects are not followed (a redirected POST would carry the assertion)."""
     try:
         response = client.request(
@@ -503,9 +503,9 @@ def _send(
             timeout=timeout,
             follow_redirects=False,
         )
-    except httpx.TimeoutException:
+    except httpx2.TimeoutException:
         raise BackendAuthTimeout(f"The authorisation server did not answer the {what}.") from None
-    except httpx.TransportError as exc:
+    except httpx2.TransportError as exc:
         raise BackendAuthUnavailable(
             f"The authorisation server could not be reached for the {what} ({type(exc).__name__})."
         ) from None

@@ -55,7 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import httpx
+import httpx2
 import orjson
 
 from fhir_adapter.rest import (
@@ -367,7 +367,7 @@ def _read_ndjson(path: Path) -> Iterator[dict[str, Any]]:
 
 
 class BulkExportClient:
-    """Bulk ``$export`` against one FHIR server, over a caller-owned ``httpx.Client``.
+    """Bulk ``$export`` against one FHIR server, over a caller-owned ``httpx2.Client``.
 
     The caller owns the client (TLS, proxies, connection limits, closing it). ``auth`` supplies
     bearer tokens (SMART Backend Services); without it no Authorization header is sent. Every
@@ -378,7 +378,7 @@ class BulkExportClient:
 
     def __init__(
         self,
-        client: httpx.Client,
+        client: httpx2.Client,
         base_url: str,
         *,
         auth: TokenSource | None = None,
@@ -536,8 +536,8 @@ class BulkExportClient:
                 f"The FHIR server's answer to the {what} has no Content-Location."
             )
         try:
-            status_url = httpx.URL(url).join(location)
-        except httpx.InvalidURL:
+            status_url = httpx2.URL(url).join(location)
+        except httpx2.InvalidURL:
             raise FhirUnavailable(f"The Content-Location of the {what} is not a URL.") from None
         self._check_origin(status_url, "status URL")
         log.info("Bulk export: %s accepted", what)
@@ -555,7 +555,7 @@ class BulkExportClient:
         Without Retry-After the interval starts at ``poll_interval`` and grows by half each
         time up to ``max_poll_interval``. At most ``max_polls`` requests are made.
         """
-        self._check_origin(httpx.URL(status_url), "status URL")
+        self._check_origin(httpx2.URL(status_url), "status URL")
         what = "export status request"
         interval = self._poll_interval
         retries = 0
@@ -672,7 +672,7 @@ class BulkExportClient:
 
     def delete(self, status_url: str, *, deadline: float) -> None:
         """Delete the job (cancel it, or let the server free its files); gone already is fine."""
-        self._check_origin(httpx.URL(status_url), "status URL")
+        self._check_origin(httpx2.URL(status_url), "status URL")
         what = "export delete request"
         status, _, body = self._exchange(
             "DELETE",
@@ -782,7 +782,7 @@ class BulkExportClient:
             raise _Interrupted(f"{size} of {expected} bytes")
 
     def _write_body(
-        self, response: httpx.Response, part: Path, mode: str, what: str, deadline: float
+        self, response: httpx2.Response, part: Path, mode: str, what: str, deadline: float
     ) -> None:
         """Stream the body to disk chunk by chunk; what arrived stays on disk for a resume."""
         with part.open(mode) as out:
@@ -794,9 +794,9 @@ class BulkExportClient:
                             "kept and a re-run resumes it."
                         )
                     out.write(chunk)
-            except httpx.TransportError as exc:
+            except httpx2.TransportError as exc:
                 raise _Interrupted(_transport_reason(exc)) from None
-            except httpx.DecodingError:  # a compressed body cut mid-stream
+            except httpx2.DecodingError:  # a compressed body cut mid-stream
                 raise _Interrupted("undecodable body") from None
             finally:
                 out.flush()
@@ -805,7 +805,7 @@ class BulkExportClient:
     def _file_url(self, value: str, label: str, *, send_token: bool) -> str:
         try:
             url = self._base_url.join(value)
-        except httpx.InvalidURL:
+        except httpx2.InvalidURL:
             raise DownloadFailed(f"The manifest's URL for the {label} is not a URL.") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise DownloadFailed(f"The manifest's URL for the {label} is not an http(s) URL.")
@@ -831,7 +831,7 @@ class BulkExportClient:
         what: str,
         send_token: bool,
         params: dict[str, str] | None = None,
-    ) -> Iterator[httpx.Response]:
+    ) -> Iterator[httpx2.Response]:
         """A streamed response; on 401 the token is renewed once (it may have expired mid-export)."""
         for attempt in range(2):
             sent = dict(headers)
@@ -853,16 +853,16 @@ class BulkExportClient:
                         continue
                     yield response
                     return
-            except httpx.TimeoutException:
+            except httpx2.TimeoutException:
                 raise FhirTimeout(
                     f"The FHIR server did not answer the {what} within the time budget."
                 ) from None
-            except httpx.TransportError as exc:
+            except httpx2.TransportError as exc:
                 raise _TransportFailure(
                     f"The FHIR server could not be reached for the {what} "
                     f"({_transport_reason(exc)})."
                 ) from None
-            except httpx.InvalidURL:
+            except httpx2.InvalidURL:
                 raise FhirUnavailable(f"The URL for the {what} is not usable.") from None
 
     def _exchange(
@@ -874,7 +874,7 @@ class BulkExportClient:
         deadline: float,
         what: str,
         params: dict[str, str] | None = None,
-    ) -> tuple[int, httpx.Headers, bytes]:
+    ) -> tuple[int, httpx2.Headers, bytes]:
         """A small JSON request/response (kick-off, status, delete) with a capped body."""
         with self._open(
             method,
@@ -898,11 +898,11 @@ class BulkExportClient:
             raise FhirUnauthorized("The access token is not a valid bearer token; not sent.")
         return token
 
-    def _timeout(self, deadline: float, what: str) -> httpx.Timeout:
+    def _timeout(self, deadline: float, what: str) -> httpx2.Timeout:
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise FhirTimeout(f"The time budget ran out before the {what}.")
-        return httpx.Timeout(min(self._request_timeout, remaining))
+        return httpx2.Timeout(min(self._request_timeout, remaining))
 
     def _pause(self, delay: float, deadline: float, what: str, *, status_url: str | None) -> None:
         """Wait ``delay`` (at least ``min_poll_interval``) unless that would pass the deadline.
@@ -921,7 +921,7 @@ class BulkExportClient:
             raise FhirTimeout(f"{message}.")
         self._sleep(delay)
 
-    def _retry_after(self, headers: httpx.Headers) -> float | None:
+    def _retry_after(self, headers: httpx2.Headers) -> float | None:
         """Seconds from a Retry-After header: delay-seconds or an HTTP date (RFC 9110)."""
         value = (headers.get("Retry-After") or "").strip()
         if not value:
@@ -938,7 +938,7 @@ class BulkExportClient:
 
     def _check_origin(
         self,
-        url: httpx.URL,
+        url: httpx2.URL,
         what: str,
         error: Callable[[str], FhirError] = FhirUnavailable,
     ) -> None:
@@ -953,10 +953,10 @@ class BulkExportClient:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _parse_base(base_url: str) -> httpx.URL:
+def _parse_base(base_url: str) -> httpx2.URL:
     try:
-        url = httpx.URL(base_url)
-    except (httpx.InvalidURL, TypeError):
+        url = httpx2.URL(base_url)
+    except (httpx2.InvalidURL, TypeError):
         raise ValueError("base_url is not a valid URL") from None
     if url.scheme not in ("http", "https") or not url.host or url.query or url.fragment:
         raise ValueError("base_url must be an http(s) FHIR base URL without query")
@@ -1051,7 +1051,7 @@ def _write_state(directory: Path, state: dict[str, Any]) -> None:
 
 
 def _read_capped(
-    response: httpx.Response, limit: int, *, refuse: bool = False, what: str = ""
+    response: httpx2.Response, limit: int, *, refuse: bool = False, what: str = ""
 ) -> bytes:
     """At most ``limit`` bytes; with ``refuse`` a longer body is an error, else it is cut."""
     chunks: list[bytes] = []

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
+import httpx2
 import orjson
 
 __all__ = [
@@ -144,7 +144,7 @@ _READ_ERRORS = StatusErrors(
 
 
 class FhirRestClient:
-    """Reads and searches on a FHIR server, over a shared ``httpx.AsyncClient``.
+    """Reads and searches on a FHIR server, over a shared ``httpx2.AsyncClient``.
 
     The caller owns the client (connection limits, timeouts, TLS, closing it). Per request the
     client's timeouts are shortened to the remaining budget; redirects are never followed, so
@@ -156,7 +156,7 @@ class FhirRestClient:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: httpx2.AsyncClient,
         *,
         max_pages: int = MAX_PAGES,
         max_page_bytes: int = MAX_PAGE_BYTES,
@@ -197,7 +197,7 @@ class FhirRestClient:
 
     async def _search(
         self,
-        base: httpx.URL,
+        base: httpx2.URL,
         url: str,
         headers: dict[str, str],
         deadline: float,
@@ -248,15 +248,15 @@ class FhirRestClient:
                 status = response.status_code
                 limit = self._max_page_bytes if status == 200 else _ERROR_BODY_BYTES
                 body = await _read_body(response, limit, what)
-        except (TimeoutError, httpx.TimeoutException):
+        except (TimeoutError, httpx2.TimeoutException):
             raise FhirTimeout(
                 f"The FHIR server did not answer the {what} within the time budget."
             ) from None
-        except httpx.TransportError as exc:
+        except httpx2.TransportError as exc:
             raise FhirUnavailable(
                 f"The FHIR server could not be reached for the {what} ({_transport_reason(exc)})."
             ) from None
-        except httpx.InvalidURL:
+        except httpx2.InvalidURL:
             raise FhirUnavailable(f"The URL for the {what} is not usable.") from None
         log.debug("FHIR %s: HTTP %d in %.0f ms", what, status, (time.monotonic() - started) * 1000)
         if status != 200:
@@ -272,11 +272,11 @@ class FhirRestClient:
         return data
 
 
-def _parse_base(base_url: str) -> httpx.URL:
+def _parse_base(base_url: str) -> httpx2.URL:
     """The FHIR base must be an absolute http(s) URL without query or fragment."""
     try:
-        url = httpx.URL(base_url)
-    except (httpx.InvalidURL, TypeError):
+        url = httpx2.URL(base_url)
+    except (httpx2.InvalidURL, TypeError):
         raise FhirUnavailable("The FHIR server URL is not a valid URL.") from None
     if url.scheme not in _DEFAULT_PORTS or not url.host or url.query or url.fragment:
         raise FhirUnavailable("The FHIR server URL is not an http(s) base URL.")
@@ -291,17 +291,17 @@ def _parse_relative(relative_url: str) -> str:
     return relative
 
 
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+def _origin(url: httpx2.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host.lower(), url.port or _DEFAULT_PORTS.get(url.scheme)
 
 
-def _shortened(configured: httpx.Timeout, remaining: float) -> httpx.Timeout:
+def _shortened(configured: httpx2.Timeout, remaining: float) -> httpx2.Timeout:
     """The caller's timeouts, each capped at the remaining budget."""
 
     def cap(value: float | None) -> float:
         return remaining if value is None else min(value, remaining)
 
-    return httpx.Timeout(
+    return httpx2.Timeout(
         connect=cap(configured.connect),
         read=cap(configured.read),
         write=cap(configured.write),
@@ -309,7 +309,7 @@ def _shortened(configured: httpx.Timeout, remaining: float) -> httpx.Timeout:
     )
 
 
-async def _read_body(response: httpx.Response, limit: int, what: str) -> bytes:
+async def _read_body(response: httpx2.Response, limit: int, what: str) -> bytes:
     """Read at most ``limit`` bytes; a 200 body beyond it is refused, an error body cut."""
     chunks: list[bytes] = []
     size = 0
@@ -325,13 +325,13 @@ async def _read_body(response: httpx.Response, limit: int, what: str) -> bytes:
     return b"".join(chunks)
 
 
-def _transport_reason(exc: httpx.TransportError) -> str:
+def _transport_reason(exc: httpx2.TransportError) -> str:
     """Plain words for a transport failure; never the request (its headers hold the token)."""
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, httpx2.ConnectError):
         return "connection failed"
-    if isinstance(exc, httpx.UnsupportedProtocol):
+    if isinstance(exc, httpx2.UnsupportedProtocol):
         return "unsupported URL scheme"
-    if isinstance(exc, httpx.RemoteProtocolError):
+    if isinstance(exc, httpx2.RemoteProtocolError):
         return "the server broke the HTTP protocol"
     return type(exc).__name__
 
@@ -391,7 +391,7 @@ def _has_error_issue(outcome: dict[str, Any]) -> bool:
     )
 
 
-def _next_link(bundle: dict[str, Any], current: str, base: httpx.URL, what: str) -> str | None:
+def _next_link(bundle: dict[str, Any], current: str, base: httpx2.URL, what: str) -> str | None:
     """The absolute ``next`` URL, or None; refused if it leaves the base URL's origin."""
     for link in bundle.get("link") or []:
         if isinstance(link, dict) and link.get("relation") == "next":
@@ -399,8 +399,8 @@ def _next_link(bundle: dict[str, Any], current: str, base: httpx.URL, what: str)
             if not isinstance(href, str) or not href:
                 raise FhirUnavailable(f"The FHIR server's next link for the {what} has no URL.")
             try:
-                url = httpx.URL(current).join(href)
-            except httpx.InvalidURL:
+                url = httpx2.URL(current).join(href)
+            except httpx2.InvalidURL:
                 raise FhirUnavailable(
                     f"The FHIR server's next link for the {what} is not a valid URL."
                 ) from None

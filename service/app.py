@@ -13,7 +13,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Annotated, Any
 
 import anyio
-import httpx
+import httpx2
 import orjson
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -59,10 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=settings.fhir_max_connections)
+        limits = httpx2.Limits(max_connections=settings.fhir_max_connections)
         # One client for every user and EHR: it must never carry one caller's cookies to another.
         no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-        async with httpx.AsyncClient(
+        async with httpx2.AsyncClient(
             limits=limits, timeout=settings.fhir_budget_seconds, cookies=no_cookies
         ) as http:
             app.state.fhir = FhirRestClient(http)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import httpx
+import httpx2
 import jwt
 from cachetools import TLRUCache, TTLCache
 from fastapi import HTTPException, Request, status
@@ -220,18 +220,18 @@ class ClientAuthenticator:
     memory. Both caches are guarded by a thread lock (never held across an ``await``); JWKS
     fetches are serialised per issuer by an asyncio lock, so a burst of tokens with a new ``kid``
     causes one fetch, not one per request. Use it from one event loop, like the shared
-    ``httpx.AsyncClient`` it is given.
+    ``httpx2.AsyncClient`` it is given.
     """
 
     def __init__(
         self,
         settings: AuthSettings,
-        http: httpx.AsyncClient | None = None,
+        http: httpx2.AsyncClient | None = None,
         *,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if any(issuer.jwks_url for issuer in settings.issuers) and http is None:
-            raise ValueError("an httpx.AsyncClient is needed to fetch issuers' jwks_url")
+            raise ValueError("an httpx2.AsyncClient is needed to fetch issuers' jwks_url")
         self.settings = settings
         self._http = http
         self._monotonic = monotonic
@@ -381,7 +381,7 @@ class ClientAuthenticator:
                 raise ValueError("JWK Set too large")
             document = response.json()
             keys = _index_jwks(document)
-        except (httpx.HTTPError, ValueError) as error:
+        except (httpx2.HTTPError, ValueError) as error:
             logger.warning("JWKS fetch failed: iss=%s error=%s", issuer.iss, type(error).__name__)
             raise AuthError("jwks_unavailable") from None
         logger.info("JWKS fetched: iss=%s keys=%d", issuer.iss, len(keys))
@@ -389,7 +389,7 @@ class ClientAuthenticator:
 
 
 def build_authenticator(
-    settings: AuthSettings, http: httpx.AsyncClient | None
+    settings: AuthSettings, http: httpx2.AsyncClient | None
 ) -> ClientAuthenticator | None:
     """The authenticator for these settings, or None when authentication is switched off.
 

@@ -27,7 +27,7 @@ from rules.errors import RuleFileError
 # with them here every command (and --help) took 0.5 s more to start, and so did each ingest
 # worker, which imports this module again as the main module of its parent.
 if TYPE_CHECKING:
-    import httpx
+    import httpx2
 
     from engine.population.run import RunManifest, SqlSteps
     from fhir_adapter.backend_auth import BackendServicesAuth
@@ -200,13 +200,13 @@ def guidelines_status(
 ) -> None:
     """What a running service has published: versions active, dormant and retired, the last
     load, and the errors of a rejected change (exit 1 when a change was rejected)."""
-    import httpx
+    import httpx2
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     endpoint = url.rstrip("/") + "/guidelines"
     try:
-        response = httpx.get(endpoint, headers=headers, timeout=timeout)
-    except httpx.HTTPError as exc:
+        response = httpx2.get(endpoint, headers=headers, timeout=timeout)
+    except httpx2.HTTPError as exc:
         raise fail(f"cannot reach {endpoint}: {exc.__class__.__name__}: {exc}") from None
     if response.status_code == 401:
         raise fail(f"{endpoint} refused the call (401): give a valid --token")
@@ -561,7 +561,7 @@ def _deletions(files: list[Path]) -> frozenset[str]:
 def _export(base_url: str, store: Path, request: ServerExport) -> tuple[Path, str, list[Path]]:
     """Export into STORE/exports/current; returns the directory, the transactionTime and the
     deleted files (of a ``_since`` export from a server that lists deletions)."""
-    import httpx
+    import httpx2
 
     from engine.population.server_export import current_export, last_transaction_time
     from fhir_adapter.bulk import BulkExportClient, ExportDirectoryInUse
@@ -584,7 +584,7 @@ def _export(base_url: str, store: Path, request: ServerExport) -> tuple[Path, st
                 f"no export from {base_url} has gone into {store} yet: run without --since-last"
             )
     directory = current_export(store)
-    with httpx.Client(timeout=60) as client:
+    with httpx2.Client(timeout=60) as client:
         try:
             auth = _backend_auth(client, base_url, request)
             result = BulkExportClient(client, base_url, auth=auth).export(
@@ -613,7 +613,7 @@ def _export(base_url: str, store: Path, request: ServerExport) -> tuple[Path, st
 
 
 def _backend_auth(
-    client: httpx.Client, base_url: str, request: ServerExport
+    client: httpx2.Client, base_url: str, request: ServerExport
 ) -> BackendServicesAuth | None:
     """SMART Backend Services tokens when a client is given; otherwise none are sent."""
     from fhir_adapter.backend_auth import BackendServicesAuth, load_private_key

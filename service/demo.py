@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import httpx
+import httpx2
 
 from engine.population.outputs import indicator_row_from_csv
 from engine.population.run import run_sweep
@@ -114,7 +114,7 @@ def service_call(bundle: dict[str, Any], patient_id: str, language: str) -> list
         try:
             base = f"http://127.0.0.1:{port}"
             _wait(base)
-            with httpx.Client(base_url=base, timeout=10) as client:
+            with httpx2.Client(base_url=base, timeout=10) as client:
                 keys = client.get("/cds-services").json()["services"][0]["prefetch"]
                 body = {
                     "hook": "patient-view",
@@ -144,8 +144,8 @@ def _wait(base: str, seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+            if httpx2.get(f"{base}/health", timeout=1).status_code == 200:
                 return
-        except httpx.TransportError:
+        except httpx2.TransportError:
             time.sleep(0.1)
     raise RuntimeError("the service did not start")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -136,7 +136,7 @@ class Exchange:
     method: str
     url: str
     status: int | None
-    headers: httpx.Headers
+    headers: httpx2.Headers
     body: bytes
     elapsed: float
     error: str | None = None
@@ -167,11 +167,11 @@ class ServiceClient:
     timeout: float = 10.0
     exchanges: list[Exchange] = field(default_factory=list)
     current_check: str = ""
-    _http: httpx.Client = field(init=False)
+    _http: httpx2.Client = field(init=False)
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
-        self._http = httpx.Client(timeout=httpx.Timeout(self.timeout), follow_redirects=False)
+        self._http = httpx2.Client(timeout=httpx2.Timeout(self.timeout), follow_redirects=False)
 
     def close(self) -> None:
         self._http.close()
@@ -203,13 +203,13 @@ class ServiceClient:
         started = time.perf_counter()
         try:
             response = self._http.request(method, url, content=content, headers=sent)
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             exchange = Exchange(
                 self.current_check,
                 method,
                 url,
                 None,
-                httpx.Headers(),
+                httpx2.Headers(),
                 b"",
                 time.perf_counter() - started,
                 error=f"{type(exc).__name__}: {exc}",

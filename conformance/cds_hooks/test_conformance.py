@@ -22,7 +22,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -128,14 +128,14 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
 
 def _wait_for_health(process: subprocess.Popen[bytes], running: RunningService) -> None:
     deadline = time.monotonic() + START_TIMEOUT
-    with httpx.Client(timeout=1.0) as client:
+    with httpx2.Client(timeout=1.0) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 pytest.fail(f"vejviser serve exited during start-up:\n{running.log_tail()}")
             try:
                 if client.get(f"{running.base_url}/health").status_code == 200:
                     return
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 pass
             time.sleep(0.1)
     pytest.fail(

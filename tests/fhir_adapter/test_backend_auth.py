@@ -1,5 +1,5 @@
 """SMART Backend Services against a real authorisation server (sekmet's SMART variant), plus
-httpx MockTransport for answers sekmet does not give on cue (plain-http token endpoint, 500s,
+httpx2 MockTransport for answers sekmet does not give on cue (plain-http token endpoint, 500s,
 malformed token responses)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import httpx
+import httpx2
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -69,12 +69,12 @@ def smart_server(
 
 
 class Recorder:
-    """An httpx request hook that keeps every request sent (to inspect forms and count calls)."""
+    """An httpx2 request hook that keeps every request sent (to inspect forms and count calls)."""
 
     def __init__(self) -> None:
-        self.requests: list[httpx.Request] = []
+        self.requests: list[httpx2.Request] = []
 
-    def __call__(self, request: httpx.Request) -> None:
+    def __call__(self, request: httpx2.Request) -> None:
         request.read()
         self.requests.append(request)
 
@@ -92,13 +92,13 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-def http(recorder: Recorder) -> Iterator[httpx.Client]:
-    with httpx.Client(event_hooks={"request": [recorder]}) as client:
+def http(recorder: Recorder) -> Iterator[httpx2.Client]:
+    with httpx2.Client(event_hooks={"request": [recorder]}) as client:
         yield client
 
 
 def make_auth(
-    http: httpx.Client,
+    http: httpx2.Client,
     server: SekmetServer,
     key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
     client_id: str = EC_CLIENT,
@@ -117,7 +117,7 @@ def make_auth(
 
 
 def test_discovers_the_token_endpoint(
-    http: httpx.Client, smart_server: SekmetServer, ec_key: ec.EllipticCurvePrivateKey
+    http: httpx2.Client, smart_server: SekmetServer, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
     auth = make_auth(http, smart_server, ec_key)
     assert auth.token_endpoint() == f"http://127.0.0.1:{smart_server.port}/auth/token"
@@ -126,7 +126,7 @@ def test_discovers_the_token_endpoint(
 @pytest.mark.parametrize("which", ["ec", "rsa"])
 def test_token_opens_the_fhir_server(
     which: str,
-    http: httpx.Client,
+    http: httpx2.Client,
     smart_server: SekmetServer,
     ec_key: ec.EllipticCurvePrivateKey,
     rsa_key: rsa.RSAPrivateKey,
@@ -143,7 +143,7 @@ def test_token_opens_the_fhir_server(
 
 
 def test_assertion_has_the_smart_claims(
-    http: httpx.Client,
+    http: httpx2.Client,
     recorder: Recorder,
     smart_server: SekmetServer,
     ec_key: ec.EllipticCurvePrivateKey,
@@ -179,7 +179,7 @@ def test_assertion_has_the_smart_claims(
 
 
 def test_token_is_cached_until_shortly_before_expiry(
-    http: httpx.Client,
+    http: httpx2.Client,
     recorder: Recorder,
     smart_server: SekmetServer,
     ec_key: ec.EllipticCurvePrivateKey,
@@ -200,7 +200,7 @@ def test_token_is_cached_until_shortly_before_expiry(
 
 
 def test_unknown_client_is_rejected(
-    http: httpx.Client,
+    http: httpx2.Client,
     recorder: Recorder,
     smart_server: SekmetServer,
     ec_key: ec.EllipticCurvePrivateKey,
@@ -215,7 +215,7 @@ def test_unknown_client_is_rejected(
     assert assertion not in (caught.value.diagnostics or "")
 
 
-def test_key_not_registered_is_rejected(http: httpx.Client, smart_server: SekmetServer) -> None:
+def test_key_not_registered_is_rejected(http: httpx2.Client, smart_server: SekmetServer) -> None:
     stranger = ec.generate_private_key(ec.SECP384R1())
     auth = make_auth(http, smart_server, stranger)
     with pytest.raises(BackendAuthRejected) as caught:
@@ -224,7 +224,7 @@ def test_key_not_registered_is_rejected(http: httpx.Client, smart_server: Sekmet
 
 
 def test_scope_beyond_the_registration_is_rejected(
-    http: httpx.Client, smart_server: SekmetServer, ec_key: ec.EllipticCurvePrivateKey
+    http: httpx2.Client, smart_server: SekmetServer, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
     auth = make_auth(http, smart_server, ec_key, scope="system/*.cruds")
     with pytest.raises(BackendAuthRejected) as caught:
@@ -233,7 +233,7 @@ def test_scope_beyond_the_registration_is_rejected(
 
 
 def test_neither_token_nor_assertion_is_logged(
-    http: httpx.Client,
+    http: httpx2.Client,
     recorder: Recorder,
     smart_server: SekmetServer,
     ec_key: ec.EllipticCurvePrivateKey,
@@ -250,7 +250,7 @@ def test_neither_token_nor_assertion_is_logged(
 
 
 def test_unreachable_server_is_unavailable(
-    http: httpx.Client, ec_key: ec.EllipticCurvePrivateKey
+    http: httpx2.Client, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
     auth = BackendServicesAuth(
         http,
@@ -265,8 +265,8 @@ def test_unreachable_server_is_unavailable(
 # --- MockTransport: answers sekmet does not give ----------------------------------------------
 
 
-def mock_client(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.Client:
-    return httpx.Client(transport=httpx.MockTransport(handler))
+def mock_client(handler: Callable[[httpx2.Request], httpx2.Response]) -> httpx2.Client:
+    return httpx2.Client(transport=httpx2.MockTransport(handler))
 
 
 def smart_config(**overrides: Any) -> dict[str, Any]:
@@ -280,11 +280,11 @@ def smart_config(**overrides: Any) -> dict[str, Any]:
 
 
 def scripted(
-    token_answer: httpx.Response, config: dict[str, Any] | None = None
-) -> Callable[[httpx.Request], httpx.Response]:
-    def handler(request: httpx.Request) -> httpx.Response:
+    token_answer: httpx2.Response, config: dict[str, Any] | None = None
+) -> Callable[[httpx2.Request], httpx2.Response]:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         if request.url.path.endswith("/.well-known/smart-configuration"):
-            return httpx.Response(200, json=config or smart_config())
+            return httpx2.Response(200, json=config or smart_config())
         assert str(request.url) == MOCK_TOKEN_URL
         return token_answer
 
@@ -292,7 +292,7 @@ def scripted(
 
 
 def mock_auth(
-    handler: Callable[[httpx.Request], httpx.Response],
+    handler: Callable[[httpx2.Request], httpx2.Response],
     key: ec.EllipticCurvePrivateKey,
     **options: Any,
 ) -> BackendServicesAuth:
@@ -309,14 +309,14 @@ def test_plain_http_token_endpoint_refused_for_https_server(
     ec_key: ec.EllipticCurvePrivateKey,
 ) -> None:
     config = smart_config(token_endpoint="http://auth.example.dk/token")
-    auth = mock_auth(scripted(httpx.Response(500), config), ec_key)
+    auth = mock_auth(scripted(httpx2.Response(500), config), ec_key)
     with pytest.raises(BackendAuthRejected, match="plain-http"):
         auth.access_token()
 
 
 def test_server_without_private_key_jwt_refused(ec_key: ec.EllipticCurvePrivateKey) -> None:
     config = smart_config(token_endpoint_auth_methods_supported=["client_secret_basic"])
-    auth = mock_auth(scripted(httpx.Response(500), config), ec_key)
+    auth = mock_auth(scripted(httpx2.Response(500), config), ec_key)
     with pytest.raises(BackendAuthRejected, match="private_key_jwt"):
         auth.access_token()
 
@@ -324,16 +324,16 @@ def test_server_without_private_key_jwt_refused(ec_key: ec.EllipticCurvePrivateK
 @pytest.mark.parametrize(
     ("answer", "message"),
     [
-        (httpx.Response(500, json={"error": "server_error"}), "HTTP 500"),
-        (httpx.Response(200, text="<html>"), "not valid JSON"),
-        (httpx.Response(200, json={"token_type": "bearer", "expires_in": 60}), "no access_token"),
-        (httpx.Response(200, json={"access_token": "a b", "token_type": "bearer"}), "bearer"),
-        (httpx.Response(200, json={"access_token": "abc", "token_type": "mac"}), "token_type"),
-        (httpx.Response(302, headers={"Location": "https://elsewhere.example/"}), "HTTP 302"),
+        (httpx2.Response(500, json={"error": "server_error"}), "HTTP 500"),
+        (httpx2.Response(200, text="<html>"), "not valid JSON"),
+        (httpx2.Response(200, json={"token_type": "bearer", "expires_in": 60}), "no access_token"),
+        (httpx2.Response(200, json={"access_token": "a b", "token_type": "bearer"}), "bearer"),
+        (httpx2.Response(200, json={"access_token": "abc", "token_type": "mac"}), "token_type"),
+        (httpx2.Response(302, headers={"Location": "https://elsewhere.example/"}), "HTTP 302"),
     ],
 )
 def test_unusable_token_answers(
-    answer: httpx.Response, message: str, ec_key: ec.EllipticCurvePrivateKey
+    answer: httpx2.Response, message: str, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
     with pytest.raises(BackendAuthUnavailable, match=message):
         mock_auth(scripted(answer), ec_key).access_token()
@@ -341,7 +341,7 @@ def test_unusable_token_answers(
 
 def test_missing_expires_in_assumes_five_minutes(ec_key: ec.EllipticCurvePrivateKey) -> None:
     now = [0.0]
-    answer = httpx.Response(200, json={"access_token": "abc.def", "token_type": "Bearer"})
+    answer = httpx2.Response(200, json={"access_token": "abc.def", "token_type": "Bearer"})
     auth = mock_auth(scripted(answer), ec_key, clock=lambda: now[0], refresh_margin=60)
     assert auth.access_token() == "abc.def"
     now[0] = 239.0
@@ -349,7 +349,7 @@ def test_missing_expires_in_assumes_five_minutes(ec_key: ec.EllipticCurvePrivate
 
 
 def test_spent_budget_is_a_timeout(ec_key: ec.EllipticCurvePrivateKey) -> None:
-    auth = mock_auth(scripted(httpx.Response(500)), ec_key, clock=lambda: 100.0)
+    auth = mock_auth(scripted(httpx2.Response(500)), ec_key, clock=lambda: 100.0)
     with pytest.raises(BackendAuthTimeout) as caught:
         auth.access_token(deadline=99.0)
     assert isinstance(caught.value, FhirTimeout)

@@ -1,5 +1,5 @@
 """Bulk $export against a real FHIR server (sekmet: auth none and the SMART variant), plus an
-httpx MockTransport for what sekmet cannot do on cue: cut a download short, honour Range, ask
+httpx2 MockTransport for what sekmet cannot do on cue: cut a download short, honour Range, ask
 for Retry-After as an HTTP date, fail a job, answer with error files or foreign URLs.
 
 sekmet's export jobs take about a second and answer ``Retry-After: 1``, so each real export
@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -90,8 +90,8 @@ def loaded(fhir_server: SekmetServer) -> dict[Key, Resource]:
 
 
 @pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client() as client:
+def http() -> Iterator[httpx2.Client]:
+    with httpx2.Client() as client:
         yield client
 
 
@@ -99,7 +99,7 @@ def http() -> Iterator[httpx.Client]:
 def system_export(
     fhir_server: SekmetServer,
     loaded: dict[Key, Resource],
-    http: httpx.Client,
+    http: httpx2.Client,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> ExportResult:
     """One system-level export, kept on the server (later tests resume against its job)."""
@@ -124,7 +124,7 @@ def test_system_export_holds_exactly_the_loaded_resources(
 def test_patient_export_with_type_filter(
     fhir_server: SekmetServer,
     loaded: dict[Key, Resource],
-    http: httpx.Client,
+    http: httpx2.Client,
     tmp_path: Path,
 ) -> None:
     progress: list[str] = []
@@ -148,7 +148,7 @@ def test_patient_export_with_type_filter(
 def test_group_export_holds_the_members_data(
     fhir_server: SekmetServer,
     loaded: dict[Key, Resource],
-    http: httpx.Client,
+    http: httpx2.Client,
     tmp_path: Path,
 ) -> None:
     client = BulkExportClient(http, fhir_server.base_url)
@@ -168,7 +168,7 @@ def test_group_export_holds_the_members_data(
     assert http.get(result.status_url).status_code == 404  # the job is gone
 
 
-def test_unknown_group_is_not_found(fhir_server: SekmetServer, http: httpx.Client) -> None:
+def test_unknown_group_is_not_found(fhir_server: SekmetServer, http: httpx2.Client) -> None:
     client = BulkExportClient(http, fhir_server.base_url)
     with pytest.raises(FhirNotFound, match="no such Group"):
         client.kick_off("group", group_id="no-such-group", deadline=_in(10))
@@ -178,7 +178,7 @@ def test_since_exports_only_later_changes(
     fhir_server: SekmetServer,
     system_export: ExportResult,
     loaded: dict[Key, Resource],
-    http: httpx.Client,
+    http: httpx2.Client,
     tmp_path: Path,
 ) -> None:
     practice = loaded[("Organization", f"{PREFIX}org")]
@@ -202,8 +202,8 @@ def test_rerun_skips_complete_files_and_restarts_partial_ones(
     (directory / "Observation.ndjson.part").write_bytes(half)  # as left by a crash
     (directory / "Patient.ndjson").unlink()
 
-    sent: list[httpx.Request] = []
-    with httpx.Client(event_hooks={"request": [sent.append]}) as http:
+    sent: list[httpx2.Request] = []
+    with httpx2.Client(event_hooks={"request": [sent.append]}) as http:
         client = BulkExportClient(http, fhir_server.base_url)
         result = client.export(directory, delete_job=False, timeout=30)
 
@@ -221,7 +221,7 @@ def test_rerun_skips_complete_files_and_restarts_partial_ones(
 
 
 def test_other_export_in_the_same_directory_is_refused(
-    fhir_server: SekmetServer, system_export: ExportResult, http: httpx.Client
+    fhir_server: SekmetServer, system_export: ExportResult, http: httpx2.Client
 ) -> None:
     client = BulkExportClient(http, fhir_server.base_url)
     with pytest.raises(ExportDirectoryInUse):
@@ -265,7 +265,7 @@ def test_export_with_a_backend_services_token(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     resources = population("smart-", [31, 32])
-    with httpx.Client() as http:
+    with httpx2.Client() as http:
         writer = BackendServicesAuth(
             http,
             fhir_base_url=smart_server.base_url,
@@ -338,7 +338,7 @@ class StaticTokens:
         self.invalidated += 1
 
 
-class CutStream(httpx.SyncByteStream):
+class CutStream(httpx2.SyncByteStream):
     """A body that breaks off after ``cut`` bytes, as a dropped connection does."""
 
     def __init__(self, data: bytes, cut: int) -> None:
@@ -346,7 +346,7 @@ class CutStream(httpx.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         yield self.data[: self.cut]
-        raise httpx.ReadError("connection reset by peer")
+        raise httpx2.ReadError("connection reset by peer")
 
 
 NDJSON = b"".join(
@@ -365,13 +365,13 @@ class MockServer:
     def __init__(
         self,
         *,
-        status: list[httpx.Response] | None = None,
+        status: list[httpx2.Response] | None = None,
         files: dict[str, bytes] | None = None,
         manifest: dict[str, Any] | None = None,
         ranges: bool = True,
         cuts: dict[str, list[int]] | None = None,
-        kickoff: httpx.Response | None = None,
-        delete: httpx.Response | None = None,
+        kickoff: httpx2.Response | None = None,
+        delete: httpx2.Response | None = None,
     ) -> None:
         self.status = list(status or [])
         self.files = files if files is not None else {"/files/Observation.ndjson": NDJSON}
@@ -387,13 +387,13 @@ class MockServer:
         }
         self.ranges = ranges
         self.cuts = cuts or {}
-        self.kickoff = kickoff or httpx.Response(
+        self.kickoff = kickoff or httpx2.Response(
             202, headers={"Content-Location": f"{MOCK_BASE}/status/1"}
         )
-        self.delete = delete or httpx.Response(202)
-        self.requests: list[httpx.Request] = []
+        self.delete = delete or httpx2.Response(202)
+        self.requests: list[httpx2.Request] = []
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
         self.requests.append(request)
         path = request.url.path
         if path.endswith("$export"):
@@ -403,12 +403,12 @@ class MockServer:
                 return _fresh(self.delete)
             if self.status:
                 return _fresh(self.status.pop(0))
-            return httpx.Response(200, json=self.manifest)
+            return httpx2.Response(200, json=self.manifest)
         if path in self.files:
             return self.serve(path, request)
-        return httpx.Response(404)
+        return httpx2.Response(404)
 
-    def serve(self, path: str, request: httpx.Request) -> httpx.Response:
+    def serve(self, path: str, request: httpx2.Request) -> httpx2.Response:
         data = self.files[path]
         start = 0
         headers = {"Content-Type": "application/fhir+ndjson"}
@@ -417,32 +417,32 @@ class MockServer:
         if wanted and self.ranges:
             start = int(wanted.removeprefix("bytes=").rstrip("-"))
             if start >= len(data):
-                return httpx.Response(416, headers={"Content-Range": f"bytes */{len(data)}"})
+                return httpx2.Response(416, headers={"Content-Range": f"bytes */{len(data)}"})
             status = 206
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         body = data[start:]
         headers["Content-Length"] = str(len(body))
         cuts = self.cuts.get(path)
         if cuts:
-            return httpx.Response(status, headers=headers, stream=CutStream(body, cuts.pop(0)))
-        return httpx.Response(status, headers=headers, content=body)
+            return httpx2.Response(status, headers=headers, stream=CutStream(body, cuts.pop(0)))
+        return httpx2.Response(status, headers=headers, content=body)
 
-    def file_requests(self) -> list[httpx.Request]:
+    def file_requests(self) -> list[httpx2.Request]:
         return [r for r in self.requests if "/files/" in r.url.path]
 
 
-def _fresh(template: httpx.Response) -> httpx.Response:
+def _fresh(template: httpx2.Response) -> httpx2.Response:
     """A new Response like ``template``: a Response object can be sent only once."""
-    return httpx.Response(template.status_code, headers=template.headers, content=template.content)
+    return httpx2.Response(template.status_code, headers=template.headers, content=template.content)
 
 
 def mock_client(
-    server: Callable[[httpx.Request], httpx.Response],
+    server: Callable[[httpx2.Request], httpx2.Response],
     fake: FakeTime,
     auth: StaticTokens | None = None,
     **options: Any,
 ) -> BulkExportClient:
-    http = httpx.Client(transport=httpx.MockTransport(server))
+    http = httpx2.Client(transport=httpx2.MockTransport(server))
     return BulkExportClient(
         http,
         MOCK_BASE,
@@ -464,9 +464,9 @@ def test_retry_after_is_honoured_in_seconds_and_as_a_date(tmp_path: Path) -> Non
     in_five = email.utils.formatdate(fake.wall() + 1 + 5, usegmt=True)  # after the first wait
     server = MockServer(
         status=[
-            httpx.Response(202, headers={"Retry-After": "1", "X-Progress": "collecting 10%"}),
-            httpx.Response(202, headers={"Retry-After": in_five, "X-Progress": "writing\x1b[2J"}),
-            httpx.Response(202),  # no Retry-After: the client's own interval
+            httpx2.Response(202, headers={"Retry-After": "1", "X-Progress": "collecting 10%"}),
+            httpx2.Response(202, headers={"Retry-After": in_five, "X-Progress": "writing\x1b[2J"}),
+            httpx2.Response(202),  # no Retry-After: the client's own interval
         ]
     )
     progress: list[str] = []
@@ -516,7 +516,7 @@ def test_kickoff_refused_with_diagnostics() -> None:
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "not-supported", "diagnostics": "no _since"}],
     }
-    server = MockServer(kickoff=httpx.Response(400, json=outcome))
+    server = MockServer(kickoff=httpx2.Response(400, json=outcome))
     with pytest.raises(FhirRejected) as caught:
         mock_client(server, FakeTime()).kick_off(since="2025-01-01T00:00:00Z", deadline=_in(10))
     assert caught.value.diagnostics == "no _since"
@@ -524,7 +524,7 @@ def test_kickoff_refused_with_diagnostics() -> None:
 
 def test_status_url_on_another_origin_is_refused(tmp_path: Path) -> None:
     server = MockServer(
-        kickoff=httpx.Response(202, headers={"Content-Location": "https://evil.example/status/1"})
+        kickoff=httpx2.Response(202, headers={"Content-Location": "https://evil.example/status/1"})
     )
     with pytest.raises(FhirUnavailable, match="another origin"):
         mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
@@ -536,8 +536,8 @@ def test_transient_status_errors_are_retried(tmp_path: Path) -> None:
     fake = FakeTime()
     server = MockServer(
         status=[
-            httpx.Response(503, json=transient, headers={"Retry-After": "7"}),
-            httpx.Response(429),
+            httpx2.Response(503, json=transient, headers={"Retry-After": "7"}),
+            httpx2.Response(429),
         ]
     )
     mock_client(server, fake, StaticTokens("t0k3n"), poll_interval=2.0).export(tmp_path)
@@ -549,7 +549,7 @@ def test_failed_export_reports_the_outcome(tmp_path: Path) -> None:
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "exception", "diagnostics": "disk full"}],
     }
-    server = MockServer(status=[httpx.Response(202), httpx.Response(500, json=outcome)])
+    server = MockServer(status=[httpx2.Response(202), httpx2.Response(500, json=outcome)])
     with pytest.raises(ExportFailed) as caught:
         mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
     assert caught.value.diagnostics == "disk full"
@@ -559,14 +559,14 @@ def test_failed_export_reports_the_outcome(tmp_path: Path) -> None:
 
 
 def test_vanished_job_is_export_not_found() -> None:
-    server = MockServer(status=[httpx.Response(404)])
+    server = MockServer(status=[httpx2.Response(404)])
     with pytest.raises(ExportNotFound):
         mock_client(server, FakeTime()).wait(f"{MOCK_BASE}/status/1", deadline=_in(10))
 
 
 def test_polling_stops_at_the_deadline() -> None:
     fake = FakeTime()
-    server = MockServer(status=[httpx.Response(202, headers={"Retry-After": "10"})] * 100)
+    server = MockServer(status=[httpx2.Response(202, headers={"Retry-After": "10"})] * 100)
     client = mock_client(server, fake)
     with pytest.raises(ExportTimeout) as caught:
         client.wait(f"{MOCK_BASE}/status/1", deadline=_in(35, fake))
@@ -576,7 +576,7 @@ def test_polling_stops_at_the_deadline() -> None:
 
 def test_polling_is_bounded_by_max_polls() -> None:
     fake = FakeTime()
-    server = MockServer(status=[httpx.Response(202)] * 100)
+    server = MockServer(status=[httpx2.Response(202)] * 100)
     client = mock_client(server, fake, max_polls=4)
     with pytest.raises(ExportTimeout, match="4 status requests"):
         client.wait(f"{MOCK_BASE}/status/1", deadline=_in(3600, fake))
@@ -585,7 +585,7 @@ def test_polling_is_bounded_by_max_polls() -> None:
 
 def test_expired_token_is_renewed_once(tmp_path: Path) -> None:
     tokens = StaticTokens("old", "new")
-    server = MockServer(status=[httpx.Response(401)])
+    server = MockServer(status=[httpx2.Response(401)])
     mock_client(server, FakeTime(), tokens).export(tmp_path)
     assert tokens.invalidated == 1
     status_auth = [r.headers["Authorization"] for r in server.requests if "status" in r.url.path]
@@ -745,7 +745,7 @@ def test_manifest_type_cannot_leave_the_directory(tmp_path: Path) -> None:
 
 
 def test_failed_delete_is_reported_not_raised(tmp_path: Path) -> None:
-    server = MockServer(delete=httpx.Response(500))
+    server = MockServer(delete=httpx2.Response(500))
     result = mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
     assert result.job_deleted is False
     assert isinstance(result.cleanup_error, FhirUnavailable)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from fhir_adapter.rest import (
@@ -72,18 +72,18 @@ def fetch(
     *,
     token: str | None = None,
     budget: float = 5.0,
-    transport: httpx.AsyncBaseTransport | None = None,
-    requests: list[httpx.Request] | None = None,
+    transport: httpx2.AsyncBaseTransport | None = None,
+    requests: list[httpx2.Request] | None = None,
     **options: Any,
 ) -> list[dict[str, Any]] | dict[str, Any]:
     """Run one fetch on a fresh AsyncClient; ``requests`` collects what was sent."""
 
-    async def record(request: httpx.Request) -> None:
+    async def record(request: httpx2.Request) -> None:
         if requests is not None:
             requests.append(request)
 
     async def go() -> list[dict[str, Any]] | dict[str, Any]:
-        async with httpx.AsyncClient(
+        async with httpx2.AsyncClient(
             transport=transport, timeout=10.0, event_hooks={"request": [record]}
         ) as client:
             rest = FhirRestClient(client, **options)
@@ -92,8 +92,8 @@ def fetch(
     return asyncio.run(go())
 
 
-def mock(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.MockTransport:
-    return httpx.MockTransport(handler)
+def mock(handler: Callable[[httpx2.Request], httpx2.Response]) -> httpx2.MockTransport:
+    return httpx2.MockTransport(handler)
 
 
 def ids(resources: list[dict[str, Any]] | dict[str, Any]) -> list[str]:
@@ -118,7 +118,7 @@ def test_read_of_a_missing_resource_is_not_found(server: SekmetServer) -> None:
 
 
 def test_search_follows_next_links_to_the_last_page(server: SekmetServer) -> None:
-    sent: list[httpx.Request] = []
+    sent: list[httpx2.Request] = []
     found = fetch(
         server.base_url,
         f"Observation?patient={PATIENT}&code={HBA1C}&_sort=-date&_count=2",
@@ -174,7 +174,7 @@ def test_a_server_that_does_not_answer_times_out_at_the_deadline() -> None:
 
         server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        async with server, httpx.AsyncClient(timeout=30.0) as client:
+        async with server, httpx2.AsyncClient(timeout=30.0) as client:
             started = time.monotonic()
             with pytest.raises(FhirTimeout):
                 await FhirRestClient(client).fetch(
@@ -186,21 +186,21 @@ def test_a_server_that_does_not_answer_times_out_at_the_deadline() -> None:
 
 
 def test_a_spent_budget_sends_nothing() -> None:
-    sent: list[httpx.Request] = []
+    sent: list[httpx2.Request] = []
     with pytest.raises(FhirTimeout):
         fetch(MOCK_BASE, "Patient/1", budget=-1.0, requests=sent, transport=mock(lambda r: 1 / 0))
     assert sent == []
 
 
 def test_401_is_unauthorized_and_the_token_never_shows() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
+    def refuse(request: httpx2.Request) -> httpx2.Response:
         assert request.headers["Authorization"] == f"Bearer {TOKEN}"
         assert request.headers["Accept"] == "application/fhir+json"
         outcome = {
             "resourceType": "OperationOutcome",
             "issue": [{"severity": "error", "code": "login", "diagnostics": f"bad token {TOKEN}"}],
         }
-        return httpx.Response(401, json=outcome)
+        return httpx2.Response(401, json=outcome)
 
     with pytest.raises(FhirUnauthorized) as caught:
         fetch(MOCK_BASE, "Patient/1", token=TOKEN, transport=mock(refuse))
@@ -210,20 +210,20 @@ def test_401_is_unauthorized_and_the_token_never_shows() -> None:
 
 
 def test_a_next_link_to_another_origin_is_refused() -> None:
-    def page(request: httpx.Request) -> httpx.Response:
+    def page(request: httpx2.Request) -> httpx2.Response:
         assert request.url.host == "fhir.example.dk", "the token went to another host"
-        return httpx.Response(200, json=_searchset("o1", next_url="https://evil.example/fhir?p=2"))
+        return httpx2.Response(200, json=_searchset("o1", next_url="https://evil.example/fhir?p=2"))
 
-    sent: list[httpx.Request] = []
+    sent: list[httpx2.Request] = []
     with pytest.raises(FhirUnavailable, match="another origin"):
         fetch(MOCK_BASE, "Observation?patient=1", token=TOKEN, transport=mock(page), requests=sent)
     assert len(sent) == 1
 
 
 def test_endless_next_links_stop_at_the_page_cap() -> None:
-    def page(request: httpx.Request) -> httpx.Response:
+    def page(request: httpx2.Request) -> httpx2.Response:
         offset = int(request.url.params.get("_offset", "0"))
-        return httpx.Response(
+        return httpx2.Response(
             200,
             json=_searchset(f"o{offset}", next_url=f"{MOCK_BASE}/Observation?_offset={offset + 1}"),
         )
@@ -235,19 +235,19 @@ def test_endless_next_links_stop_at_the_page_cap() -> None:
 @pytest.mark.parametrize(
     ("response", "error"),
     [
-        (httpx.Response(503, text="down for maintenance"), FhirUnavailable),
-        (httpx.Response(429), FhirUnavailable),
-        (httpx.Response(302, headers={"Location": "https://evil.example/"}), FhirUnavailable),
-        (httpx.Response(200, text="<html>login</html>"), FhirUnavailable),
-        (httpx.Response(200, json={"resourceType": "OperationOutcome"}), FhirUnavailable),
-        (httpx.Response(200, json={"resourceType": "Bundle", "type": "batch"}), FhirUnavailable),
-        (httpx.Response(403), FhirUnauthorized),
-        (httpx.Response(404), FhirRejected),  # an unknown type on a search is not "no data"
+        (httpx2.Response(503, text="down for maintenance"), FhirUnavailable),
+        (httpx2.Response(429), FhirUnavailable),
+        (httpx2.Response(302, headers={"Location": "https://evil.example/"}), FhirUnavailable),
+        (httpx2.Response(200, text="<html>login</html>"), FhirUnavailable),
+        (httpx2.Response(200, json={"resourceType": "OperationOutcome"}), FhirUnavailable),
+        (httpx2.Response(200, json={"resourceType": "Bundle", "type": "batch"}), FhirUnavailable),
+        (httpx2.Response(403), FhirUnauthorized),
+        (httpx2.Response(404), FhirRejected),  # an unknown type on a search is not "no data"
     ],
     ids=["503", "429", "redirect", "not-json", "wrong-type", "not-searchset", "403", "404-search"],
 )
 def test_unusable_answers_are_typed_errors(
-    response: httpx.Response, error: type[Exception]
+    response: httpx2.Response, error: type[Exception]
 ) -> None:
     with pytest.raises(error):
         fetch(MOCK_BASE, "Observation?patient=1", token=TOKEN, transport=mock(lambda r: response))
@@ -256,11 +256,11 @@ def test_unusable_answers_are_typed_errors(
 def test_a_read_answered_with_another_type_is_unavailable() -> None:
     body = {"resourceType": "Observation", "id": "1"}
     with pytest.raises(FhirUnavailable, match="Patient read"):
-        fetch(MOCK_BASE, "Patient/1", transport=mock(lambda r: httpx.Response(200, json=body)))
+        fetch(MOCK_BASE, "Patient/1", transport=mock(lambda r: httpx2.Response(200, json=body)))
 
 
 def test_a_malformed_token_is_never_sent() -> None:
-    sent: list[httpx.Request] = []
+    sent: list[httpx2.Request] = []
     with pytest.raises(FhirUnauthorized) as caught:
         fetch(
             MOCK_BASE,

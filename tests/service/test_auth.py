@@ -1,7 +1,7 @@
 """CDS client authentication: the JWT rules of CDS Hooks 2.0, attacks included.
 
 Async code runs under ``asyncio.run``; each test builds its own authenticator (and, where a
-JWKS URL is involved, its own ``httpx.AsyncClient`` with a MockTransport) inside that loop.
+JWKS URL is involved, its own ``httpx2.AsyncClient`` with a MockTransport) inside that loop.
 
 No ``from __future__ import annotations`` here: FastAPI must see the real ``Annotated`` type of
 the route below, whose dependency is a local variable of ``make_app``.
@@ -20,7 +20,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-import httpx
+import httpx2
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -364,7 +364,7 @@ def test_build_authenticator() -> None:
     assert build_authenticator(AuthSettings(enabled=False), None) is None
     with pytest.raises(ValueError, match="no trusted issuers"):
         build_authenticator(AuthSettings(), None)
-    with pytest.raises(ValueError, match="httpx"):
+    with pytest.raises(ValueError, match="httpx2"):
         build_authenticator(AuthSettings(issuers=[TrustedIssuer(iss=ISS, jwks_url=JWKS_URL)]), None)
 
 
@@ -387,11 +387,11 @@ class JwksServer:
         self.fetches = 0
         self.status = 200
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
+    async def __call__(self, request: httpx2.Request) -> httpx2.Response:
         assert str(request.url) == JWKS_URL
         self.fetches += 1
         await asyncio.sleep(0)  # let concurrent verifications interleave
-        return httpx.Response(self.status, json={"keys": self.keys})
+        return httpx2.Response(self.status, json={"keys": self.keys})
 
 
 def url_settings(**changes: Any) -> AuthSettings:
@@ -404,7 +404,7 @@ def test_unknown_kid_triggers_one_refresh_then_passes(ec_signer: Signer) -> None
     clock = FakeClock()
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as http:
+        async with httpx2.AsyncClient(transport=httpx2.MockTransport(server)) as http:
             authenticator = ClientAuthenticator(url_settings(), http, monotonic=clock)
             await authenticator.verify(f"Bearer {ec_signer.token(claims())}", URL)
             await authenticator.verify(f"Bearer {ec_signer.token(claims())}", URL)
@@ -436,7 +436,7 @@ def test_refresh_is_rate_limited_per_issuer(ec_signer: Signer) -> None:
     clock = FakeClock()
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as http:
+        async with httpx2.AsyncClient(transport=httpx2.MockTransport(server)) as http:
             authenticator = ClientAuthenticator(url_settings(), http, monotonic=clock)
             await authenticator.verify(f"Bearer {ec_signer.token(claims())}", URL)
             server.keys.append(rotated.jwk)
@@ -457,7 +457,7 @@ def test_jwks_outage_fails_closed(ec_signer: Signer) -> None:
     clock = FakeClock()
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as http:
+        async with httpx2.AsyncClient(transport=httpx2.MockTransport(server)) as http:
             authenticator = ClientAuthenticator(url_settings(), http, monotonic=clock)
             for _ in range(3):
                 with pytest.raises(AuthError, match="jwks_unavailable"):

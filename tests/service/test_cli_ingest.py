@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pyarrow.parquet as pq
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -225,7 +225,7 @@ def test_backend_services_credentials_from_the_command_line(tmp_path: Path) -> N
             ],
         },
     )
-    with running(smart), httpx.Client() as http:
+    with running(smart), httpx2.Client() as http:
         writer = BackendServicesAuth(
             http,
             fhir_base_url=smart.base_url,

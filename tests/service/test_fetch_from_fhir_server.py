@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
@@ -186,7 +186,7 @@ def test_a_first_page_in_prefetch_is_completed_from_the_server(
     paged = dict(prefetch)
     for key in [k for k in prefetch if k.startswith("observations")]:
         del paged[key]
-    page = httpx.get(
+    page = httpx2.get(
         f"{fhir_server.base_url}/Observation",
         params={"patient": "dk-paged", "_count": "10"},
         headers={"Accept": "application/fhir+json"},

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import orjson
 import pytest
 from fastapi.testclient import TestClient
@@ -94,7 +94,7 @@ def _report(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) 
 # --- the app ---------------------------------------------------------------------------------------
 
 
-def _fhir_stub(request: httpx.Request) -> httpx.Response:
+def _fhir_stub(request: httpx2.Request) -> httpx2.Response:
     """A FHIR server that has a bare Patient for every read and nothing for every search.
 
     Why: a fuzzed request may name a fhirServer (and a Bundle may carry a ``next`` link), and the
@@ -103,8 +103,8 @@ def _fhir_stub(request: httpx.Request) -> httpx.Response:
     """
     parts = request.url.path.rstrip("/").split("/")
     if len(parts) >= 2 and parts[-2] == "Patient":
-        return httpx.Response(200, json={"resourceType": "Patient", "id": parts[-1]})
-    return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": []})
+        return httpx2.Response(200, json={"resourceType": "Patient", "id": parts[-1]})
+    return httpx2.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": []})
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +120,13 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         feedback_database=tmp_path_factory.mktemp("fuzz") / "feedback.sqlite",
     )
     with TestClient(create_app(settings_), raise_server_exceptions=False) as test_client:
-        http = httpx.AsyncClient(transport=httpx.MockTransport(_fhir_stub))
+        http = httpx2.AsyncClient(transport=httpx2.MockTransport(_fhir_stub))
         test_client.app.state.fhir = FhirRestClient(http)  # type: ignore[attr-defined]
         yield test_client
         asyncio.run(http.aclose())
 
 
-def post(client: TestClient, path: str, payload: bytes, language: str = "da") -> httpx.Response:
+def post(client: TestClient, path: str, payload: bytes, language: str = "da") -> httpx2.Response:
     """POST raw JSON bytes and check the no-5xx contract on whatever comes back."""
     response = client.post(
         path,
@@ -138,7 +138,7 @@ def post(client: TestClient, path: str, payload: bytes, language: str = "da") ->
     return response
 
 
-def check_contract(response: httpx.Response, payload: bytes) -> None:
+def check_contract(response: httpx2.Response, payload: bytes) -> None:
     """No 5xx; a 4xx is an OperationOutcome; a 200 has cards with summaries under 140 chars."""
     status = response.status_code
     shown = payload[:2_000].decode("utf-8", "replace")

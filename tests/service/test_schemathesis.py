@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -110,18 +110,18 @@ def with_service_ids(document: dict[str, Any]) -> dict[str, Any]:
 # --- the app -------------------------------------------------------------------------------------
 
 
-def _fhir_stub(request: httpx.Request) -> httpx.Response:
+def _fhir_stub(request: httpx2.Request) -> httpx2.Response:
     """A FHIR server that has a bare Patient for every read and nothing for every search: the
     fetch path runs, and no generated fhirServer URL ever reaches the network."""
     parts = request.url.path.rstrip("/").split("/")
     if len(parts) >= 2 and parts[-2] == "Patient":
-        return httpx.Response(200, json={"resourceType": "Patient", "id": parts[-1]})
-    return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": []})
+        return httpx2.Response(200, json={"resourceType": "Patient", "id": parts[-1]})
+    return httpx2.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": []})
 
 
 _STORE = tempfile.TemporaryDirectory(prefix="vejviser-schemathesis-")
 """The feedback database of the app under test; removed when the test process ends."""
-STUB_FHIR = FhirRestClient(httpx.AsyncClient(transport=httpx.MockTransport(_fhir_stub)))
+STUB_FHIR = FhirRestClient(httpx2.AsyncClient(transport=httpx2.MockTransport(_fhir_stub)))
 
 
 def build_app() -> FastAPI:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import orjson
 
 from service.cds_hooks.prefetch import prefetch_from
@@ -67,11 +67,11 @@ class VejviserProcess:
                 stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=1.0) as client:
+        with httpx2.Client(timeout=1.0) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"vejviser exited during start-up:\n{self.log()}")
-                with contextlib.suppress(httpx.TransportError):
+                with contextlib.suppress(httpx2.TransportError):
                     if client.get(f"{self.base_url}/health").status_code == 200:
                         return
                 time.sleep(0.05)
@@ -102,7 +102,7 @@ class VejviserProcess:
         return events
 
     def status(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.base_url}/guidelines", timeout=10)
+        response = httpx2.get(f"{self.base_url}/guidelines", timeout=10)
         response.raise_for_status()
         return response.json()
 
@@ -192,7 +192,7 @@ class LoadGenerator:
         )
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=15.0) as client:
+        with httpx2.Client(base_url=self.base_url, timeout=15.0) as client:
             while not self._stop.is_set():
                 sent = time.monotonic()
                 try:
@@ -201,7 +201,7 @@ class LoadGenerator:
                         content=self.body(),
                         headers={"Content-Type": "application/json"},
                     )
-                except httpx.HTTPError as exc:
+                except httpx2.HTTPError as exc:
                     answer = Answer(sent, time.monotonic(), None, problem=repr(exc))
                 else:
                     answer = Answer(sent, time.monotonic(), response.status_code)
@@ -241,7 +241,7 @@ class LoadGenerator:
 
 def full_prefetch(base_url: str, resources: list[dict[str, Any]]) -> dict[str, Any]:
     """Every key discovery asks for, answered from ``resources``, as a complete EHR would."""
-    services = httpx.get(f"{base_url}/cds-services", timeout=10).json()["services"]
+    services = httpx2.get(f"{base_url}/cds-services", timeout=10).json()["services"]
     return prefetch_from(services[0]["prefetch"], resources)
 
 

@@ -20,7 +20,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,14 +118,14 @@ class SekmetServer:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        with httpx.Client(timeout=1.0) as client:
+        with httpx2.Client(timeout=1.0) as client:
             while time.monotonic() < deadline:
                 if not self.running:
                     raise RuntimeError(f"sekmet exited during start-up:\n{self.log_tail()}")
                 try:
                     if client.get(f"{self.base_url}/metadata").status_code == 200:
                         return
-                except httpx.TransportError:
+                except httpx2.TransportError:
                     pass
                 time.sleep(0.05)
         self.stop()
@@ -158,7 +158,7 @@ class SekmetServer:
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
         if access_token:
             headers["Authorization"] = f"Bearer {access_token}"
-        response = httpx.post(
+        response = httpx2.post(
             self.base_url,
             json=bundle,
             headers=headers,
