@@ -177,6 +177,11 @@ def run_cases(guidelines: GuidelineSet) -> list[CaseResult]:
     return results
 
 
+def case_failures(results: list[CaseResult]) -> list[RuleError]:
+    """Every failed expectation of the results, in file order, as ``file:line`` errors."""
+    return [failure for result in results for failure in result.failures]
+
+
 def run_case(
     guidelines: GuidelineSet,
     library: PatientEngine,

@@ -105,12 +105,12 @@ def check(
 ) -> None:
     """Validate every rule and value-set file, run every test case, and build every guideline's
     population queries (exit 1 on any failure)."""
-    from engine.cases import run_cases
+    from engine.cases import case_failures, run_cases
     from engine.population.sql import sweep_problems
 
     guidelines = load_or_exit(directory or default_guidelines())
     results = run_cases(guidelines)
-    failures = [failure for result in results for failure in result.failures]
+    failures = case_failures(results)
     for failure in failures:
         typer.echo(str(failure), err=True)
     unsweepable = sweep_problems(guidelines)

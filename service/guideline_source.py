@@ -2,10 +2,11 @@
 
 The service answers every request from one :class:`Snapshot`: a loaded guideline set, the engine
 compiled from it and where it came from. :class:`GuidelinePublisher` holds the snapshot in service
-and replaces it by a single reference assignment when a changed source loads cleanly, so a request
-that read the reference at its start finishes on the set it started with. A change that does not
-load is rejected as a whole (``file:line:column`` errors kept for ``GET /guidelines``) and the last
-good snapshot stays in service.
+and replaces it by a single reference assignment when a changed source loads cleanly and passes
+its own test cases, so a request that read the reference at its start finishes on the set it
+started with. A change that does not load, or whose cases fail, is rejected as a whole
+(``file:line:column`` errors kept for ``GET /guidelines``) and the last good snapshot stays in
+service.
 
 Which versions apply is decided by the instant, not the date: a version whose ``effective.from``
 is a few seconds away switches on by itself, with no reload. The snapshot knows every instant at
@@ -38,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 
+from engine.cases import case_failures, run_cases
 from engine.patient import PatientEngine
 from rules.effective import danish_date
 from rules.errors import RuleFileError
@@ -469,6 +471,9 @@ class GuidelinePublisher:
         log_event("guidelines.load", **base)
         try:
             guidelines = load_guidelines(checkout.directory)
+            failed = case_failures(run_cases(guidelines))
+            if failed:  # the set's own test cases are part of what makes it valid
+                raise RuleFileError(failed)
             snapshot = Snapshot(
                 guidelines, checkout.fingerprint, at, checkout.commit, relative=checkout.relative
             )

@@ -10,6 +10,7 @@ import datetime as dt
 import io
 import json
 import logging
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,7 @@ from service.guideline_source import (
 )
 from service.settings import Settings
 from tests.conftest import FIXTURE_GUIDELINES
-from tests.support.live_service import diabetic_patient, git
+from tests.support.live_service import diabetic_patient, git, retargeted
 
 T0 = dt.datetime(2026, 6, 1, 10, 0, tzinfo=dt.UTC)
 EFFECTIVE = "effective: {from: 2020-01-01}"
@@ -124,7 +125,7 @@ def test_a_change_is_swapped_in_and_a_held_snapshot_is_untouched(guideline_dir: 
     old_hash = in_flight.guidelines.guidelines[0].content_hash
     assert publisher.refresh() == "unchanged"
     path = guideline_dir / "example.yaml"
-    path.write_text(path.read_text().replace("value: 53\n", "value: 54\n"))
+    path.write_text(retargeted(path.read_text(), 54))
     assert publisher.refresh() == "swapped"
     assert publisher.snapshot is not in_flight
     assert publisher.snapshot.guidelines.guidelines[0].content_hash != old_hash
@@ -161,6 +162,27 @@ def test_a_broken_change_is_rejected_whole_and_reported(guideline_dir: Path) -> 
     status = publisher.status()
     assert status["rejected"] is None
     assert [v["version"] for v in status["versions"]] == ["1.0.0", "2.0.0"]
+
+
+def test_a_change_whose_test_cases_fail_is_rejected(guideline_dir: Path) -> None:
+    """The set's own cases are part of its validity: a target moved without its case stays out."""
+    publisher = GuidelinePublisher(DirectorySource(guideline_dir), clock=Clock())
+    good = publisher.snapshot
+    path = guideline_dir / "example.yaml"
+    original = path.read_text()
+    path.write_text(original.replace("value: 53\n", "value: 66\n"))  # the case still says 53
+    assert publisher.refresh() == "rejected"
+    assert publisher.snapshot is good
+    (error,) = publisher.status()["rejected"]["errors"]
+    assert re.fullmatch(
+        r".*example\.yaml:\d+:\d+: test 'above the default target' failed: .*hba1c_target.*", error
+    )
+    assert "53" in error and "66" in error
+
+    path.write_text(retargeted(original, 66))  # the target and its case, together
+    assert publisher.refresh() == "swapped"
+    assert publisher.status()["rejected"] is None
+    assert publisher.snapshot.guidelines.guidelines[0].targets[0].cases[-1].value == 66
 
 
 def test_reverting_a_rejected_change_clears_the_report(guideline_dir: Path) -> None:
@@ -205,8 +227,8 @@ def test_files_changing_while_they_are_read_are_loaded_again(guideline_dir: Path
     served = publisher.snapshot
 
     # Saved again between the check and the load: not loaded, tried again on the next poll.
-    path.write_text(original.replace("value: 53\n", "value: 54\n"))
-    source.save_before_checkout = original.replace("value: 53\n", "value: 55\n")
+    path.write_text(retargeted(original, 54))
+    source.save_before_checkout = retargeted(original, 55)
     assert publisher.refresh() == "retry"
     assert publisher.snapshot is served
 
@@ -219,10 +241,19 @@ def test_files_changing_while_they_are_read_are_loaded_again(guideline_dir: Path
     assert publisher.snapshot.guidelines.guidelines[0].targets[0].cases[-1].value == 55
 
 
-def test_the_first_load_must_succeed(guideline_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("before", "after", "message"),
+    [
+        ("version: 1.0.0", "version: one", "version"),
+        ("targets: {hba1c_target: 53}", "targets: {hba1c_target: 54}", "test 'above the default"),
+    ],
+)
+def test_the_first_load_must_succeed(
+    guideline_dir: Path, before: str, after: str, message: str
+) -> None:
     path = guideline_dir / "example.yaml"
-    path.write_text(path.read_text().replace("version: 1.0.0", "version: one"))
-    with pytest.raises(RuleFileError):
+    path.write_text(path.read_text().replace(before, after))
+    with pytest.raises(RuleFileError, match=message):
         GuidelinePublisher(DirectorySource(guideline_dir))
 
 
@@ -321,7 +352,7 @@ def test_a_pushed_commit_is_served_and_a_broken_one_is_not(
     assert publisher.refresh() == "unchanged"
 
     rule = work / "guidelines" / "example.yaml"
-    rule.write_text(rule.read_text().replace("value: 53\n", "value: 55\n"))
+    rule.write_text(retargeted(rule.read_text(), 55))
     git("commit", "--quiet", "-am", "target 55", cwd=work)
     git("push", "--quiet", "origin", "main", cwd=work)
     second = git("rev-parse", "HEAD", cwd=work)

@@ -17,6 +17,7 @@ from service.auth import AuthSettings
 from service.guideline_source import DirectorySource, GuidelinePublisher
 from service.settings import Settings
 from tests.conftest import FIXTURE_GUIDELINES
+from tests.support.live_service import retargeted
 
 
 class Node:
@@ -63,7 +64,7 @@ def test_a_swap_seen_by_the_watch_settles_again(
     publisher = GuidelinePublisher(DirectorySource(guideline_dir), poll_seconds=0.01)
     monkeypatch.setattr(heap, "settle", lambda: settled.append(publisher.snapshot.fingerprint))
     path = guideline_dir / "example.yaml"
-    path.write_text(path.read_text().replace("value: 53\n", "value: 54\n"))
+    path.write_text(retargeted(path.read_text(), 54))
 
     async def watch_until_swapped() -> None:
         with anyio.fail_after(10):

@@ -29,6 +29,7 @@ from tests.support.live_service import (
     diabetic_patient,
     full_prefetch,
     git,
+    retargeted,
     running,
     wait_for,
 )
@@ -140,9 +141,8 @@ def test_changes_take_effect_under_load_and_a_broken_file_never_does(
         assert any("over målet 53" in s for a in load.since(0) for s in summaries(a))
 
         # 1. A threshold: the default target 53 -> 66 (67 is still above it).
-        assert original.count("value: 53\n") == 1
         changed = time.monotonic()
-        publish(example, original.replace("value: 53\n", "value: 66\n"))
+        publish(example, retargeted(original, 66))
         change_shows(load, changed, lambda a: any("over målet 66" in s for s in summaries(a)))
         edited = server.status()
         assert edited["fingerprint"] != initial["fingerprint"]
@@ -152,7 +152,7 @@ def test_changes_take_effect_under_load_and_a_broken_file_never_does(
         changed = time.monotonic()
         publish(
             example,
-            original.replace("value: 53\n", "value: 66\n").replace(
+            retargeted(original, 66).replace(
                 '"HbA1c {hba1c.value} ({hba1c.date}) er over',
                 '"HbA1c {hba1c.value} ({hba1c.date}) ligger over',
             ),
@@ -308,7 +308,7 @@ def test_a_commit_pushed_to_the_branch_is_served(tmp_path: Path) -> None:
         prefetch = full_prefetch(server.base_url, diabetic_patient(danish_today()))
         with LoadGenerator(server.base_url, prefetch, clients=2) as load:
             rule = work / "rules" / "example.yaml"
-            rule.write_text(rule.read_text().replace("value: 53\n", "value: 62\n"))
+            rule.write_text(retargeted(rule.read_text(), 62))
             git("commit", "--quiet", "-am", "default target 62", cwd=work)
             changed = time.monotonic()
             git("push", "--quiet", "origin", "main", cwd=work)

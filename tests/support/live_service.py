@@ -119,6 +119,15 @@ def running(server: VejviserProcess) -> Iterator[VejviserProcess]:
         server.stop()
 
 
+def retargeted(text: str, target: int) -> str:
+    """The fixture guideline (tests/fixtures/guidelines/example.yaml) with another default HbA1c
+    target, and its test case expecting it: the publisher refuses a set whose cases fail."""
+    assert text.count("value: 53\n") == 1 and text.count("targets: {hba1c_target: 53}") == 1
+    return text.replace("value: 53\n", f"value: {target}\n").replace(
+        "targets: {hba1c_target: 53}", f"targets: {{hba1c_target: {target}}}"
+    )
+
+
 def diabetic_patient(today: dt.date, hba1c: float = 67) -> list[dict[str, Any]]:
     """A patient with type 2 diabetes and a recent HbA1c (above the fixture set's targets)."""
     subject = {"reference": "Patient/p1"}
