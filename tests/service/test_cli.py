@@ -47,6 +47,24 @@ def test_check_fails_when_a_test_case_fails(guideline_dir: Path) -> None:
     assert "1 failed." in result.output
 
 
+def test_serve_refuses_to_start_on_a_set_whose_test_case_fails(
+    guideline_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same failure keeps the service from starting: it never serves a set that fails."""
+    started: list[object] = []
+    monkeypatch.setattr("uvicorn.run", lambda application, **_: started.append(application))
+    path = guideline_dir / "example.yaml"
+    path.write_text(path.read_text().replace("facts: {hba1c: 67}", "facts: {hba1c: 66}"))
+    result = runner.invoke(app, ["serve", "--no-auth", "--guidelines", str(guideline_dir)])
+    assert result.exit_code == 1
+    assert "expected fact hba1c = 66, got 67" in result.output
+    assert started == []
+    path.write_text(path.read_text().replace("facts: {hba1c: 66}", "facts: {hba1c: 67}"))
+    result = runner.invoke(app, ["serve", "--no-auth", "--guidelines", str(guideline_dir)])
+    assert result.exit_code == 0, result.output
+    assert len(started) == 1  # the fixed set starts
+
+
 def test_check_fails_on_a_guideline_the_population_engine_cannot_build(
     guideline_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
