@@ -53,6 +53,8 @@ def test_serve_refuses_to_start_on_a_set_whose_test_case_fails(
     """The same failure keeps the service from starting: it never serves a set that fails."""
     started: list[object] = []
     monkeypatch.setattr("uvicorn.run", lambda application, **_: started.append(application))
+    # serve installs the JSON log handler for the process; not for the rest of the test run
+    monkeypatch.setattr("service.guideline_source.configure_logging", lambda: None)
     path = guideline_dir / "example.yaml"
     path.write_text(path.read_text().replace("facts: {hba1c: 67}", "facts: {hba1c: 66}"))
     result = runner.invoke(app, ["serve", "--no-auth", "--guidelines", str(guideline_dir)])
