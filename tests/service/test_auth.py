@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -231,6 +231,23 @@ def test_replayed_jti_fails(authenticator: ClientAuthenticator, ec_signer: Signe
     assert reason(authenticator, f"Bearer {ec_signer.token(claims(jti=jti))}") == "replayed_jti"
 
 
+def test_a_full_replay_memory_refuses_rather_than_forgets(
+    ec_signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Evicting a live jti would let its token be replayed; a full memory refuses new tokens."""
+    settings = AuthSettings(
+        replay_cache_size=2, issuers=[TrustedIssuer(iss=ISS, jwks={"keys": [ec_signer.jwk]})]
+    )
+    authenticator = ClientAuthenticator(settings)
+    first = ec_signer.token(claims())
+    run(authenticator.verify(f"Bearer {first}", URL))
+    run(authenticator.verify(f"Bearer {ec_signer.token(claims())}", URL))
+    with caplog.at_level(logging.WARNING, logger="service.auth"):
+        assert reason(authenticator, f"Bearer {ec_signer.token(claims())}") == "replay_cache_full"
+    assert "replay memory full" in caplog.text
+    assert reason(authenticator, f"Bearer {first}") == "replayed_jti"  # still remembered
+
+
 def test_rejected_token_does_not_burn_its_jti(
     authenticator: ClientAuthenticator, ec_signer: Signer
 ) -> None:
@@ -303,6 +320,72 @@ def test_key_must_fit_the_alg(authenticator: ClientAuthenticator, rsa_signer: Si
     assert reason(authenticator, f"Bearer {token}") == "key_alg_mismatch"
     p256 = Signer(ec.generate_private_key(ec.SECP256R1()), "ec-1", "ES256")
     assert reason(authenticator, f"Bearer {p256.token(claims())}") == "key_alg_mismatch"
+    # A JWK that names its algorithm is used with that one only.
+    rs256 = {**rsa_signer.jwk, "alg": "RS256"}
+    settings = AuthSettings(issuers=[TrustedIssuer(iss=ISS, jwks={"keys": [rs256]})])
+    token = rsa_signer.token(claims())
+    assert reason(ClientAuthenticator(settings), f"Bearer {token}") == "key_alg_mismatch"
+
+
+def test_a_token_without_typ_passes(authenticator: ClientAuthenticator, ec_signer: Signer) -> None:
+    """``typ`` is optional in JWS; only a wrong one is refused."""
+    token = jwt.encode(
+        claims(), ec_signer.key, algorithm="ES384", headers={"kid": "ec-1", "typ": None}
+    )
+    assert "typ" not in jwt.get_unverified_header(token)
+    assert run(authenticator.verify(f"Bearer {token}", URL)).kid == "ec-1"
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        # a numeric string: PyJWT takes it, we do not
+        (lambda now: {"iat": str(now)}, "bad_time_claim"),
+        (lambda now: {"iat": True}, "bad_time_claim"),  # a bool is an int to Python and PyJWT
+        (lambda now: {"iat": now, "exp": now}, "bad_time_claim"),  # no lifetime at all
+        (lambda now: {"jti": ""}, "bad_jti"),
+        (lambda now: {"tenant": 417}, "bad_tenant"),
+        (lambda now: {"tenant": ["praksis-0417"]}, "bad_tenant"),
+    ],
+    ids=[
+        "iat a string",
+        "iat a bool",
+        "exp = iat",
+        "empty jti",
+        "tenant a number",
+        "tenant a list",
+    ],
+)
+def test_claims_of_the_wrong_type_fail(
+    authenticator: ClientAuthenticator,
+    ec_signer: Signer,
+    changes: Callable[[int], dict[str, Any]],
+    expected: str,
+) -> None:
+    """What PyJWT lets through: times that are not numbers, an empty jti, a tenant that is not a
+    string (it names the practice the call is for)."""
+    token = ec_signer.token(claims(**changes(int(time.time()))))
+    assert reason(authenticator, f"Bearer {token}") == expected
+
+
+@pytest.mark.parametrize(
+    "restriction",
+    [{"use": "enc"}, {"key_ops": ["encrypt"]}, {"key_ops": "verify"}, {"key_ops": []}],
+)
+def test_a_key_published_for_something_else_fails(
+    ec_signer: Signer, restriction: dict[str, Any]
+) -> None:
+    """A JWK's ``use`` / ``key_ops`` are its owner's word on what it may do; verify must be in it."""
+    jwk = {**ec_signer.jwk, **restriction}
+    if "key_ops" in restriction:
+        del jwk["use"]
+    settings = AuthSettings(issuers=[TrustedIssuer(iss=ISS, jwks={"keys": [jwk]})])
+    token = ec_signer.token(claims())
+    assert reason(ClientAuthenticator(settings), f"Bearer {token}") == "key_not_for_signing"
+    allowed = {**jwk, "key_ops": ["verify"]}
+    settings = AuthSettings(issuers=[TrustedIssuer(iss=ISS, jwks={"keys": [allowed]})])
+    if allowed.get("use", "sig") == "sig":
+        assert run(ClientAuthenticator(settings).verify(f"Bearer {token}", URL)).kid == "ec-1"
 
 
 def test_header_rules(authenticator: ClientAuthenticator, ec_signer: Signer) -> None:
@@ -358,6 +441,24 @@ def test_settings_refuse_hmac_none_and_ambiguous_issuers(ec_signer: Signer) -> N
                 TrustedIssuer(iss=ISS, jwks_url=JWKS_URL),
             ]
         )
+
+
+def test_settings_refuse_key_sets_and_urls_that_cannot_work(ec_signer: Signer) -> None:
+    """Mistakes in the configuration are found at start-up, not on a GP's first call."""
+    for jwks in ({"keys": []}, {"keys": "x"}, {"keys": [{**ec_signer.jwk, "kid": ""}]}, {}):
+        with pytest.raises(ValidationError, match="jwks"):
+            TrustedIssuer(iss=ISS, jwks=jwks)
+    for url in ("ftp://ehr.example.dk/jwks.json", "https:///jwks.json", "http://10.0.0.1/jwks"):
+        with pytest.raises(ValidationError, match="https"):
+            TrustedIssuer(iss=ISS, jwks_url=url)
+    local = "http://localhost:8081/jwks.json"  # a test EHR on the same machine
+    assert TrustedIssuer(iss=ISS, jwks_url=local).jwks_url == local
+    for base in ("cds.example.dk", "ftp://cds.example.dk", "https://cds.example.dk/?x=1"):
+        with pytest.raises(ValidationError, match="public_base_url"):
+            AuthSettings(public_base_url=base)
+    assert AuthSettings(public_base_url="https://cds.example.dk/").public_base_url == (
+        "https://cds.example.dk"
+    )
 
 
 def test_build_authenticator() -> None:
@@ -466,6 +567,30 @@ def test_jwks_outage_fails_closed(ec_signer: Signer) -> None:
             server.status = 200
             clock.now += 31
             assert (await authenticator.verify(f"Bearer {ec_signer.token(claims())}", URL)).kid
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx2.Response(200, json=[]),
+        httpx2.Response(200, json={"keys": "none"}),
+        httpx2.Response(200, content=b"<html>login</html>"),
+        httpx2.Response(200, content=b'{"keys": [' + b" " * 1_048_576 + b"]}"),
+        httpx2.Response(302, headers={"Location": "https://elsewhere.example/jwks.json"}),
+    ],
+    ids=["a list", "keys not a list", "not JSON", "over 1 MB", "a redirect"],
+)
+def test_an_unusable_jwks_answer_fails_closed(ec_signer: Signer, answer: httpx2.Response) -> None:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        return answer
+
+    async def scenario() -> None:
+        async with httpx2.AsyncClient(transport=httpx2.MockTransport(handler)) as http:
+            authenticator = ClientAuthenticator(url_settings(), http)
+            with pytest.raises(AuthError, match="jwks_unavailable"):
+                await authenticator.verify(f"Bearer {ec_signer.token(claims())}", URL)
 
     run(scenario())
 
