@@ -744,6 +744,100 @@ def test_manifest_type_cannot_leave_the_directory(tmp_path: Path) -> None:
         mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
 
 
+def _entry(**changes: Any) -> dict[str, Any]:
+    entry = {"type": "Observation", "url": "https://fhir.example.dk/files/Observation.ndjson"}
+    return {**entry, "count": 40, **changes}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"transactionTime": "yesterday"}, "no valid transactionTime"),
+        ({"transactionTime": None}, "no valid transactionTime"),
+        ({"request": 42}, "no request URL"),
+        ({"requiresAccessToken": "false"}, "requiresAccessToken is not a boolean"),
+        ({"output": None}, "output is not a list"),
+        ({"output": {"type": "Observation"}}, "output is not a list"),
+        ({"output": ["Observation.ndjson"]}, "output list has a malformed entry"),
+        ({"output": [_entry(url="")]}, "output list has an entry without url"),
+        ({"output": [_entry(count="40")]}, "output list has a non-integer count"),
+        ({"output": [_entry(count=True)]}, "output list has a non-integer count"),
+        ({"output": [_entry(count=-1)]}, "output list has a negative count"),
+        ({"error": "none"}, "error is not a list"),
+        ({"deleted": [_entry(type="Bundle/..")]}, "deleted list names an invalid type"),
+    ],
+)
+def test_an_unusable_manifest_is_a_server_fault(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    """Every field of the manifest is checked before anything is downloaded or written."""
+    server = MockServer()
+    server.manifest = {**server.manifest, **change}
+    with pytest.raises(FhirUnavailable, match=message):
+        mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+    assert server.file_requests() == []
+    assert not (tmp_path / "Observation.ndjson").exists()
+
+
+def test_a_manifest_that_is_not_an_object(tmp_path: Path) -> None:
+    server = MockServer(status=[httpx2.Response(200, json=[{"type": "Observation"}])])
+    with pytest.raises(FhirUnavailable, match="not a JSON object"):
+        mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+
+
+def test_a_manifest_without_requires_access_token_is_taken_to_need_one(tmp_path: Path) -> None:
+    """Required by the IG; when it is missing the token is sent (only to the server's origin)."""
+    server = MockServer()
+    del server.manifest["requiresAccessToken"]
+    mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+    assert all(r.headers["Authorization"] == "Bearer t0k3n" for r in server.file_requests())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"poll_interval": 0.1}, "min_poll_interval"),
+        ({"min_poll_interval": 0}, "min_poll_interval"),
+        ({"max_poll_interval": 1.0}, "min_poll_interval"),
+        ({"max_polls": 0}, "max_polls"),
+        ({"download_attempts": 0}, "download_attempts"),
+        ({"max_retries": -1}, "max_retries"),
+    ],
+)
+def test_client_options_are_checked(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        mock_client(MockServer(), FakeTime(), **options)
+
+
+@pytest.mark.parametrize(
+    "base",
+    ["ftp://fhir.example.dk/fhir", "https://fhir.example.dk/fhir?x=1", "/fhir", "https:///fhir"],
+)
+def test_the_base_url_must_be_an_http_fhir_base(base: str) -> None:
+    with pytest.raises(ValueError, match="base_url"):
+        BulkExportClient(httpx2.Client(), base)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        ({"level": "practice"}, "level must be"),
+        ({"level": "group"}, "needs group_id"),
+        ({"level": "group", "group_id": "../Patient"}, "needs group_id"),
+        ({"level": "patient", "group_id": "g1"}, "only for level='group'"),
+        ({"types": "Patient"}, "must be a list"),
+        ({"types": ["Patient", "observation"]}, "not a FHIR resource type"),
+    ],
+)
+def test_an_export_request_is_checked_before_it_is_sent(
+    request_: dict[str, Any], message: str
+) -> None:
+    server = MockServer()
+    with pytest.raises(ValueError, match=message):
+        mock_client(server, FakeTime()).kick_off(**request_, deadline=_in(10))
+    assert server.requests == []
+
+
 def test_failed_delete_is_reported_not_raised(tmp_path: Path) -> None:
     server = MockServer(delete=httpx2.Response(500))
     result = mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
