@@ -253,6 +253,92 @@ def test_unusable_answers_are_typed_errors(
         fetch(MOCK_BASE, "Observation?patient=1", token=TOKEN, transport=mock(lambda r: response))
 
 
+def test_a_next_link_back_to_a_page_already_read_stops_the_search() -> None:
+    """A server looping between pages would otherwise be followed up to the page cap."""
+    sent: list[httpx2.Request] = []
+
+    def page(request: httpx2.Request) -> httpx2.Response:
+        following = "Observation?_page=2" if "_page" not in str(request.url) else "Observation"
+        return httpx2.Response(200, json=_searchset("o1", next_url=f"{MOCK_BASE}/{following}"))
+
+    with pytest.raises(FhirUnavailable, match="repeats a page"):
+        fetch(MOCK_BASE, "Observation", transport=mock(page), requests=sent)
+    assert len(sent) == 2
+
+
+@pytest.mark.parametrize(
+    ("bundle", "error", "message"),
+    [
+        ({"entry": ["Observation/1"]}, FhirUnavailable, "malformed entry"),
+        ({"entry": [{"search": {"mode": "match"}}]}, FhirUnavailable, "without a resource"),
+        ({"entry": [{"resource": {"id": "1"}}]}, FhirUnavailable, "without a resource"),
+        (
+            {
+                "entry": [
+                    {
+                        "resource": {
+                            "resourceType": "OperationOutcome",
+                            "issue": [{"severity": "error", "code": "too-costly"}],
+                        },
+                        "search": {"mode": "outcome"},
+                    }
+                ]
+            },
+            FhirRejected,
+            "reported an error",
+        ),
+        ({"link": [{"relation": "next"}]}, FhirUnavailable, "next link .* has no URL"),
+        ({"link": [{"relation": "next", "url": "http://[::1"}]}, FhirUnavailable, "not a valid"),
+    ],
+    ids=["entry not an object", "no resource", "no type", "error outcome", "no url", "bad url"],
+)
+def test_a_searchset_that_cannot_be_trusted_fails_the_search(
+    bundle: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """Any doubt about a page fails the whole search: partial data would make wrong cards."""
+    body = {"resourceType": "Bundle", "type": "searchset", **bundle}
+    with pytest.raises(error, match=message):
+        fetch(MOCK_BASE, "Observation", transport=mock(lambda r: httpx2.Response(200, json=body)))
+
+
+def test_a_warning_outcome_and_included_resources_are_not_matches() -> None:
+    body = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "OperationOutcome",
+                    "issue": [{"severity": "warning", "code": "informational"}],
+                },
+                "search": {"mode": "outcome"},
+            },
+            {"resource": {"resourceType": "Patient", "id": "p"}, "search": {"mode": "include"}},
+            {"resource": {"resourceType": "Observation", "id": "o1"}},  # no search.mode: a match
+        ],
+    }
+    found = fetch(
+        MOCK_BASE, "Observation", transport=mock(lambda r: httpx2.Response(200, json=body))
+    )
+    assert ids(found) == ["o1"]
+
+
+@pytest.mark.parametrize(
+    "relative", ["", "https://evil.example/Patient/1", "//evil.example/Patient/1"]
+)
+def test_a_prefetch_url_must_be_relative_to_the_base(relative: str) -> None:
+    with pytest.raises(ValueError, match="relative_url"):
+        fetch(MOCK_BASE, relative, transport=mock(lambda r: 1 / 0))
+
+
+@pytest.mark.parametrize(
+    "base", ["ftp://fhir.example.dk/fhir", "https://fhir.example.dk/fhir?x=1", "fhir.example.dk"]
+)
+def test_a_fhir_server_url_that_is_not_an_http_base_is_unavailable(base: str) -> None:
+    with pytest.raises(FhirUnavailable, match="FHIR server URL"):
+        fetch(base, "Patient/1", transport=mock(lambda r: 1 / 0))
+
+
 def test_a_read_answered_with_another_type_is_unavailable() -> None:
     body = {"resourceType": "Observation", "id": "1"}
     with pytest.raises(FhirUnavailable, match="Patient read"):
