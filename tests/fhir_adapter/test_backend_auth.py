@@ -15,7 +15,7 @@ import httpx2
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from fhir_adapter.backend_auth import (
     ASSERTION_TYPE,
@@ -265,6 +265,9 @@ def test_unreachable_server_is_unavailable(
 # --- MockTransport: answers sekmet does not give ----------------------------------------------
 
 
+TOKEN = {"access_token": "abc.def", "token_type": "bearer"}
+
+
 def mock_client(handler: Callable[[httpx2.Request], httpx2.Response]) -> httpx2.Client:
     return httpx2.Client(transport=httpx2.MockTransport(handler))
 
@@ -299,9 +302,8 @@ def mock_auth(
     return BackendServicesAuth(
         mock_client(handler),
         fhir_base_url=MOCK_BASE,
-        client_id=EC_CLIENT,
         private_key=key,
-        **options,
+        **{"client_id": EC_CLIENT, **options},
     )
 
 
@@ -330,6 +332,11 @@ def test_server_without_private_key_jwt_refused(ec_key: ec.EllipticCurvePrivateK
         (httpx2.Response(200, json={"access_token": "a b", "token_type": "bearer"}), "bearer"),
         (httpx2.Response(200, json={"access_token": "abc", "token_type": "mac"}), "token_type"),
         (httpx2.Response(302, headers={"Location": "https://elsewhere.example/"}), "HTTP 302"),
+        (httpx2.Response(200, json=["abc"]), "not a JSON object"),
+        (httpx2.Response(200, content=b'{"access_token": "' + b"a" * 300_000 + b'"}'), "larger"),
+        (httpx2.Response(200, json={**TOKEN, "expires_in": "300"}), "expires_in is not a number"),
+        (httpx2.Response(200, json={**TOKEN, "expires_in": True}), "expires_in is not a number"),
+        (httpx2.Response(200, json={**TOKEN, "expires_in": 0}), "expires_in is not positive"),
     ],
 )
 def test_unusable_token_answers(
@@ -337,6 +344,48 @@ def test_unusable_token_answers(
 ) -> None:
     with pytest.raises(BackendAuthUnavailable, match=message):
         mock_auth(scripted(answer), ec_key).access_token()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (smart_config(token_endpoint=None), "no token_endpoint"),
+        (smart_config(token_endpoint=""), "no token_endpoint"),
+        (smart_config(token_endpoint="auth.example.dk/token"), "not an absolute http"),
+        (["not", "an", "object"], "not a JSON object"),
+    ],
+)
+def test_unusable_smart_configurations(
+    config: Any, message: str, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        assert request.url.path.endswith("/.well-known/smart-configuration"), "no token request"
+        return httpx2.Response(200, json=config)
+
+    with pytest.raises(BackendAuthUnavailable, match=message):
+        mock_auth(handler, ec_key).access_token()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"client_id": ""}, "client_id"),
+        ({"scope": "  "}, "scope"),
+        ({"assertion_lifetime": 0}, "assertion_lifetime"),
+        ({"assertion_lifetime": 301}, "assertion_lifetime"),
+        ({"algorithm": "RS384"}, "cannot sign RS384"),
+    ],
+)
+def test_client_settings_are_checked(
+    options: dict[str, Any], message: str, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        mock_auth(lambda r: httpx2.Response(500), ec_key, **options)
+
+
+def test_keys_of_other_kinds_are_refused() -> None:
+    with pytest.raises(ValueError, match="RSA \\(RS384\\) or EC P-384"):
+        load_private_key(_pem(ed25519.Ed25519PrivateKey.generate()).decode())
 
 
 def test_missing_expires_in_assumes_five_minutes(ec_key: ec.EllipticCurvePrivateKey) -> None:
