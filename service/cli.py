@@ -908,7 +908,7 @@ DEMO_AS_OF = dt.date(2026, 7, 2)
 @app.command()
 def demo(
     language: Annotated[Language, typer.Option(help="Language of texts.")] = Language.da,
-    patients: Annotated[int, typer.Option(help="Synthetic patients.", min=1)] = 300,
+    patients: Annotated[int, typer.Option(help="Synthetic patients.", min=1)] = 3000,
     out: Annotated[Path | None, typer.Option(help="Where the demo's store and sweeps go.")] = None,
 ) -> None:
     """The library's test cases, a synthetic population, the example patients, a CDS Hooks call."""
@@ -924,9 +924,9 @@ def demo(
         f"== 1. Guideline library: {len(guidelines.files)} guidelines, {len(results)} test cases, "
         f"{len(failed)} failed.\n"
     )
-    typer.echo("== 2. A population sweep over a synthetic population (seed 2026)\n")
+    typer.echo("== 2. A synthetic population (seed 2026): generated, ingested and swept\n")
     sweep_dir = Path(out or REPOSITORY / "out" / "demo")
-    typer.echo(population_sweep(guidelines, patients, 3, 2026, danish_today(), sweep_dir) + "\n")
+    typer.echo(population_sweep(guidelines, patients, 2026, danish_today(), sweep_dir) + "\n")
     engine = PatientEngine(guidelines)
     for path in sorted(EXAMPLES.glob("*.json")):
         for patient in normalise(read_resources(path.read_bytes())).values():

@@ -1,8 +1,9 @@
 """The demo on the embedded defaults: the guideline library, a synthetic population, the service.
 
 It shows in a minute what Vejviser is for: the library passes its own test cases; a seeded
-synthetic population is swept (patient lists per practice, indicator rates, a comparison over half
-a year); and a real uvicorn process answers a CDS Hooks patient-view call for an example patient.
+synthetic population goes through ``vejviser synth``, ``ingest`` and ``sweep`` (patient lists per
+practice, indicator rates, a comparison over half a year); and a real uvicorn process answers a CDS
+Hooks patient-view call for an example patient.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import csv
 import datetime as dt
 import json
 import os
-import random
 import re
 import socket
 import subprocess
@@ -25,47 +25,55 @@ from typing import Any
 import duckdb
 import httpx2
 
+from engine.population.ingest import ingest
 from engine.population.outputs import indicator_row_from_csv
 from engine.population.run import run_sweep
-from engine.population.store import load_store, write_store
-from engine.population.tables import facts_tables
-from fhir_adapter.normalise import normalise_patient
+from engine.population.store import clusters_of, load_store
 from rules.guideline_set import GuidelineSet
 from service.cds_hooks.prefetch import prefetch_from
-from synth.patients import generate_patient, make_practice
+from synth.population import write_population
 
 DATE = re.compile(r'"(\d{4}-\d{2}-\d{2})')
+PRACTICES = 3  # the demo population's practices and clusters (fewer when it has fewer patients)
+CLUSTERS = 2
 
 
 def population_sweep(
-    guidelines: GuidelineSet,
-    patients: int,
-    practices: int,
-    seed: int,
-    as_of: dt.date,
-    out_dir: Path,
+    guidelines: GuidelineSet, patients: int, seed: int, as_of: dt.date, out_dir: Path
 ) -> str:
-    """A seeded synthetic population into a facts store, swept at two dates half a year apart."""
-    rng = random.Random(seed)
-    offices = [make_practice(rng) for _ in range(practices)]
-    records = []
-    for number in range(patients):
-        office = offices[number % practices]
-        resources = generate_patient(
-            random.Random(f"{seed}-{number}"), f"demo-{number}", 40, as_of, practice=office
-        )
-        records.append(normalise_patient([*resources, office]))
-    clusters = {o["identifier"][0]["value"]: f"klynge-{n % 2 + 1}" for n, o in enumerate(offices)}
-    store = out_dir / "store"
-    snapshot = write_store(facts_tables(records), store)
+    """What a quality unit runs, shown with the commands that do it: ``vejviser synth`` (a seeded
+    population as NDJSON, noise included), ``vejviser ingest`` (into a facts store) and
+    ``vejviser sweep`` at two dates half a year apart (so the run also compares them).
+
+    Each population gets its own folder, named by its arguments: the same arguments write the same
+    files, and an ingest never mixes the patients of two demo populations in one store.
+    """
+    practices = min(PRACTICES, patients)
+    clusters = min(CLUSTERS, practices)
+    folder = out_dir / f"population-{patients}-seed{seed}-{as_of.isoformat()}"
+    ndjson, store, sweeps = folder / "ndjson", folder / "store", out_dir / "sweeps"
     dates = [as_of - dt.timedelta(days=182), as_of]
+    synthesised = write_population(ndjson, patients, practices, clusters, seed, as_of)
+    ingested = ingest(ndjson, store)
     with duckdb.connect() as con:
-        load_store(con, store, guidelines)
-        manifest = run_sweep(
-            con, guidelines, dates, out_dir / "sweeps", clusters, snapshot=snapshot
-        )
+        snapshot = load_store(con, store, guidelines)
+        mapping = clusters_of(store) or None
+        manifest = run_sweep(con, guidelines, dates, sweeps, mapping, snapshot=snapshot)
     directory = manifest.directory / dates[-1].isoformat()
-    return _summary(directory, patients, practices, manifest.suppress_below)
+    return "\n".join(
+        [
+            f"$ vejviser synth --patients {patients} --practices {practices} "
+            f"--clusters {clusters} --seed {seed} --out {ndjson}",
+            synthesised.report(),
+            "",
+            f"$ vejviser ingest {ndjson} --store {store}",
+            ingested.report(),
+            "",
+            f"$ vejviser sweep --store {store} --as-of {dates[0]} --as-of {dates[1]} "
+            f"--out {sweeps}",
+            _summary(directory, patients, practices, manifest.suppress_below),
+        ]
+    )
 
 
 def _summary(directory: Path, patients: int, practices: int, suppress_below: int) -> str:
