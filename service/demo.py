@@ -80,7 +80,10 @@ def _summary(directory: Path, patients: int, practices: int, suppress_below: int
     """Indicator rates for everyone and the size of each practice's list, from the published files."""
     with (directory / "indicators.csv").open(encoding="utf-8-sig", newline="") as handle:
         rows = [indicator_row_from_csv(r) for r in csv.DictReader(handle)]
-    lines = [f"{patients} synthetic patients, {practices} practices, published in {directory}:", ""]
+    lines = [
+        f"{patients:,} synthetic patients, {practices} practices, published in {directory}:",
+        "",
+    ]
     everyone = [row for row in rows if row.level == "all"]
     for row in everyone:
         rate = (
