@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from engine.cases import case_resources, run_cases
@@ -40,6 +41,57 @@ def test_every_failure_is_listed(guideline_dir: Path) -> None:
     messages = [str(f) for f in result.failures]
     assert any("expected recommendations ['missing'], got ['above-target']" in m for m in messages)
     assert any("expected indicator above-58: denominator, got numerator" in m for m in messages)
+
+
+CASE_EXPECT = "      targets: {hba1c_target: 53}\n"
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "message"),
+    [
+        (
+            CASE_EXPECT,
+            CASE_EXPECT + "      targets_set_by: {hba1c_target: lipids-ihd}\n",
+            "expected target hba1c_target to be set by lipids-ihd, got example-hba1c",
+        ),
+        (
+            CASE_EXPECT,
+            CASE_EXPECT + "      target_reasons: {hba1c_target: frail}\n",
+            "expected the reason for hba1c_target to mention 'frail', got 'default target'",
+        ),
+        ("register: true", "register: false", "expected register false, got true (t2d = true"),
+        (
+            "facts: {hba1c: 67}",
+            "facts: {hba1c: 2026-03-01}",
+            "expected fact hba1c = 2026-03-01, got 67 (2026-03-02, Observation/observation-1)",
+        ),
+        (
+            "  - name: above the default target\n",
+            "  - name: above the default target\n    with_library: true\n",
+            None,  # passes with the library too
+        ),
+        (
+            "    as_of: 2026-06-01\n",
+            "    with_library: true\n    as_of: 2019-06-01\n",
+            "the guideline is not in force on 2019-06-01",
+        ),
+    ],
+    ids=["set by", "reason", "register", "fact date", "library", "not in force"],
+)
+def test_each_kind_of_expectation_says_what_it_got(
+    guideline_dir: Path, before: str, after: str, message: str | None
+) -> None:
+    """An author reads these messages to fix a case: each names what was expected and found."""
+    path = guideline_dir / "example.yaml"
+    text = path.read_text()
+    assert text.count(before) == 1
+    path.write_text(text.replace(before, after))
+    (result,) = run_cases(load_guidelines(guideline_dir))
+    messages = [str(f) for f in result.failures]
+    if message is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and message in messages[0], messages
 
 
 def test_shorthand_patients_become_valid_fhir() -> None:
