@@ -793,6 +793,20 @@ def test_malformed_resources_are_reported_and_the_rest_kept() -> None:
         medication("MedicationStatement", "period-is-text", effectivePeriod="2024"),
         goal("targets-not-list", target={"measure": HBA1C_MEASURE}),
         goal("target-is-text", "HbA1c < 53"),
+        observation("value-too-big", valueQuantity={"value": 10**400, "unit": "mmol/mol"}),
+        observation("unit-is-number", valueQuantity={"value": 53, "unit": 53}),
+        observation("string-not-text", valueQuantity=None, valueString=53),
+        observation("integer-is-float", valueQuantity=None, valueInteger=53.5),
+        observation("integer-too-big", valueQuantity=None, valueInteger=10**400),
+        condition("status-coding-is-text", clinicalStatus={"coding": ["active"]}),
+        medication(
+            "MedicationStatement",
+            "reference-without-url",
+            medicationCodeableConcept=None,
+            medicationReference={"display": "Metformin"},
+        ),
+        goal("target-without-value", {"measure": HBA1C_MEASURE, "detailQuantity": {"unit": "%"}}),
+        goal("value-without-measure", {"detailQuantity": {"value": 53, "unit": "mmol/mol"}}),
     ]
     good = observation("good")
     result = normalise([patient(), *bad, good])
@@ -825,6 +839,15 @@ def test_malformed_resources_are_reported_and_the_rest_kept() -> None:
         "MedicationStatement/period-is-text": "effectivePeriod is not an object",
         "Goal/targets-not-list": "target is not a list",
         "Goal/target-is-text": "a target is not an object",
+        "Observation/value-too-big": "valueQuantity.value is not a number",
+        "Observation/unit-is-number": "valueQuantity has a unit or code that is not a string",
+        "Observation/string-not-text": "valueString is not a string",
+        "Observation/integer-is-float": "valueInteger is not an integer",
+        "Observation/integer-too-big": "valueInteger is not a number",
+        "Condition/status-coding-is-text": "clinicalStatus.coding has an entry that is not an object",
+        "MedicationStatement/reference-without-url": "medicationReference has no literal reference",
+        "Goal/target-without-value": "target has no value",
+        "Goal/value-without-measure": "target has a value but no measure",
     }
 
 
