@@ -313,7 +313,7 @@ def _previous(store: Path) -> dict[str, Any] | None:
             f"format {STORE_FORMAT}. Ingest the whole export into a new directory."
         )
     if written is None or not (store / STAGING).is_dir():
-        return None  # a store written by write_store (tests, the demo): replaced as a whole
+        return None  # a store written by write_store (the tests): replaced as a whole
     manifest["directory"] = str(store)
     return manifest
 
