@@ -43,6 +43,52 @@ def test_a_bad_line_is_quarantined_with_its_place(tmp_path: Path) -> None:
     ]
 
 
+def test_broken_reference_resources_are_quarantined_and_the_good_ones_used(
+    tmp_path: Path,
+) -> None:
+    """Organizations and Medications are read first, for the others to refer to: a broken one
+    is left to the quarantine, one without an id can be referred to by nothing, and the first
+    good one of a name is the one used (as normalise does)."""
+    atc = "http://www.whocc.no/atc"
+    good = {
+        "resourceType": "Medication",
+        "id": "m1",
+        "code": {"coding": [{"system": atc, "code": "A10BA02"}]},
+    }
+    later = {**good, "code": {"coding": [{"system": atc, "code": "C10AA01"}]}}
+    lines = [
+        '{"resourceType": "Medication", "id": "m1", "code": ',  # cut off
+        json.dumps({"resourceType": "Organization", "name": "no id"}),
+        json.dumps(["resourceType", "Organization"]),
+        json.dumps(good),
+        json.dumps(later),
+        json.dumps({"resourceType": "Patient", "id": "p", "birthDate": "1950-01-01"}),
+        json.dumps(
+            {
+                "resourceType": "MedicationStatement",
+                "id": "s1",
+                "status": "active",
+                "subject": {"reference": "Patient/p"},
+                "medicationReference": {"reference": "Medication/m1"},
+                "effectivePeriod": {"start": "2026-01-01"},
+            }
+        ),
+    ]
+    (tmp_path / "in.ndjson").write_text("\n".join(lines) + "\n")
+    result = ingest(tmp_path / "in.ndjson", tmp_path / "store")
+    quarantine = (tmp_path / "store" / "quarantine.ndjson").read_text().splitlines()
+    assert [json.loads(q)["line"] for q in quarantine] == [1, 3]
+    assert result.quarantined == 2
+    medications = pq.read_table(tmp_path / "store" / "medications.parquet").to_pylist()
+    codes = {
+        c["code"]: c["value"]
+        for c in pq.read_table(tmp_path / "store" / "codes.parquet").to_pylist()
+    }
+    assert [(m["resource"], codes[m["code"]]) for m in medications] == [
+        ("MedicationStatement/s1", "A10BA02")
+    ]
+
+
 def test_the_quarantine_is_in_input_order_when_chunks_finish_out_of_order(tmp_path: Path) -> None:
     """Two workers take the largest chunks first; the quarantine still lists the bad lines by
     file, then line, with the line numbers of the whole file."""
