@@ -22,7 +22,7 @@ from rules import schema as s
 from rules import tree as t
 from rules import types as ty
 from rules.effective import instant
-from rules.errors import RuleError
+from rules.errors import Position, RuleError
 from rules.expressions import ExpressionError, names_in, parse, parse_condition, references
 from rules.rendering import is_observation, width
 from rules.source import Path, SourceDocument, YamlSyntaxError, parse_yaml
@@ -68,13 +68,28 @@ class GuidelineFile:
 
 def read_document(path: FsPath, display: str) -> tuple[SourceDocument | None, list[RuleError]]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         return None, [RuleError(display, None, f"cannot read the file: {exc}")]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, [_not_utf8(display, data, exc)]
     try:
         return parse_yaml(text, display), []
     except YamlSyntaxError as exc:
         return None, [RuleError(display, exc.position, f"not valid YAML: {exc}")]
+
+
+def _not_utf8(display: str, data: bytes, exc: UnicodeDecodeError) -> RuleError:
+    """Where the first byte that is not UTF-8 is: editors that save Latin-1 (Windows Notepad
+    of old, some Excel exports) turn æ, ø and å into exactly such bytes."""
+    line_start = data.rfind(b"\n", 0, exc.start) + 1
+    column = len(data[line_start : exc.start].decode("utf-8", errors="replace")) + 1
+    position = Position(data.count(b"\n", 0, exc.start) + 1, column)
+    byte = data[exc.start]
+    message = f"the file is not UTF-8 (byte 0x{byte:02x} here); save it as UTF-8"
+    return RuleError(display, position, message)
 
 
 def validate_model(model: type[BaseModel], problems: Problems) -> Any:

@@ -136,6 +136,69 @@ def test_value_set_unit_must_match_the_analyte(guideline_dir: Path) -> None:
     assert any("unit mismatch" in e and "valuesets/hba1c.yaml" in e for e in errors)
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "targets:\n  hba1c_target:",
+            "targets:\n  frail:",
+            "'frail' is already the name of a fact",
+        ),
+        ("  - id: missing\n", "  - id: above-target\n", "'above-target' is used twice"),
+        (
+            'is above the target {hba1c_target.value}"',
+            'is above the target {hba1c_target.value"',
+            "a '{' is never closed with '}'",
+        ),
+        (
+            "is above the target {hba1c_target.value}",
+            "is above the target } {hba1c_target.value}",
+            "a '}' without its '{' (write }} for a brace)",
+        ),
+        (
+            'frail: {expression: "age >= 85"}',
+            'frail: {expression: "age >= 85 and -t2d"}',
+            "cannot negate a",
+        ),
+        (
+            'frail: {expression: "age >= 85"}',
+            'frail: {expression: "age >= 85 and exists()"}',
+            "exists() takes 1 argument(s)",
+        ),
+        ('frail: {expression: "age >= 85"}', 'frail: {expression: "age >= 85 and"}', "frail"),
+        ("register:\n  description:", "register:\n  descr:", "'description' is required here"),
+    ],
+    ids=[
+        "target named as a fact",
+        "id twice",
+        "open brace",
+        "lone brace",
+        "negate a truth",
+        "argument count",
+        "expression cut off",
+        "required key",
+    ],
+)
+def test_more_author_errors_say_where_and_what(
+    guideline_dir: Path, old: str, new: str, message: str
+) -> None:
+    errors = errors_after(guideline_dir, old, new)
+    assert any(message in e and "example.yaml:" in e for e in errors), errors
+
+
+def test_a_file_saved_in_latin1_is_named_with_the_place(guideline_dir: Path) -> None:
+    path = guideline_dir / "example.yaml"
+    path.write_bytes(path.read_bytes().replace("skrøbelig".encode(), "skrøbelig".encode("latin-1")))
+    lines = path.read_bytes().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if b"\xf8" in text)
+    column = len(lines[line - 1][: lines[line - 1].index(b"\xf8")].decode()) + 1
+    with pytest.raises(RuleFileError) as caught:
+        load_guidelines(guideline_dir)
+    assert [str(e) for e in caught.value.errors] == [
+        f"{path}:{line}:{column}: the file is not UTF-8 (byte 0xf8 here); save it as UTF-8"
+    ]
+
+
 def test_invalid_yaml(guideline_dir: Path) -> None:
     errors = errors_after(guideline_dir, "register:\n", "register: [\n")
     assert any("not valid YAML" in e for e in errors)
