@@ -23,7 +23,14 @@ from rules import tree as t
 from rules import types as ty
 from rules.effective import instant
 from rules.errors import Position, RuleError
-from rules.expressions import ExpressionError, names_in, parse, parse_condition, references
+from rules.expressions import (
+    ExpressionError,
+    UsesABrokenNameError,
+    names_in,
+    parse,
+    parse_condition,
+    references,
+)
 from rules.rendering import is_observation, width
 from rules.source import Path, SourceDocument, YamlSyntaxError, parse_yaml
 from rules.valuesets import CompiledValueSet, compile_codes
@@ -52,6 +59,8 @@ class Problems:
         """Parse an expression, reporting a failure at the character it concerns."""
         try:
             return build(text)
+        except UsesABrokenNameError:
+            return None  # its cause is reported where it is
         except ExpressionError as exc:
             self.at(path, f"{exc.message} in: {text.strip()}", offset + exc.column - 1)
             return None
@@ -254,7 +263,7 @@ class _GuidelineCompiler:
             fact = self._fact(name, specs[name])
             if fact is not None:
                 compiled.append(fact)
-                self.scope[name] = fact.type
+            self.scope[name] = ty.UNUSABLE if fact is None else fact.type
         return tuple(compiled)
 
     def _fact(self, name: str, fact: s.Fact) -> t.FactDef | None:
@@ -320,7 +329,7 @@ class _GuidelineCompiler:
             target = self._target(name, spec, fact_scope)
             if target is not None:
                 compiled.append(target)
-                self.scope[name] = target.type
+            self.scope[name] = ty.UNUSABLE if target is None else target.type
         return tuple(compiled)
 
     def _target(

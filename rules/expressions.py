@@ -76,6 +76,10 @@ class ExpressionError(Exception):
         return self.message
 
 
+class UsesABrokenNameError(ExpressionError):
+    """The expression uses a fact or target whose own definition has an error, reported there."""
+
+
 @cache
 def _parser() -> Lark:
     return Lark(GRAMMAR, parser="lalr", propagate_positions=True, maybe_placeholders=False)
@@ -206,6 +210,10 @@ class _Checker:
             suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
             raise ExpressionError(
                 f"unknown fact '{name}'{suggestion} (known here: {known})", _column(token)
+            )
+        if self.scope[name] is ty.UNUSABLE:
+            raise UsesABrokenNameError(
+                f"'{name}' has an error in its own definition", _column(token)
             )
         return t.Ref(name, self.scope[name])
 

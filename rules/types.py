@@ -63,6 +63,9 @@ SEX = Scalar(
     ),
 )  # FHIR administrative gender
 RESOURCE = Scalar("string", width=len("MedicationStatement/") + FHIR_ID_LENGTH)
+# The type of a fact or target whose own definition has an error: it stays a known name, and an
+# expression that uses it is not reported again (one mistake, one message).
+UNUSABLE = Scalar("unusable")
 TARGET_SOURCE = Scalar("string", width=len("default"))
 
 
