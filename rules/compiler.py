@@ -32,7 +32,7 @@ from rules.expressions import (
     references,
 )
 from rules.rendering import is_observation, width
-from rules.source import Path, SourceDocument, YamlSyntaxError, parse_yaml
+from rules.source import Path, SourceDocument, YamlRefusedError, YamlSyntaxError, parse_yaml
 from rules.valuesets import CompiledValueSet, compile_codes
 
 SUMMARY_LIMIT = 140  # CDS Hooks: summary SHALL be fewer than 140 characters
@@ -86,6 +86,8 @@ def read_document(path: FsPath, display: str) -> tuple[SourceDocument | None, li
         return None, [_not_utf8(display, data, exc)]
     try:
         return parse_yaml(text, display), []
+    except YamlRefusedError as exc:
+        return None, [RuleError(display, exc.position, str(exc))]
     except YamlSyntaxError as exc:
         return None, [RuleError(display, exc.position, f"not valid YAML: {exc}")]
 

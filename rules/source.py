@@ -63,6 +63,10 @@ class YamlSyntaxError(ValueError):
         self.position = position
 
 
+class YamlRefusedError(YamlSyntaxError):
+    """Valid YAML that a rule file may not use (a tag, an alias of a list, an impossible date)."""
+
+
 def parse_yaml(text: str, file: str) -> SourceDocument:
     """Parse one YAML document, keeping node positions."""
     try:
@@ -72,20 +76,36 @@ def parse_yaml(text: str, file: str) -> SourceDocument:
         position = Position(mark.line + 1, mark.column + 1) if mark else None
         raise YamlSyntaxError(str(exc.problem or exc), position) from exc
     positions: dict[Path, ScalarSpan] = {}
-    data = None if node is None else _build(node, (), positions)
+    data = None if node is None else _build(node, (), positions, set())
     return SourceDocument(file=file, data=data, positions=positions)
 
 
-def _build(node: yaml.Node, path: Path, positions: dict[Path, ScalarSpan]) -> Any:
+def _build(node: yaml.Node, path: Path, positions: dict[Path, ScalarSpan], built: set[int]) -> Any:
+    """Plain data from a node. A mapping or list met a second time is an alias (``*name``):
+    refused, since nested aliases expand exponentially ("billion laughs") and an alias inside
+    its own anchor never ends; a rule file has no need for them."""
     mark = node.start_mark
+    if not isinstance(node, yaml.ScalarNode):
+        if id(node) in built:
+            raise YamlRefusedError(
+                "anchors and aliases (&name, *name) of mappings and lists are not allowed in a "
+                "rule file: write the part out where it is needed",
+                Position(mark.line + 1, mark.column + 1),
+            )
+        built.add(id(node))
     inline = isinstance(node, yaml.ScalarNode) and node.style in (None, "", "'", '"')
     quote = 1 if isinstance(node, yaml.ScalarNode) and node.style in ("'", '"') else 0
     positions[path] = ScalarSpan(Position(mark.line + 1, mark.column + 1 + quote), inline)
+    if node.tag not in _PLAIN_TAGS and not isinstance(node, yaml.ScalarNode):
+        raise YamlRefusedError(
+            f"the tag '{node.tag}' is not allowed in a rule file",
+            Position(mark.line + 1, mark.column + 1),
+        )
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = _scalar(key_node)
-            result[key] = _build(value_node, (*path, str(key)), positions)
+            result[key] = _build(value_node, (*path, str(key)), positions, built)
             key_mark = key_node.start_mark
             positions.setdefault(
                 (*path, str(key), "<key>"),
@@ -93,11 +113,14 @@ def _build(node: yaml.Node, path: Path, positions: dict[Path, ScalarSpan]) -> An
             )
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*path, index), positions) for index, item in enumerate(node.value)]
+        return [
+            _build(item, (*path, index), positions, built) for index, item in enumerate(node.value)
+        ]
     return _scalar(node)
 
 
 _constructor = yaml.SafeLoader("")
+_PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 
 
 def _scalar(node: yaml.Node) -> Any:
@@ -107,4 +130,17 @@ def _scalar(node: yaml.Node) -> Any:
         raise YamlSyntaxError(
             "a mapping key must be plain text", Position(mark.line + 1, mark.column + 1)
         )
-    return _constructor.construct_object(node, deep=True)
+    mark = node.start_mark
+    try:
+        return _constructor.construct_object(node, deep=True)
+    except yaml.constructor.ConstructorError:  # the safe loader knows no such tag: refused
+        raise YamlRefusedError(
+            f"the tag '{node.tag}' is not allowed in a rule file",
+            Position(mark.line + 1, mark.column + 1),
+        ) from None
+    except ValueError as exc:  # PyYAML builds 2026-13-01 as a date and lets date() refuse it
+        what = "date" if node.tag == "tag:yaml.org,2002:timestamp" else "value"
+        raise YamlRefusedError(
+            f"'{node.value}' is not a valid {what} ({exc})",
+            Position(mark.line + 1, mark.column + 1),
+        ) from None

@@ -166,6 +166,12 @@ def test_value_set_unit_must_match_the_analyte(guideline_dir: Path) -> None:
             "exists() takes 1 argument(s)",
         ),
         ("register:\n  description:", "register:\n  descr:", "'description' is required here"),
+        ("as_of: 2026-06-01", "as_of: 2026-13-01", "'2026-13-01' is not a valid date (month"),
+        (
+            "publisher: Vejviser tests",
+            "publisher: !!python/object/apply:os.system [id]",
+            "the tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed",
+        ),
     ],
     ids=[
         "target named as a fact",
@@ -175,6 +181,8 @@ def test_value_set_unit_must_match_the_analyte(guideline_dir: Path) -> None:
         "negate a truth",
         "argument count",
         "required key",
+        "impossible date",
+        "python tag",
     ],
 )
 def test_more_author_errors_say_where_and_what(

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 
 from rules.errors import Position
-from rules.source import YamlSyntaxError, parse_yaml
+from rules.source import YamlRefusedError, YamlSyntaxError, parse_yaml
 
 TEXT = """id: x
 facts:
@@ -32,3 +33,36 @@ def test_syntax_error_has_a_position() -> None:
     with pytest.raises(YamlSyntaxError) as caught:
         parse_yaml("a: [1, 2\nb: 3\n", "f.yaml")
     assert caught.value.position is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "position", "message"),
+    [
+        ("a: &a [*a]\n", Position(1, 4), "anchors and aliases"),  # never ends
+        (
+            "a: &a [x, x, x]\nb: &b [*a, *a, *a]\nc: [*b, *b, *b]\n",  # grows 3^n
+            Position(1, 4),
+            "anchors and aliases",
+        ),
+        ("a: &m {k: v}\nb: *m\n", Position(1, 4), "anchors and aliases"),
+        ("a: !!python/object/apply:os.system [id]\n", Position(1, 4), "the tag"),
+        ("a: !!python/name:os.system\n", Position(1, 4), "the tag"),
+        ("a: !!set {x: null}\n", Position(1, 4), "the tag"),
+        ("a: 2026-13-01\n", Position(1, 4), "'2026-13-01' is not a valid date"),
+        ("a: [2026-02-30]\n", Position(1, 5), "'2026-02-30' is not a valid date"),
+    ],
+)
+def test_yaml_a_rule_file_may_not_use_is_refused_at_its_place(
+    text: str, position: Position, message: str
+) -> None:
+    """Refused, not crashed on: an alias that contains itself recursed without end, nested
+    aliases of lists expand exponentially, and PyYAML raised a bare ValueError for a date like
+    2026-13-01 (the check printed a traceback; the service's reload logged a failed poll)."""
+    with pytest.raises(YamlRefusedError, match=re.escape(message)) as caught:
+        parse_yaml(text, "f.yaml")
+    assert caught.value.position == position
+
+
+def test_an_alias_of_a_plain_value_is_fine() -> None:
+    doc = parse_yaml("a: &t Vejviser\nb: *t\n", "f.yaml")
+    assert doc.data == {"a": "Vejviser", "b": "Vejviser"}
