@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from engine.population.run import RunManifest, SqlSteps
     from fhir_adapter.backend_auth import BackendServicesAuth
     from rules.guideline_set import GuidelineSet
+    from service.feedback import PatientException
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -688,15 +689,11 @@ def sweep(
     from engine.population.run import run_sweep
     from engine.population.sql import UnsweepableGuidelineError
     from engine.population.store import StoreError, clusters_of, load_store
-    from service.feedback import FeedbackStore
     from service.progress import Bars, wanted
 
     guidelines = load_or_exit(guidelines_dir or default_guidelines())
     mapping = _clusters(clusters) if clusters else None
-    exceptions = None
-    if feedback_database is not None:
-        with FeedbackStore(feedback_database) as feedback:
-            exceptions = feedback.all_exceptions()
+    exceptions = None if feedback_database is None else _exceptions(feedback_database)
     out.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix=".duckdb-", dir=temp_directory or out) as spill,
@@ -746,7 +743,8 @@ def _published(manifest: RunManifest) -> str:
     patients = "" if manifest.patients is None else f"{manifest.patients:,} patient(s) in "
     lines = [
         f"  {patients}{manifest.practices:,} practice(s) and {manifest.clusters:,} cluster(s); "
-        f"{guidelines} guideline(s); snapshot {manifest.snapshot}"
+        f"{guidelines} guideline(s); snapshot {manifest.snapshot}; "
+        f"{manifest.exceptions:,} patient exception(s) from CDS feedback"
     ]
     for day in manifest.as_of:
         rows, took = manifest.rows, manifest.timings
@@ -812,16 +810,52 @@ def compare(
 
 
 def _clusters(path: Path) -> dict[str, str]:
+    """practice -> cluster from a CSV with the columns practice,cluster (Excel's BOM allowed):
+    every row checked, since a row that maps nothing moves a practice out of its cluster's rates
+    without a word."""
     import csv
 
+    mapping: dict[str, str] = {}
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not {"practice", "cluster"} <= set(reader.fieldnames or ()):
+                raise fail(f"{path}: the columns must be practice,cluster")
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                practice, cluster = row["practice"], row["cluster"]
+                if None in row or not practice or not cluster:
+                    raise fail(f"{where}: a row needs a practice and a cluster, and nothing more")
+                if mapping.setdefault(practice.strip(), cluster.strip()) != cluster.strip():
+                    raise fail(f"{where}: practice {practice} is already in another cluster")
     except OSError as exc:
         raise fail(f"cannot read {path}: {exc.strerror}") from None
-    if rows and not {"practice", "cluster"} <= set(rows[0]):
-        raise fail(f"{path}: the columns must be practice,cluster")
-    return {row["practice"]: row["cluster"] for row in rows}
+    except UnicodeDecodeError:
+        raise fail(f"{path} is not UTF-8 text: save it as CSV UTF-8") from None
+    except csv.Error as exc:
+        raise fail(f"{path}: not a CSV file ({exc})") from None
+    if not mapping:
+        raise fail(f"{path} maps no practice to a cluster")
+    return mapping
+
+
+def _exceptions(path: Path) -> list[PatientException]:
+    """The patient exceptions the CDS Hooks service recorded. The file must exist: opening a
+    mistyped path would create an empty store and sweep without any exception, silently."""
+    import sqlite3
+
+    from service.feedback import FeedbackStore, FeedbackStoreError
+
+    if not path.is_file():
+        raise fail(
+            f"{path} does not exist: give the feedback database of the CDS Hooks service "
+            "(its feedback_database setting)"
+        )
+    try:
+        with FeedbackStore(path) as feedback:
+            return feedback.all_exceptions()
+    except (sqlite3.DatabaseError, FeedbackStoreError) as exc:
+        raise fail(f"{path} cannot be read as a feedback database: {exc}") from None
 
 
 @app.command()

@@ -16,6 +16,7 @@ from engine.population.tables import facts_tables
 from fhir_adapter.normalise import normalise_patient
 from rules.schema import CasePatient
 from service.cli import app
+from service.feedback import FeedbackStore
 
 runner = CliRunner()
 BUNDLE = Path(__file__).parent / "fixtures" / "ihd-patient.json"
@@ -275,6 +276,69 @@ def test_sweep_over_a_store(tmp_path: Path, guideline_dir: Path) -> None:
         ],
     )
     assert missing.exit_code == 2 and "manifest.json" in missing.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"practice;cluster\n123456;k1\n", "the columns must be practice,cluster"),
+        (b"", "the columns must be practice,cluster"),
+        (b"practice,cluster\n", "maps no practice to a cluster"),
+        (b"practice,cluster\n123456,k1,k2\n", "clusters.csv:2: a row needs a practice and a"),
+        (b"practice,cluster\n123456\n", "clusters.csv:2: a row needs a practice and a"),
+        (b"practice,cluster\n123456,k1\n123456,k2\n", "clusters.csv:3: practice 123456 is"),
+        ("practice,cluster\n123456,Nordøst\n".encode("latin-1"), "is not UTF-8 text"),
+    ],
+    ids=[
+        "semicolons",
+        "empty",
+        "no rows",
+        "extra field",
+        "missing field",
+        "two clusters",
+        "latin-1",
+    ],
+)
+def test_a_clusters_file_that_cannot_be_right_stops_the_sweep(
+    tmp_path: Path, guideline_dir: Path, content: bytes, message: str
+) -> None:
+    """Each of these would otherwise move practices out of their cluster's rates silently."""
+    write_patient_store(tmp_path / "store", DIABETIC)
+    (tmp_path / "clusters.csv").write_bytes(content)
+    args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", "2026-06-01", "-g"]
+    args += [str(guideline_dir), "--out", str(tmp_path / "out"), "--clusters"]
+    result = runner.invoke(app, [*args, str(tmp_path / "clusters.csv")])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*/manifest.json"))
+
+
+def test_a_clusters_file_from_excel_with_a_bom_is_read(tmp_path: Path, guideline_dir: Path) -> None:
+    write_patient_store(tmp_path / "store", DIABETIC)
+    (tmp_path / "clusters.csv").write_text("practice,cluster\n123456,Nordøst\n", "utf-8-sig")
+    args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", "2026-06-01", "-g"]
+    args += [str(guideline_dir), "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, [*args, "--clusters", str(tmp_path / "clusters.csv")])
+    assert result.exit_code == 0, result.output
+    assert "1 practice(s) and 1 cluster(s)" in result.output
+    (indicators,) = (tmp_path / "out").glob("*/2026-06-01/indicators.csv")
+    assert "Nordøst" in indicators.read_text(encoding="utf-8-sig")
+
+
+def test_the_feedback_database_must_exist_and_be_one(tmp_path: Path, guideline_dir: Path) -> None:
+    """A mistyped path would create an empty store and sweep without any exception."""
+    write_patient_store(tmp_path / "store", DIABETIC)
+    args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", "2026-06-01", "-g"]
+    args += [str(guideline_dir), "--out", str(tmp_path / "out"), "--feedback-database"]
+    missing = runner.invoke(app, [*args, str(tmp_path / "feedbak.sqlite")])
+    assert missing.exit_code == 2 and "feedbak.sqlite does not exist" in missing.output
+    assert not (tmp_path / "feedbak.sqlite").exists()
+    (tmp_path / "notes.txt").write_text("not a database\n" * 100)
+    other = runner.invoke(app, [*args, str(tmp_path / "notes.txt")])
+    assert other.exit_code == 2 and "cannot be read as a feedback database" in other.output
+    FeedbackStore(tmp_path / "feedback.sqlite").close()
+    empty = runner.invoke(app, [*args, str(tmp_path / "feedback.sqlite")])
+    assert empty.exit_code == 0, empty.output
+    assert "; 0 patient exception(s) from CDS feedback" in empty.output
 
 
 def test_sweep_bounds_duckdb_and_shows_no_bars_off_a_terminal(
