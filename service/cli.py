@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from fhir_adapter.backend_auth import BackendServicesAuth
     from rules.guideline_set import GuidelineSet
     from service.feedback import PatientException
+    from service.settings import Settings
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -890,7 +891,7 @@ def serve(
 
     from service.app import create_app
     from service.guideline_source import SourceError, configure_logging
-    from service.settings import CONFIG_ENV, Settings
+    from service.settings import CONFIG_ENV
 
     if config is not None:
         os.environ[CONFIG_ENV] = str(config)
@@ -905,7 +906,7 @@ def serve(
         overrides["guidelines_git_path"] = guidelines_git_path
     if poll is not None:
         overrides["guidelines_poll_seconds"] = poll
-    settings = Settings(**overrides)
+    settings = _settings(overrides)
     if no_auth:
         settings = settings.model_copy(
             update={"auth": settings.auth.model_copy(update={"enabled": False})}
@@ -933,6 +934,27 @@ def serve(
     except SourceError as exc:
         raise fail(str(exc), 1) from None
     uvicorn.run(application, host=host, port=port, log_level="info", access_log=False)
+
+
+def _settings(overrides: dict[str, object]) -> Settings:
+    """The service's settings, with what is wrong in the file or the environment in words."""
+    import yaml
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise fail(f"invalid settings: {problems}", 1) from None
+    except yaml.YAMLError as exc:
+        raise fail(f"the settings file is not valid YAML: {exc}", 1) from None
+    except ValueError as exc:
+        raise fail(str(exc), 1) from None
 
 
 EXAMPLES = REPOSITORY / "examples"

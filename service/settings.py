@@ -62,5 +62,7 @@ class Settings(BaseSettings):
         config = os.environ.get(CONFIG_ENV)
         sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
         if config:
+            if not Path(config).is_file():  # pydantic-settings would read a missing file as empty
+                raise ValueError(f"the settings file {config} does not exist")
             sources += (YamlConfigSettingsSource(settings_cls, yaml_file=Path(config)),)
         return sources

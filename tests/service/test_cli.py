@@ -17,6 +17,7 @@ from fhir_adapter.normalise import normalise_patient
 from rules.schema import CasePatient
 from service.cli import app
 from service.feedback import FeedbackStore
+from service.settings import CONFIG_ENV
 
 runner = CliRunner()
 BUNDLE = Path(__file__).parent / "fixtures" / "ihd-patient.json"
@@ -66,6 +67,31 @@ def test_serve_refuses_to_start_on_a_set_whose_test_case_fails(
     result = runner.invoke(app, ["serve", "--no-auth", "--guidelines", str(guideline_dir)])
     assert result.exit_code == 0, result.output
     assert len(started) == 1  # the fixed set starts
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("auth: [\n", "the settings file is not valid YAML"),
+        ("auth:\n  issuers: 5\n", "invalid settings: auth.issuers: Input should be a valid list"),
+        ("fhir_budget_seconds: 100\nnope: 1\n", "fhir_budget_seconds: Input should be less"),
+        (None, "does not exist"),
+    ],
+    ids=["not yaml", "wrong type", "out of range and unknown", "missing"],
+)
+def test_serve_says_what_is_wrong_with_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str | None, message: str
+) -> None:
+    """Not a traceback; and a missing file is not read as an empty one."""
+    monkeypatch.setenv(CONFIG_ENV, "")  # serve sets it for the process; put back afterwards
+    monkeypatch.setattr("uvicorn.run", lambda application, **_: pytest.fail("started"))
+    monkeypatch.setattr("service.guideline_source.configure_logging", lambda: None)
+    path = tmp_path / "vejviser.yaml"
+    if config is not None:
+        path.write_text(config)
+    result = runner.invoke(app, ["serve", "--config", str(path)])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_check_fails_on_a_guideline_the_population_engine_cannot_build(
