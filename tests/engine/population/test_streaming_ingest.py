@@ -362,6 +362,17 @@ def test_a_second_ingest_into_the_same_store_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "store").exists()
 
 
+def test_a_file_in_the_stores_place_is_refused_and_kept(tmp_path: Path) -> None:
+    """It was swapped for the new store, failed the copy of what else the store held, and was
+    removed with the working directory: a user's file lost for a mistyped --store."""
+    write_population(tmp_path / "ndjson", 5, 1, 1, 3, AS_OF)
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    with pytest.raises(StoreError, match="is a file"):
+        ingest(tmp_path / "ndjson", tmp_path / "notes.txt", workers=1)
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ndjson", "notes.txt"]
+
+
 def test_a_store_of_an_older_format_is_never_merged_into(tmp_path: Path) -> None:
     write_population(tmp_path / "ndjson", 20, 1, 1, 3, AS_OF)
     ingest(tmp_path / "ndjson", tmp_path / "store", workers=1)
