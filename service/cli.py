@@ -319,7 +319,7 @@ def synth(
     practices: Annotated[int, typer.Option(min=1, help="Number of practices.")],
     clusters: Annotated[int, typer.Option(min=1, help="Number of quality clusters.")],
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")],
-    out: Annotated[Path, typer.Option(help="Directory for the NDJSON files.")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="Directory for the NDJSON files.")],
 ) -> None:
     """Write a synthetic Danish GP population as FHIR NDJSON (one file per resource type)."""
     from synth.population import write_population
@@ -350,7 +350,10 @@ def ingest(
         ),
     ],
     store: Annotated[
-        Path, typer.Option(help="Facts store directory (Parquet): created, or updated in place.")
+        Path,
+        typer.Option(
+            file_okay=False, help="Facts store directory (Parquet): created, or updated in place."
+        ),
     ],
     workers: Annotated[
         int | None, typer.Option(min=1, help="Processes that parse (default: the cores).")
@@ -646,7 +649,7 @@ def sweep(
         list[dt.datetime],
         typer.Option(formats=["%Y-%m-%d"], help="Reference date; repeat for several."),
     ],
-    out: Annotated[Path, typer.Option(help="Where runs are published.")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="Where runs are published.")],
     clusters: Annotated[
         Path | None, typer.Option(help="CSV with columns practice,cluster (ydernummer).")
     ] = None,
@@ -665,8 +668,9 @@ def sweep(
     temp_directory: Annotated[
         Path | None,
         typer.Option(
+            file_okay=False,
             help="Where DuckDB keeps its database and spills (default: a temporary directory "
-            "under --out, removed afterwards)."
+            "under --out, removed afterwards).",
         ),
     ] = None,
     threads: Annotated[
@@ -787,7 +791,9 @@ def compare(
         Path, typer.Argument(help="The earlier run directory, or one of its as-of directories.")
     ],
     current: Annotated[Path, typer.Argument(help="The later run (or as-of) directory.")],
-    out: Annotated[Path, typer.Option(help="Where comparison.csv and comparison.md go.")],
+    out: Annotated[
+        Path, typer.Option(file_okay=False, help="Where comparison.csv and comparison.md go.")
+    ],
 ) -> None:
     """Who entered or left each practice's lists and how each indicator moved between two
     sweeps: the 3-, 6- and 12-month follow-up. A run directory stands for its latest date."""
@@ -965,7 +971,9 @@ DEMO_AS_OF = dt.date(2026, 7, 2)
 def demo(
     language: Annotated[Language, typer.Option(help="Language of texts.")] = Language.da,
     patients: Annotated[int, typer.Option(help="Synthetic patients.", min=1)] = 3000,
-    out: Annotated[Path | None, typer.Option(help="Where the demo's store and sweeps go.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(file_okay=False, help="Where the demo's store and sweeps go.")
+    ] = None,
 ) -> None:
     """The library's test cases, a synthetic population, the example patients, a CDS Hooks call."""
     from engine.cases import run_cases

@@ -367,6 +367,28 @@ def test_the_feedback_database_must_exist_and_be_one(tmp_path: Path, guideline_d
     assert "; 0 patient exception(s) from CDS feedback" in empty.output
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["synth", "--patients", "5", "--practices", "1", "--clusters", "1", "--seed", "1", "--out"],
+        ["ingest", "in.ndjson", "--store"],
+        ["sweep", "--store", "store", "--as-of", "2026-06-01", "--out"],
+        ["sweep", "--store", "store", "--as-of", "2026-06-01", "--out", "o", "--temp-directory"],
+        ["compare", "a", "b", "--out"],
+        ["demo", "--out"],
+    ],
+    ids=["synth", "ingest", "sweep", "sweep temp", "compare", "demo"],
+)
+def test_a_file_given_for_a_directory_is_refused_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    result = runner.invoke(app, [*command, "notes.txt"])
+    assert result.exit_code == 2 and "is a file" in result.output, result.output
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+
+
 def test_sweep_bounds_duckdb_and_shows_no_bars_off_a_terminal(
     tmp_path: Path, guideline_dir: Path
 ) -> None:
