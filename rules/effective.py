@@ -21,7 +21,10 @@ DENMARK = ZoneInfo("Europe/Copenhagen")
 @lru_cache(maxsize=4096)
 def day_start(day: dt.date) -> dt.datetime:
     """Midnight at the start of ``day`` in Denmark, as an aware UTC instant."""
-    return dt.datetime.combine(day, dt.time(), tzinfo=DENMARK).astimezone(dt.UTC)
+    try:
+        return dt.datetime.combine(day, dt.time(), tzinfo=DENMARK).astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01 begins in Denmark before the first instant Python has
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 def instant(value: dt.date | dt.datetime) -> dt.datetime:

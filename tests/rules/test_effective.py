@@ -31,6 +31,14 @@ def test_a_date_starts_at_midnight_in_denmark() -> None:
         instant(dt.datetime(2026, 9, 1, 6))
 
 
+def test_the_first_and_last_days_python_knows_have_a_start() -> None:
+    """0001-01-01 begins in Denmark before the first UTC instant Python can hold: a sweep or an
+    evaluation asked for that date stopped with an OverflowError; it is the earliest instant."""
+    assert day_start(dt.date(1, 1, 1)) == dt.datetime.min.replace(tzinfo=dt.UTC)
+    assert day_start(dt.date(1, 1, 2)) > day_start(dt.date(1, 1, 1))
+    assert day_start(dt.date(9999, 12, 31)) == dt.datetime(9999, 12, 30, 23, tzinfo=dt.UTC)
+
+
 def test_a_date_time_with_an_offset_is_a_moment(guideline_dir: Path) -> None:
     with_effective(guideline_dir, "effective: {from: 2026-09-01T06:00:00+02:00}")
     (g,) = load_guidelines(guideline_dir).guidelines
