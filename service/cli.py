@@ -498,6 +498,8 @@ def ingest(
     typer.echo(summary.report())
     if not summary.files:
         typer.echo(f"{path} holds no NDJSON files (*.ndjson, *.ndjson.gz)", err=True)
+    if path == Path(source) and path.is_dir():
+        _say_what_was_not_read(path)
     if summary.quarantined:
         typer.echo(f"quarantined lines, each with its file, line and reason: {store / QUARANTINE}")
     if summary.issues:
@@ -506,6 +508,22 @@ def ingest(
         kept = record_ingested(store, source, exported)
         if kept is not None:
             typer.echo(f"the server's error files are kept in {kept}", err=True)
+
+
+def _say_what_was_not_read(directory: Path) -> None:
+    """A directory's other files are not read (a directory of Bundles is read as such only when
+    it holds no NDJSON): say so, rather than leave a stray Bundle out without a word."""
+    from engine.population.ingest import ndjson_files
+
+    read = set(ndjson_files(directory))
+    others = sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p not in read
+    )
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        typer.echo(f"not read, since not NDJSON: {shown}", err=True)
 
 
 @dataclass(frozen=True)

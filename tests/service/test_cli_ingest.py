@@ -39,6 +39,25 @@ def test_ingest_prints_counts_and_updates_in_place(tmp_path: Path) -> None:
     assert f"snapshot {manifest['snapshot']} (unchanged)" in again.output
 
 
+def test_ingest_names_the_files_of_a_directory_it_does_not_read(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"}
+    (source / "Patient.ndjson").write_text(json.dumps(patient) + "\n")
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": patient}]}
+    (source / "stray-bundle.json").write_text(json.dumps(bundle))
+    (source / "README.txt").write_text("the export of 2026-11-01\n")
+    (source / ".DS_Store").write_bytes(b"\0")
+    result = runner.invoke(app, ["ingest", str(source), "--store", str(tmp_path / "store")])
+    assert result.exit_code == 0, result.output
+    assert "1 file(s), 1 line(s): 1 patients" in result.output
+    assert "not read, since not NDJSON: README.txt, stray-bundle.json" in result.output
+    only = runner.invoke(
+        app, ["ingest", str(source / "Patient.ndjson"), "--store", str(tmp_path / "s2")]
+    )
+    assert only.exit_code == 0 and "not read" not in only.output
+
+
 def test_ingest_says_where_the_quarantine_and_the_issues_are(tmp_path: Path) -> None:
     orphan = {"resourceType": "Observation", "id": "o1", "status": "final"}  # no subject
     (tmp_path / "in.ndjson").write_text("{not json\n" + json.dumps(orphan) + "\n")
