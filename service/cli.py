@@ -153,9 +153,9 @@ def list_guidelines(
 @guidelines_app.command("docs")
 def docs(
     directory: Annotated[Path | None, typer.Argument(help="Guideline directory.")] = None,
-    out: Annotated[Path, typer.Option(help="Where to write the catalogue.")] = REPOSITORY
-    / "docs"
-    / "guidelines.md",
+    out: Annotated[
+        Path, typer.Option(dir_okay=False, help="Where to write the catalogue.")
+    ] = REPOSITORY / "docs" / "guidelines.md",
     check_only: Annotated[
         bool, typer.Option("--check", help="Exit 1 if the file is not up to date; write nothing.")
     ] = False,
@@ -170,14 +170,16 @@ def docs(
             raise fail(f"{out} is out of date: run `vejviser guidelines docs`", 1)
         typer.echo(f"{out} is up to date.")
         return
-    out.write_text(text, encoding="utf-8")
+    _write_text(out, text)
     typer.echo(f"wrote {out}")
 
 
 @guidelines_app.command("schema")
 def export_schema(
     kind: Annotated[SchemaKind, typer.Option(help="Which file format.")] = SchemaKind.guideline,
-    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Write to this file instead of stdout.")
+    ] = None,
 ) -> None:
     """Print the JSON Schema of rule files (for editors such as VS Code's YAML extension)."""
     from rules import schema
@@ -187,7 +189,14 @@ def export_schema(
     if out is None:
         typer.echo(text)
     else:
-        out.write_text(text + "\n", encoding="utf-8")
+        _write_text(out, text + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"cannot write {path}: {exc.strerror}", 1) from None
 
 
 @guidelines_app.command("status")

@@ -389,6 +389,21 @@ def test_a_file_given_for_a_directory_is_refused_and_kept(
     assert (tmp_path / "notes.txt").read_text() == "my notes\n"
 
 
+@pytest.mark.parametrize("command", [["guidelines", "schema"], ["guidelines", "docs"]])
+def test_a_file_option_refuses_a_directory_and_a_missing_folder(
+    tmp_path: Path, guideline_dir: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # short paths: the error box does not break them
+    extra = [str(guideline_dir)] if command[1] == "docs" else []
+    (tmp_path / "docs").mkdir()
+    folder = runner.invoke(app, [*command, *extra, "--out", "docs"])
+    assert folder.exit_code == 2 and "is a directory" in folder.output, folder.output
+    missing = runner.invoke(app, [*command, *extra, "--out", "no/x"])
+    assert missing.exit_code == 1 and "cannot write no/x" in missing.output, missing.output
+    written = runner.invoke(app, [*command, *extra, "--out", "x"])
+    assert written.exit_code == 0 and (tmp_path / "x").read_text()
+
+
 def test_sweep_bounds_duckdb_and_shows_no_bars_off_a_terminal(
     tmp_path: Path, guideline_dir: Path
 ) -> None:
