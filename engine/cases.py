@@ -166,9 +166,10 @@ class CaseResult:
         return not self.failures
 
 
-def run_cases(guidelines: GuidelineSet) -> list[CaseResult]:
-    """Run every test case of every guideline file in the set."""
-    library = PatientEngine(guidelines)
+def run_cases(guidelines: GuidelineSet, library: PatientEngine | None = None) -> list[CaseResult]:
+    """Run every test case of every guideline file in the set (``library``: the set's engine,
+    when the caller has built it already)."""
+    library = library or PatientEngine(guidelines)
     results = []
     for file in guidelines.files:
         rules = CompiledRules(file.guideline)

@@ -90,17 +90,14 @@ def _build(node: yaml.Node, path: Path, positions: dict[Path, ScalarSpan], built
             raise YamlRefusedError(
                 "anchors and aliases (&name, *name) of mappings and lists are not allowed in a "
                 "rule file: write the part out where it is needed",
-                Position(mark.line + 1, mark.column + 1),
+                _position(node),
             )
         built.add(id(node))
     inline = isinstance(node, yaml.ScalarNode) and node.style in (None, "", "'", '"')
     quote = 1 if isinstance(node, yaml.ScalarNode) and node.style in ("'", '"') else 0
     positions[path] = ScalarSpan(Position(mark.line + 1, mark.column + 1 + quote), inline)
     if node.tag not in _PLAIN_TAGS and not isinstance(node, yaml.ScalarNode):
-        raise YamlRefusedError(
-            f"the tag '{node.tag}' is not allowed in a rule file",
-            Position(mark.line + 1, mark.column + 1),
-        )
+        raise _tag_refused(node)
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
@@ -126,21 +123,21 @@ _PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 def _scalar(node: yaml.Node) -> Any:
     """Resolve a scalar with PyYAML's safe constructor (dates become ``datetime.date``)."""
     if not isinstance(node, yaml.ScalarNode):
-        mark = node.start_mark
-        raise YamlSyntaxError(
-            "a mapping key must be plain text", Position(mark.line + 1, mark.column + 1)
-        )
-    mark = node.start_mark
+        raise YamlSyntaxError("a mapping key must be plain text", _position(node))
     try:
         return _constructor.construct_object(node, deep=True)
     except yaml.constructor.ConstructorError:  # the safe loader knows no such tag: refused
-        raise YamlRefusedError(
-            f"the tag '{node.tag}' is not allowed in a rule file",
-            Position(mark.line + 1, mark.column + 1),
-        ) from None
+        raise _tag_refused(node) from None
     except ValueError as exc:  # PyYAML builds 2026-13-01 as a date and lets date() refuse it
         what = "date" if node.tag == "tag:yaml.org,2002:timestamp" else "value"
         raise YamlRefusedError(
-            f"'{node.value}' is not a valid {what} ({exc})",
-            Position(mark.line + 1, mark.column + 1),
+            f"'{node.value}' is not a valid {what} ({exc})", _position(node)
         ) from None
+
+
+def _tag_refused(node: yaml.Node) -> YamlRefusedError:
+    return YamlRefusedError(f"the tag '{node.tag}' is not allowed in a rule file", _position(node))
+
+
+def _position(node: yaml.Node) -> Position:
+    return Position(node.start_mark.line + 1, node.start_mark.column + 1)

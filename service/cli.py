@@ -857,10 +857,10 @@ def _clusters(path: Path) -> dict[str, str]:
                 raise fail(f"{path}: the columns must be practice,cluster")
             for row in reader:
                 where = f"{path}:{reader.line_num}"
-                practice, cluster = row["practice"], row["cluster"]
+                practice, cluster = (row["practice"] or "").strip(), (row["cluster"] or "").strip()
                 if None in row or not practice or not cluster:
                     raise fail(f"{where}: a row needs a practice and a cluster, and nothing more")
-                if mapping.setdefault(practice.strip(), cluster.strip()) != cluster.strip():
+                if mapping.setdefault(practice, cluster) != cluster:
                     raise fail(f"{where}: practice {practice} is already in another cluster")
     except OSError as exc:
         raise fail(f"cannot read {path}: {exc.strerror}") from None

@@ -471,12 +471,12 @@ class GuidelinePublisher:
         log_event("guidelines.load", **base)
         try:
             guidelines = load_guidelines(checkout.directory)
-            failed = case_failures(run_cases(guidelines))
-            if failed:  # the set's own test cases are part of what makes it valid
-                raise RuleFileError(failed)
             snapshot = Snapshot(
                 guidelines, checkout.fingerprint, at, checkout.commit, relative=checkout.relative
             )
+            failed = case_failures(run_cases(guidelines, snapshot.engine))
+            if failed:  # the set's own test cases are part of what makes it valid
+                raise RuleFileError(failed)
             after = self._settled(checkout)
         except RuleFileError as exc:
             errors = tuple(checkout.relative(str(e)) for e in exc.errors)

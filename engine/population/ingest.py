@@ -843,8 +843,6 @@ def _recover(store: Path) -> None:
 def _swap(new: Path, store: Path) -> None:
     """Put ``new`` in place of ``store`` atomically; keep what else the old store held
     (``export/``, the files of a bulk export from a server)."""
-    if store.exists() and not store.is_dir():  # checked at the start too: never swap a file away
-        raise StoreError(f"{store} is a file: the store is a directory (new or from an ingest)")
     if not store.exists():
         new.rename(store)
         old = None
