@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from fhir_adapter.normalise import (
@@ -19,6 +19,8 @@ from fhir_adapter.normalise import (
     OrganizationRecord,
     ResourceList,
     ResourceRecords,
+    _common_observation,
+    _general_records,
     normalise,
     normalise_patient,
     read_resources,
@@ -911,6 +913,164 @@ def test_normalise_never_raises_on_garbage(resources: list[Any]) -> None:
     issues = [*result.issues, *(i for p in result.values() for i in p.issues)]
     # The last-resort handler is for bugs: every bad input must get a reason in plain words.
     assert not [i for i in issues if i.reason.startswith("could not be read")]
+
+
+# --- the usual Observation (fast path) -------------------------------------------------------
+#
+# resource_records and normalise read Observations of the usual shape through a fast path
+# (_common_observation). For exactly the Observations it reads it must give what the general path
+# gives, and decline every other: never a record where the general path has an Issue.
+
+BP_PANEL = observation(
+    "bp",
+    valueQuantity=None,
+    component=[
+        {
+            "code": {"coding": [{"system": LOINC, "code": code, "display": name}]},
+            "valueQuantity": {"value": value, "unit": "mmHg", "code": "mm[Hg]"},
+        }
+        for code, name, value in (("8480-6", "Systolic", 141), ("8462-4", "Diastolic", 88))
+    ],
+)
+USUAL = [observation(), BP_PANEL]
+
+near_values = st.one_of(
+    st.sampled_from([0, 53, 7.1, -1, 2**53, 2**53 + 1, 2**64, 10**30, 1e308, True, "53", None]),
+    json_values,
+)
+quantities = st.fixed_dictionaries(
+    {},
+    optional={
+        "value": near_values,
+        "comparator": st.sampled_from(["<", "<=", ">=", ">", "=", "", None, 1]),
+        "unit": st.sampled_from(["mmol/mol", "%", "mmHg", "", "furlongs", None, 5]),
+        "code": st.sampled_from(["mmol/mol", "%", "mm[Hg]", "", "kg", None, 5]),
+        "system": st.sampled_from(["http://unitsofmeasure.org", "urn:other", None, 1]),
+        "id": near_values,
+    },
+)
+codings = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "system": st.sampled_from([NPU, LOINC, "urn:x", "", None, 3]),
+            "code": st.sampled_from(["NPU27300", "8480-6", "8462-4", " npu27300 ", "", None, 3]),
+            "display": near_values,
+        },
+    ),
+    max_size=3,
+)
+concepts = st.one_of(st.fixed_dictionaries({"coding": codings}), near_values)
+components = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({}, optional={"code": concepts, "valueQuantity": quantities}),
+        st.fixed_dictionaries({"valueQuantity": st.none(), "valueString": st.text(max_size=3)}),
+        near_values,
+    ),
+    max_size=3,
+)
+
+
+def either(*plausible: Any) -> st.SearchStrategy[Any]:
+    return st.one_of(st.sampled_from(plausible), near_values)
+
+
+ELEMENTS = {
+    "id": either("o2", ""),
+    "status": either("final", "amended", "corrected", "preliminary", "entered-in-error"),
+    "code": concepts,
+    "subject": st.fixed_dictionaries(
+        {
+            "reference": either(
+                "Patient/p2",
+                "https://fhir.example.dk/Patient/p1/_history/2",
+                "Group/g1",
+                "urn:uuid:p1",
+                "#p1",
+                "Patient/",
+            )
+        }
+    )
+    | near_values,
+    "effectiveDateTime": either(
+        "2024-03-01T23:30:00+01:00", "2024-13-01", "2024-02-30", "2024-03", "20240301"
+    ),
+    "valueQuantity": quantities | near_values,
+    "component": components | near_values,
+    "valueString": either(">90", "7,5 %"),
+    "valueInteger": near_values,
+    "category": near_values,
+    "_status": near_values,
+    "valueFoo": near_values,
+}
+changes = st.lists(st.sampled_from(sorted(ELEMENTS)), max_size=2, unique=True).flatmap(
+    lambda keys: st.fixed_dictionaries({key: ELEMENTS[key] for key in keys})
+)
+
+
+@st.composite
+def near_usual(draw: st.DrawFn) -> dict[str, Any]:
+    """A usual Observation with up to two elements replaced or added and one removed."""
+    resource = copy.deepcopy(draw(st.sampled_from(USUAL)))
+    resource.update(draw(changes))
+    for key in draw(st.lists(st.sampled_from(sorted(resource)), max_size=1)):
+        if key != "resourceType":
+            resource.pop(key, None)
+    return resource
+
+
+@st.composite
+def usual_variants(draw: st.DrawFn) -> dict[str, Any]:
+    """Observations of the usual shape with other plausible values, units, dates, references."""
+    quantity = {
+        "value": draw(st.integers(-(2**60), 2**60) | st.floats(allow_nan=False) | st.just(-0.0)),
+        "unit": draw(st.sampled_from(["mmol/mol", "%", "mmHg", "mmol/L", "g/L", "kg"])),
+        **draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "code": st.sampled_from(["mmol/mol", "%", "mm[Hg]", "", "1"]),
+                    "system": st.sampled_from(["http://unitsofmeasure.org", "urn:x"]),
+                    "comparator": st.sampled_from(["<", "<=", ">=", ">"]),
+                },
+            )
+        ),
+    }
+    pairs = [(NPU, "NPU27300"), (NPU, "npu27300"), (LOINC, "4548-4"), (LOINC, "8480-6")]
+    coding = draw(st.lists(st.sampled_from([*pairs, ("urn:x", "x")]), min_size=1, max_size=3))
+    resource = observation(
+        draw(st.sampled_from(["o1", "o-2", "x" * 64])),
+        status=draw(st.sampled_from(["final", "amended", "corrected"])),
+        code={"coding": [{"system": s, "code": c} for s, c in coding]},
+        subject={"reference": draw(st.sampled_from(["Patient/p1", "http://x.dk/Patient/p1"]))},
+        effectiveDateTime=draw(st.sampled_from(["2024-03-01", "2024-03-01T00:30:00+01:00"])),
+        valueQuantity=quantity,
+    )
+    if draw(st.booleans()):  # the same value as a panel's component, beside a systolic one
+        component = {"code": resource.pop("code"), "valueQuantity": resource.pop("valueQuantity")}
+        resource["code"] = BP_PANEL["code"]
+        resource["component"] = [component, BP_PANEL["component"][0]]
+    return resource
+
+
+def general(resource: Any) -> ResourceRecords:
+    return _general_records(resource, {}, {}, {}, 0)
+
+
+def test_the_usual_observations_take_the_fast_path() -> None:
+    for resource in USUAL:
+        assert _common_observation(resource, {}) is not None
+        assert resource_records(resource, {}, {}) == general(resource)
+    panel = resource_records(BP_PANEL, {}, {})
+    assert [o.value for o in panel.observations] == [141.0, 88.0]
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(near_usual() | usual_variants())
+def test_the_fast_path_agrees_with_the_general_path(resource: dict[str, Any]) -> None:
+    fast = _common_observation(resource, {})
+    event("general path" if fast is None else "fast path")
+    assert resource_records(resource, {}, {}) == general(resource)
 
 
 # --- reading ----------------------------------------------------------------------------------
