@@ -767,6 +767,12 @@ def sweep(
         typer.echo(f"(published before, by {manifest.engine}: the same inputs give the same run)")
     typer.echo(f"published {manifest.directory}")
     typer.echo(_published(manifest))
+    if clusters is not None and manifest.clusters == 0:
+        typer.echo(
+            f"warning: no practice of the store is in {clusters}, so no cluster has rates; "
+            "are its ydernumre those of the store's practices?",
+            err=True,
+        )
 
 
 def _published(manifest: RunManifest) -> str:

@@ -350,6 +350,25 @@ def test_a_clusters_file_from_excel_with_a_bom_is_read(tmp_path: Path, guideline
     assert "Nordøst" in indicators.read_text(encoding="utf-8-sig")
 
 
+def test_a_clusters_file_naming_none_of_the_stores_practices_is_warned_of(
+    tmp_path: Path, guideline_dir: Path
+) -> None:
+    """A file of another region's practices sweeps, but without the warning it would look like
+    a run with clusters."""
+    write_patient_store(tmp_path / "store", DIABETIC)
+    (tmp_path / "clusters.csv").write_text("practice,cluster\n654321,Nordøst\n")
+    args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", "2026-06-01", "-g"]
+    args += [str(guideline_dir), "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, [*args, "--clusters", str(tmp_path / "clusters.csv")])
+    assert result.exit_code == 0, result.output
+    assert "1 practice(s) and 0 cluster(s)" in result.output
+    assert "warning: no practice of the store is in" in result.stderr
+    matching = tmp_path / "matching.csv"
+    matching.write_text("practice,cluster\n123456,Nordøst\n")
+    result = runner.invoke(app, [*args, "--clusters", str(matching)])
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
 def test_the_feedback_database_must_exist_and_be_one(tmp_path: Path, guideline_dir: Path) -> None:
     """A mistyped path would create an empty store and sweep without any exception."""
     write_patient_store(tmp_path / "store", DIABETIC)
