@@ -614,10 +614,9 @@ def _common_value(
     if found is None:
         return None
     convert, unit = found
-    return _new(
-        ObservationRecord,
-        (rid, codings, day, value if convert is None else convert(value), comparator, unit, status),
-    )
+    if convert is not None and not math.isfinite(value := convert(value)):
+        return None  # to_canonical refuses it
+    return _new(ObservationRecord, (rid, codings, day, value, comparator, unit, status))
 
 
 def _common_observation(

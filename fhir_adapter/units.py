@@ -82,7 +82,8 @@ _ANALYTE_BY_CODING: dict[Coding, str] = {
 
 def _ifcc_from_ngsp(percent: float) -> float:
     """IFCC HbA1c is reported in whole mmol/mol, so the converted value is rounded half up."""
-    return float(math.floor((percent - 2.152) / 0.09148 + 0.5))
+    ifcc = (percent - 2.152) / 0.09148
+    return float(math.floor(ifcc + 0.5)) if math.isfinite(ifcc) else ifcc  # to_canonical refuses
 
 
 # Every conversion to a canonical unit, keyed by (analyte, unit spelled as _UNIT_ALIASES gives
@@ -146,10 +147,18 @@ def to_canonical(
 
     Raises :class:`UnitError` for a known analyte whose unit is missing or unconvertible, since
     a number without a trustworthy unit must not reach a threshold. An unknown analyte keeps its
-    value and gets its unit spelled consistently.
+    value and gets its unit spelled consistently. A value that is, or becomes, too large for a
+    float (a valueString of 400 digits, 1e307 % HbA1c) is refused the same way.
     """
     convert, canonical = conversion(codings, unit)
-    return (value if convert is None else convert(value)), canonical
+    converted = value if convert is None else convert(value)
+    if not math.isfinite(converted):
+        raise UnitError(
+            f"value {value:g} is too large to convert to {canonical}"
+            if math.isfinite(value)
+            else "value is too large to be a number"
+        )
+    return converted, canonical
 
 
 @lru_cache(maxsize=8192)

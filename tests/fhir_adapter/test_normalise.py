@@ -1057,6 +1057,26 @@ def general(resource: Any) -> ResourceRecords:
     return _general_records(resource, {}, {}, {}, 0)
 
 
+UNKNOWN = {"coding": [{"system": "urn:x", "code": "x"}]}  # an analyte without a canonical unit
+
+
+def test_values_too_large_for_a_float_are_issues_on_both_paths() -> None:
+    """Found by the test below: an HbA1c of 1.65e307 % overflows when converted to mmol/mol,
+    which raised out of the fast path (so out of normalise) and was "could not be read
+    (OverflowError)" on the general path."""
+    huge = observation(valueQuantity={"value": 1e308, "unit": "%"})
+    digits = observation("o2", valueQuantity=None, valueString="9" * 400, code=UNKNOWN)
+    record = one(huge, digits)
+    assert (record.observations, reasons(record)) == (
+        (),
+        {
+            "Observation/o1": "value 1e+308 is too large to convert to mmol/mol",
+            "Observation/o2": "value is too large to be a number",
+        },
+    )
+    assert _common_observation(huge, {}) is None
+
+
 def test_the_usual_observations_take_the_fast_path() -> None:
     for resource in USUAL:
         assert _common_observation(resource, {}) is not None

@@ -104,3 +104,11 @@ def test_unknown_analyte_keeps_its_value_and_gets_a_consistent_unit() -> None:
     assert to_canonical(HEIGHT, 1.0, "umol/l") == (1.0, "umol/L")
     assert to_canonical(HEIGHT, 1.0, " {score} ") == (1.0, "{score}")
     assert to_canonical(HEIGHT, 1.0, None) == (1.0, None)
+
+
+def test_a_value_too_large_for_a_float_is_an_error_in_plain_words() -> None:
+    """A float that overflows must not reach a threshold as infinity, nor stop the reading."""
+    with pytest.raises(UnitError, match=r"^value 1e\+308 is too large to convert to mmol/mol$"):
+        to_canonical(HBA1C_NPU, 1e308, "%")
+    with pytest.raises(UnitError, match=r"^value is too large to be a number$"):
+        to_canonical((("urn:x", "x"),), float("inf"), None)

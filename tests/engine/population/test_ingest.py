@@ -43,6 +43,31 @@ def test_a_bad_line_is_quarantined_with_its_place(tmp_path: Path) -> None:
     ]
 
 
+def test_a_value_that_overflows_its_conversion_is_an_issue_not_a_failed_ingest(
+    tmp_path: Path,
+) -> None:
+    """1e308 % HbA1c overflowed when converted to mmol/mol, and the worker's exception stopped
+    the whole ingest."""
+    source = tmp_path / "population.ndjson"
+    patient = {"resourceType": "Patient", "id": "a", "birthDate": "1950-01-01"}
+    hba1c = {
+        "resourceType": "Observation",
+        "id": "h",
+        "status": "final",
+        "code": {"coding": [{"system": "http://npu-terminology.org", "code": "NPU27300"}]},
+        "subject": {"reference": "Patient/a"},
+        "effectiveDateTime": "2026-01-05",
+        "valueQuantity": {"value": 1e308, "unit": "%"},
+    }
+    source.write_text(f"{json.dumps(patient)}\n{json.dumps(hba1c)}\n")
+    result = ingest(source, tmp_path / "store")
+    assert (result.patients, result.quarantined) == (1, 0)
+    issues = (tmp_path / "store" / "issues.ndjson").read_text().splitlines()
+    assert [json.loads(line) for line in issues] == [
+        {"resource": "Observation/h", "reason": "value 1e+308 is too large to convert to mmol/mol"}
+    ]
+
+
 def test_broken_reference_resources_are_quarantined_and_the_good_ones_used(
     tmp_path: Path,
 ) -> None:
