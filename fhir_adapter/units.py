@@ -148,7 +148,7 @@ def to_canonical(
     Raises :class:`UnitError` for a known analyte whose unit is missing or unconvertible, since
     a number without a trustworthy unit must not reach a threshold. An unknown analyte keeps its
     value and gets its unit spelled consistently. A value that is, or becomes, too large for a
-    float (a valueString of 400 digits, 1e307 % HbA1c) is refused the same way.
+    float (a valueString of 400 digits, 1e308 % HbA1c) is refused the same way.
     """
     convert, canonical = conversion(codings, unit)
     converted = value if convert is None else convert(value)
