@@ -370,6 +370,10 @@ def ingest(
     chunk_mb: Annotated[
         int, typer.Option(min=1, help="MB of NDJSON per unit of work (memory per worker).")
     ] = 8,
+    memory_limit: Annotated[
+        str,
+        typer.Option(help="DuckDB memory limit of the SQL step, e.g. 2GB; past it DuckDB spills."),
+    ] = "2GB",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     deleted: Annotated[
         list[Path] | None,
@@ -454,8 +458,14 @@ def ingest(
     Bundle files (Synthea: one per patient) are written out as NDJSON in STORE/bundles first,
     references between entries resolved.
     """
+    from engine.population.ingest import IngestSettingError, check_memory_limit
     from engine.population.ingest import ingest as run_ingest
     from fhir_adapter.bundles import is_bundle_source, write_ndjson
+
+    try:
+        check_memory_limit(memory_limit)  # before an export or a Bundle conversion, too
+    except IngestSettingError as exc:
+        raise fail(str(exc)) from None
 
     request = ServerExport(
         level=level,
@@ -501,6 +511,7 @@ def ingest(
             chunk_bytes=chunk_mb << 20,
             progress=progress_for(quiet),
             deleted=deletions,
+            memory_limit=memory_limit,
         )
     except (IngestInProgressError, StoreError, FhirInputError) as exc:
         raise fail(str(exc)) from None

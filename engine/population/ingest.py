@@ -65,6 +65,7 @@ from engine.population.chunks import (
     read_chunk,
     tasks_of,
 )
+from engine.population.duckdb_engine import configure
 from engine.population.store import FACT_TABLES, MANIFEST, StoreError
 from engine.population.tables import SCHEMAS
 from fhir_adapter.bundles import GZIP_ERRORS, GZIP_MAGIC, unreadable_gzip
@@ -153,6 +154,10 @@ class IngestInProgressError(RuntimeError):
     """Another process is ingesting into the same store."""
 
 
+class IngestSettingError(ValueError):
+    """A setting DuckDB refuses, told before anything is read rather than after the read step."""
+
+
 class Progress:
     """What the ingest tells about its steps; the default says nothing (tests, --quiet)."""
 
@@ -201,6 +206,7 @@ def ingest(
     chunk_bytes: int = CHUNK_BYTES,
     progress: Progress | None = None,
     deleted: Iterable[str] = (),
+    memory_limit: str = MEMORY_LIMIT,
 ) -> IngestSummary:
     """Read every NDJSON file of ``source`` (a file or a directory) into the store at ``store``.
 
@@ -209,9 +215,11 @@ def ingest(
     incremental export's deleted files list them (:func:`fhir_adapter.bulk.deleted_resources`);
     one that ``source`` holds too is kept, as ``source`` has it. ``workers`` processes
     (default: the available cores) parse and normalise chunks of ``chunk_bytes``; with one
-    worker everything runs in this process.
+    worker everything runs in this process. ``memory_limit`` bounds DuckDB in the SQL step
+    (DuckDB's notation: ``2GB``, ``500MB``, ``50%``); past it DuckDB spills to disk.
     """
     started = time.perf_counter()
+    check_memory_limit(memory_limit)
     progress = progress or Progress()
     workers = max(1, workers or _cores())
     chunk_bytes = max(1, chunk_bytes)
@@ -248,7 +256,9 @@ def ingest(
             read = _read_all(tasks, sources, reference, workers, work / QUARANTINE, progress)
             timings["read"], clock = time.perf_counter() - clock, time.perf_counter()
             progress.start("resolving")
-            built = _build(work, read.offsets, previous, reference, workers, deletions)
+            built = _build(
+                work, read.offsets, previous, reference, workers, deletions, memory_limit
+            )
             timings["resolve"], clock = time.perf_counter() - clock, time.perf_counter()
             new = work / "store"
             (work / QUARANTINE).replace(new / QUARANTINE)
@@ -277,6 +287,15 @@ def ingest(
         deletions=len(deletions),
         deleted=built["deleted"] + reference.deleted,
     )
+
+
+def check_memory_limit(memory_limit: str) -> None:
+    """Raise :class:`IngestSettingError` for a limit DuckDB refuses (``lots``, ``2'GB``)."""
+    try:
+        with duckdb.connect(":memory:") as con:
+            configure(con, memory_limit)
+    except (ValueError, duckdb.Error) as exc:
+        raise IngestSettingError(f"bad DuckDB memory limit {memory_limit!r}: {exc}") from None
 
 
 def _cores() -> int:
@@ -570,6 +589,7 @@ def _build(
     reference: Reference,
     workers: int,
     deleted: frozenset[str],
+    memory_limit: str,
 ) -> dict[str, Any]:
     """Merge this ingest's parts with the store's staging; derive and write the fact tables.
 
@@ -579,13 +599,8 @@ def _build(
     (out / STAGING).mkdir(parents=True)
     parts = work / "parts"
     (work / "tmp").mkdir()
-    config = {
-        "threads": max(1, workers),
-        "temp_directory": str(work / "tmp"),  # spills here beyond the memory limit
-        "memory_limit": MEMORY_LIMIT,
-        "preserve_insertion_order": False,
-    }
-    with duckdb.connect(":memory:", config=config) as con:
+    with duckdb.connect(":memory:") as con:
+        configure(con, memory_limit, str(work / "tmp"), max(1, workers))  # spills to tmp
 
         def run(sql: str) -> duckdb.DuckDBPyConnection:
             started = time.perf_counter()

@@ -58,6 +58,17 @@ def test_ingest_names_the_files_of_a_directory_it_does_not_read(tmp_path: Path) 
     assert only.exit_code == 0 and "not read" not in only.output
 
 
+def test_ingest_takes_a_memory_limit_and_refuses_one_duckdb_does_not(tmp_path: Path) -> None:
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"}
+    (tmp_path / "in.ndjson").write_text(json.dumps(patient) + "\n")
+    args = ["ingest", str(tmp_path / "in.ndjson"), "--store", str(tmp_path / "store")]
+    bad = runner.invoke(app, [*args, "--memory-limit", "lots"])
+    assert bad.exit_code == 2 and "bad DuckDB memory limit 'lots'" in bad.output, bad.output
+    assert not (tmp_path / "store").exists()
+    good = runner.invoke(app, [*args, "--memory-limit", "512MB"])
+    assert good.exit_code == 0 and "1 patients" in good.output, good.output
+
+
 def test_ingest_says_where_the_quarantine_and_the_issues_are(tmp_path: Path) -> None:
     orphan = {"resourceType": "Observation", "id": "o1", "status": "final"}  # no subject
     (tmp_path / "in.ndjson").write_text("{not json\n" + json.dumps(orphan) + "\n")

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
-from engine.population.ingest import _NEEDLES, ingest
+import engine.population.ingest as ingest_module
+from engine.population.ingest import _NEEDLES, IngestSettingError, ingest
 from engine.population.store import clusters_of, snapshot_of
 from synth.population import write_population
 
@@ -66,6 +68,26 @@ def test_a_value_that_overflows_its_conversion_is_an_issue_not_a_failed_ingest(
     assert [json.loads(line) for line in issues] == [
         {"resource": "Observation/h", "reason": "value 1e+308 is too large to convert to mmol/mol"}
     ]
+
+
+def test_the_memory_limit_bounds_the_sql_step_and_a_bad_one_stops_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "Patient.ndjson"
+    source.write_text(json.dumps({"resourceType": "Patient", "id": "a"}) + "\n")
+    with pytest.raises(IngestSettingError, match="bad DuckDB memory limit 'lots'"):
+        ingest(source, tmp_path / "store", memory_limit="lots")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Patient.ndjson"]  # nothing begun
+    limits: list[str | None] = []
+
+    def configure(con: object, memory_limit: str | None = None, *args: object) -> None:
+        limits.append(memory_limit)
+        real(con, memory_limit, *args)
+
+    real = ingest_module.configure
+    monkeypatch.setattr(ingest_module, "configure", configure)
+    assert ingest(source, tmp_path / "store", workers=1, memory_limit="384MB").patients == 1
+    assert limits == ["384MB", "384MB"]  # the check, then the SQL step
 
 
 def test_broken_reference_resources_are_quarantined_and_the_good_ones_used(
