@@ -513,7 +513,7 @@ def ingest(
             deleted=deletions,
             memory_limit=memory_limit,
         )
-    except (IngestInProgressError, StoreError, FhirInputError) as exc:
+    except (IngestInProgressError, IngestSettingError, StoreError, FhirInputError) as exc:
         raise fail(str(exc)) from None
     typer.echo(summary.report())
     if not summary.files:

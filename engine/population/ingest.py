@@ -155,7 +155,8 @@ class IngestInProgressError(RuntimeError):
 
 
 class IngestSettingError(ValueError):
-    """A setting DuckDB refuses, told before anything is read rather than after the read step."""
+    """A DuckDB memory limit that does not work: one DuckDB refuses (told before anything is
+    read), or one the SQL step cannot work in even when it spills (the store is unchanged)."""
 
 
 class Progress:
@@ -256,9 +257,17 @@ def ingest(
             read = _read_all(tasks, sources, reference, workers, work / QUARANTINE, progress)
             timings["read"], clock = time.perf_counter() - clock, time.perf_counter()
             progress.start("resolving")
-            built = _build(
-                work, read.offsets, previous, reference, workers, deletions, memory_limit
-            )
+            try:
+                built = _build(
+                    work, read.offsets, previous, reference, workers, deletions, memory_limit
+                )
+            except duckdb.OutOfMemoryException as exc:
+                duckdb_says = str(exc).splitlines()[0]  # the rest is advice on SQL settings
+                raise IngestSettingError(
+                    f"the SQL step does not fit in the memory limit {memory_limit!r}, or the disk "
+                    f"under {store.resolve().parent} is too full to spill to; the store is "
+                    f"unchanged ({duckdb_says})"
+                ) from None
             timings["resolve"], clock = time.perf_counter() - clock, time.perf_counter()
             new = work / "store"
             (work / QUARANTINE).replace(new / QUARANTINE)

@@ -65,6 +65,9 @@ def test_ingest_takes_a_memory_limit_and_refuses_one_duckdb_does_not(tmp_path: P
     bad = runner.invoke(app, [*args, "--memory-limit", "lots"])
     assert bad.exit_code == 2 and "bad DuckDB memory limit 'lots'" in bad.output, bad.output
     assert not (tmp_path / "store").exists()
+    small = runner.invoke(app, [*args, "--memory-limit", "1KB"])
+    assert small.exit_code == 2 and "does not fit in the memory limit '1KB'" in small.output
+    assert "Traceback" not in small.output and not (tmp_path / "store").exists()
     good = runner.invoke(app, [*args, "--memory-limit", "512MB"])
     assert good.exit_code == 0 and "1 patients" in good.output, good.output
 

@@ -88,6 +88,12 @@ def test_the_memory_limit_bounds_the_sql_step_and_a_bad_one_stops_before_reading
     monkeypatch.setattr(ingest_module, "configure", configure)
     assert ingest(source, tmp_path / "store", workers=1, memory_limit="384MB").patients == 1
     assert limits == ["384MB", "384MB"]  # the check, then the SQL step
+    before = snapshot_of(tmp_path / "store")
+    source.write_text(json.dumps({"resourceType": "Patient", "id": "b"}) + "\n")
+    with pytest.raises(IngestSettingError, match="does not fit in the memory limit '1KB'"):
+        ingest(source, tmp_path / "store", workers=1, memory_limit="1KB")  # DuckDB accepts it
+    assert snapshot_of(tmp_path / "store") == before
+    assert pq.read_table(tmp_path / "store" / "patients.parquet")["patient"].to_pylist() == ["a"]
 
 
 def test_broken_reference_resources_are_quarantined_and_the_good_ones_used(
