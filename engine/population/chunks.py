@@ -27,6 +27,16 @@ BOM = b"\xef\xbb\xbf"
 
 # --- part files -----------------------------------------------------------------------------------
 
+
+def _record_part(table: str) -> pa.Schema:
+    """A fact table's columns after the resource's position in the chunk, with ``resource``
+    named ``name`` (the SQL step fixes the names of resources without an id from it)."""
+    fields = [pa.field("name" if f.name == "resource" else f.name, f.type) for f in SCHEMAS[table]]
+    return pa.schema([pa.field("ordinal", pa.int64()), *fields])
+
+
+_MEDICATIONS = _record_part("medications")
+
 PART_SCHEMAS = {
     "resources": pa.schema(
         [
@@ -46,57 +56,16 @@ PART_SCHEMAS = {
             ("reason", pa.string()),
         ]
     ),
-    "patients": pa.schema(
-        [("ordinal", pa.int64()), *((f.name, f.type) for f in SCHEMAS["patients"])]
+    "patients": pa.schema([("ordinal", pa.int64()), *SCHEMAS["patients"]]),
+    "observations": _record_part("observations"),
+    # a flag in place of the facts' source: a request's records count only for a patient
+    # without any MedicationStatement, which the SQL step decides across resources
+    "medications": _MEDICATIONS.set(
+        _MEDICATIONS.get_field_index("source"), pa.field("request", pa.bool_())
     ),
-    "observations": pa.schema(
-        [
-            ("ordinal", pa.int64()),
-            ("patient", pa.string()),
-            ("name", pa.string()),
-            ("record", pa.int32()),
-            ("code", pa.int32()),
-            ("date", pa.date32()),
-            ("value", pa.float64()),
-            ("comparator", pa.string()),
-            ("unit", pa.string()),
-        ]
-    ),
-    "medications": pa.schema(
-        [
-            ("ordinal", pa.int64()),
-            ("patient", pa.string()),
-            ("name", pa.string()),
-            ("code", pa.int32()),
-            ("start", pa.date32()),
-            ("end", pa.date32()),
-            ("status", pa.string()),
-            ("request", pa.bool_()),
-        ]
-    ),
-    "conditions": pa.schema(
-        [
-            ("ordinal", pa.int64()),
-            ("patient", pa.string()),
-            ("name", pa.string()),
-            ("code", pa.int32()),
-            ("onset", pa.date32()),
-            ("abatement", pa.date32()),
-            ("clinical_status", pa.string()),
-            ("recorded", pa.date32()),
-        ]
-    ),
-    "goals": pa.schema(
-        [
-            ("ordinal", pa.int64()),
-            ("patient", pa.string()),
-            ("name", pa.string()),
-            ("code", pa.int32()),
-            ("value", pa.float64()),
-            ("start", pa.date32()),
-        ]
-    ),
-    "codes": pa.schema([("code", pa.int32()), ("system", pa.string()), ("value", pa.string())]),
+    "conditions": _record_part("conditions"),
+    "goals": _record_part("goals"),
+    "codes": SCHEMAS["codes"],
 }
 
 
