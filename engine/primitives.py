@@ -26,8 +26,15 @@ _DATE = attrgetter("date")
 
 @lru_cache(maxsize=4096)
 def window_start(as_of: dt.date, period: Period) -> dt.date:
-    """The first day inside a look-back window (month ends clamp: 31 March - 1 month = 28/29 Feb)."""
-    return as_of - relativedelta(**{period.unit: period.amount})
+    """The first day inside a look-back window (month ends clamp: 31 March - 1 month = 28/29 Feb).
+
+    A window reaching back before year 1 (``within: 3000 years``: "ever") starts on 0001-01-01,
+    the first date FHIR can write, so it holds every date, as it says; no date is earlier.
+    """
+    try:
+        return as_of - relativedelta(**{period.unit: period.amount})
+    except (ValueError, OverflowError):  # before year 1, or beyond what a date can count
+        return dt.date.min
 
 
 def in_window(

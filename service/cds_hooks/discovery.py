@@ -110,7 +110,9 @@ def _observation_requirements(
                 listable &= not valueset.prefixes
                 for system, code in sorted(valueset.exact):
                     codes[f"{system_uri(system)}|{code}"] = None
-    return (list(codes) if listable else None), since - LOOKBACK_MARGIN
+    # a window that reaches back to 0001-01-01 ("ever") has no earlier day to spare
+    margin = min(LOOKBACK_MARGIN, since - dt.date.min)
+    return (list(codes) if listable else None), since - margin
 
 
 def _observation_query(codes: list[str], since: dt.date) -> str:

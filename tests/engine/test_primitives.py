@@ -15,6 +15,18 @@ def test_window_start_clamps_month_ends() -> None:
     assert p.window_start(D(2026, 6, 1), Period(28, "days")) == D(2026, 5, 4)
 
 
+def test_a_window_reaching_before_year_1_holds_every_date() -> None:
+    assert p.window_start(D(2026, 6, 1), Period(2025, "years")) == D(1, 6, 1)
+    for period in [
+        Period(2026, "years"),
+        Period(3000, "years"),
+        Period(1_000_000, "days"),
+        Period(10**20, "weeks"),
+        Period(10**12, "months"),
+    ]:
+        assert p.window_start(D(2026, 6, 1), period) == D.min, period
+
+
 def test_age_in_full_years() -> None:
     assert p.age(D(1950, 6, 2), D(2026, 6, 1)) == 75
     assert p.age(D(1950, 6, 1), D(2026, 6, 1)) == 76

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import json
 from pathlib import Path
@@ -14,7 +15,9 @@ from engine.population.sql import GuidelineSql
 from engine.population.store import write_store
 from engine.population.tables import facts_tables
 from fhir_adapter.normalise import normalise_patient
+from rules.guideline_set import load_guidelines
 from rules.schema import CasePatient
+from service.cds_hooks.discovery import prefetch_templates
 from service.cli import app
 from service.feedback import FeedbackStore
 from service.settings import CONFIG_ENV
@@ -47,6 +50,29 @@ def test_check_fails_when_a_test_case_fails(guideline_dir: Path) -> None:
         "expected fact hba1c = 66, got 67 (2026-03-02, Observation/observation-1)" in result.output
     )
     assert "1 failed." in result.output
+
+
+def test_check_passes_on_windows_that_reach_before_year_1(guideline_dir: Path) -> None:
+    """'within: 3000 years' means ever: every date is inside, in both engines and in discovery,
+    where such a window used to stop every call with 'year -974 is out of range'."""
+    path = guideline_dir / "example.yaml"
+    text = path.read_text()
+    for old, new in [
+        ("valueset: hba1c, within: 12 months}", "valueset: hba1c, within: 3000 years}"),
+        ("within: 15 months", "within: 99999999999999999999 days"),
+        ("longer_than: 28 days", "longer_than: 3000 years"),
+        ("within: 90 days", "within: 1000000 days"),
+        ("date: 2026-03-02}", "date: 1901-03-02}"),
+        ("got 67 (2026-03-02", "got 67 (1901-03-02"),
+    ]:
+        text = text.replace(old, new)
+    path.write_text(text)
+    result = runner.invoke(app, ["guidelines", "check", str(guideline_dir)])
+    assert result.exit_code == 0, result.output
+    assert "1 test case(s): all passed." in result.output
+    assert "cannot be swept" not in result.output
+    templates = prefetch_templates(load_guidelines(guideline_dir), dt.date(2026, 6, 1), 2000)
+    assert "&date=ge0001-01-01" in templates["observations1"]
 
 
 def test_serve_refuses_to_start_on_a_set_whose_test_case_fails(
