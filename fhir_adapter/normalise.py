@@ -177,6 +177,7 @@ class ResourceRecords(NamedTuple):
     issues: tuple[Issue, ...] = ()
 
 
+DUPLICATE = "appears more than once in the input; the first is used"  # the Issue of the others
 _NO_ORGANIZATIONS: Mapping[str, OrganizationRecord] = MappingProxyType({})
 
 
@@ -1134,6 +1135,36 @@ class _Patient:
 _BY_DATE = itemgetter(2, 0, 1)  # ObservationRecord: date, resource, codings
 
 
+def resource_codings(resource: Any) -> tuple[Coding, ...]:
+    """The codes of what a resource is about (an Observation's or Condition's code, a
+    medication's concept, a Goal's measures), canonical; () where none can be read.
+
+    Why: a resource that yields no record is an Issue, and a card must be able to say that the
+    eGFR it lacks is in the chart but could not be read, not that there is none.
+    """
+    if type(resource) is not dict:
+        return ()
+    kind = resource.get("resourceType")
+    if kind in ("MedicationStatement", "MedicationRequest"):
+        concepts = [resource.get("medicationCodeableConcept")]
+    elif kind == "Goal":
+        concepts = _each(resource.get("target"), "measure")
+    else:  # and a panel's components, one of which may be what could not be read
+        concepts = [resource.get("code"), *_each(resource.get("component"), "code")]
+    found: list[Coding] = []
+    for concept in concepts:
+        try:
+            found += _codings(concept, "code")
+        except _Skip:
+            continue
+    return tuple(dict.fromkeys(found))
+
+
+def _each(items: Any, key: str) -> list[Any]:
+    """``item[key]`` of each object in a JSON list; [] for anything else."""
+    return [item.get(key) for item in items if type(item) is dict] if type(items) is list else []
+
+
 def _dated(day: date | None) -> date:
     return day or date.min
 
@@ -1186,7 +1217,7 @@ def normalise(resources: Iterable[Any], full_urls: Mapping[str, str] | None = No
         if acc is None:
             acc = gathered[pid] = _Patient()
         if rid in seen:
-            acc.issues.append(Issue(rid, "appears more than once in the input; the first is used"))
+            acc.issues.append(Issue(rid, DUPLICATE))
             continue
         seen.add(rid)
         if source is not None:  # a MedicationStatement or MedicationRequest
@@ -1214,9 +1245,7 @@ def normalise(resources: Iterable[Any], full_urls: Mapping[str, str] | None = No
             continue
         if pid in records:
             first = records[pid]
-            duplicate = Issue(
-                found.resource, "appears more than once in the input; the first is used"
-            )
+            duplicate = Issue(found.resource, DUPLICATE)
             records[pid] = first._replace(issues=(*first.issues, duplicate))
             continue
         acc = gathered.pop(pid, None) or _Patient()

@@ -27,7 +27,7 @@ from fhir_adapter.rest import FhirRestClient
 from rules.effective import danish_date, danish_today
 from service import heap
 from service.auth import build_authenticator, client_auth
-from service.cds_hooks.cards import build_cards
+from service.cds_hooks.cards import build_cards, unread_resources
 from service.cds_hooks.discovery import SERVICES_BY_ID, discovery, prefetch_templates
 from service.cds_hooks.errors import CdsError, outcome_response
 from service.cds_hooks.models import CdsRequest
@@ -223,7 +223,8 @@ def _add_routes(app: FastAPI) -> None:
         )
         patient, drafts = _patient(cds_request, resources)
         outcomes = snapshot.engine.evaluate(patient, today, in_force)
-        pairs = build_cards(snapshot.guidelines, outcomes, patient.id, language_of(request))
+        unread = unread_resources(patient.issues, resources)
+        pairs = build_cards(snapshot.guidelines, outcomes, patient.id, language_of(request), unread)
         if drafts:
             pairs = [(card, issued) for card, issued in pairs if drafts & set(issued.evidence)]
         issued = [

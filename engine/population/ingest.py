@@ -70,6 +70,7 @@ from engine.population.store import FACT_TABLES, MANIFEST, StoreError
 from engine.population.tables import SCHEMAS
 from fhir_adapter.bundles import GZIP_ERRORS, GZIP_MAGIC, unreadable_gzip
 from fhir_adapter.normalise import (
+    DUPLICATE,
     YDERNUMMER,
     FhirInputError,
     OrganizationRecord,
@@ -87,7 +88,6 @@ CHUNK_BYTES = 8 << 20
 MEMORY_LIMIT = "2GB"
 """DuckDB's memory for the SQL step; it spills to disk beyond it. At 5.5 million resources the
 step took 14.3 s with 1 GB (spilling) and 11.1 s with 2 GB (3 GB: 11.6 s; 2026-11-27)."""
-DUPLICATE = "appears more than once in the input; the first is used"
 _STORE_FILES = frozenset(
     {*(f"{name}.parquet" for name in FACT_TABLES), MANIFEST, QUARANTINE, ISSUES, STAGING}
 )

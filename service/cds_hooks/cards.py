@@ -8,12 +8,15 @@ override reasons a GP can pick.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from engine.explain import describe
 from engine.outcomes import GuidelineOutcome, RecommendationResult, TargetResult
 from fhir_adapter.codes import system_uri
+from fhir_adapter.normalise import DUPLICATE, resource_codings
+from fhir_adapter.records import Coding, Issue
 from rules import types as ty
 from rules.guideline_set import GuidelineSet
 from rules.rendering import render
@@ -29,12 +32,14 @@ WORDS = {
         "target": "Individuelt mål",
         "set_by": "fastsat af",
         "also": "Også i",
+        "unread": "Ikke medregnet (kunne ikke læses)",
     },
     "en": {
         "data": "Data used",
         "target": "Individual target",
         "set_by": "set by",
         "also": "Also in",
+        "unread": "Not counted (could not be read)",
     },
 }
 
@@ -49,13 +54,41 @@ class CardOrigin:
     evidence: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Unread:
+    """A resource of the patient that yields no record (an Issue), with the codes it carries."""
+
+    resource: str
+    reasons: tuple[str, ...]
+    codings: tuple[Coding, ...]
+
+
+def unread_resources(issues: Sequence[Issue], resources: Iterable[Any]) -> tuple[Unread, ...]:
+    """The patient's Issues per resource, with the codes of the resource as sent."""
+    reasons: dict[str, list[str]] = {}
+    for issue in issues:
+        if issue.reason != DUPLICATE:  # the first of its name is read
+            reasons.setdefault(issue.resource, []).append(issue.reason)
+    if not reasons:
+        return ()
+    sent: dict[str, Any] = {}
+    for resource in resources:
+        if type(resource) is dict:
+            sent.setdefault(f"{resource.get('resourceType')}/{resource.get('id')}", resource)
+    return tuple(
+        Unread(name, tuple(why), resource_codings(sent.get(name))) for name, why in reasons.items()
+    )
+
+
 def build_cards(
     guidelines: GuidelineSet,
     outcomes: list[GuidelineOutcome],
     patient_id: str,
     language: str,
+    unread: tuple[Unread, ...] = (),
 ) -> list[tuple[dict[str, Any], CardOrigin]]:
-    """One card per recommendation that fired, most urgent first."""
+    """One card per recommendation that fired, most urgent first. A fact line names the
+    ``unread`` resources in its value set: the card was made without them."""
     by_key = {(g.id, g.version): g for g in guidelines.guidelines}
     cards = []
     for outcome in outcomes:
@@ -63,7 +96,9 @@ def build_cards(
         definitions = {r.id: r for r in guideline.recommendations}
         for result in outcome.recommendations:
             definition = definitions[result.id]
-            card = _card(guidelines, guideline, outcome, definition, result, patient_id, language)
+            card = _card(
+                guidelines, guideline, outcome, definition, result, patient_id, language, unread
+            )
             origin = CardOrigin(card["uuid"], guideline, result.id, result.evidence)
             cards.append((card, origin, definition.group))
     urgency = {"critical": 0, "warning": 1, "info": 2}
@@ -100,6 +135,7 @@ def _card(
     result: RecommendationResult,
     patient_id: str,
     language: str,
+    unread: tuple[Unread, ...],
 ) -> dict[str, Any]:
     summary = result.summary.in_language(language)
     if len(summary) > SUMMARY_LIMIT:  # the loader prevents this; never send an invalid card
@@ -108,7 +144,7 @@ def _card(
         "uuid": str(uuid.uuid4()),
         "summary": summary,
         "indicator": result.indicator,
-        "detail": _detail(guidelines, guideline, outcome, definition, result, language),
+        "detail": _detail(guidelines, guideline, outcome, definition, result, language, unread),
         "source": _source(guideline, language),
         "overrideReasons": [_reason(r, language) for r in OVERRIDE_REASONS],
         "extension": {
@@ -154,6 +190,7 @@ def _detail(
     definition: RecommendationDef,
     result: RecommendationResult,
     language: str,
+    unread: tuple[Unread, ...],
 ) -> str:
     words = WORDS[language]
     parts = [result.detail.in_language(language)] if result.detail is not None else []
@@ -163,7 +200,9 @@ def _detail(
         target = outcome.target(name)
         if target is not None:
             lines.append(_target_line(guidelines, guideline, target, language))
-        elif name in facts and (line := _fact_line(guidelines, facts[name], outcome, language)):
+        elif name in facts and (
+            line := _fact_line(guidelines, facts[name], outcome, language, unread)
+        ):
             lines.append(line)
     if lines:  # two facts can show the same record (latest in 12 months and ever): once
         parts.append(f"**{words['data']}**\n\n" + "\n".join(dict.fromkeys(lines)))
@@ -171,17 +210,29 @@ def _detail(
 
 
 def _fact_line(
-    guidelines: GuidelineSet, fact: FactDef, outcome: GuidelineOutcome, language: str
+    guidelines: GuidelineSet,
+    fact: FactDef,
+    outcome: GuidelineOutcome,
+    language: str,
+    unread: tuple[Unread, ...],
 ) -> str | None:
     result = outcome.fact(fact.name)
     valueset_id = getattr(fact.primitive, "valueset", None)
     if result is None or valueset_id is None:
         return None
-    label = guidelines.valuesets[valueset_id].title.in_language(language)
+    valueset = guidelines.valuesets[valueset_id]
+    label = valueset.title.in_language(language)
     value = describe(result.value, fact.type, language)
-    if isinstance(fact.type, ty.Record):  # an observation already names its resource
-        return f"- {label}: {value}"
-    sources = f" ({', '.join(result.evidence)})" if result.evidence else ""
+    # an observation already names its resource
+    sources = (
+        f" ({', '.join(result.evidence)})"
+        if result.evidence and not isinstance(fact.type, ty.Record)
+        else ""
+    )
+    missed = [u for u in unread if any(valueset.contains(c) for c in u.codings)]
+    if missed:
+        named = "; ".join(f"{u.resource}: {', '.join(u.reasons)}" for u in missed)
+        sources += f". {WORDS[language]['unread']}: {named}"
     return f"- {label}: {value}{sources}"
 
 

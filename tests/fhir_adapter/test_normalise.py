@@ -24,6 +24,7 @@ from fhir_adapter.normalise import (
     normalise,
     normalise_patient,
     read_resources,
+    resource_codings,
     resource_records,
 )
 from fhir_adapter.records import Issue, PatientRecord
@@ -1280,3 +1281,35 @@ def test_the_usual_observation_and_the_general_path_agree() -> None:
         ("Observation/odd", 140.0),
         ("Observation/odd", None),  # the panel's own (coded) value, HbA1c-coded here
     ]
+
+
+def test_resource_codings_reads_what_a_resource_is_about_whatever_else_is_wrong() -> None:
+    npu = {"system": "http://npu-terminology.org", "code": "NPU27300"}
+    atc = {"system": "http://www.whocc.no/atc", "code": "A10BA02"}
+    panel = {
+        "resourceType": "Observation",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "component": [
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}},
+            "junk",
+            {"code": {"coding": "junk"}},
+        ],
+    }
+    assert resource_codings(panel) == (("loinc", "85354-9"), ("loinc", "8480-6"))
+    assert resource_codings({"resourceType": "Observation", "code": {"coding": [npu]}}) == (
+        ("npu", "NPU27300"),
+    )
+    statement = {
+        "resourceType": "MedicationStatement",
+        "medicationCodeableConcept": {"coding": [atc]},
+    }
+    assert resource_codings(statement) == (("atc", "A10BA02"),)
+    goal = {"resourceType": "Goal", "target": [{"measure": {"coding": [npu]}}, 5]}
+    assert resource_codings(goal) == (("npu", "NPU27300"),)
+    for garbage in [
+        None,
+        [],
+        {"resourceType": "Condition", "code": "E11"},
+        {"code": {"coding": [5]}},
+    ]:
+        assert resource_codings(garbage) == ()

@@ -145,6 +145,36 @@ def test_null_means_no_data(client: TestClient) -> None:
     }
 
 
+def test_a_result_that_cannot_be_read_is_named_on_the_card(client: TestClient) -> None:
+    """The card is made without it, so it says so: the HbA1c is in the chart, not missing."""
+    resources = bundle_resources()
+    (hba1c,) = [r for r in resources if r["resourceType"] == "Observation"]
+    hba1c["valueQuantity"] = {"value": 67}  # no unit: it cannot be compared with a target
+    prefetch = prefetch_from(
+        client.get("/cds-services").json()["services"][0]["prefetch"], resources
+    )
+    response = client.post(PATIENT_VIEW, json=request(prefetch), headers={"Accept-Language": "en"})
+    assert response.status_code == 200, response.text
+    (card,) = response.json()["cards"]
+    assert card["summary"] == "No HbA1c in 12 months"
+    assert (
+        "- HbA1c: unknown. Not counted (could not be read): Observation/abc: HbA1c value has no "
+        "unit (expected mmol/mol)"
+    ) in card["detail"]
+    (card,) = client.post(PATIENT_VIEW, json=request(prefetch)).json()["cards"]
+    assert "Ikke medregnet (kunne ikke læses): Observation/abc: HbA1c value" in card["detail"]
+
+
+def test_a_resource_sent_twice_is_not_called_unread(client: TestClient) -> None:
+    prefetch = full_prefetch(client)
+    observations = next(v for k, v in prefetch.items() if k.startswith("observations"))
+    observations["entry"] *= 2
+    response = client.post(PATIENT_VIEW, json=request(prefetch), headers={"Accept-Language": "en"})
+    (card,) = response.json()["cards"]
+    assert "HbA1c: 67 mmol/mol (2026-03-02, Observation/abc)" in card["detail"]
+    assert "could not be read" not in card["detail"]
+
+
 def test_missing_prefetch_without_fhir_server_is_412(client: TestClient) -> None:
     prefetch = full_prefetch(client)
     del prefetch["conditions"]
