@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     )
     fhir_max_connections: int = Field(default=20, ge=1, le=1000)
     max_prefetch_url_length: int = Field(default=2000, ge=200)
+    max_request_bytes: int = Field(
+        default=50_000_000,
+        ge=1_000,
+        description="Largest request body read; a larger one is refused (413) unread.",
+    )
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS.")
     feedback_database: Path = Field(default=Path("vejviser-feedback.sqlite"))
 

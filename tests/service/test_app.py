@@ -222,6 +222,31 @@ def test_non_json_body_is_400(client: TestClient) -> None:
     assert response.json()["issue"][0]["code"] == "invalid"
 
 
+def test_a_body_over_the_limit_is_413_unread(tmp_path: Path, guideline_dir: Path) -> None:
+    settings = Settings(
+        guidelines=guideline_dir,
+        auth=AuthSettings(enabled=False),
+        feedback_database=tmp_path / "feedback.sqlite",
+        max_request_bytes=5_000,
+    )
+    with TestClient(create_app(settings)) as small:
+        body = json.dumps(request(full_prefetch(small))).encode()
+        assert len(body) < 5_000
+        assert small.post(PATIENT_VIEW, content=body).status_code == 200
+        padded = body[:-1] + b', "padding": "' + b"x" * 5_000 + b'"}'
+        response = small.post(PATIENT_VIEW, content=padded)
+        assert response.status_code == 413
+        assert response.json()["issue"][0]["code"] == "too-long"
+        assert "larger than 5,000 bytes" in response.json()["issue"][0]["diagnostics"]
+
+        def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            yield from (padded[i : i + 1_000] for i in range(0, len(padded), 1_000))
+
+        assert small.post(PATIENT_VIEW, content=chunked()).status_code == 413
+        feedback = "/cds-services/vejviser-patient-view/feedback"
+        assert small.post(feedback, content=padded).status_code == 413
+
+
 def test_unknown_service_is_404(client: TestClient) -> None:
     response = client.post("/cds-services/nope", json=request({}))
     assert response.status_code == 404
