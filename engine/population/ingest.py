@@ -123,6 +123,11 @@ class IngestSummary:
     """Resources named as deleted (a ``_since`` export's deleted files)."""
     deleted: int = 0
     """Of those, how many the store held and no longer holds."""
+    without_practice: int = 0
+    """Patients of the store without a practice (no Patient.generalPractitioner)."""
+    practice_references: tuple[int, str | None] = (0, None)
+    """Patients of the store whose practice has no ydernummer, so that their practice is the
+    reference as written (no Organization with one, none on the reference), and one such."""
 
     @property
     def resources_per_second(self) -> float:
@@ -144,10 +149,29 @@ class IngestSummary:
                     if self.deletions
                     else []
                 ),
+                *self._practice_warnings(),
                 f"{self.lines:,} lines in {self.seconds:.1f} s with {self.workers} "
                 f"process(es): {self.resources_per_second:,.0f} resources/s",
             ]
         )
+
+    def _practice_warnings(self) -> list[str]:
+        """Patients a sweep cannot place on a practice's list by ydernummer, said at once."""
+        lines = []
+        if self.without_practice:
+            lines.append(
+                f"note: {self.without_practice:,} patient(s) without a practice "
+                "(no Patient.generalPractitioner): in the country's rates, on no practice's list"
+            )
+        count, example = self.practice_references
+        if count:
+            lines.append(
+                f"warning: {count:,} patient(s) name a practice without a ydernummer (no "
+                f"Organization with one in this input or the store, none on the reference), e.g. "
+                f"{example}: that reference stands for their practice. Export the Organizations "
+                "with the Patients, or into a new store"
+            )
+        return lines
 
 
 class IngestInProgressError(RuntimeError):
@@ -295,6 +319,8 @@ def ingest(
         worker_peak_mb=read.worker_peak_mb,
         deletions=len(deletions),
         deleted=built["deleted"] + reference.deleted,
+        without_practice=built["without_practice"],
+        practice_references=built["practice_references"],
     )
 
 
@@ -791,6 +817,13 @@ def _build(
             )
         digest.update(json.dumps(dict(sorted(reference.clusters.items()))).encode())
         issues = _write_issues(con, out / ISSUES)
+        # normalise falls back to the reference as written ("Organization/x", a URL, urn:uuid)
+        reference_like = "(contains(practice, '/') OR contains(practice, ':'))"
+        without, references, example = run(
+            "SELECT count(*) FILTER (WHERE practice IS NULL), "
+            f"count(*) FILTER (WHERE {reference_like}), min(practice) FILTER (WHERE {reference_like}) "
+            "FROM out_patients"
+        ).fetchone()  # type: ignore[misc]
     snapshot = digest.hexdigest()[:16]
     manifest = {
         "format": STORE_FORMAT,
@@ -799,7 +832,14 @@ def _build(
         "clusters": dict(sorted(reference.clusters.items())),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return {"snapshot": snapshot, "rows": rows, "issues": issues, "deleted": int(removed)}
+    return {
+        "snapshot": snapshot,
+        "rows": rows,
+        "issues": issues,
+        "deleted": int(removed),
+        "without_practice": int(without),
+        "practice_references": (int(references), example),
+    }
 
 
 def _write_issues(con: duckdb.DuckDBPyConnection, path: Path) -> int:

@@ -142,6 +142,35 @@ def test_broken_reference_resources_are_quarantined_and_the_good_ones_used(
     ]
 
 
+def test_patients_without_a_practice_or_its_ydernummer_are_told(tmp_path: Path) -> None:
+    """An export without its Organizations leaves references where ydernumre belong: the sweep
+    would name lists and MeasureReports after them, so the ingest says so at once."""
+    ydernummer = {"system": "urn:oid:1.2.208.176.1.4", "value": "123456"}
+    organization = {"resourceType": "Organization", "id": "o1", "identifier": [ydernummer]}
+
+    def patient(pid: str, **extra: object) -> str:
+        return json.dumps({"resourceType": "Patient", "id": pid, **extra})
+
+    lines = [
+        json.dumps(organization),
+        patient("by-organization", generalPractitioner=[{"reference": "Organization/o1"}]),
+        patient("by-identifier", generalPractitioner=[{"identifier": ydernummer}]),
+        patient("none"),
+        patient("lost", generalPractitioner=[{"reference": "Organization/o2"}]),
+        patient("lost-too", generalPractitioner=[{"reference": "urn:uuid:4f1c"}]),
+    ]
+    (tmp_path / "in.ndjson").write_text("\n".join(lines) + "\n")
+    result = ingest(tmp_path / "in.ndjson", tmp_path / "store", workers=1)
+    assert result.without_practice == 1
+    assert result.practice_references == (2, "Organization/o2")
+    report = result.report()
+    assert "note: 1 patient(s) without a practice" in report
+    assert "warning: 2 patient(s) name a practice without a ydernummer" in report
+    assert "e.g. Organization/o2" in report
+    (tmp_path / "in.ndjson").write_text(json.dumps(organization) + "\n")
+    assert "practice" not in ingest(tmp_path / "in.ndjson", tmp_path / "clean").report()
+
+
 def test_the_quarantine_is_in_input_order_when_chunks_finish_out_of_order(tmp_path: Path) -> None:
     """Two workers take the largest chunks first; the quarantine still lists the bad lines by
     file, then line, with the line numbers of the whole file."""
