@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -27,6 +28,8 @@ from rules.errors import RuleFileError
 # with them here every command (and --help) took 0.5 s more to start, and so did each ingest
 # worker, which imports this module again as the main module of its parent.
 if TYPE_CHECKING:
+    import csv
+
     import httpx2
 
     from engine.population.run import RunManifest, SqlSteps
@@ -689,7 +692,11 @@ def sweep(
     ],
     out: Annotated[Path, typer.Option(file_okay=False, help="Where runs are published.")],
     clusters: Annotated[
-        Path | None, typer.Option(help="CSV with columns practice,cluster (ydernummer).")
+        Path | None,
+        typer.Option(
+            help="CSV with columns practice,cluster (ydernummer; ';' works too), in place of "
+            "the store's Organization.partOf."
+        ),
     ] = None,
     feedback_database: Annotated[
         Path | None, typer.Option(help="CDS Hooks feedback store: patient exceptions.")
@@ -728,8 +735,9 @@ def sweep(
 
     import duckdb
 
+    from engine.population import columnar
     from engine.population.duckdb_engine import configure, sweep_tables
-    from engine.population.run import run_sweep
+    from engine.population.run import RunInProgressError, run_sweep
     from engine.population.sql import UnsweepableGuidelineError
     from engine.population.store import StoreError, clusters_of, load_store
     from service.progress import Bars, wanted
@@ -753,6 +761,9 @@ def sweep(
             snapshot = load_store(con, store, guidelines)
         except StoreError as exc:
             raise fail(str(exc)) from None
+        cluster_warnings: list[str] = []
+        if clusters is not None and mapping is not None:  # the file's map replaces the store's
+            cluster_warnings = _cluster_warnings(clusters, mapping, columnar.practices(con))
         mapping = mapping or clusters_of(store) or None
         steps = sweep_tables
         if engine is SweepEngine.spark:
@@ -774,16 +785,14 @@ def sweep(
             )
         except UnsweepableGuidelineError as exc:
             raise fail(f"{exc}; run vejviser guidelines check on the directory") from None
+        except RunInProgressError as exc:
+            raise fail(f"{exc}: wait for it to finish, it publishes this same run") from None
     if manifest.engine != engine:
         typer.echo(f"(published before, by {manifest.engine}: the same inputs give the same run)")
     typer.echo(f"published {manifest.directory}")
     typer.echo(_published(manifest))
-    if clusters is not None and manifest.clusters == 0:
-        typer.echo(
-            f"warning: no practice of the store is in {clusters}, so no cluster has rates; "
-            "are its ydernumre those of the store's practices?",
-            err=True,
-        )
+    for warning in cluster_warnings:
+        typer.echo(warning, err=True)
 
 
 def _published(manifest: RunManifest) -> str:
@@ -869,9 +878,7 @@ def _clusters(path: Path) -> dict[str, str]:
     mapping: dict[str, str] = {}
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
-            if not {"practice", "cluster"} <= set(reader.fieldnames or ()):
-                raise fail(f"{path}: the columns must be practice,cluster")
+            reader = _clusters_reader(path, handle)
             for row in reader:
                 where = f"{path}:{reader.line_num}"
                 practice, cluster = (row["practice"] or "").strip(), (row["cluster"] or "").strip()
@@ -888,6 +895,61 @@ def _clusters(path: Path) -> dict[str, str]:
     if not mapping:
         raise fail(f"{path} maps no practice to a cluster")
     return mapping
+
+
+def _clusters_reader(path: Path, lines: Iterable[str]) -> csv.DictReader[str]:
+    """The clusters file's rows by column name. The separator is the header line's: a comma, or
+    the semicolon of Danish Excel's "CSV UTF-8"; spaces around the names are Excel's too. A
+    header that is still wrong is shown, since 'the columns must be ...' alone does not say what
+    Excel wrote instead."""
+    import csv
+    import itertools
+
+    rest = iter(lines)
+    header = next(rest, "")
+    separator = ";" if header.count(";") > header.count(",") else ","
+    reader = csv.DictReader(itertools.chain([header], rest), delimiter=separator)
+    names = [name.strip() for name in reader.fieldnames or ()]
+    if not {"practice", "cluster"} <= set(names):
+        first = header.rstrip("\r\n")
+        found = f"its first line is {first!r}" if header else "it is empty"
+        raise fail(f"{path}: the columns must be practice,cluster (or practice;cluster); {found}")
+    reader.fieldnames = names
+    return reader
+
+
+def _cluster_warnings(
+    path: Path, mapping: Mapping[str, str], practices: Iterable[str]
+) -> list[str]:
+    """What a clusters file that only partly fits the store does: it replaces the store's own
+    map, so a practice it misses (a mistyped ydernummer, a practice left out) is in no cluster,
+    and its cluster's rates lack that practice, silently but for these warnings."""
+    store = set(practices)
+    unknown = sorted(set(mapping) - store)
+    unplaced = sorted(store - set(mapping))
+    warnings: list[str] = []
+    if not store & set(mapping):
+        warnings.append(
+            f"warning: no practice of the store is in {path}, so no cluster has rates; "
+            "are its ydernumre those of the store's practices?"
+        )
+    if unknown:
+        warnings.append(
+            f"warning: {len(unknown)} of the {len(mapping)} practice(s) in {path} are not in "
+            f"the store: {_first(unknown)}"
+        )
+    if unplaced:
+        warnings.append(
+            f"warning: {len(unplaced)} of the store's {len(store)} practice(s) have no cluster "
+            f"in {path} and count in no cluster's rates: {_first(unplaced)}"
+        )
+    return warnings
+
+
+def _first(names: Sequence[str], shown: int = 5) -> str:
+    """A few names, and how many more: a region's practices would fill the terminal."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _exceptions(path: Path) -> list[PatientException]:

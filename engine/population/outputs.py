@@ -486,9 +486,22 @@ class IndicatorChange:
     def rate_change(self) -> float | None:
         if self.previous is None or self.current is None:
             return None
-        if self.previous.rate is None or self.current.rate is None:
+        before, now = exact_rate(self.previous), exact_rate(self.current)
+        if before is None or now is None:
             return None
-        return self.current.rate - self.previous.rate
+        return now - before
+
+
+def exact_rate(row: IndicatorRow) -> float | None:
+    """numerator / denominator when both are shown, else the row's rate (None when suppressed).
+
+    Why not ``row.rate``: a comparison reads its rows back from indicators.csv, whose rates are
+    rounded to four decimals, and rounding that again to a tenth of a percent can land on the
+    wrong side: 14/17 is 0.8235 in the file and 82.3 %, where 14/17 itself is 82.4 %.
+    """
+    if row.numerator is not None and row.denominator:
+        return row.numerator / row.denominator
+    return row.rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,7 +612,7 @@ def _fraction(row: IndicatorRow | None) -> str:
         return "(not computed)"
     if row.suppressed:
         return "(suppressed)"
-    return f"{row.numerator}/{row.denominator} = {_percent(row.rate)}"
+    return f"{row.numerator}/{row.denominator} = {_percent(exact_rate(row))}"
 
 
 def comparison_markdown(report: ComparisonReport) -> str:

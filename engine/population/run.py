@@ -718,11 +718,33 @@ def renderer(type_: ty.Type, language: str) -> Callable[[object], str]:
 
 
 def _as_of_directory(directory: Path) -> Path:
-    """An as-of directory as given, or a run directory's latest date."""
+    """An as-of directory as given, or a run directory's latest date.
+
+    Raises ValueError for a directory whose manifest.json is not a run's: a facts store has one
+    too, and reading it as a run's stopped ``vejviser compare`` with ``KeyError: 'as_of'``."""
     directory = Path(directory)
-    if (directory / MANIFEST).is_file():
-        return directory / RunManifest.read(directory).as_of[-1]
-    return directory
+    if not (directory / MANIFEST).is_file():
+        return directory
+    dates = _run_dates(directory / MANIFEST)
+    if not dates:
+        raise ValueError(
+            f"{directory} is not a sweep run: its {MANIFEST} names no as-of dates (a facts "
+            "store?); give a run directory that vejviser sweep published, or one of its "
+            "as-of directories"
+        )
+    return directory / dates[-1]
+
+
+def _run_dates(manifest: Path) -> list[str]:
+    """The as-of dates a run's manifest names; none for any other JSON (or no JSON)."""
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read {manifest}: {exc.strerror}") from None
+    except ValueError:  # not JSON, or not UTF-8
+        return []
+    dates = data.get("as_of") if isinstance(data, dict) else None
+    return [str(d) for d in dates] if isinstance(dates, list) else []
 
 
 def compare(previous_run_dir: Path, current_run_dir: Path) -> out.ComparisonReport:
@@ -834,7 +856,8 @@ def _exclusive(lock: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as error:
-            raise RunInProgressError(f"{lock.name[len('.lock-') :]} is being written") from error
+            run = lock.parent / lock.name.removeprefix(".lock-")
+            raise RunInProgressError(f"another sweep is writing {run} right now") from error
         yield
     finally:
         os.close(fd)  # closing releases the lock

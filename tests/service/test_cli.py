@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from fhir_adapter.normalise import normalise_patient
 from rules.guideline_set import load_guidelines
 from rules.schema import CasePatient
 from service.cds_hooks.discovery import prefetch_templates
-from service.cli import app
+from service.cli import _cluster_warnings, app
 from service.feedback import FeedbackStore
 from service.settings import CONFIG_ENV
 
@@ -333,8 +335,8 @@ def test_sweep_over_a_store(tmp_path: Path, guideline_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"practice;cluster\n123456;k1\n", "the columns must be practice,cluster"),
-        (b"", "the columns must be practice,cluster"),
+        (b"ydernummer;klynge\n123456;k1\n", "its first line is 'ydernummer;klynge'"),
+        (b"", "the columns must be practice,cluster (or practice;cluster); it is empty"),
         (b"practice,cluster\n", "maps no practice to a cluster"),
         (b"practice,cluster\n123456,k1,k2\n", "clusters.csv:2: a row needs a practice and a"),
         (b"practice,cluster\n123456\n", "clusters.csv:2: a row needs a practice and a"),
@@ -342,7 +344,7 @@ def test_sweep_over_a_store(tmp_path: Path, guideline_dir: Path) -> None:
         ("practice,cluster\n123456,Nordøst\n".encode("latin-1"), "is not UTF-8 text"),
     ],
     ids=[
-        "semicolons",
+        "other names",
         "empty",
         "no rows",
         "extra field",
@@ -374,6 +376,56 @@ def test_a_clusters_file_from_excel_with_a_bom_is_read(tmp_path: Path, guideline
     assert "1 practice(s) and 1 cluster(s)" in result.output
     (indicators,) = (tmp_path / "out").glob("*/2026-06-01/indicators.csv")
     assert "Nordøst" in indicators.read_text(encoding="utf-8-sig")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xef\xbb\xbfpractice;cluster\r\n123456;Nord\xc3\xb8st\r\n",
+        b"practice, cluster\n123456,Nord\xc3\xb8st\n",
+        b" practice ; cluster \n123456; Nord\xc3\xb8st\n",
+    ],
+    ids=["danish excel: semicolons, BOM, CRLF", "space after the comma", "spaces, semicolons"],
+)
+def test_a_clusters_file_with_semicolons_or_spaced_names_is_read(
+    tmp_path: Path, guideline_dir: Path, content: bytes
+) -> None:
+    """Danish Excel's "CSV UTF-8" separates with ';'; it was refused as having wrong columns."""
+    write_patient_store(tmp_path / "store", DIABETIC)
+    (tmp_path / "clusters.csv").write_bytes(content)
+    args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", "2026-06-01", "-g"]
+    args += [str(guideline_dir), "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, [*args, "--clusters", str(tmp_path / "clusters.csv")])
+    assert result.exit_code == 0, result.output
+    assert "1 practice(s) and 1 cluster(s)" in result.output and not result.stderr
+    (indicators,) = (tmp_path / "out").glob("*/2026-06-01/indicators.csv")
+    assert "cluster,Nordøst," in indicators.read_text(encoding="utf-8-sig")
+
+
+def test_a_clusters_file_that_misses_some_of_the_stores_practices_is_warned_of(
+    tmp_path: Path, guideline_dir: Path
+) -> None:
+    """A mistyped ydernummer (23456 for 234567) left that practice in no cluster and its
+    cluster's rates without it, and the sweep said nothing."""
+    record = normalise_patient(case_resources(CasePatient.model_validate(DIABETIC)))
+    practices = ["123456", "234567", "345678"]
+    records = [record._replace(id=f"p{n}", practice=p) for n, p in enumerate(practices)]
+    write_store(facts_tables(records), tmp_path / "store")
+    clusters = tmp_path / "clusters.csv"
+    clusters.write_text("practice,cluster\n123456,A\n23456,A\n345678,B\n")
+    args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", "2026-06-01", "-g"]
+    args += [str(guideline_dir), "--out", str(tmp_path / "out"), "--clusters", str(clusters)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "3 practice(s) and 2 cluster(s)" in result.output
+    assert f"warning: 1 of the 3 practice(s) in {clusters} are not in the store: 23456" in (
+        result.stderr
+    )
+    assert (
+        f"warning: 1 of the store's 3 practice(s) have no cluster in {clusters} and count in no "
+        "cluster's rates: 234567"
+    ) in result.stderr
+    assert "no practice of the store is in" not in result.stderr
 
 
 def test_a_clusters_file_naming_none_of_the_stores_practices_is_warned_of(
@@ -510,3 +562,47 @@ def test_compare_two_published_sweeps(tmp_path: Path, guideline_dir: Path) -> No
     wrong = runner.invoke(app, ["compare", str(tmp_path), str(runs[1]), "--out", str(tmp_path)])
     assert wrong.exit_code == 2
     assert "neither a published run nor one of its as-of directories" in wrong.output
+
+
+def test_compare_says_a_store_is_not_a_sweep_run(tmp_path: Path) -> None:
+    """A facts store has a manifest.json too; compare read it as a run's: KeyError: 'as_of'."""
+    write_patient_store(tmp_path / "store", DIABETIC)
+    (tmp_path / "run").mkdir()
+    args = ["compare", str(tmp_path / "store"), str(tmp_path / "run"), "--out"]
+    result = runner.invoke(app, [*args, str(tmp_path / "cmp")])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'store'} is not a sweep run" in result.output
+    assert isinstance(result.exception, SystemExit), "a message, not a traceback"
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_sweep_already_being_written_is_refused_in_words(
+    tmp_path: Path, guideline_dir: Path
+) -> None:
+    """The same sweep started twice into one --out: the second stopped with a traceback."""
+    write_patient_store(tmp_path / "store", DIABETIC)
+    args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", "2026-06-01", "-g"]
+    args += [str(guideline_dir), "--out", str(tmp_path / "out")]
+    assert runner.invoke(app, args).exit_code == 0
+    (run,) = (tmp_path / "out").glob("*/manifest.json")
+    fd = os.open(tmp_path / "out" / f".lock-{run.parent.name}", os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as the first sweep holds it while it writes
+        result = runner.invoke(app, args)
+    finally:
+        os.close(fd)
+    assert result.exit_code == 2, result.output
+    assert f"another sweep is writing {run.parent} right now: wait for it" in result.output
+    assert isinstance(result.exception, SystemExit), "a message, not a traceback"
+
+
+def test_the_cluster_warnings_name_a_few_ydernumre_and_count_the_rest() -> None:
+    """A region's file against one cluster's store would otherwise fill the terminal."""
+    store = [f"{n:06d}" for n in range(1, 9)]  # 000001 .. 000008
+    warnings = _cluster_warnings(Path("k.csv"), {"000001": "A", "999999": "B"}, store)
+    assert warnings == [
+        "warning: 1 of the 2 practice(s) in k.csv are not in the store: 999999",
+        "warning: 7 of the store's 8 practice(s) have no cluster in k.csv and count in no "
+        "cluster's rates: 000002, 000003, 000004, 000005, 000006 and 2 more",
+    ]
+    assert _cluster_warnings(Path("k.csv"), dict.fromkeys(store, "A"), store) == []

@@ -250,6 +250,32 @@ def test_comparison_reports_who_entered_and_left_each_list(
     assert "p3" not in markdown, "the summary carries counts, not patients"
 
 
+@pytest.mark.parametrize(
+    ("before", "now", "shown"),
+    [
+        ((14, 17), (63, 68), "| 14/17 = 82.4 % | 63/68 = 92.6 % | +10.3 points |"),
+        ((0, 0), (63, 68), "| 0/0 = - | 63/68 = 92.6 % | - |"),
+    ],
+)
+def test_comparison_percentages_come_from_the_counts_not_the_rounded_rate(
+    before: tuple[int, int], now: tuple[int, int], shown: str
+) -> None:
+    """indicators.csv rounds rates to four decimals (14/17 is 0.8235); rounding that again gave
+    82.3 % and 92.7 % beside the fractions they stand for."""
+
+    def read_back(numerator: int, denominator: int) -> out.IndicatorRow:
+        written = row("practice", numerator, denominator)
+        text = out.csv_text(out.INDICATOR_COLUMNS, [out.as_record(written)])
+        (record,) = csv.DictReader(io.StringIO(text))
+        return out.indicator_row_from_csv(record)
+
+    changes = out.compare_indicators([read_back(*before)], [read_back(*now)])
+    markdown = out.comparison_markdown(
+        out.ComparisonReport("2026-01-01", "2026-04-01", (), changes)
+    )
+    assert shown in markdown, markdown
+
+
 def test_outputs_do_not_depend_on_the_process(tmp_path: Path) -> None:
     """A restarted run is a new process with a new hash seed: set and dict order must never
     reach a file."""
