@@ -108,15 +108,39 @@ def validate_model(model: type[BaseModel], problems: Problems) -> Any:
     try:
         return model.model_validate(problems.document.data)
     except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            path = tuple(p for p in error["loc"] if isinstance(p, int | str))
-            problems.at(path, _plain(error))
+        for error in _one_per_union(exc.errors(include_url=False)):
+            problems.at(_path(error), _plain(error))
         return None
 
 
+def _path(error: Any) -> tuple[int | str, ...]:
+    """The error's place in the document: pydantic puts the members of a union it tried into
+    ``loc`` as type names (``list[function-after[...]]``), which are no keys of the file."""
+    return tuple(p for p in error["loc"] if isinstance(p, int) or "[" not in p)
+
+
+def _one_per_union(errors: list[Any]) -> list[Any]:
+    """Of a union's errors for one value (``code: Code | list[Code]``), the ones for the form
+    the author wrote: a 'should be a valid list' beside the reason a single code failed is
+    false, since the author never meant a list."""
+    tried = {_path(e) for e in errors if len(_path(e)) < len(e["loc"])}
+    shapes = {"list_type", "dict_type", "model_type"}
+    return [
+        e
+        for e in errors
+        if not (
+            e["type"] in shapes
+            and _path(e) in tried
+            and sum(_path(other) == _path(e) for other in errors) > 1
+        )
+    ]
+
+
 def _plain(error: Any) -> str:
-    loc = [p for p in error["loc"] if isinstance(p, int | str)]
+    loc = _path(error)
     key = str(loc[-1]) if loc else "file"
+    if len(loc) > 1 and isinstance(loc[-1], int):  # an item of a list: codes[2]
+        key = f"{loc[-2]}[{loc[-1]}]"
     kind = error["type"]
     if kind == "missing":
         return f"'{key}' is required here"
@@ -124,6 +148,11 @@ def _plain(error: Any) -> str:
         return f"unknown key '{key}'"
     if kind == "string_pattern_mismatch":
         return f"'{error['input']}' is not a valid {key}"
+    if kind == "string_type" and isinstance(error["input"], bool | int | float):
+        read = "true or false" if isinstance(error["input"], bool) else "a number"
+        return (
+            f"{key}: YAML reads this as {read} ({error['input']!r}), not as text; put it in quotes"
+        )
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{key}: {message}"
 
@@ -174,8 +203,12 @@ def _text(text: s.Text | s.Reason) -> t.Text:
 
 
 def compile_guideline(
-    path: FsPath, display: str, valuesets: dict[str, CompiledValueSet]
+    path: FsPath,
+    display: str,
+    valuesets: dict[str, CompiledValueSet],
+    broken: frozenset[str] = frozenset(),
 ) -> tuple[GuidelineFile | None, list[RuleError]]:
+    """``broken``: value sets whose own file has errors, reported there and not at each use."""
     document, errors = read_document(path, display)
     if document is None:
         return None, errors
@@ -183,7 +216,7 @@ def compile_guideline(
     model: s.Guideline | None = validate_model(s.Guideline, problems)
     if model is None:
         return None, problems.errors
-    compiled = _GuidelineCompiler(model, problems, valuesets).compile(
+    compiled = _GuidelineCompiler(model, problems, valuesets, broken).compile(
         content_hash(path.read_bytes())
     )
     if compiled is None or problems.errors:
@@ -195,11 +228,16 @@ class _GuidelineCompiler:
     """Compiles one validated guideline model; all problems go to ``problems``."""
 
     def __init__(
-        self, model: s.Guideline, problems: Problems, valuesets: dict[str, CompiledValueSet]
+        self,
+        model: s.Guideline,
+        problems: Problems,
+        valuesets: dict[str, CompiledValueSet],
+        broken: frozenset[str],
     ) -> None:
         self.model = model
         self.problems = problems
         self.valuesets = valuesets
+        self.broken = broken
         self.scope: dict[str, ty.Type] = dict(BUILTINS)
         self.derived_refs: dict[str, set[str]] = {}
         self.register_refs: set[str] = set()
@@ -315,7 +353,7 @@ class _GuidelineCompiler:
 
     def _valueset(self, path: Path, valueset_id: str) -> CompiledValueSet | None:
         valueset = self.valuesets.get(valueset_id)
-        if valueset is None:
+        if valueset is None and valueset_id not in self.broken:
             known = ", ".join(sorted(self.valuesets)) or "none loaded"
             self.problems.at(path, f"unknown value set '{valueset_id}' (known: {known})")
         return valueset

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
-from rules.compiler import GuidelineFile, compile_guideline, compile_valueset
+from rules.compiler import GuidelineFile, compile_guideline, compile_valueset, read_document
 from rules.errors import RuleError, RuleFileError
 from rules.tree import CompiledGuideline
 from rules.valuesets import CompiledValueSet, ValueSetIndex
@@ -58,25 +58,33 @@ def load_guidelines(directory: Path) -> GuidelineSet:
         raise RuleFileError([RuleError(str(directory), None, "not a directory")])
     errors: list[RuleError] = []
     valuesets: dict[str, CompiledValueSet] = {}
+    broken: set[str] = set()  # ids of value set files with errors: their uses say nothing more
     for path in sorted((directory / VALUESET_DIR).glob("*.yaml")):
         valueset, problems = compile_valueset(path, _display(path, directory))
         errors += problems
         if valueset is None:
+            broken |= {_written_id(path)} - {None}
             continue
-        if valueset.id in valuesets:
+        if valueset.id in valuesets:  # which one is meant is not known: neither is used
             other = valuesets[valueset.id].file
             errors.append(
                 RuleError(
                     valueset.file, None, f"value set '{valueset.id}' is also defined in {other}"
                 )
             )
+            broken.add(valueset.id)
+            continue
         valuesets[valueset.id] = valueset
+    for name in broken:
+        valuesets.pop(name, None)
     files: list[GuidelineFile] = []
     seen: dict[tuple[str, str], str] = {}
     for path in sorted(directory.rglob("*.yaml")):
         if VALUESET_DIR in path.relative_to(directory).parts[:1]:
             continue
-        loaded, problems = compile_guideline(path, _display(path, directory), valuesets)
+        loaded, problems = compile_guideline(
+            path, _display(path, directory), valuesets, frozenset(broken)
+        )
         errors += problems
         if loaded is None:
             continue
@@ -94,6 +102,14 @@ def load_guidelines(directory: Path) -> GuidelineSet:
     if errors:
         raise RuleFileError(errors)
     return GuidelineSet(tuple(files), valuesets, ValueSetIndex(tuple(valuesets.values())))
+
+
+def _written_id(path: Path) -> str | None:
+    """The ``id`` a value set file that did not compile gives itself, if it gives one."""
+    document, _ = read_document(path, str(path))
+    data = document.data if document is not None else None
+    written = data.get("id") if isinstance(data, dict) else None
+    return written if isinstance(written, str) else None
 
 
 def _display(path: Path, directory: Path) -> str:

@@ -298,6 +298,64 @@ def test_test_case_codes_need_a_known_system(guideline_dir: Path) -> None:
     assert any("did you mean 'icpc2:T90'?" in e for e in errors)
 
 
+def test_a_test_case_code_error_is_one_plain_message(guideline_dir: Path) -> None:
+    """Not pydantic's names for the union it tried (function-after[_known_code(), str]), nor a
+    second, false 'should be a valid list' for the list form the author did not write."""
+    errors = errors_after(
+        guideline_dir, 'conditions: [{code: "icpc2:T90"', 'conditions: [{code: "icpc:T90"'
+    )
+    line = line_of(guideline_dir, "icpc:T90")
+    (error,) = errors
+    assert error.endswith(
+        f"example.yaml:{line}:28: code: 'icpc:T90' is not 'system:code' with a known system; "
+        "did you mean 'icpc2:T90'?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "file", "message"),
+    [
+        ("version: 1.0.0", "version: 1.0", "example.yaml", "version: YAML reads this as a number"),
+        (
+            "en: Example HbA1c}",
+            "en: No}",
+            "example.yaml",
+            "en: YAML reads this as true or false (False), not as text; put it in quotes",
+        ),
+        (
+            "codes: [K74, K75, K76]",
+            "codes: [K74, 0123, K76]",
+            "valuesets/ihd.yaml",
+            "codes[1]: YAML reads this as a number (83), not as text; put it in quotes",
+        ),
+    ],
+    ids=["version", "yes-no word", "code of digits"],
+)
+def test_yaml_that_is_no_text_is_told_to_be_quoted(
+    guideline_dir: Path, old: str, new: str, file: str, message: str
+) -> None:
+    errors = errors_after(guideline_dir, old, new, file)
+    line = line_of(guideline_dir, new, file)
+    assert len(errors) == 1 and f"{file}:{line}:" in errors[0] and message in errors[0], errors
+
+
+def test_a_value_set_defined_twice_is_one_error(guideline_dir: Path) -> None:
+    """Either file may be the one meant, so neither is used, and the uses say nothing more: the
+    later file (here diagnoses without a unit) used to replace the first, so every comparison of
+    HbA1c with mmol/mol was reported as well."""
+    diagnoses = (guideline_dir / "valuesets" / "ihd.yaml").read_text(encoding="utf-8")
+    (guideline_dir / "valuesets" / "hba1c_copy.yaml").write_text(
+        diagnoses.replace("id: ihd", "id: hba1c"), encoding="utf-8"
+    )
+    with pytest.raises(RuleFileError) as caught:
+        load_guidelines(guideline_dir)
+    (error,) = [str(e) for e in caught.value.errors]
+    assert error.endswith(
+        "valuesets/hba1c_copy.yaml: value set 'hba1c' is also defined in "
+        f"{guideline_dir / 'valuesets' / 'hba1c.yaml'}"
+    ), error
+
+
 def test_test_case_value_words(guideline_dir: Path) -> None:
     errors = errors_after(guideline_dir, "value: 67, unit", "value: positive, unit")
     assert any("'positive' is neither a number nor a bound such as '>90'" in e for e in errors)
