@@ -8,6 +8,7 @@ override reasons a GP can pick.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from fhir_adapter.records import Coding, Issue
 from rules import types as ty
 from rules.guideline_set import GuidelineSet
 from rules.rendering import render
-from rules.tree import CompiledGuideline, FactDef, RecommendationDef
+from rules.tree import CompiledGuideline, FactDef, ObservationFact, Period, RecommendationDef
 from service.feedback import OVERRIDE_REASONS
 
 SUMMARY_LIMIT = 139
@@ -33,6 +34,7 @@ WORDS = {
         "set_by": "fastsat af",
         "also": "Også i",
         "unread": "Ikke medregnet (kunne ikke læses)",
+        "last": "seneste",
     },
     "en": {
         "data": "Data used",
@@ -40,6 +42,22 @@ WORDS = {
         "set_by": "set by",
         "also": "Also in",
         "unread": "Not counted (could not be read)",
+        "last": "last",
+    },
+}
+
+PERIOD_WORDS = {
+    "da": {
+        "days": ("dag", "dage"),
+        "weeks": ("uge", "uger"),
+        "months": ("måned", "måneder"),
+        "years": ("år", "år"),
+    },
+    "en": {
+        "days": ("day", "days"),
+        "weeks": ("week", "weeks"),
+        "months": ("month", "months"),
+        "years": ("year", "years"),
     },
 }
 
@@ -195,18 +213,32 @@ def _detail(
     words = WORDS[language]
     parts = [result.detail.in_language(language)] if result.detail is not None else []
     facts = {f.name: f for f in guideline.facts}
-    lines = []
+    shown: dict[str, FactDef | None] = {}  # line -> its fact (None: a target's line)
     for name in definition.evidence:
         target = outcome.target(name)
         if target is not None:
-            lines.append(_target_line(guidelines, guideline, target, language))
+            shown.setdefault(_target_line(guidelines, guideline, target, language), None)
         elif name in facts and (
             line := _fact_line(guidelines, facts[name], outcome, language, unread)
         ):
-            lines.append(line)
-    if lines:  # two facts can show the same record (latest in 12 months and ever): once
-        parts.append(f"**{words['data']}**\n\n" + "\n".join(dict.fromkeys(lines)))
+            shown.setdefault(line, facts[name])  # two facts can show the same record: once
+    # Two facts of one value set that show different things ("ukendt" in 12 months, a value
+    # ever) would read as a contradiction without their windows.
+    labels = Counter(_label(guidelines, f, language) for f in shown.values() if f is not None)
+    lines = [
+        _fact_line(guidelines, fact, outcome, language, unread, windowed=True)
+        if fact is not None and labels[_label(guidelines, fact, language)] > 1
+        else line
+        for line, fact in shown.items()
+    ]
+    if lines:
+        parts.append(f"**{words['data']}**\n\n" + "\n".join(line for line in lines if line))
     return "\n\n".join(parts)
+
+
+def _label(guidelines: GuidelineSet, fact: FactDef, language: str) -> str:
+    valueset_id: str = fact.primitive.valueset  # type: ignore[attr-defined]  # a shown fact's
+    return guidelines.valuesets[valueset_id].title.in_language(language)
 
 
 def _fact_line(
@@ -215,6 +247,7 @@ def _fact_line(
     outcome: GuidelineOutcome,
     language: str,
     unread: tuple[Unread, ...],
+    windowed: bool = False,
 ) -> str | None:
     result = outcome.fact(fact.name)
     valueset_id = getattr(fact.primitive, "valueset", None)
@@ -222,6 +255,8 @@ def _fact_line(
         return None
     valueset = guidelines.valuesets[valueset_id]
     label = valueset.title.in_language(language)
+    if windowed and isinstance(fact.primitive, ObservationFact):
+        label += f", {_window(fact.primitive.window, language)}"
     value = describe(result.value, fact.type, language)
     # an observation already names its resource
     sources = (
@@ -234,6 +269,12 @@ def _fact_line(
         named = "; ".join(f"{u.resource}: {', '.join(u.reasons)}" for u in missed)
         sources += f". {WORDS[language]['unread']}: {named}"
     return f"- {label}: {value}{sources}"
+
+
+def _window(period: Period, language: str) -> str:
+    """'seneste 12 måneder', 'last 12 months'."""
+    one, many = PERIOD_WORDS[language][period.unit]
+    return f"{WORDS[language]['last']} {period.amount} {one if period.amount == 1 else many}"
 
 
 def _target_line(

@@ -165,6 +165,39 @@ def test_a_result_that_cannot_be_read_is_named_on_the_card(client: TestClient) -
     assert "Ikke medregnet (kunne ikke læses): Observation/abc: HbA1c value" in card["detail"]
 
 
+def test_two_facts_of_one_value_set_are_told_apart_by_their_windows(
+    tmp_path: Path, guideline_dir: Path
+) -> None:
+    """'HbA1c: unknown' beside 'HbA1c: 67 mmol/mol' read as a contradiction."""
+    path = guideline_dir / "example.yaml"
+    text = path.read_text(encoding="utf-8")
+    for old, new in [
+        (
+            "  first_hba1c:",
+            "  hba1c_ever: {latest_observation: {valueset: hba1c, within: 10 years}}\n  first_hba1c:",
+        ),
+        ("when: not exists(hba1c)\n", "when: not exists(hba1c) and exists(hba1c_ever)\n"),
+    ]:
+        assert old in text
+        text = text.replace(old, new, 1)
+    path.write_text(text, encoding="utf-8")
+    resources = bundle_resources()
+    (hba1c,) = [r for r in resources if r["resourceType"] == "Observation"]
+    hba1c["effectiveDateTime"] = "2020-03-02T09:00:00+01:00"
+    with make_client(tmp_path, guideline_dir) as client:
+        services = client.get("/cds-services").json()["services"]
+        prefetch = prefetch_from(services[0]["prefetch"], resources)
+        response = client.post(
+            PATIENT_VIEW, json=request(prefetch), headers={"Accept-Language": "en"}
+        )
+        (card,) = response.json()["cards"]
+        assert card["summary"] == "No HbA1c in 12 months"
+        assert "- HbA1c, last 12 months: unknown\n" in card["detail"]
+        assert "- HbA1c, last 10 years: 67 mmol/mol (2020-03-02, Observation/abc)" in card["detail"]
+        (card,) = client.post(PATIENT_VIEW, json=request(prefetch)).json()["cards"]
+        assert "- HbA1c, seneste 12 måneder: ukendt\n" in card["detail"]
+
+
 def test_a_resource_sent_twice_is_not_called_unread(client: TestClient) -> None:
     prefetch = full_prefetch(client)
     observations = next(v for k, v in prefetch.items() if k.startswith("observations"))
