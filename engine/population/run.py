@@ -364,7 +364,7 @@ def _sweep_date(
         ("indicators-shared.csv", out.for_sharing),
     ):
         published = publish(indicators, suppress_below)
-        _write(
+        _write_csv(
             directory / name,
             out.csv_text(out.INDICATOR_COLUMNS, (out.as_record(r) for r in published)),
         )
@@ -420,7 +420,7 @@ def write_outputs(
         ("indicators-shared.csv", out.for_sharing),
     ):
         published = publish(indicators, suppress_below)
-        _write(
+        _write_csv(
             directory / name,
             out.csv_text(out.INDICATOR_COLUMNS, (out.as_record(r) for r in published)),
         )
@@ -428,11 +428,9 @@ def write_outputs(
 
     lists = out.list_rows(outcomes, in_force, reasons, excepted, language)
     for practice, entries in lists.items():
-        _write(
+        _write_csv(
             directory / "lists" / f"{_safe(practice)}.csv",
             out.csv_text(out.LIST_COLUMNS, (out.as_record(r) for r in entries)),
-            # a BOM so that Excel, which is how most practices open a CSV, reads æ, ø and å
-            encoding="utf-8-sig",
         )
     rows["lists"] = sum(len(entries) for entries in lists.values())
 
@@ -786,13 +784,13 @@ def _listed(path: Path) -> Iterator[dict[str, Any]]:
 def write_comparison(report: out.ComparisonReport, directory: Path) -> dict[str, int]:
     """comparison.csv (identifiable: list changes carry patient ids) and comparison.md (counts)."""
     records = out.comparison_records(report)
-    _write(directory / "comparison.csv", out.csv_text(out.COMPARISON_COLUMNS, records))
+    _write_csv(directory / "comparison.csv", out.csv_text(out.COMPARISON_COLUMNS, records))
     _write(directory / "comparison.md", out.comparison_markdown(report))
     return {"comparison.csv": len(records)}
 
 
 def _read_indicators(directory: Path) -> list[out.IndicatorRow]:
-    with (directory / "indicators.csv").open(encoding="utf-8", newline="") as f:
+    with (directory / "indicators.csv").open(encoding="utf-8-sig", newline="") as f:
         return [out.indicator_row_from_csv(r) for r in csv.DictReader(f)]
 
 
@@ -819,6 +817,12 @@ def _write(path: Path, text: str, encoding: str = "utf-8") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding=encoding, newline="") as f:
         f.write(text)
+
+
+def _write_csv(path: Path, text: str) -> None:
+    """With a byte-order mark, so that Excel, which is how most practices and quality units
+    open a CSV, reads æ, ø and å (and ≥ in titles) as UTF-8."""
+    _write(path, text, encoding="utf-8-sig")
 
 
 def _write_parquet(path: Path, table: Any) -> None:

@@ -221,7 +221,8 @@ def test_comparison_reports_who_entered_and_left_each_list(
     assert moved[("cluster", "k1")].rate_change is None
 
     written = write_comparison(report, tmp_path / "comparison")
-    with (tmp_path / "comparison" / "comparison.csv").open(encoding="utf-8", newline="") as f:
+    assert (tmp_path / "comparison" / "comparison.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+    with (tmp_path / "comparison" / "comparison.csv").open(encoding="utf-8-sig", newline="") as f:
         records = list(csv.DictReader(f))
     assert written["comparison.csv"] == len(records)
     lists = [r for r in records if r["kind"] == "list"]

@@ -99,6 +99,9 @@ def test_a_run_publishes_every_file_and_a_manifest(
     for name in ("outcomes.parquet", "indicators.csv", "indicators-shared.csv"):
         assert (day / name).is_file()
     assert sorted(p.name for p in (day / "lists").iterdir()) == [f"{p}.csv" for p in PRACTICES]
+    for csv_file in [day / "indicators.csv", day / "indicators-shared.csv", *day.glob("lists/*")]:
+        # for Excel, which reads a CSV without one as the machine's legacy code page
+        assert csv_file.read_bytes().startswith(b"\xef\xbb\xbf"), csv_file
     in_force = library.in_force(AS_OF)
     with_indicators = [g for g in in_force if g.indicators]
     reports = list((day / "measure_reports").rglob("*.json"))
