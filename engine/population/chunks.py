@@ -8,8 +8,11 @@ compiler, which took a second per worker before the first chunk was read.
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import multiprocessing.connection
 import os
 import resource as rusage
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -83,6 +86,16 @@ def init_worker(
     """The pool's initializer: sent once per worker, not with every chunk."""
     _WORKER["medications"] = medications
     _WORKER["organizations"] = organizations
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
+
+
+def _exit_with(parent_sentinel: int) -> None:
+    """Why: a worker outlived an ingest killed by SIGKILL or SIGTERM, reading on (and the
+    forkserver beside it) for minutes. The sentinel is readable once the ingest has gone."""
+    multiprocessing.connection.wait([parent_sentinel])
+    os._exit(1)
 
 
 @dataclass(frozen=True, slots=True)
