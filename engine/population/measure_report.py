@@ -57,10 +57,20 @@ def _base(kind: str, practice: str, guideline: CompiledGuideline, as_of: dt.date
         "measure": measure_url(guideline),
         # A point-in-time sweep: every indicator's own look-back window ends on the reference date.
         "period": {"start": as_of.isoformat(), "end": as_of.isoformat()},
-        "reporter": {
-            "identifier": {"system": YDERNUMMER, "value": practice},
-            "display": f"ydernummer {practice}",
-        },
+        "reporter": _reporter(practice),
+    }
+
+
+def _reporter(practice: str) -> dict[str, Any]:
+    """The practice by its ydernummer; a practice known only by the reference its patients gave
+    (an export without its Organizations) is that reference, not a ydernummer it is not."""
+    if "/" in practice or ":" in practice:  # as the ingest tells them apart
+        if practice.startswith("Organization/"):
+            return {"reference": practice}
+        return {"display": practice}
+    return {
+        "identifier": {"system": YDERNUMMER, "value": practice},
+        "display": f"ydernummer {practice}",
     }
 
 

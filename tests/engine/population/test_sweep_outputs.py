@@ -22,6 +22,7 @@ from fhir.resources.R4B.measurereport import MeasureReport
 from engine.outcomes import GuidelineOutcome
 from engine.patient import PatientEngine
 from engine.population.duckdb_engine import load_tables
+from engine.population.measure_report import YDERNUMMER, summary_report
 from engine.population.run import RunManifest, run_sweep
 from engine.population.tables import facts_tables
 from fhir_adapter.records import PatientRecord
@@ -381,3 +382,22 @@ def test_measure_reports_are_valid_fhir_and_agree_with_indicators_csv(
                     assert {practices[i] for i in ids} == {practice}
             else:
                 assert report.type == "summary" and "contained" not in data
+
+
+@pytest.mark.parametrize(
+    ("practice", "reporter"),
+    [
+        ("123456", {"identifier": {"system": YDERNUMMER, "value": "123456"}}),
+        ("Organization/o2", {"reference": "Organization/o2"}),
+        ("urn:uuid:4f1c", {"display": "urn:uuid:4f1c"}),
+    ],
+    ids=["ydernummer", "reference", "other"],
+)
+def test_a_practice_known_only_by_a_reference_is_no_ydernummer_in_a_measure_report(
+    library: GuidelineSet, practice: str, reporter: dict[str, object]
+) -> None:
+    """An export without its Organizations gives the practice as the patients' reference."""
+    guideline = next(g for g in library.in_force(AS_OF) if g.indicators)
+    report = summary_report(practice, guideline, {}, AS_OF, "da")
+    MeasureReport.model_validate(report)
+    assert reporter.items() <= report["reporter"].items()
