@@ -41,6 +41,7 @@ the job may still run, ``status_url`` says where), :class:`DownloadFailed`,
 
 from __future__ import annotations
 
+import codecs
 import email.utils
 import json
 import logging
@@ -308,21 +309,34 @@ class Deletions:
 
 
 def deleted_resources(files: Iterable[Path]) -> Deletions:
-    """Read ``deleted`` files: NDJSON of transaction Bundles whose entries have
+    """Read ``deleted`` files: NDJSON (gzipped or not) of transaction Bundles whose entries have
     ``request.method`` DELETE and ``request.url`` ``Type/id`` (relative, or absolute with the
     server's base), as the Bulk Data IG (2.0) describes them."""
     names: set[str] = set()
     unreadable: list[str] = []
     for path in files:
-        with path.open("rb") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                found, problem = _deleted_in(line)
-                names.update(found)
-                if problem is not None:
-                    unreadable.append(f"{path.name}:{number}: {problem}")
+        for number, line in enumerate(_deletion_lines(path), start=1):
+            if not line.strip():
+                continue
+            found, problem = _deleted_in(line)
+            names.update(found)
+            if problem is not None:
+                unreadable.append(f"{path.name}:{number}: {problem}")
     return Deletions(frozenset(names), tuple(unreadable))
+
+
+def _deletion_lines(path: Path) -> list[bytes]:
+    """A deleted file's lines, read as the ingest reads NDJSON: gzip told by its first bytes
+    (servers may deliver ``.ndjson.gz``), a UTF-8 byte-order mark at its start ignored.
+    Raises FhirInputError naming a gzip file that cannot be decompressed, OSError as reading."""
+    from fhir_adapter.bundles import file_bytes  # bundles imports this module
+    from fhir_adapter.normalise import FhirInputError
+
+    try:
+        data = file_bytes(path)
+    except FhirInputError as exc:
+        raise FhirInputError(f"{path.name}: {exc}") from None
+    return data.removeprefix(codecs.BOM_UTF8).split(b"\n")
 
 
 def _deleted_in(line: bytes) -> tuple[list[str], str | None]:

@@ -461,9 +461,20 @@ def ingest(
     Bundle files (Synthea: one per patient) are written out as NDJSON in STORE/bundles first,
     references between entries resolved.
     """
-    from engine.population.ingest import IngestSettingError, check_memory_limit
+    from engine.population.ingest import (
+        ISSUES,
+        QUARANTINE,
+        IngestInProgressError,
+        IngestSettingError,
+        check_memory_limit,
+        check_store,
+        store_lock,
+    )
     from engine.population.ingest import ingest as run_ingest
-    from fhir_adapter.bundles import is_bundle_source, write_ndjson
+    from engine.population.server_export import record_ingested
+    from engine.population.store import StoreError
+    from fhir_adapter.bundles import is_bundle_source
+    from service.progress import progress_for
 
     try:
         check_memory_limit(memory_limit)  # before an export or a Bundle conversion, too
@@ -485,7 +496,12 @@ def ingest(
     path = Path(source)
     exported: str | None = None
     deleted_files = _deleted_files(deleted or [])
+    refused = (IngestInProgressError, IngestSettingError, StoreError, FhirInputError)
     if source.startswith(("http://", "https://")):
+        try:
+            check_store(store)  # before the export writes into it
+        except StoreError as exc:
+            raise fail(str(exc)) from None
         path, exported, from_server = _export(source, store, request)
         deleted_files += from_server
     elif request.given():
@@ -494,29 +510,27 @@ def ingest(
         )
     elif not path.exists():
         raise fail(f"{source} does not exist")
-    elif is_bundle_source(path):
-        try:
-            typer.echo(write_ndjson(path, store / "bundles").report())
-        except FhirInputError as exc:
-            raise fail(f"cannot read the Bundle {exc}") from None
-        path = store / "bundles"
-    from engine.population.ingest import ISSUES, QUARANTINE, IngestInProgressError
-    from engine.population.server_export import record_ingested
-    from engine.population.store import StoreError
-    from service.progress import progress_for
-
+    bundles = exported is None and is_bundle_source(path)
     deletions = _deletions(deleted_files)
+    kept = None
     try:
-        summary = run_ingest(
-            path,
-            store,
-            workers=workers,
-            chunk_bytes=chunk_mb << 20,
-            progress=progress_for(quiet),
-            deleted=deletions,
-            memory_limit=memory_limit,
-        )
-    except (IngestInProgressError, IngestSettingError, StoreError, FhirInputError) as exc:
+        # Held from the Bundle conversion (it writes into the store) to the export's record, so
+        # a second ingest is refused before it touches the store; the ingest takes it again.
+        with store_lock(store) as real:
+            if bundles:
+                path = _bundles_as_ndjson(path, real / "bundles")
+            summary = run_ingest(
+                path,
+                real,
+                workers=workers,
+                chunk_bytes=chunk_mb << 20,
+                progress=progress_for(quiet),
+                deleted=deletions,
+                memory_limit=memory_limit,
+            )
+            if exported is not None:
+                kept = record_ingested(real, source, exported)
+    except refused as exc:
         raise fail(str(exc)) from None
     typer.echo(summary.report())
     if not summary.files:
@@ -527,10 +541,21 @@ def ingest(
         typer.echo(f"quarantined lines, each with its file, line and reason: {store / QUARANTINE}")
     if summary.issues:
         typer.echo(f"resource issues, each with its resource and reason: {store / ISSUES}")
-    if exported is not None:
-        kept = record_ingested(store, source, exported)
-        if kept is not None:
-            typer.echo(f"the server's error files are kept in {kept}", err=True)
+    if kept is not None:
+        typer.echo(f"the server's error files are kept in {kept}", err=True)
+
+
+def _bundles_as_ndjson(source: Path, directory: Path) -> Path:
+    """Bundle files written out as NDJSON in ``directory`` (STORE/bundles), which is returned."""
+    from fhir_adapter.bundles import write_ndjson
+
+    try:
+        typer.echo(write_ndjson(source, directory).report())
+    except FhirInputError as exc:
+        raise fail(f"cannot read the Bundle {exc}") from None
+    except OSError as exc:
+        raise fail(f"cannot convert the Bundles: {exc.filename}: {exc.strerror}") from None
+    return directory
 
 
 def _say_what_was_not_read(directory: Path) -> None:
@@ -573,11 +598,14 @@ class ServerExport:
 
 
 def _deleted_files(given: list[Path]) -> list[Path]:
-    """The ``--deleted`` files: each given file, and the NDJSON files of a given directory."""
+    """The ``--deleted`` files: each given file, and the NDJSON files of a given directory
+    (``*.ndjson`` and ``*.ndjson.gz``, as the ingest reads a directory)."""
+    from engine.population.ingest import ndjson_files
+
     files = []
     for path in given:
         if path.is_dir():
-            files += sorted(path.glob("*.ndjson"))
+            files += ndjson_files(path)
         elif path.is_file():
             files.append(path)
         else:
@@ -593,7 +621,7 @@ def _deletions(files: list[Path]) -> frozenset[str]:
 
     try:
         found = deleted_resources(files)
-    except OSError as exc:
+    except (OSError, FhirInputError) as exc:
         raise fail(f"cannot read the deleted files: {exc}") from None
     if found.unreadable:
         typer.echo(

@@ -41,6 +41,7 @@ import multiprocessing
 import multiprocessing.context
 import os
 import shutil
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -48,7 +49,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import forkserver
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import duckdb
 import orjson
@@ -91,6 +92,8 @@ step took 14.3 s with 1 GB (spilling) and 11.1 s with 2 GB (3 GB: 11.6 s; 2026-1
 _STORE_FILES = frozenset(
     {*(f"{name}.parquet" for name in FACT_TABLES), MANIFEST, QUARANTINE, ISSUES, STAGING}
 )
+_CLI_DIRECTORIES = frozenset({"exports", "bundles"})
+"""What the CLI writes into a store before the ingest: they do not make a new store foreign."""
 
 _RECORD_TABLES = ("observations", "medications", "conditions", "goals")
 _REFERENCE_SCHEMA = pa.schema(
@@ -250,11 +253,8 @@ def ingest(
     chunk_bytes = max(1, chunk_bytes)
     deletions = frozenset(deleted)
     sources = ndjson_files(source)
-    store = Path(store)
-    if store.exists() and not store.is_dir():
-        raise StoreError(f"{store} is a file: the store is a directory (new or from an ingest)")
-    store.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(store):
+    _check_readable(sources)
+    with store_lock(store) as store:
         work = store.parent / f".{store.name}.ingest-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         (work / "parts").mkdir(parents=True)
@@ -339,30 +339,119 @@ def _cores() -> int:
     return os.cpu_count() or 1  # pragma: no cover - not Linux
 
 
+def _check_readable(sources: list[Path]) -> None:
+    """Raise FhirInputError naming an input file that cannot be opened (a directory or a dangling
+    symlink named ``*.ndjson``, no permission) before anything of the store is touched."""
+    for path in sources:
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise FhirInputError(f"cannot read {path}: {exc.strerror}") from None
+
+
+_held: dict[tuple[Path, int], int] = {}
+"""(lock file, thread) -> depth: the store locks this process holds, for re-entry."""
+
+
 @contextlib.contextmanager
-def _locked(store: Path) -> Iterator[None]:
-    """One ingest per store at a time (an advisory lock next to it)."""
+def store_lock(store: Path) -> Iterator[Path]:
+    """One ingest per store at a time: an advisory lock next to the store's real directory.
+
+    Yields that directory (symlinks resolved: a store reached through a link, or as ``.``, is
+    locked and swapped as itself), once checked by :func:`check_store`. Re-entrant in a thread:
+    the CLI holds it from the Bundle conversion, which writes into the store, through the ingest,
+    which takes it again. Raises IngestInProgressError or StoreError."""
+    store = _real(store)
     lock = store.parent / f".{store.name}.lock"
-    with lock.open("w") as handle:
+    key = (lock, threading.get_ident())
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield store
+        finally:
+            _held[key] -= 1
+        return
+    with _lock_file(store, lock) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise IngestInProgressError(f"another ingest into {store} is running") from None
+        _held[key] = 1
         try:
             for leftover in store.parent.glob(f".{glob.escape(store.name)}.ingest-*"):
-                shutil.rmtree(leftover, ignore_errors=True)  # of a killed ingest
-            yield
+                # of a killed ingest; one killed just after the exchange holds the old store,
+                # whose exports/ (the --since-last record) had yet to move into the new one
+                if (leftover / "store").is_dir() and store.is_dir():
+                    _move_extras(leftover / "store", store)
+                shutil.rmtree(leftover, ignore_errors=True)
+            _recover(store)
+            _previous(store)  # a directory that is not a store is refused before it is touched
+            yield store
         finally:
+            del _held[key]
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _previous(store: Path) -> dict[str, Any] | None:
-    """The existing store's manifest, if it has staging tables to merge with."""
-    _recover(store)
+def check_store(store: Path) -> Path:
+    """The real directory of ``store``, if an ingest may write into it: a new path, an empty
+    directory or a store; raises StoreError otherwise. For a check before the lock is taken
+    (the CLI's, before an export writes into the store); the ingest checks again under it."""
+    real = _real(store)
+    _previous(real)
+    return real
+
+
+def _real(store: Path) -> Path:
+    """``store`` with symlinks resolved: the lock and the swap must act on the directory itself
+    (a swapped symlink leaves the real store stale; ``.`` has no name to put a lock beside)."""
+    real = Path(store).resolve()
+    if real.exists() and not real.is_dir():
+        raise StoreError(f"{store} is a file: the store is a directory (new or from an ingest)")
+    if not real.name:
+        raise StoreError(f"{store} is the root directory: the store needs a directory of its own")
+    for parent in real.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise StoreError(f"{parent} is a file: it cannot hold the store {store}")
+            break
+    return real
+
+
+def _lock_file(store: Path, lock: Path) -> IO[str]:
+    """The open lock file, the store's parent created if need be; StoreError if it cannot be."""
     try:
-        manifest = json.loads((store / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        store.parent.mkdir(parents=True, exist_ok=True)
+        return lock.open("w")
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the store's lock file {lock}: {exc.strerror}; the store is unchanged"
+        ) from None
+
+
+def _previous(store: Path) -> dict[str, Any] | None:
+    """The existing store's manifest, if it has staging tables to merge with; None for a new
+    path, an empty directory or a store of ``write_store`` (replaced as a whole).
+
+    Raises StoreError where the swap would lose what it cannot merge: a directory that is not a
+    store (its ``*.parquet`` and same-named files would be deleted), a manifest that cannot be
+    read (the staging would be dropped), a store of another format."""
+    if not store.is_dir():
         return None
+    path = store / MANIFEST
+    if not path.exists() and not path.is_symlink():
+        if any(entry.name not in _CLI_DIRECTORIES for entry in store.iterdir()):
+            raise StoreError(_not_a_store(store))
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StoreError(
+            f"{path} cannot be read ({exc}): the store is left as it is; restore the file, or "
+            "ingest the whole export into a new directory"
+        ) from None
+    if not isinstance(manifest, dict) or not {"snapshot", "rows"} <= manifest.keys():
+        raise StoreError(_not_a_store(store))
     written = manifest.get("format")
     if written is not None and written != STORE_FORMAT:
         raise StoreError(  # merging would lose what the old format lacks (or misread it)
@@ -373,6 +462,13 @@ def _previous(store: Path) -> dict[str, Any] | None:
         return None  # a store written by write_store (the tests): replaced as a whole
     manifest["directory"] = str(store)
     return manifest
+
+
+def _not_a_store(store: Path) -> str:
+    return (
+        f"{store} is not a Vejviser store (no manifest.json of an ingest) and not empty: "
+        "ingest into a new or empty directory"
+    )
 
 
 # --- step 1: Organization and Medication resources ------------------------------------------------
@@ -905,6 +1001,15 @@ def _recover(store: Path) -> None:
         shutil.rmtree(old)
 
 
+def _move_extras(old: Path, store: Path) -> None:
+    """What the old store held besides the store's own files (``exports/``, ``bundles/``, a
+    user's files) goes into ``store``, unless ``store`` has an entry of that name."""
+    for entry in old.iterdir():
+        kept = entry.name not in _STORE_FILES and not entry.name.endswith(".parquet")
+        if kept and not (store / entry.name).exists():
+            entry.rename(store / entry.name)
+
+
 def _swap(new: Path, store: Path) -> None:
     """Put ``new`` in place of ``store`` atomically; keep what else the old store held
     (``export/``, the files of a bulk export from a server)."""
@@ -918,9 +1023,7 @@ def _swap(new: Path, store: Path) -> None:
         store.rename(old)
         new.rename(store)
     if old is not None:
-        for entry in old.iterdir():
-            if entry.name not in _STORE_FILES and not entry.name.endswith(".parquet"):
-                entry.rename(store / entry.name)
+        _move_extras(old, store)
         shutil.rmtree(old)
     descriptor = os.open(store.parent, os.O_RDONLY)
     try:

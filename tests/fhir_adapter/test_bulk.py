@@ -8,7 +8,9 @@ of waiting."""
 
 from __future__ import annotations
 
+import codecs
 import email.utils
+import gzip
 import json
 import logging
 import shutil
@@ -35,6 +37,7 @@ from fhir_adapter.bulk import (
     ExportTimeout,
     deleted_resources,
 )
+from fhir_adapter.normalise import FhirInputError
 from fhir_adapter.rest import FhirNotFound, FhirRejected, FhirUnauthorized, FhirUnavailable
 from tests.support.populations import population
 from tests.support.sekmet import FastSekmet, SekmetServer, running
@@ -713,6 +716,20 @@ def test_what_a_deleted_file_cannot_say_is_reported(tmp_path: Path) -> None:
         "Bundle.ndjson:5: not JSON",
         "Bundle.ndjson:6: an entry without a DELETE request of a Type/id url",
     )
+
+
+def test_deleted_files_are_read_gzipped_or_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """As the ingest reads NDJSON: a gzip file told by its bytes, a BOM ignored (both were
+    'not JSON', so nothing was deleted)."""
+    (tmp_path / "Bundle.ndjson.gz").write_bytes(gzip.compress(deleting("Patient/p1")))
+    (tmp_path / "named.ndjson").write_bytes(gzip.compress(deleting("Goal/g1")))
+    (tmp_path / "bom.ndjson").write_bytes(codecs.BOM_UTF8 + deleting("Observation/o1"))
+    found = deleted_resources(sorted(tmp_path.iterdir()))
+    assert found.names == {"Patient/p1", "Goal/g1", "Observation/o1"}
+    assert found.unreadable == ()
+    (tmp_path / "broken.ndjson.gz").write_bytes(gzip.compress(deleting("Patient/p2"))[:-8])
+    with pytest.raises(FhirInputError, match=r"broken\.ndjson\.gz: not a readable gzip"):
+        deleted_resources([tmp_path / "broken.ndjson.gz"])
 
 
 def test_files_elsewhere_get_no_token(tmp_path: Path) -> None:

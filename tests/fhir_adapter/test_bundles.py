@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import json
 import shutil
@@ -123,3 +124,23 @@ def test_ingest_command_names_a_bundle_that_is_not_json(tmp_path: Path) -> None:
     result = runner.invoke(app, ["ingest", str(tmp_path / "in"), "--store", str(tmp_path / "s")])
     assert result.exit_code == 2
     assert "broken.json" in result.output and "not valid JSON" in result.output
+
+
+def test_a_second_ingest_of_bundles_leaves_the_running_ones_input_alone(tmp_path: Path) -> None:
+    """The conversion rewrote STORE/bundles, the input of the ingest already running, before
+    the ingest's lock refused the second one: the first then built a store of mixed input."""
+    (tmp_path / "in").mkdir()
+    shutil.copy(FIXTURE, tmp_path / "in" / "one.json")
+    store = tmp_path / "store"
+    args = ["ingest", str(tmp_path / "in"), "--store", str(store)]
+    assert runner.invoke(app, args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (store / "bundles").iterdir()}
+    (tmp_path / "other").mkdir()
+    other = {"resourceType": "Patient", "id": "other"}
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": other}]}
+    (tmp_path / "other" / "two.json").write_text(json.dumps(bundle))
+    with (tmp_path / ".store.lock").open("w") as held:  # the first ingest is running
+        fcntl.flock(held, fcntl.LOCK_EX)
+        refused = runner.invoke(app, ["ingest", str(tmp_path / "other"), "--store", str(store)])
+    assert refused.exit_code == 2 and "another ingest" in refused.output, refused.output
+    assert {p.name: p.read_bytes() for p in (store / "bundles").iterdir()} == before

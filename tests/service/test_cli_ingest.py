@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +112,91 @@ def test_ingest_removes_the_resources_of_deleted_files(tmp_path: Path) -> None:
     assert patient not in store_patients(store) and len(store_patients(store)) == 29
     missing = runner.invoke(app, [*args[:4], "--deleted", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_a_gzipped_deleted_file_in_a_directory_is_applied(tmp_path: Path) -> None:
+    """Only *.ndjson was looked for: a server's Bundle.ndjson.gz deleted nothing, silently."""
+    write_population(tmp_path / "ndjson", 5, 1, 1, 8, dt.date(2026, 10, 1))
+    store = tmp_path / "store"
+    assert (
+        runner.invoke(app, ["ingest", str(tmp_path / "ndjson"), "--store", str(store)]).exit_code
+        == 0
+    )
+    patient = sorted(store_patients(store))[0]
+    entry = {"request": {"method": "DELETE", "url": f"Patient/{patient}"}}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+    (tmp_path / "deleted").mkdir()
+    (tmp_path / "deleted" / "Bundle.ndjson.gz").write_bytes(
+        gzip.compress(json.dumps(bundle).encode())
+    )
+    (tmp_path / "empty").mkdir()
+    args = ["ingest", str(tmp_path / "empty"), "--store", str(store)]
+    result = runner.invoke(app, [*args, "--deleted", str(tmp_path / "deleted")])
+    assert result.exit_code == 0, result.output
+    assert "1 of them removed from the store" in result.output
+    assert patient not in store_patients(store)
+
+
+def files(directory: Path) -> set[str]:
+    """The paths under a directory, but for lock files (one is made beside any store given)."""
+    return {str(p.relative_to(directory)) for p in directory.rglob("*") if p.suffix != ".lock"}
+
+
+def test_a_store_ingest_cannot_use_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A directory that is not a store, a damaged manifest, a file for the store's parent: exit
+    2 and the store as it was (they deleted files, replaced the store, or raised a traceback)."""
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"}
+    (tmp_path / "in.ndjson").write_text(json.dumps(patient) + "\n")
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "analysis" / "results.parquet").write_bytes(b"PAR1")
+    store = tmp_path / "store"
+    assert (
+        runner.invoke(app, ["ingest", str(tmp_path / "in.ndjson"), "--store", str(store)]).exit_code
+        == 0
+    )
+    (store / "manifest.json").write_text('{"format": 3, "snap')
+    (tmp_path / "afile").write_text("")
+    cases = {
+        "analysis": "is not a Vejviser store (no manifest.json of an ingest) and not empty",
+        "store": "manifest.json cannot be read (",
+        "afile/store": "afile is a file: it cannot hold the store",
+    }
+    for name, message in cases.items():
+        before = files(tmp_path)
+        args = ["ingest", str(tmp_path / "in.ndjson"), "--store", str(tmp_path / name)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and message in result.output, (name, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+        assert files(tmp_path) == before, name
+    assert (store / "manifest.json").read_text() == '{"format": 3, "snap'
+
+
+def test_an_input_that_cannot_be_read_is_named_in_one_line(tmp_path: Path) -> None:
+    """A dangling *.ndjson symlink in the source raised FileNotFoundError, a traceback."""
+    write_population(tmp_path / "ndjson", 5, 1, 1, 8, dt.date(2026, 10, 1))
+    (tmp_path / "ndjson" / "broken.ndjson").symlink_to(tmp_path / "gone.ndjson")
+    args = ["ingest", str(tmp_path / "ndjson"), "--store", str(tmp_path / "store")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"cannot read {tmp_path / 'ndjson' / 'broken.ndjson'}: No such file" in result.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_store_given_as_dot_from_inside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'.' has no name: a ValueError traceback, and a '..lock' left inside the store."""
+    write_population(tmp_path / "ndjson", 5, 1, 1, 8, dt.date(2026, 10, 1))
+    store = tmp_path / "store"
+    assert (
+        runner.invoke(app, ["ingest", str(tmp_path / "ndjson"), "--store", str(store)]).exit_code
+        == 0
+    )
+    monkeypatch.chdir(store)
+    again = runner.invoke(app, ["ingest", str(tmp_path / "ndjson"), "--store", "."])
+    assert again.exit_code == 0, again.output
+    assert "(unchanged)" in again.output
+    assert not [p.name for p in store.iterdir() if p.name.startswith(".")]
 
 
 def test_ingest_of_a_missing_source_fails(tmp_path: Path) -> None:

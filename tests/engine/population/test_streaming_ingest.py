@@ -24,7 +24,14 @@ from engine.population.ingest import (
     ingest,
     ndjson_files,
 )
-from engine.population.store import FACT_TABLES, MANIFEST, StoreError, load_store, snapshot_of
+from engine.population.store import (
+    FACT_TABLES,
+    MANIFEST,
+    StoreError,
+    load_store,
+    snapshot_of,
+    write_store,
+)
 from engine.population.tables import facts_tables
 from fhir_adapter.normalise import FhirInputError, normalise
 from rules.guideline_set import load_guidelines
@@ -391,3 +398,111 @@ def test_a_sweep_refuses_a_store_without_the_columns_it_reads(tmp_path: Path) ->
     pq.write_table(pq.read_table(path).drop_columns(["deceased", "deceased_on"]), path)
     with duckdb.connect() as con, pytest.raises(StoreError, match="deceased, deceased_on"):
         load_store(con, tmp_path / "store", load_guidelines(LIBRARY))
+
+
+def store_bytes(store: Path) -> dict[str, bytes]:
+    """Every file of a store, by its path in it: what must not change when an ingest refuses."""
+    return {str(p.relative_to(store)): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+
+
+def test_a_store_reached_through_a_symlink_is_updated_as_itself(tmp_path: Path) -> None:
+    """The exchange swapped the symlink, rmtree refused it, the real store kept its old snapshot
+    and lost exports/ (and a lock beside the link let the store be ingested under two names)."""
+    write_population(tmp_path / "ndjson", 10, 1, 1, 3, AS_OF)
+    real = tmp_path / "real" / "store"
+    ingest(tmp_path / "ndjson", real, workers=1)
+    (real / "exports").mkdir()
+    (real / "exports" / "last.json").write_text("{}")
+    (tmp_path / "links").mkdir()
+    link = tmp_path / "links" / "store"
+    link.symlink_to(real)
+    patient = {"resourceType": "Patient", "id": "brand-new", "birthDate": "1950-01-01"}
+    (tmp_path / "new.ndjson").write_text(dumps(patient) + "\n")
+    summary = ingest(tmp_path / "new.ndjson", link, workers=1)
+    assert link.is_symlink() and link.resolve() == real
+    assert snapshot_of(real) == summary.snapshot and summary.patients == 11
+    assert (real / "exports" / "last.json").read_text() == "{}"
+    assert (tmp_path / "real" / ".store.lock").exists()
+    assert not list((tmp_path / "links").glob(".store*"))
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"results-2025.parquet": b"PAR1", "notes.txt": b"notes"},
+        {"manifest.json": b'{"mine": 1}', "notes.txt": b"notes"},  # someone else's manifest
+    ],
+    ids=["no manifest", "another manifest"],
+)
+def test_a_directory_that_is_not_a_store_is_refused_and_kept(
+    tmp_path: Path, files: dict[str, bytes]
+) -> None:
+    """Its *.parquet files and a manifest.json were deleted by the swap, without a word."""
+    write_population(tmp_path / "ndjson", 5, 1, 1, 3, AS_OF)
+    analysis = tmp_path / "analysis"
+    analysis.mkdir()
+    for name, data in files.items():
+        (analysis / name).write_bytes(data)
+    with pytest.raises(StoreError, match=r"is not a Vejviser store .* new or empty directory"):
+        ingest(tmp_path / "ndjson", analysis, workers=1)
+    assert store_bytes(analysis) == files
+
+
+def test_a_new_empty_or_write_store_directory_is_ingested_into(tmp_path: Path) -> None:
+    write_population(tmp_path / "ndjson", 5, 1, 1, 3, AS_OF)
+    (tmp_path / "empty").mkdir()
+    cli = tmp_path / "cli"  # what the CLI writes into a new store before the ingest
+    (cli / "exports" / "current").mkdir(parents=True)
+    (cli / "bundles").mkdir()
+    resources = read_lines(tmp_path / "ndjson")
+    write_store(facts_tables(normalise(resources).values()), tmp_path / "written")
+    for name in ("new", "empty", "cli", "written"):
+        assert ingest(tmp_path / "ndjson", tmp_path / name, workers=1).patients == 5, name
+    assert (cli / "exports" / "current").is_dir()
+
+
+def test_a_store_whose_manifest_cannot_be_read_is_left_as_it_is(tmp_path: Path) -> None:
+    """It was taken for no store at all and replaced by the new input: the staging was lost."""
+    write_population(tmp_path / "ndjson", 10, 1, 1, 3, AS_OF)
+    store = tmp_path / "store"
+    ingest(tmp_path / "ndjson", store, workers=1)
+    manifest = store / MANIFEST
+    manifest.write_bytes(manifest.read_bytes()[:40])  # truncated
+    before = store_bytes(store)
+    patient = {"resourceType": "Patient", "id": "brand-new", "birthDate": "1950-01-01"}
+    (tmp_path / "new.ndjson").write_text(dumps(patient) + "\n")
+    with pytest.raises(StoreError, match=r"manifest\.json cannot be read \(.*left as it is"):
+        ingest(tmp_path / "new.ndjson", store, workers=1)
+    assert store_bytes(store) == before
+
+
+def test_an_ingest_killed_just_after_the_exchange_loses_no_export_record(tmp_path: Path) -> None:
+    """Then the old store, with exports/ (what --since-last reads), sits in the killed ingest's
+    work directory; the next ingest removed that directory and exports/ with it."""
+    write_population(tmp_path / "ndjson", 10, 1, 1, 3, AS_OF)
+    store = tmp_path / "store"
+    ingest(tmp_path / "ndjson", store, workers=1)
+    (store / "exports").mkdir()
+    (store / "exports" / "last.json").write_text('{"transactionTime": "2026-11-01T00:00:00Z"}')
+    killed = tmp_path / ".store.ingest-99999" / "store"  # the old store, after the exchange
+    killed.mkdir(parents=True)
+    (store / "exports").rename(killed / "exports")
+    ingest(tmp_path / "ndjson", store, workers=1)
+    assert (store / "exports" / "last.json").read_text().startswith('{"transactionTime"')
+    assert not killed.parent.exists()
+
+
+@pytest.mark.parametrize("kind", ["directory", "dangling symlink"])
+def test_an_input_that_cannot_be_read_is_named_before_the_store_is_touched(
+    tmp_path: Path, kind: str
+) -> None:
+    """Each raised its OSError (a traceback from the CLI). chmod 000 would not stop root."""
+    write_population(tmp_path / "ndjson", 5, 1, 1, 3, AS_OF)
+    bad = tmp_path / "ndjson" / "bad.ndjson"
+    if kind == "directory":
+        bad.mkdir()
+    else:
+        bad.symlink_to(tmp_path / "nowhere.ndjson")
+    with pytest.raises(FhirInputError, match=r"cannot read .*bad\.ndjson: "):
+        ingest(tmp_path / "ndjson", tmp_path / "store", workers=1)
+    assert not (tmp_path / "store").exists()
