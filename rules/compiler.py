@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path as FsPath
 from typing import Any
@@ -355,7 +356,9 @@ class _GuidelineCompiler:
         valueset = self.valuesets.get(valueset_id)
         if valueset is None and valueset_id not in self.broken:
             known = ", ".join(sorted(self.valuesets)) or "none loaded"
-            self.problems.at(path, f"unknown value set '{valueset_id}' (known: {known})")
+            hint = get_close_matches(valueset_id, self.valuesets, n=1)
+            meant = f"; did you mean '{hint[0]}'?" if hint else ""
+            self.problems.at(path, f"unknown value set '{valueset_id}'{meant} (known: {known})")
         return valueset
 
     # -- targets ----------------------------------------------------------------------------------

@@ -94,7 +94,9 @@ def parse_condition(text: str, scope: Mapping[str, ty.Type]) -> t.Expr:
     """An expression that must be true or false (register, when, numerator...)."""
     expr = _checked(text, _Checker(scope, condition=True))
     if expr.type != ty.BOOL:
-        raise ExpressionError(f"this must be a condition (true/false), not a {_describe(expr)}", 1)
+        raise ExpressionError(
+            f"this must be a condition (true/false), not {_a(_describe(expr))}", 1
+        )
     return expr
 
 
@@ -150,6 +152,12 @@ _NOT_INSIDE = (
 
 def _describe(expr: t.Expr) -> str:
     return str(expr.type)
+
+
+def _a(thing: object) -> str:
+    """'an observation', 'a date': the messages read as sentences."""
+    text = str(thing)
+    return f"{'an' if text[:1].lower() in 'aeiou' else 'a'} {text}"
 
 
 def _column(node: Tree | Token) -> int:
@@ -252,7 +260,7 @@ class _Checker:
         for arg, kind in zip(args, kinds, strict=True):
             if kind == "date" and arg.type != ty.DATE:
                 raise ExpressionError(
-                    f"{name}() needs a date, not a {_describe(arg)}", _column(name)
+                    f"{name}() needs a date, not {_a(_describe(arg))}", _column(name)
                 )
         return t.Call(str(name), args, result)
 
@@ -272,7 +280,7 @@ class _Checker:
             return expr
         hint = f" (write exists({expr_text(expr)}))" if isinstance(expr.type, ty.Record) else ""
         raise ExpressionError(
-            f"'{word}' needs true/false on each side, but got a {_describe(expr)}{hint}",
+            f"'{word}' needs true/false on each side, but got {_a(_describe(expr))}{hint}",
             _column(node),
         )
 
@@ -285,7 +293,7 @@ class _Checker:
     def _neg(self, node: Tree) -> t.Expr:
         operand = self.check(node.children[0])
         if operand.type != ty.NUMBER and not isinstance(operand.type, ty.Quantity):
-            raise ExpressionError(f"cannot negate a {_describe(operand)}", _column(node))
+            raise ExpressionError(f"cannot negate {_a(_describe(operand))}", _column(node))
         zero = t.Literal(0.0, ty.NUMBER)
         if isinstance(operand.type, ty.Quantity):
             zero = t.Literal(0.0, operand.type)
@@ -314,7 +322,10 @@ def _check_comparable(left: t.Expr, right: t.Expr, op: str, column: int) -> None
         )
     if isinstance(lt, ty.Quantity) and isinstance(rt, ty.Quantity):
         if lt.unit != rt.unit:
-            raise ExpressionError(f"unit mismatch: cannot compare {lt.unit} with {rt.unit}", column)
+            case = "; UCUM units are case-sensitive" if lt.unit.lower() == rt.unit.lower() else ""
+            raise ExpressionError(
+                f"unit mismatch: cannot compare {lt.unit} with {rt.unit}{case}", column
+            )
         return
     if isinstance(lt, ty.Quantity) or isinstance(rt, ty.Quantity):
         quantity = lt if isinstance(lt, ty.Quantity) else rt
@@ -322,11 +333,11 @@ def _check_comparable(left: t.Expr, right: t.Expr, op: str, column: int) -> None
         hint = ""
         if other == ty.NUMBER:
             hint = f"; give the number its unit, e.g. 58 '{quantity.unit}'"
-        raise ExpressionError(f"cannot compare a {quantity} with a {other}{hint}", column)
+        raise ExpressionError(f"cannot compare {_a(quantity)} with {_a(other)}{hint}", column)
     if lt != rt:
-        raise ExpressionError(f"cannot compare a {lt} with a {rt}", column)
+        raise ExpressionError(f"cannot compare {_a(lt)} with {_a(rt)}", column)
     if lt in (ty.BOOL, ty.STRING) and op not in ("=", "!="):
-        raise ExpressionError(f"a {lt} can only be compared with = or !=", column)
+        raise ExpressionError(f"{_a(lt).capitalize()} can only be compared with = or !=", column)
 
 
 def _arithmetic_type(left: t.Expr, right: t.Expr, op: Token) -> ty.Type:

@@ -288,7 +288,7 @@ def _known_code(value: str) -> str:
     """'system:code' with a known system key: a misspelt key would silently match nothing."""
     key, separator, code = value.partition(":")
     if not separator or not code or key not in SYSTEMS:
-        hint = get_close_matches(key, SYSTEMS, n=1)
+        hint = [key.lower()] if key.lower() in SYSTEMS else get_close_matches(key, SYSTEMS, n=1)
         suggestion = f"; did you mean '{hint[0]}:{code}'?" if hint else ""
         raise ValueError(f"'{value}' is not 'system:code' with a known system{suggestion}")
     return value
@@ -436,13 +436,32 @@ class ValueSetInclude(Strict):
     @field_validator("system")
     @classmethod
     def _known_system(cls, value: str) -> str:
-        """A misspelt key ('icpc') would otherwise match nothing, silently."""
-        if ":" in value or value in SYSTEMS:
+        """A misspelt key ('icpc', 'ATC') or a near miss of a known URI (a trailing slash)
+        would otherwise match nothing, silently."""
+        if value in SYSTEMS:
             return value
-        hint = get_close_matches(value, SYSTEMS, n=1)
+        if ":" in value:
+            meant = _known_uri(value)
+            if meant is None or meant == value:
+                return value
+            raise ValueError(f"'{value}' is not the URI of {meant[0]}; did you mean '{meant[1]}'?")
+        hint = (
+            [value.lower()] if value.lower() in SYSTEMS else get_close_matches(value, SYSTEMS, n=1)
+        )
         suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
         known = ", ".join(SYSTEMS)
         raise ValueError(f"unknown code system '{value}'{suggestion} (known: {known}, or a URI)")
+
+
+def _known_uri(value: str) -> tuple[str, str] | None:
+    """(key, URI) of the known system a URI means, allowing for a trailing slash, https and
+    case; None for a URI of no known system."""
+    plain = value.strip().rstrip("/").lower().replace("https://", "http://", 1)
+    for key, uris in SYSTEMS.items():
+        for uri in uris:
+            if plain == uri.lower():
+                return key, uri
+    return None
 
 
 class ValueSet(Strict):

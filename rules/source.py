@@ -74,7 +74,10 @@ def parse_yaml(text: str, file: str) -> SourceDocument:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         position = Position(mark.line + 1, mark.column + 1) if mark else None
-        raise YamlSyntaxError(str(exc.problem or exc), position) from exc
+        problem = str(exc.problem or exc)
+        if mark is not None and text[mark.index : mark.index + 1] == "\t":
+            problem += "; it is a tab: YAML indents with spaces only"
+        raise YamlSyntaxError(problem, position) from exc
     positions: dict[Path, ScalarSpan] = {}
     data = None if node is None else _build(node, (), positions, set())
     return SourceDocument(file=file, data=data, positions=positions)

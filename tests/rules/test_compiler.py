@@ -396,3 +396,50 @@ def test_an_expression_fact_is_a_value_not_a_whole_observation(
         f"example.yaml:{line}:25: an expression fact gives a value, not a whole observation: "
         f"use '{whole}' itself, or one of its fields ({fields})"
     )
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "message"),
+    [
+        (
+            "example.yaml",
+            "58 'mmol/mol'",
+            "58 'mmol/MOL'",
+            "cannot compare mmol/mol with mmol/MOL; UCUM units are case-sensitive",
+        ),
+        (
+            "example.yaml",
+            "when: on_metformin and egfr.value",
+            "when: egfr and egfr.value",
+            "but got an observation (write exists(egfr))",
+        ),
+        (
+            "example.yaml",
+            "register:\n  description",
+            "register:\n\tdescription",
+            "it is a tab: YAML indents with spaces only",
+        ),
+        ("valuesets/ihd.yaml", "system: icd10", "system: ICD10", "did you mean 'icd10'?"),
+        (
+            "valuesets/ihd.yaml",
+            "system: icd10",
+            "system: http://hl7.org/fhir/sid/icd-10/",
+            "did you mean 'http://hl7.org/fhir/sid/icd-10'?",
+        ),
+        ("example.yaml", "{valueset: ihd}", "{valueset: ihdd}", "did you mean 'ihd'?"),
+        (
+            "example.yaml",
+            'conditions: [{code: "icpc2:T90"',
+            'conditions: [{code: "ICPC2:T90"',
+            "did you mean 'icpc2:T90'?",
+        ),
+    ],
+    ids=["unit case", "an observation", "tab", "system case", "uri slash", "value set", "code key"],
+)
+def test_near_misses_are_named_with_what_was_meant(
+    guideline_dir: Path, file: str, old: str, new: str, message: str
+) -> None:
+    """Each used to be a bare 'unknown', 'cannot start any token' or 'not a observation', or
+    (the URI with a slash) loaded and matched nothing."""
+    errors = errors_after(guideline_dir, old, new, file)
+    assert len(errors) == 1 and message in errors[0] and f"{file}:" in errors[0], errors
