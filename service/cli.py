@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -774,8 +775,10 @@ def sweep(
     mapping = _clusters(clusters) if clusters else None
     exceptions = None if feedback_database is None else _exceptions(feedback_database)
     out.mkdir(parents=True, exist_ok=True)
+    spills = temp_directory or out
+    _remove_killed_spills(spills)
     with (
-        tempfile.TemporaryDirectory(prefix=".duckdb-", dir=temp_directory or out) as spill,
+        tempfile.TemporaryDirectory(prefix=f".duckdb-{os.getpid()}-", dir=spills) as spill,
         duckdb.connect(str(Path(spill) / "sweep.duckdb")) as con,  # evictable tables
         Bars(wanted(quiet)) as bars,
         contextlib.ExitStack() as stack,
@@ -821,6 +824,25 @@ def sweep(
     typer.echo(_published(manifest))
     for warning in cluster_warnings:
         typer.echo(warning, err=True)
+
+
+def _remove_killed_spills(directory: Path) -> None:
+    """The DuckDB directories (``.duckdb-<pid>-*``: the loaded facts, and what spilled) of sweeps
+    that were killed, which a TemporaryDirectory cannot remove; a running sweep's is kept."""
+    for spill in directory.glob(".duckdb-*-*"):
+        pid = spill.name.split("-")[1]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(spill, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _published(manifest: RunManifest) -> str:

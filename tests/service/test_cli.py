@@ -517,6 +517,23 @@ def test_sweep_bounds_duckdb_and_shows_no_bars_off_a_terminal(
     assert heap.exit_code == 2 and "not a JVM heap size" in heap.output
 
 
+def test_a_sweep_removes_the_duckdb_directory_of_a_killed_sweep(
+    tmp_path: Path, guideline_dir: Path
+) -> None:
+    """kill -9 leaves .duckdb-*, the loaded facts included; a running sweep's is kept."""
+    write_patient_store(tmp_path / "store", {"birth_date": "1950-01-01", "sex": "female"})
+    killed = tmp_path / "out" / ".duckdb-999999999-abc"  # above any pid_max: not running
+    running = tmp_path / "out" / f".duckdb-{os.getpid()}-xyz"
+    for spill in (killed, running):
+        spill.mkdir(parents=True)
+        (spill / "sweep.duckdb").write_bytes(b"facts")
+    args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", "2026-06-01"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "out"), "-g", str(guideline_dir)])
+    assert result.exit_code == 0, result.output
+    assert not killed.exists()
+    assert (running / "sweep.duckdb").exists()
+
+
 def test_a_sweep_stops_with_the_file_the_population_engine_cannot_build(
     tmp_path: Path, guideline_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
