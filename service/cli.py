@@ -331,14 +331,24 @@ def synth(
     patients: Annotated[int, typer.Option(min=1, help="Number of patients.")],
     practices: Annotated[int, typer.Option(min=1, help="Number of practices.")],
     clusters: Annotated[int, typer.Option(min=1, help="Number of quality clusters.")],
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")],
+    seed: Annotated[
+        int, typer.Option(help="Random seed: the same seed and --as-of give the same files.")
+    ],
     out: Annotated[Path, typer.Option(file_okay=False, help="Directory for the NDJSON files.")],
+    as_of: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d"],
+            help="Reference date: the data end there (default: today).",
+        ),
+    ] = None,
 ) -> None:
     """Write a synthetic Danish GP population as FHIR NDJSON (one file per resource type)."""
     from synth.population import write_population
 
+    reference = as_of.date() if as_of else danish_today()
     try:
-        summary = write_population(out, patients, practices, clusters, seed, danish_today())
+        summary = write_population(out, patients, practices, clusters, seed, reference)
     except ValueError as exc:
         raise fail(str(exc)) from None
     typer.echo(summary.report())

@@ -282,8 +282,8 @@ class PopulationSummary:
         noise = ", ".join(f"{k} {v:,}" for k, v in {**self.noise, **self.malformed}.items())
         return "\n".join(
             [
-                f"{self.patients:,} patients in {self.practices:,} practices and "
-                f"{self.clusters:,} clusters (seed {self.seed}, reference date {self.as_of}) "
+                f"{self.patients:,} patients in {self.practices:,} practice(s) and "
+                f"{self.clusters:,} cluster(s) (seed {self.seed}, reference date {self.as_of}) "
                 f"-> {self.out_dir}",
                 f"lines: {files}",
                 f"prevalence: {prevalences}; deceased: {self.deceased:,}",

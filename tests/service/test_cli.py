@@ -623,3 +623,16 @@ def test_the_cluster_warnings_name_a_few_ydernumre_and_count_the_rest() -> None:
         "cluster's rates: 000002, 000003, 000004, 000005, 000006 and 2 more",
     ]
     assert _cluster_warnings(Path("k.csv"), dict.fromkeys(store, "A"), store) == []
+
+
+def test_synth_with_a_reference_date_writes_the_same_files_on_any_day(tmp_path: Path) -> None:
+    """Without --as-of the data end today, so the same seed gave other files the next day."""
+    args = ["synth", "--patients", "20", "--practices", "2", "--clusters", "1", "--seed", "7"]
+    for name in ("a", "b"):
+        result = runner.invoke(app, [*args, "--as-of", "2026-06-01", "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert "2 practice(s) and 1 cluster(s) (seed 7, reference date 2026-06-01)" in result.output
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files and all(
+        (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files
+    )

@@ -21,7 +21,7 @@ def test_demo_shows_library_sweep_examples_and_a_service_call(tmp_path: Path) ->
     population = result.output.split("== 2.")[1].split("== 3.")[0]
     commands = [line for line in population.splitlines() if line.startswith("$ vejviser ")]
     assert [shlex.split(c)[2] for c in commands] == ["synth", "ingest", "sweep"]
-    assert "30 patients in 3 practices and 2 clusters" in population
+    assert "30 patients in 3 practice(s) and 2 cluster(s)" in population
     assert "line(s) quarantined" in population  # ingest says what it did not take
     assert "30 synthetic patients, 3 practices" in population
     assert "patients on its list" in population

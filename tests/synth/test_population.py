@@ -145,7 +145,7 @@ def test_one_file_per_type_with_the_counted_lines(small: PopulationSummary) -> N
     assert small.resources == sum(small.lines.values())
     assert sum(small.ages.values()) == sum(small.sexes.values()) == 150
     assert small.seconds > 0 and small.resources_per_second > 0
-    assert "150 patients in 4 practices and 2 clusters" in small.report()
+    assert "150 patients in 4 practice(s) and 2 cluster(s)" in small.report()
 
 
 def test_every_well_formed_line_is_valid_fhir_r4b(small: PopulationSummary) -> None:
