@@ -48,6 +48,13 @@ def write_store(
 
 
 def snapshot_of(directory: Path) -> str:
+    if not directory.is_dir():
+        raise StoreError(f"{directory} is not a facts store: there is no such directory")
+    if not (directory / MANIFEST).exists():
+        raise StoreError(
+            f"{directory} is not a facts store (it has no {MANIFEST}): make one with "
+            f"vejviser ingest NDJSON --store {directory}"
+        )
     try:
         return str(json.loads((directory / MANIFEST).read_text(encoding="utf-8"))["snapshot"])
     except (OSError, ValueError, KeyError) as exc:

@@ -636,3 +636,17 @@ def test_synth_with_a_reference_date_writes_the_same_files_on_any_day(tmp_path: 
     assert files and all(
         (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files
     )
+
+
+def test_a_sweep_of_what_is_no_store_says_how_to_make_one(
+    tmp_path: Path, guideline_dir: Path
+) -> None:
+    (tmp_path / "ndjson").mkdir()
+    (tmp_path / "ndjson" / "Patient.ndjson").write_text('{"resourceType": "Patient"}\n')
+    for store, said in [
+        (tmp_path / "missing", "is not a facts store: there is no such directory"),
+        (tmp_path / "ndjson", "is not a facts store (it has no manifest.json): make one with "),
+    ]:
+        args = ["sweep", "--store", str(store), "--as-of", "2026-06-01", "-g", str(guideline_dir)]
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2 and said in result.output, result.output
