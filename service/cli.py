@@ -802,9 +802,11 @@ def sweep(
             snapshot = load_store(con, store, guidelines)
         except StoreError as exc:
             raise fail(str(exc)) from None
-        cluster_warnings: list[str] = []
+        warnings = _date_warnings(
+            guidelines, [d.date() for d in as_of], columnar.latest_record(con), danish_today()
+        )
         if clusters is not None and mapping is not None:  # the file's map replaces the store's
-            cluster_warnings = _cluster_warnings(clusters, mapping, columnar.practices(con))
+            warnings += _cluster_warnings(clusters, mapping, columnar.practices(con))
         mapping = mapping or clusters_of(store) or None
         steps = sweep_tables
         if engine is SweepEngine.spark:
@@ -832,8 +834,30 @@ def sweep(
         typer.echo(f"(published before, by {manifest.engine}: the same inputs give the same run)")
     typer.echo(f"published {manifest.directory}")
     typer.echo(_published(manifest))
-    for warning in cluster_warnings:
+    for warning in warnings:
         typer.echo(warning, err=True)
+
+
+def _date_warnings(
+    guidelines: GuidelineSet, days: list[dt.date], latest: dt.date | None, today: dt.date
+) -> list[str]:
+    """A run that is published but says little: no guideline in force on a date, a store
+    without records, a date after today (the data cannot reach it, so every "no test in 12
+    months" list grows)."""
+    warnings = [
+        f"warning: no guideline is in force on {day}: that date's lists and rates are empty"
+        for day in sorted(set(days))
+        if not guidelines.in_force(day)
+    ]
+    warnings += [
+        f"warning: {day} is after today, and the store's latest record is of {latest}: "
+        "look-back windows reach past the data, so the lists of missing measurements grow"
+        for day in sorted(set(days))
+        if day > today
+    ]
+    if latest is None:
+        warnings.append("warning: the store holds no clinical records")
+    return warnings
 
 
 def _remove_killed_spills(directory: Path) -> None:

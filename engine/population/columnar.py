@@ -237,6 +237,17 @@ def practices(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [str(p) for (p,) in con.execute(query).fetchall()]
 
 
+def latest_record(con: duckdb.DuckDBPyConnection) -> dt.date | None:
+    """The latest date of any clinical record in the store: a sweep as of a later date sees
+    every look-back window run past the data."""
+    query = (
+        "SELECT max(d) FROM (SELECT max(date) AS d FROM observations UNION ALL "
+        "SELECT max(start) FROM medications UNION ALL SELECT max(onset) FROM conditions)"
+    )
+    row = con.execute(query).fetchone()
+    return row[0] if row else None
+
+
 def _rows(result: duckdb.DuckDBPyConnection) -> Iterator[tuple[Any, ...]]:
     while batch := result.fetchmany(BATCH):
         yield from batch

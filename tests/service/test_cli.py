@@ -329,7 +329,10 @@ def test_sweep_over_a_store(tmp_path: Path, guideline_dir: Path) -> None:
             str(tmp_path),
         ],
     )
-    assert missing.exit_code == 2 and "manifest.json" in missing.output
+    assert (
+        missing.exit_code == 2
+        and "is not a facts store: there is no such directory" in missing.output
+    )
 
 
 @pytest.mark.parametrize(
@@ -650,3 +653,20 @@ def test_a_sweep_of_what_is_no_store_says_how_to_make_one(
         args = ["sweep", "--store", str(store), "--as-of", "2026-06-01", "-g", str(guideline_dir)]
         result = runner.invoke(app, [*args, "--out", str(tmp_path / "out")])
         assert result.exit_code == 2 and said in result.output, result.output
+
+
+def test_a_sweep_that_says_little_is_warned_of(tmp_path: Path, guideline_dir: Path) -> None:
+    """Published all the same, but a date past the data or before every guideline said nothing."""
+    write_patient_store(tmp_path / "store", DIABETIC)
+    args = ["sweep", "--store", str(tmp_path / "store"), "-g", str(guideline_dir)]
+    args += ["--out", str(tmp_path / "out")]
+    for day in ("1900-01-01", "2040-01-01"):
+        args += ["--as-of", day]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "warning: no guideline is in force on 1900-01-01" in result.stderr
+    assert (
+        "warning: 2040-01-01 is after today, and the store's latest record is of 2026-03-02"
+        in result.stderr
+    )
+    assert "1900-01-01 is after" not in result.stderr
