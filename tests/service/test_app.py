@@ -23,11 +23,12 @@ LIBRARY = Path(__file__).resolve().parents[2] / "guidelines"
 PATIENT_VIEW = "/cds-services/vejviser-patient-view"
 
 
-def make_client(tmp_path: Path, guidelines: Path) -> TestClient:
+def make_client(tmp_path: Path, guidelines: Path, **more: Any) -> TestClient:
     settings = Settings(
         guidelines=guidelines,
         auth=AuthSettings(enabled=False),
         feedback_database=tmp_path / "feedback.sqlite",
+        **more,
     )
     return TestClient(create_app(settings))
 
@@ -256,13 +257,7 @@ def test_non_json_body_is_400(client: TestClient) -> None:
 
 
 def test_a_body_over_the_limit_is_413_unread(tmp_path: Path, guideline_dir: Path) -> None:
-    settings = Settings(
-        guidelines=guideline_dir,
-        auth=AuthSettings(enabled=False),
-        feedback_database=tmp_path / "feedback.sqlite",
-        max_request_bytes=5_000,
-    )
-    with TestClient(create_app(settings)) as small:
+    with make_client(tmp_path, guideline_dir, max_request_bytes=5_000) as small:
         body = json.dumps(request(full_prefetch(small))).encode()
         assert len(body) < 5_000
         assert small.post(PATIENT_VIEW, content=body).status_code == 200
