@@ -269,7 +269,10 @@ def ingest(
             if workers > 1:
                 _forkserver()  # it imports while this process scans
             progress.start("reference resources")
-            reference = _reference_resources(files, previous, deletions)
+            try:
+                reference = _reference_resources(files, previous, deletions)
+            except pa.ArrowInvalid as exc:
+                raise _damaged_staging(store, exc) from None
             timings["reference"], clock = time.perf_counter() - clock, time.perf_counter()
             tasks = tasks_of(files, chunk_bytes, work / "parts")
             for table in PART_SCHEMAS:
@@ -292,6 +295,8 @@ def ingest(
                     f"under {store.resolve().parent} is too full to spill to; the store is "
                     f"unchanged ({duckdb_says})"
                 ) from None
+            except duckdb.Error as exc:
+                raise _damaged_staging(store, exc) from None
             timings["resolve"], clock = time.perf_counter() - clock, time.perf_counter()
             new = work / "store"
             (work / QUARANTINE).replace(new / QUARANTINE)
@@ -462,6 +467,19 @@ def _previous(store: Path) -> dict[str, Any] | None:
         return None  # a store written by write_store (the tests): replaced as a whole
     manifest["directory"] = str(store)
     return manifest
+
+
+def _damaged_staging(store: Path, exc: Exception) -> Exception:
+    """A StoreError for a staging file that cannot be read (a disk fault, a copy cut short);
+    any other failure of the SQL step is passed on as it is."""
+    staging = str(store / STAGING)
+    said = str(exc).splitlines()[0]
+    if staging not in str(exc):
+        return exc
+    return StoreError(
+        f"the store's staging cannot be read ({said}): the store is left as it is; ingest the "
+        "whole export into a new directory"
+    )
 
 
 def _not_a_store(store: Path) -> str:

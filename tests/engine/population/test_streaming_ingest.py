@@ -492,6 +492,22 @@ def test_an_ingest_killed_just_after_the_exchange_loses_no_export_record(tmp_pat
     assert not killed.parent.exists()
 
 
+@pytest.mark.parametrize("damaged", ["observations.parquet", "reference.parquet"])
+def test_a_store_whose_staging_cannot_be_read_is_left_as_it_is(
+    tmp_path: Path, damaged: str
+) -> None:
+    """It was DuckDB's or pyarrow's traceback."""
+    write_population(tmp_path / "ndjson", 10, 1, 1, 3, AS_OF)
+    store = tmp_path / "store"
+    ingest(tmp_path / "ndjson", store, workers=1)
+    part = store / "staging" / damaged
+    part.write_bytes(part.read_bytes()[:100])  # a copy cut short
+    before = store_bytes(store)
+    with pytest.raises(StoreError, match=r"staging cannot be read \(.*left as it is"):
+        ingest(tmp_path / "ndjson", store, workers=1)
+    assert store_bytes(store) == before
+
+
 @pytest.mark.parametrize("kind", ["directory", "dangling symlink"])
 def test_an_input_that_cannot_be_read_is_named_before_the_store_is_touched(
     tmp_path: Path, kind: str
