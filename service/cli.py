@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     import httpx2
 
+    from engine.population.outputs import ComparisonReport
     from engine.population.run import RunManifest, SqlSteps
     from fhir_adapter.backend_auth import BackendServicesAuth
     from rules.guideline_set import GuidelineSet
@@ -951,6 +952,31 @@ def compare(
         f"wrote {out / 'comparison.md'} (counts) and {out / 'comparison.csv'} (names patients: "
         "split it per practice before it leaves the room)"
     )
+    for warning in _comparison_warnings(report):
+        typer.echo(warning, err=True)
+
+
+def _comparison_warnings(report: ComparisonReport) -> list[str]:
+    """Comparisons that read wrongly without a word: runs given the wrong way round ("entered"
+    means left), and units in one run only (another cluster map: their rows show no change)."""
+    warnings = []
+    if report.previous > report.current:  # ISO dates
+        warnings.append(
+            f"warning: the first run is of the later date ({report.previous} after "
+            f"{report.current}): 'entered' and 'left' are the wrong way round; give the earlier "
+            "run first"
+        )
+    for level in ("practice", "cluster"):
+        alone = sorted(
+            {i.id for i in report.indicators if i.level == level}
+            - {i.id for i in report.indicators if i.level == level and i.previous and i.current}
+        )
+        if alone:
+            warnings.append(
+                f"warning: {len(alone)} {level}(s) in only one of the runs, without a change: "
+                f"{_first(alone)} (another {'cluster map' if level == 'cluster' else 'store'}?)"
+            )
+    return warnings
 
 
 def _clusters(path: Path) -> dict[str, str]:

@@ -579,9 +579,31 @@ def test_compare_two_published_sweeps(tmp_path: Path, guideline_dir: Path) -> No
     ]
     assert changes[0][0] != changes[1][0]  # two different recommendations
     assert "case-patient" not in (tmp_path / "cmp" / "comparison.md").read_text()
+    assert not result.stderr
+    backwards = runner.invoke(app, ["compare", *map(str, runs[::-1]), "--out", str(tmp_path / "b")])
+    assert backwards.exit_code == 0
+    assert "the first run is of the later date (2026-06-01 after 2026-01-01)" in backwards.stderr
     wrong = runner.invoke(app, ["compare", str(tmp_path), str(runs[1]), "--out", str(tmp_path)])
     assert wrong.exit_code == 2
     assert "neither a published run nor one of its as-of directories" in wrong.output
+
+
+def test_compare_warns_of_units_in_one_run_only(tmp_path: Path, guideline_dir: Path) -> None:
+    """Another cluster map (a clusters file in one run only): their rows show no change."""
+    write_patient_store(tmp_path / "store", DIABETIC)
+    (tmp_path / "clusters.csv").write_text("practice,cluster\n123456,Nord\n")
+    runs = []
+    for as_of, extra in (("2026-01-01", []), ("2026-06-01", ["--clusters"])):
+        args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", as_of, "-g"]
+        args += [str(guideline_dir), "--out", str(tmp_path / as_of)]
+        args += [*extra, str(tmp_path / "clusters.csv")] if extra else []
+        assert runner.invoke(app, args).exit_code == 0
+        (run,) = (tmp_path / as_of).glob("*/manifest.json")
+        runs.append(run.parent)
+    result = runner.invoke(app, ["compare", *map(str, runs), "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    assert "warning: 1 cluster(s) in only one of the runs, without a change: Nord" in result.stderr
+    assert "practice(s) in only one" not in result.stderr
 
 
 def test_compare_says_a_store_is_not_a_sweep_run(tmp_path: Path) -> None:
