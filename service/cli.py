@@ -932,6 +932,7 @@ def compare(
     out: Annotated[
         Path, typer.Option(file_okay=False, help="Where comparison.csv and comparison.md go.")
     ],
+    language: Annotated[Language, typer.Option(help="Language of comparison.md.")] = Language.da,
 ) -> None:
     """Who entered or left each practice's lists and how each indicator moved between two
     sweeps: the 3-, 6- and 12-month follow-up. A run directory stands for its latest date."""
@@ -942,7 +943,7 @@ def compare(
         report = compare_runs(previous, current)
     except ValueError as exc:
         raise fail(str(exc)) from None
-    write_comparison(report, out)
+    write_comparison(report, out, language.value)
     entered = sum(c.change == "entered" for c in report.lists)
     typer.echo(
         f"{report.previous} -> {report.current}: {entered} entered and "

@@ -603,21 +603,55 @@ def comparison_records(report: ComparisonReport) -> list[dict[str, object]]:
     return records
 
 
-def _percent(rate: float | None) -> str:
-    return "-" if rate is None else f"{100 * rate:.1f} %"
+COMPARISON_WORDS = {
+    "da": {
+        "title": "Sammenligning af kørsler",
+        "practice": "Praksis",
+        "cluster": "Klynge",
+        "all": "Alle",
+        "lists": "| vejledning | anbefaling | kom på listen | gik af listen |",
+        "indicators": "| vejledning | indikator | før | nu | ændring |",
+        "points": "procentpoint",
+        "not computed": "(ikke beregnet)",
+        "suppressed": "(skjult: for få)",
+    },
+    "en": {
+        "title": "Sweep comparison",
+        "practice": "Practice",
+        "cluster": "Cluster",
+        "all": "All",
+        "lists": "| guideline | recommendation | entered | left |",
+        "indicators": "| guideline | indicator | before | now | change |",
+        "points": "points",
+        "not computed": "(not computed)",
+        "suppressed": "(suppressed)",
+    },
+}
+"""comparison.md's words: in the run's language, as its lists and indicator titles are."""
 
 
-def _fraction(row: IndicatorRow | None) -> str:
+def _number(value: float, language: str, signed: bool = False) -> str:
+    text = f"{value:+.1f}" if signed else f"{value:.1f}"
+    return text.replace(".", ",") if language == "da" else text
+
+
+def _percent(rate: float | None, language: str) -> str:
+    return "-" if rate is None else f"{_number(100 * rate, language)} %"
+
+
+def _fraction(row: IndicatorRow | None, language: str) -> str:
+    words = COMPARISON_WORDS[language]
     if row is None:
-        return "(not computed)"
+        return words["not computed"]
     if row.suppressed:
-        return "(suppressed)"
-    return f"{row.numerator}/{row.denominator} = {_percent(exact_rate(row))}"
+        return words["suppressed"]
+    return f"{row.numerator}/{row.denominator} = {_percent(exact_rate(row), language)}"
 
 
-def comparison_markdown(report: ComparisonReport) -> str:
+def comparison_markdown(report: ComparisonReport, language: str = "en") -> str:
     """comparison.md: counts only (no patient identifiers), per practice, cluster and overall."""
-    lines = [f"# Sweep comparison: {report.previous} → {report.current}", ""]
+    words = COMPARISON_WORDS[language]
+    lines = [f"# {words['title']}: {report.previous} → {report.current}", ""]
     moves: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for c in report.lists:
         moves[(c.practice, c.guideline, c.recommendation)][c.change == "left"] += 1
@@ -625,25 +659,30 @@ def comparison_markdown(report: ComparisonReport) -> str:
         {(i.level, i.id) for i in report.indicators}, key=lambda u: (LEVELS.index(u[0]), u[1])
     )
     for level, unit in units:
-        lines += [f"## {level} {unit}", ""]
+        lines += [f"## {words[level]}" + ("" if level == "all" else f" {unit}"), ""]
         if level == "practice":
-            lines += ["| guideline | recommendation | entered | left |", "|---|---|---:|---:|"]
+            lines += [words["lists"], "|---|---|---:|---:|"]
             for (practice, guideline, rec), (entered, left) in sorted(moves.items()):
                 if practice == unit:
                     lines.append(f"| {guideline} | {rec} | {entered} | {left} |")
             lines.append("")
-        lines += [
-            "| guideline | indicator | before | now | change |",
-            "|---|---|---|---|---:|",
-        ]
+        lines += [words["indicators"], "|---|---|---|---|---:|"]
         for i in report.indicators:
             if (i.level, i.id) != (level, unit):
                 continue
             change = i.rate_change
-            moved = "-" if change is None else f"{100 * change:+.1f} points"
+            moved = (
+                "-"
+                if change is None
+                else f"{_number(100 * change, language, signed=True)} {words['points']}"
+            )
+            shown = i.current or i.previous
+            title = i.indicator
+            if shown and shown.title:  # a title may hold the table's own separator
+                title = f"{shown.title.replace('|', '/')} ({i.indicator})"
             lines.append(
-                f"| {i.guideline} | {i.indicator} | {_fraction(i.previous)} | "
-                f"{_fraction(i.current)} | {moved} |"
+                f"| {i.guideline} | {title} | {_fraction(i.previous, language)} | "
+                f"{_fraction(i.current, language)} | {moved} |"
             )
         lines.append("")
     return "\n".join(lines)

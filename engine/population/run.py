@@ -231,7 +231,7 @@ def run_sweep(
             name = f"{dates[0]}_{as_of}"
             started = time.perf_counter()
             report = compare(partial / str(dates[0]), partial / str(as_of))
-            written = write_comparison(report, partial / "comparisons" / name)
+            written = write_comparison(report, partial / "comparisons" / name, language)
             rows.update({f"comparisons/{name}/{k}": v for k, v in written.items()})
             timings[f"comparisons/{name}"] = round(time.perf_counter() - started, 3)
             comparisons.append(name)
@@ -781,11 +781,14 @@ def _listed(path: Path) -> Iterator[dict[str, Any]]:
         yield from batch.filter(listed).to_pylist()
 
 
-def write_comparison(report: out.ComparisonReport, directory: Path) -> dict[str, int]:
-    """comparison.csv (identifiable: list changes carry patient ids) and comparison.md (counts)."""
+def write_comparison(
+    report: out.ComparisonReport, directory: Path, language: str = "en"
+) -> dict[str, int]:
+    """comparison.csv (identifiable: list changes carry patient ids) and comparison.md (counts,
+    in ``language``)."""
     records = out.comparison_records(report)
     _write_csv(directory / "comparison.csv", out.csv_text(out.COMPARISON_COLUMNS, records))
-    _write(directory / "comparison.md", out.comparison_markdown(report))
+    _write(directory / "comparison.md", out.comparison_markdown(report, language))
     return {"comparison.csv": len(records)}
 
 

@@ -245,7 +245,7 @@ def test_comparison_reports_who_entered_and_left_each_list(
         "0.2500",
     )
     markdown = (tmp_path / "comparison" / "comparison.md").read_text(encoding="utf-8")
-    assert f"## practice {A}" in markdown
+    assert f"## Practice {A}" in markdown
     assert f"| t2d-hba1c | {ABOVE} | 2 | 1 |" in markdown
     assert "+25.0 points" in markdown
     assert "p3" not in markdown, "the summary carries counts, not patients"
@@ -275,6 +275,19 @@ def test_comparison_percentages_come_from_the_counts_not_the_rounded_rate(
         out.ComparisonReport("2026-01-01", "2026-04-01", (), changes)
     )
     assert shown in markdown, markdown
+
+
+def test_comparison_markdown_is_in_the_runs_language_with_indicator_titles() -> None:
+    """It was English and ids only, whatever the run's language."""
+    before, now = row("cluster", 14, 17), row("cluster", 63, 68)
+    changes = out.compare_indicators([before], [now])
+    report = out.ComparisonReport("2026-01-01", "2026-04-01", (), changes)
+    danish = out.comparison_markdown(report, "da")
+    assert danish.startswith("# Sammenligning af kørsler: 2026-01-01 → 2026-04-01")
+    assert "| vejledning | indikator | før | nu | ændring |" in danish
+    assert f"| {before.title} ({before.indicator}) | 14/17 = 82,4 % | 63/68 = 92,6 % |" in danish
+    assert "| +10,3 procentpoint |" in danish
+    assert "+10.3 points" in out.comparison_markdown(report, "en")
 
 
 def test_outputs_do_not_depend_on_the_process(tmp_path: Path) -> None:
