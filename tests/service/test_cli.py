@@ -558,15 +558,22 @@ def test_a_sweep_stops_with_the_file_the_population_engine_cannot_build(
     assert not list((tmp_path / "out").glob("*/2031-01-07/lists/*.csv"))
 
 
-def test_compare_two_published_sweeps(tmp_path: Path, guideline_dir: Path) -> None:
-    write_patient_store(tmp_path / "store", DIABETIC)
+def published_runs(tmp_path: Path, guideline_dir: Path, dates: dict[str, list[str]]) -> list[Path]:
+    """One run per as-of date (with its extra options) of the store in ``tmp_path / 'store'``."""
     runs = []
-    for as_of in ("2026-01-01", "2026-06-01"):  # before and after the high HbA1c
-        args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", as_of]
-        args += ["--out", str(tmp_path / as_of), "-g", str(guideline_dir), "--language", "en"]
+    for as_of, extra in dates.items():
+        args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", as_of, "-g"]
+        args += [str(guideline_dir), "--out", str(tmp_path / as_of), "--language", "en", *extra]
         assert runner.invoke(app, args).exit_code == 0
         (run,) = (tmp_path / as_of).glob("*/manifest.json")
         runs.append(run.parent)
+    return runs
+
+
+def test_compare_two_published_sweeps(tmp_path: Path, guideline_dir: Path) -> None:
+    write_patient_store(tmp_path / "store", DIABETIC)
+    # before and after the high HbA1c
+    runs = published_runs(tmp_path, guideline_dir, {"2026-01-01": [], "2026-06-01": []})
     result = runner.invoke(app, ["compare", *map(str, runs), "--out", str(tmp_path / "cmp")])
     assert result.exit_code == 0, result.output
     # from "no HbA1c" (January) to "above the target" (June)
@@ -592,14 +599,8 @@ def test_compare_warns_of_units_in_one_run_only(tmp_path: Path, guideline_dir: P
     """Another cluster map (a clusters file in one run only): their rows show no change."""
     write_patient_store(tmp_path / "store", DIABETIC)
     (tmp_path / "clusters.csv").write_text("practice,cluster\n123456,Nord\n")
-    runs = []
-    for as_of, extra in (("2026-01-01", []), ("2026-06-01", ["--clusters"])):
-        args = ["sweep", "--store", str(tmp_path / "store"), "--as-of", as_of, "-g"]
-        args += [str(guideline_dir), "--out", str(tmp_path / as_of)]
-        args += [*extra, str(tmp_path / "clusters.csv")] if extra else []
-        assert runner.invoke(app, args).exit_code == 0
-        (run,) = (tmp_path / as_of).glob("*/manifest.json")
-        runs.append(run.parent)
+    clusters = ["--clusters", str(tmp_path / "clusters.csv")]
+    runs = published_runs(tmp_path, guideline_dir, {"2026-01-01": [], "2026-06-01": clusters})
     result = runner.invoke(app, ["compare", *map(str, runs), "--out", str(tmp_path / "cmp")])
     assert result.exit_code == 0, result.output
     assert "warning: 1 cluster(s) in only one of the runs, without a change: Nord" in result.stderr
