@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import glob
 import gzip
@@ -215,12 +216,15 @@ def inflated(path: Path, target: Path) -> Path:
         if handle.read(len(GZIP_MAGIC)) != GZIP_MAGIC:
             return path
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with gzip.open(path, "rb") as packed, target.open("wb") as out:
-            shutil.copyfileobj(packed, out, 1 << 20)
-    except GZIP_ERRORS as exc:
-        raise FhirInputError(f"{path.name}: {unreadable_gzip(exc)}") from None
-    return target
+    with gzip.open(path, "rb") as packed, target.open("wb") as out:
+        while True:
+            try:
+                block = packed.read(1 << 20)
+            except GZIP_ERRORS as exc:
+                raise FhirInputError(f"{path.name}: {unreadable_gzip(exc)}") from None
+            if not block:
+                return target
+            out.write(block)  # an OSError here is the disk's (full), not the input's
 
 
 # --- the public entry ----------------------------------------------------------------------------
@@ -304,6 +308,8 @@ def ingest(
             changed = previous is None or previous.get("snapshot") != built["snapshot"]
             _swap(new, store)
             timings["swap"] = time.perf_counter() - clock
+        except (OSError, duckdb.IOException) as exc:
+            raise _full_disk(store, exc) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
             progress.finish()
@@ -467,6 +473,18 @@ def _previous(store: Path) -> dict[str, Any] | None:
         return None  # a store written by write_store (the tests): replaced as a whole
     manifest["directory"] = str(store)
     return manifest
+
+
+def _full_disk(store: Path, exc: Exception) -> Exception:
+    """A StoreError for a disk that filled up while the new store was written (a worker's part
+    file, the decompressed copy, DuckDB's files): the old store is unchanged. Any other failure
+    is passed on as it is."""
+    if getattr(exc, "errno", None) != errno.ENOSPC and "No space left on device" not in str(exc):
+        return exc
+    return StoreError(
+        f"the disk under {store.parent} is full ({str(exc).splitlines()[0]}): the store is "
+        "unchanged; an ingest needs free space of about twice the store plus its input"
+    )
 
 
 def _damaged_staging(store: Path, exc: Exception) -> Exception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import gzip
 import json
@@ -16,11 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from engine.population import chunks
 from engine.population.ingest import (
     ISSUES,
     QUARANTINE,
     STORE_FORMAT,
     IngestInProgressError,
+    inflated,
     ingest,
     ndjson_files,
 )
@@ -490,6 +493,29 @@ def test_an_ingest_killed_just_after_the_exchange_loses_no_export_record(tmp_pat
     ingest(tmp_path / "ndjson", store, workers=1)
     assert (store / "exports" / "last.json").read_text().startswith('{"transactionTime"')
     assert not killed.parent.exists()
+
+
+def test_a_full_disk_is_said_in_one_line_and_the_store_is_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's part file that did not fit was an OSError traceback; the decompressed copy of
+    a gzip input that did not fit blamed the input ("not a readable gzip file")."""
+    write_population(tmp_path / "ndjson", 10, 1, 1, 3, AS_OF)
+    store = tmp_path / "store"
+    ingest(tmp_path / "ndjson", store, workers=1)
+    before = store_bytes(store)
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(chunks.pq, "write_table", full)  # workers=1: chunks are read here
+    with pytest.raises(StoreError, match=r"the disk under .* is full \(.*No space left"):
+        ingest(tmp_path / "ndjson", store, workers=1)
+    assert store_bytes(store) == before
+    packed = tmp_path / "Patient.ndjson.gz"
+    packed.write_bytes(gzip.compress((tmp_path / "ndjson" / "Patient.ndjson").read_bytes()))
+    with pytest.raises(OSError, match="No space left on device"):
+        inflated(packed, Path("/dev/full"))  # writing to /dev/full fails with ENOSPC
 
 
 @pytest.mark.parametrize("damaged", ["observations.parquet", "reference.parquet"])
