@@ -8,6 +8,7 @@ error: an author sees all of them at once.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from difflib import get_close_matches
@@ -124,16 +125,14 @@ def _one_per_union(errors: list[Any]) -> list[Any]:
     """Of a union's errors for one value (``code: Code | list[Code]``), the ones for the form
     the author wrote: a 'should be a valid list' beside the reason a single code failed is
     false, since the author never meant a list."""
-    tried = {_path(e) for e in errors if len(_path(e)) < len(e["loc"])}
+    paths = [_path(e) for e in errors]
+    tried = {p for p, e in zip(paths, errors, strict=True) if len(p) < len(e["loc"])}
+    per_place = Counter(paths)
     shapes = {"list_type", "dict_type", "model_type"}
     return [
         e
-        for e in errors
-        if not (
-            e["type"] in shapes
-            and _path(e) in tried
-            and sum(_path(other) == _path(e) for other in errors) > 1
-        )
+        for p, e in zip(paths, errors, strict=True)
+        if not (e["type"] in shapes and p in tried and per_place[p] > 1)
     ]
 
 

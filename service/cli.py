@@ -845,15 +845,16 @@ def _date_warnings(
     """A run that is published but says little: no guideline in force on a date, a store
     without records, a date after today (the data cannot reach it, so every "no test in 12
     months" list grows)."""
+    dates = sorted(set(days))
     warnings = [
         f"warning: no guideline is in force on {day}: that date's lists and rates are empty"
-        for day in sorted(set(days))
+        for day in dates
         if not guidelines.in_force(day)
     ]
     warnings += [
         f"warning: {day} is after today, and the store's latest record is of {latest}: "
         "look-back windows reach past the data, so the lists of missing measurements grow"
-        for day in sorted(set(days))
+        for day in dates
         if day > today
     ]
     if latest is None:
@@ -875,8 +876,8 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:  # another user's process: running all the same
+        pass
     return True
 
 

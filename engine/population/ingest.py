@@ -296,7 +296,7 @@ def ingest(
                 duckdb_says = str(exc).splitlines()[0]  # the rest is advice on SQL settings
                 raise IngestSettingError(
                     f"the SQL step does not fit in the memory limit {memory_limit!r}, or the disk "
-                    f"under {store.resolve().parent} is too full to spill to; the store is "
+                    f"under {store.parent} is too full to spill to; the store is "
                     f"unchanged ({duckdb_says})"
                 ) from None
             except duckdb.Error as exc:
@@ -490,13 +490,11 @@ def _full_disk(store: Path, exc: Exception) -> Exception:
 def _damaged_staging(store: Path, exc: Exception) -> Exception:
     """A StoreError for a staging file that cannot be read (a disk fault, a copy cut short);
     any other failure of the SQL step is passed on as it is."""
-    staging = str(store / STAGING)
-    said = str(exc).splitlines()[0]
-    if staging not in str(exc):
+    if str(store / STAGING) not in str(exc):
         return exc
     return StoreError(
-        f"the store's staging cannot be read ({said}): the store is left as it is; ingest the "
-        "whole export into a new directory"
+        f"the store's staging cannot be read ({str(exc).splitlines()[0]}): the store is left as "
+        "it is; ingest the whole export into a new directory"
     )
 
 
