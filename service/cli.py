@@ -960,13 +960,25 @@ def compare(
 
 def _comparison_warnings(report: ComparisonReport) -> list[str]:
     """Comparisons that read wrongly without a word: runs given the wrong way round ("entered"
-    means left), and units in one run only (another cluster map: their rows show no change)."""
+    means left), units in one run only (another cluster map: their rows show no change), a
+    guideline in a new version, counts hidden below different thresholds."""
     warnings = []
     if report.previous > report.current:  # ISO dates
         warnings.append(
             f"warning: the first run is of the later date ({report.previous} after "
             f"{report.current}): 'entered' and 'left' are the wrong way round; give the earlier "
             "run first"
+        )
+    warnings += [
+        f"warning: guideline {g} is version {before} in the earlier run and {now} in the later: "
+        "its rates and lists may move because the guideline changed"
+        for g, before, now in report.new_versions
+    ]
+    if report.thresholds_differ:
+        warnings.append(
+            "warning: the runs hide counts below different thresholds "
+            f"({' and '.join(map(str, report.suppress_below))}): a count hidden in one run and "
+            "shown in the other is no change"
         )
     for level in ("practice", "cluster"):
         alone = sorted(

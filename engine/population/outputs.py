@@ -512,6 +512,32 @@ class ComparisonReport:
     current: str
     lists: tuple[ListChange, ...]
     indicators: tuple[IndicatorChange, ...]
+    # each run's suppression threshold, where its manifest says (None: not known)
+    suppress_below: tuple[int | None, int | None] = (None, None)
+
+    @property
+    def new_versions(self) -> list[tuple[str, str, str]]:
+        """(guideline, version before, version now) for each guideline in both runs whose
+        version changed. Why: a rate or list that moves because the guideline changed is no
+        change in the practice, and nothing else in the comparison says so."""
+        versions: tuple[dict[str, set[str]], dict[str, set[str]]] = ({}, {})
+        for i in self.indicators:
+            for side, row in zip(versions, (i.previous, i.current), strict=True):
+                if row is not None:
+                    side.setdefault(i.guideline, set()).add(row.version)
+        before, now = versions
+        return [
+            (g, ", ".join(sorted(before[g])), ", ".join(sorted(now[g])))
+            for g in sorted(before.keys() & now.keys())
+            if before[g] != now[g]
+        ]
+
+    @property
+    def thresholds_differ(self) -> bool:
+        """The runs hide counts below different thresholds: a cell shown in one run and hidden
+        in the other is no change."""
+        before, now = self.suppress_below
+        return before is not None and now is not None and before != now
 
 
 def compare_lists(
@@ -614,6 +640,10 @@ COMPARISON_WORDS = {
         "points": "procentpoint",
         "not computed": "(ikke beregnet)",
         "suppressed": "(skjult: for få)",
+        "new versions": "Vejledninger i ny version mellem kørslerne (tal og lister kan flytte sig "
+        "af den grund, ikke kun af praksis' arbejde):",
+        "thresholds": "Kørslerne skjuler tal under forskellige grænser ({} og {}): et tal, der er "
+        "skjult i den ene kørsel og vist i den anden, er ingen ændring.",
     },
     "en": {
         "title": "Sweep comparison",
@@ -625,6 +655,10 @@ COMPARISON_WORDS = {
         "points": "points",
         "not computed": "(not computed)",
         "suppressed": "(suppressed)",
+        "new versions": "Guidelines in a new version between the runs (their rates and lists may "
+        "move because of it, not only because of the practices' work):",
+        "thresholds": "The runs hide counts below different thresholds ({} and {}): a count "
+        "hidden in one run and shown in the other is no change.",
     },
 }
 """comparison.md's words: in the run's language, as its lists and indicator titles are."""
@@ -652,6 +686,12 @@ def comparison_markdown(report: ComparisonReport, language: str = "en") -> str:
     """comparison.md: counts only (no patient identifiers), per practice, cluster and overall."""
     words = COMPARISON_WORDS[language]
     lines = [f"# {words['title']}: {report.previous} → {report.current}", ""]
+    if report.new_versions:
+        lines += [words["new versions"], ""]
+        lines += [f"- {g}: {before} → {now}" for g, before, now in report.new_versions]
+        lines.append("")
+    if report.thresholds_differ:
+        lines += [words["thresholds"].format(*report.suppress_below), ""]
     moves: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for c in report.lists:
         moves[(c.practice, c.guideline, c.recommendation)][c.change == "left"] += 1

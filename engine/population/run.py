@@ -763,7 +763,19 @@ def compare(previous_run_dir: Path, current_run_dir: Path) -> out.ComparisonRepo
             out.list_members(_listed(after / "outcomes.parquet")),
         ),
         out.compare_indicators(_read_indicators(before), _read_indicators(after)),
+        (_suppress_below(before), _suppress_below(after)),
     )
+
+
+def _suppress_below(as_of_directory: Path) -> int | None:
+    """The threshold of the published run an as-of directory belongs to (None: unpublished,
+    as a sweep's own comparisons are, of one threshold)."""
+    try:
+        data = json.loads((as_of_directory.parent / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    threshold = data.get("suppress_below") if isinstance(data, dict) else None
+    return threshold if isinstance(threshold, int) else None
 
 
 def _listed(path: Path) -> Iterator[dict[str, Any]]:

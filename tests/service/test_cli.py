@@ -607,6 +607,33 @@ def test_compare_warns_of_units_in_one_run_only(tmp_path: Path, guideline_dir: P
     assert "practice(s) in only one" not in result.stderr
 
 
+def test_compare_names_a_new_guideline_version_and_another_threshold(
+    tmp_path: Path, guideline_dir: Path
+) -> None:
+    """A rate that moves because the guideline changed, or a count hidden by another threshold,
+    read as a practice's change without a word."""
+    write_patient_store(tmp_path / "store", DIABETIC)
+    (before,) = published_runs(tmp_path, guideline_dir, {"2026-01-01": []})
+    source = guideline_dir / "example.yaml"
+    source.write_text(source.read_text().replace("version: 1.0.0", "version: 1.1.0", 1))
+    (after,) = published_runs(tmp_path, guideline_dir, {"2026-06-01": ["--suppress-below", "10"]})
+    args = ["compare", str(before), str(after), "--out", str(tmp_path / "cmp")]
+    result = runner.invoke(app, [*args, "--language", "en"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: guideline example-hba1c is version 1.0.0 in the earlier run and 1.1.0 in the "
+        "later: its rates and lists may move because the guideline changed" in result.stderr
+    )
+    assert "hide counts below different thresholds (5 and 10)" in result.stderr
+    markdown = (tmp_path / "cmp" / "comparison.md").read_text(encoding="utf-8")
+    assert "- example-hba1c: 1.0.0 → 1.1.0" in markdown
+    assert "different thresholds (5 and 10)" in markdown
+    same = runner.invoke(app, ["compare", str(after), str(after), "--out", str(tmp_path / "s")])
+    assert same.exit_code == 0
+    assert "version" not in same.stderr
+    assert "thresholds" not in same.stderr
+
+
 def test_compare_says_a_store_is_not_a_sweep_run(tmp_path: Path) -> None:
     """A facts store has a manifest.json too; compare read it as a run's: KeyError: 'as_of'."""
     write_patient_store(tmp_path / "store", DIABETIC)
