@@ -29,6 +29,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -812,10 +813,22 @@ def _read_indicators(directory: Path) -> list[out.IndicatorRow]:
 # -- files ---------------------------------------------------------------------------------------
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_DIGESTED_NAME = re.compile(r".*-[0-9a-f]{8}")
+
+
 def _safe(name: str) -> str:
-    """A ydernummer as a file name; anything else (a reference used as practice) made safe."""
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return cleaned if cleaned and cleaned == name else f"{cleaned}-{_digest(name)}"
+    """A ydernummer as a file name; anything else (a reference used as practice) made safe.
+
+    One name per practice, whatever the practice is called: a plain name (ASCII letters,
+    digits, ``_.-``, not starting with a dot, so never ``.`` or ``..``, at most 64 characters)
+    is kept, any other gets the cleaned name (at most 64 characters) and a digest of the whole
+    name. A plain name that looks like a digested one (``...-<8 hex digits>``) is digested too,
+    so no practice's files can share a name with another's."""
+    if _PLAIN_NAME.fullmatch(name) and not _DIGESTED_NAME.fullmatch(name):
+        return name
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)
+    return f"{cleaned.lstrip('.')[:64] or 'practice'}-{_digest(name)}"
 
 
 def _digest(text: str) -> str:

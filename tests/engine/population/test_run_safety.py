@@ -143,3 +143,34 @@ def test_other_inputs_make_another_run(clean: RunManifest, guidelines: Guideline
     assert runner.run_identity(guidelines, DATES, "snapshot-2", *base[3:]) != clean.run_id
     assert runner.run_identity(guidelines, DATES, "", {}, *base[4:]) != clean.run_id
     assert runner.run_identity(guidelines, DATES[:1], *base[2:]) != clean.run_id
+
+
+def test_every_practice_gets_files_of_its_own_whatever_it_is_called(
+    guidelines: GuidelineSet, patients: list[PatientRecord], tmp_path: Path
+) -> None:
+    """Practices come from the data: a name that is a path (``..``), too long for a file name,
+    or the digested form of another practice's name must neither fail the run nor put one
+    practice's patients in another's list or folder (found by QA)."""
+    clashing = "x/y"
+    names = [clashing, f"x_y-{runner._digest(clashing)}", "..", ".", "7" * 300]
+    moved = [
+        p._replace(practice=names[n % len(names)]) if p.practice is not None else p
+        for n, p in enumerate(patients)
+    ]
+    files = {runner._safe(name) for name in names}
+    assert len(files) == len(names)
+    assert all(f[0] not in ".-" and len(f) <= 80 for f in files)
+    with duckdb.connect() as connection:
+        load_tables(connection, facts_tables(moved), guidelines)
+        manifest = run_sweep(connection, guidelines, [AS_OF], tmp_path, {})
+    day = manifest.directory / str(AS_OF)
+    assert sorted(p.name for p in (day / "measure_reports").iterdir()) == sorted(files)
+    assert not list(day.glob("*.json")), "no MeasureReport outside measure_reports/<practice>/"
+    listed = duckdb.sql(
+        f"SELECT practice, list(DISTINCT patient) FROM '{day / 'outcomes.parquet'}' "
+        "WHERE len(recommendations) > 0 GROUP BY practice"
+    ).fetchall()
+    for practice, members in listed:
+        text = (day / "lists" / f"{runner._safe(practice)}.csv").read_text(encoding="utf-8-sig")
+        rows = text.splitlines()[1:]
+        assert {row.split(",")[0] for row in rows} == set(members), practice
