@@ -54,6 +54,7 @@ conditional references are not resolved. Resources without an id are named "Type
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date
 from operator import itemgetter
@@ -270,14 +271,22 @@ def _collect(item: Any, out: ResourceList) -> None:
 # --- small readers ----------------------------------------------------------------------------
 
 
+_CPR_LIKE = re.compile(r"(?<!\d)\d{6}-?\d{4}(?!\d)")
+"""Ten digits, with or without the dash after the sixth: what a CPR number looks like."""
+
+
 def _show(text: str) -> str:
     """Quote a short piece of input for a message (statuses, units, references).
 
     A conditional reference (``Patient?identifier=...|<CPR>``) is never quoted: its search
-    parameters can carry a CPR number. Dates and Patient values are never quoted either.
+    parameters can carry a CPR number. Nor is anything else with ten digits that could be one
+    (``0101011234``, ``urn:oid:1.2.208.176.1.2|010101-1234``: a subject written as the CPR
+    number itself). Dates and Patient values are never quoted either.
     """
     if "?" in text:
         return "(a conditional reference)"
+    if _CPR_LIKE.search(text):
+        return "(a value that may hold a CPR number)"
     return repr(text if len(text) <= 80 else text[:80] + "...")
 
 
@@ -907,13 +916,18 @@ def _practice(
     full_urls: Mapping[str, str],
 ) -> str | None:
     """Ydernummer of the general practitioner's Organization (from the Organization in the
-    input, or from the reference's identifier); failing that, the reference itself."""
+    input, or from the reference's identifier); failing that, the reference itself.
+
+    Never a conditional reference (``Practitioner?identifier=...|<CPR>``) or one that may hold a
+    CPR number: the practice names list files and MeasureReports, stands in indicators-shared.csv
+    and is printed by the ingest. Such a reference is an Issue and the patient has no practice."""
     references = patient.get("generalPractitioner")
     if references is None:
         return None
     if type(references) is not list:
         raise _Skip("generalPractitioner is not a list")
     fallback = None
+    unusable = None
     for reference in references:
         if type(reference) is not dict:
             raise _Skip("generalPractitioner has an entry that is not an object")
@@ -924,7 +938,12 @@ def _practice(
         number = number or _ydernummer(reference.get("identifier"))
         if number:
             return number
+        if target and not key and ("?" in target or _CPR_LIKE.search(target)):
+            unusable = unusable or target
+            continue
         fallback = fallback or key or target
+    if fallback is None and unusable is not None:
+        raise _Skip(f"generalPractitioner {_show(unusable)} names no practice")
     return fallback
 
 

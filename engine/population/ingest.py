@@ -165,7 +165,8 @@ class IngestSummary:
         if self.without_practice:
             lines.append(
                 f"note: {self.without_practice:,} patient(s) without a practice "
-                "(no Patient.generalPractitioner): in the country's rates, on no practice's list"
+                "(no usable Patient.generalPractitioner): in the country's rates, on no "
+                "practice's list"
             )
         count, example = self.practice_references
         if count:

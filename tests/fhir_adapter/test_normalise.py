@@ -175,6 +175,20 @@ def test_cpr_number_never_appears_in_issues() -> None:
     assert CPR not in repr(result["p1"])
 
 
+@pytest.mark.parametrize(
+    "reference",
+    [CPR, f"{CPR[:6]}-{CPR[6:]}", f"urn:oid:1.2.208.176.1.2|{CPR}", f"Patient/{CPR}/"],
+)
+def test_a_subject_written_as_a_cpr_number_is_not_quoted(reference: str) -> None:
+    """Found by QA: only conditional references were kept out of the messages, so a subject
+    that is the CPR number itself (not a ``Type/id``) reached issues.ndjson word for word."""
+    result = normalise([patient(), observation(subject={"reference": reference})])
+    (issue,) = result.issues
+    assert issue.resource == "Observation/o1"
+    assert "does not resolve to a Patient" in issue.reason
+    assert CPR not in issue.reason and CPR[6:] not in issue.reason
+
+
 # --- Synthea-style transaction Bundle: urn:uuid references, MedicationRequest fallback ---------
 
 
@@ -694,6 +708,30 @@ def test_patient_practice_variants() -> None:
         ("b", "Organization/unknown", None),
         ("c", None, date(1970, 1, 1)),
     ]
+
+
+def test_a_practice_is_never_a_reference_that_may_hold_a_cpr_number() -> None:
+    """Found by QA: a generalPractitioner given as a conditional reference (or as a bare CPR
+    number) became the practice as written, CPR number and all: a list file name, a
+    MeasureReport reporter, an id in indicators-shared.csv and the ingest's warning."""
+    conditional = f"Practitioner?identifier=urn:oid:1.2.208.176.1.2|{CPR}"
+    by_search = patient("a", generalPractitioner=[{"reference": conditional}])
+    by_number = patient("b", generalPractitioner=[{"reference": CPR}])
+    second = patient(
+        "c",
+        generalPractitioner=[{"reference": conditional}, {"reference": "Organization/unknown"}],
+    )
+    result = normalise([by_search, by_number, second])
+    assert [(p.id, p.practice) for p in result.values()] == [
+        ("a", None),
+        ("b", None),
+        ("c", "Organization/unknown"),
+    ]
+    assert [i.reason for i in result["a"].issues + result["b"].issues] == [
+        "generalPractitioner (a conditional reference) names no practice",
+        "generalPractitioner (a value that may hold a CPR number) names no practice",
+    ]
+    assert CPR not in repr(result)
 
 
 def test_patient_deceased_variants() -> None:
