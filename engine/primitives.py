@@ -129,9 +129,15 @@ def first_onset(records: Sequence[ConditionRecord], on: dt.date) -> ConditionRec
 
 
 def goal_in_force(records: Sequence[GoalRecord], on: dt.date) -> GoalRecord | None:
-    """The most recently started Goal for the measure that has started by the date."""
+    """The most recently started Goal for the measure that has started by the date.
+
+    Ties: the greatest resource id, then, for one Goal with several targets for the measure,
+    the lowest (strictest) upper bound. The key is total so the result never depends on the
+    order of the records, which the SQL engines do not keep (Spark's max_by picked 64 where
+    this picked 53).
+    """
     started = [r for r in records if r.start is None or r.start <= on]
-    return max(started, key=lambda r: (r.start or dt.date.min, r.resource), default=None)
+    return max(started, key=lambda r: (r.start or dt.date.min, r.resource, -r.value), default=None)
 
 
 def age(birth_date: dt.date | None, on: dt.date) -> float | None:

@@ -399,9 +399,11 @@ class GuidelineSql:
             ),
             copy=False,
         )
-        picked = exp.ArgMax(  # the latest started goal, then the highest resource id
+        picked = exp.ArgMax(  # the latest started goal, the highest resource id, the lowest value
             this=_struct(col("value")),
-            expression=_struct(col("started"), col("resource"), names=("s", "r")),
+            expression=_struct(
+                col("started"), col("resource"), exp.Neg(this=col("value")), names=("s", "r", "v")
+            ),
         )
         return _unpack(base, picked, ("value",))
 

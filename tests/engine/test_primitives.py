@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 
 from engine import primitives as p
-from fhir_adapter.records import MedicationRecord
+from fhir_adapter.records import GoalRecord, MedicationRecord
 from rules.tree import Period
 
 D = dt.date
@@ -64,3 +64,12 @@ def test_alive_until_the_day_of_death() -> None:
     assert not p.alive(True, died, died)  # died that day: in no register that day
     assert not p.alive(True, died, died + dt.timedelta(days=1))
     assert not p.alive(True, None, dt.date(1900, 1, 1))  # date unknown: dead on every date
+
+
+def test_one_goal_with_two_targets_for_the_measure_gives_the_lower_whatever_the_order() -> None:
+    """Found by QA: the choice followed the records' order, which Spark does not keep."""
+    measure = (("npu", "NPU27300"),)
+    high = GoalRecord("Goal/g", measure, 64.0, "mmol/mol", D(2025, 1, 1))
+    low = GoalRecord("Goal/g", measure, 53.0, "mmol/mol", D(2025, 1, 1))
+    assert p.goal_in_force([high, low], D(2026, 3, 31)) == low
+    assert p.goal_in_force([low, high], D(2026, 3, 31)) == low

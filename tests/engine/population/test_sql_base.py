@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import duckdb
@@ -74,3 +75,54 @@ def test_a_register_on_derived_facts_agrees_with_the_per_patient_engine(
     expected = per_patient(guidelines, patients, AS_OF)
     assert sum(v[0] for v in expected.values()) > 0, "somebody must be in the register"
     assert_same(expected, on_duckdb(guidelines, patients, AS_OF))
+
+
+def test_one_goal_with_two_targets_for_the_measure_gives_one_target_in_both_engines(
+    library: GuidelineSet,
+) -> None:
+    """Found by QA: a Goal with two HbA1c targets (64 and 53) tied on (start, resource), and the
+    engines chose by row order: Spark's max_by took 64 where the others took 53. The lower wins
+    in every engine, whatever the order of the rows."""
+    from fhir_adapter.records import ConditionRecord, GoalRecord, ObservationRecord
+
+    hba1c = (("npu", "NPU27300"),)
+    as_of = dt.date(2026, 3, 31)
+    patients = []
+    for pid, values in (("high-first", (64.0, 53.0)), ("low-first", (53.0, 64.0))):
+        goals = tuple(
+            GoalRecord(f"Goal/{pid}", hba1c, v, "mmol/mol", dt.date(2025, 1, 1)) for v in values
+        )
+        patients.append(
+            PatientRecord(
+                pid,
+                dt.date(1950, 1, 1),
+                "female",
+                None,
+                observations=(
+                    ObservationRecord(
+                        f"Observation/{pid}",
+                        hba1c,
+                        dt.date(2026, 3, 1),
+                        60.0,
+                        None,
+                        "mmol/mol",
+                        "final",
+                    ),
+                ),
+                conditions=(
+                    ConditionRecord(
+                        f"Condition/{pid}",
+                        (("icpc2", "T90"),),
+                        dt.date(2010, 1, 1),
+                        None,
+                        "active",
+                    ),
+                ),
+                goals=goals,
+            )
+        )
+    expected = per_patient(library, patients, as_of)
+    for pid in ("high-first", "low-first"):
+        targets = expected[(pid, "t2d-hba1c")][3]
+        assert targets == (("hba1c_target", 53.0, "goal", "t2d-hba1c"),), targets
+    assert_same(expected, on_duckdb(library, patients, as_of))
