@@ -15,7 +15,7 @@ from functools import lru_cache
 from urllib.parse import quote
 
 from engine.primitives import window_start
-from fhir_adapter.codes import system_uri
+from fhir_adapter.codes import SYSTEMS, system_uri
 from rules import tree as t
 from rules.guideline_set import GuidelineSet
 
@@ -109,7 +109,10 @@ def _observation_requirements(
                 since = min(since, window_start(today, fact.primitive.window))
                 listable &= not valueset.prefixes
                 for system, code in sorted(valueset.exact):
-                    codes[f"{system_uri(system)}|{code}"] = None
+                    # every URI the normaliser reads as this system: a token search matches
+                    # one system URI only (older NPU data use urn:oid:1.2.208.176.2.1)
+                    for uri in SYSTEMS.get(system, (system_uri(system),)):
+                        codes[f"{uri}|{code}"] = None
     # a window that reaches back to 0001-01-01 ("ever") has no earlier day to spare
     margin = min(LOOKBACK_MARGIN, since - dt.date.min)
     return (list(codes) if listable else None), since - margin
