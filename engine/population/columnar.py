@@ -345,10 +345,10 @@ def _write_guideline_list(
             write = handles[practice].write
         if found:
             reason = plan.reason(recs[rec], row)
-            text, key_values = field(reason.text), field(reason.key_values)
+            text, key_values = field(cell(reason.text)), field(cell(reason.key_values))
         else:
             text, key_values = plain[rec], ""
-        exceptions = field("|".join(excepted)) if excepted else ""
+        exceptions = field(cell("|".join(excepted))) if excepted else ""
         write(
             f"{field(cell(patient))},{fixed[rec]},{text},{suggestions[rec]},{key_values},"
             f"{exceptions}\n"

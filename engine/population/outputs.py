@@ -338,11 +338,11 @@ def indicator_row_from_csv(record: Mapping[str, str]) -> IndicatorRow:
 
     return IndicatorRow(
         record["level"],
-        record["id"],
+        _restored(record["id"]),
         record["guideline"],
         record["version"],
         record["indicator"],
-        record["title"],
+        _restored(record["title"]),
         number("register"),
         number("numerator"),
         number("denominator"),
@@ -732,14 +732,33 @@ def comparison_markdown(report: ComparisonReport, language: str = "en") -> str:
 
 
 def cell(value: object) -> str:
-    """Blank for None, four decimals for rates, lower-case booleans: stable across reruns."""
+    """Blank for None, four decimals for rates, lower-case booleans: stable across reruns; text
+    made inert for spreadsheets (:func:`inert`)."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value)
+    return inert(str(value))
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert(text: str) -> str:
+    """Text that a spreadsheet shows as text: one starting like a formula gets a ``'`` before it.
+
+    Why: the lists and indicator files are opened in Excel, and their text comes from the data
+    (patient ids, ydernumre, cluster names, CDS feedback reasons); ``=HYPERLINK(...)`` or
+    ``=cmd|...`` in a patient id would run as a formula on the consultant's machine (OWASP's
+    CSV injection). Numbers are written by :func:`cell` and never pass here."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def _restored(text: str) -> str:
+    """:func:`inert` undone, for a file read back."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_STARTS) else text
 
 
 _QUOTED = re.compile(r'[,"\n]')  # the delimiter, the quote character, the line end

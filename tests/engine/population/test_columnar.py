@@ -8,7 +8,9 @@ must be the same: CSVs and MeasureReports byte for byte, outcomes.parquet row fo
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,3 +170,46 @@ def test_a_stopped_measure_reports_worker_writes_nothing_more(tmp_path: Path) ->
     worker.stop()
     with pytest.raises(RuntimeError, match=r"died|failed"):
         worker.wait()
+
+
+def test_no_csv_cell_starts_like_a_formula_in_either_path(
+    library: GuidelineSet, patients: list[PatientRecord], tmp_path: Path
+) -> None:
+    """Found by QA: ids from the data went into the lists and indicator files as they were, and
+    Excel runs ``=cmd|' /C calc'!A0`` or ``@SUM(1,1)`` in a cell as a formula. Each such text
+    cell starts with ``'``; the per-patient path writes the same bytes."""
+    practice = next(p.practice for p in patients if p.practice)
+    renamed = {practice: "=1+1"}
+    hostile = ["=HYPERLINK(x)", "+1+1", "-2-3", "@SUM(1,1)", "\tx"]
+    moved = [
+        p._replace(
+            id=hostile[n] if n < len(hostile) else p.id,
+            practice=renamed.get(p.practice, p.practice),  # type: ignore[arg-type]
+        )
+        for n, p in enumerate(patients)
+    ]
+    clusters = {renamed.get(k, k): "@cluster" for k in CLUSTERS}
+    with duckdb.connect() as connection:
+        load_tables(connection, facts_tables(moved), library)
+        manifest = run_sweep(connection, library, [AS_OF], tmp_path / "run", clusters)
+        raw = list(sweep(connection, library, AS_OF))
+        reasons = list_reasons(connection, library, AS_OF, raw, "da")
+    reference = tmp_path / "reference"
+    write_outputs(reference, library, AS_OF, raw, reasons, clusters, 5, [], "da")
+    mine = files(manifest.directory / str(AS_OF))
+    assert mine == files(reference)
+    written = [n for n in mine if n.endswith(".csv")]
+    cells = [
+        c
+        for n in written
+        for row in csv.reader(io.StringIO(mine[n].decode("utf-8-sig")))
+        for c in row
+    ]
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t"))]
+    assert "'=1+1" in cells and "'@cluster" in cells
+    listed = {c for c in cells if c.startswith("'")}
+    assert listed & {f"'{h}" for h in hostile}, "some hostile patient is on a list"
+    indicators = manifest.directory / str(AS_OF) / "indicators.csv"
+    with indicators.open(encoding="utf-8-sig", newline="") as f:
+        ids = {out.indicator_row_from_csv(r).id for r in csv.DictReader(f)}
+    assert {"=1+1", "@cluster"} <= ids, "read back as the data have them"
