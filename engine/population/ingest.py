@@ -132,6 +132,9 @@ class IngestSummary:
     practice_references: tuple[int, str | None] = (0, None)
     """Patients of the store whose practice has no ydernummer, so that their practice is the
     reference as written (no Organization with one, none on the reference), and one such."""
+    cluster_conflicts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Ydernumre that Organizations place in more than one cluster -> those clusters (the last
+    is the one used)."""
 
     @property
     def resources_per_second(self) -> float:
@@ -175,6 +178,14 @@ class IngestSummary:
                 f"Organization with one in this input or the store, none on the reference), e.g. "
                 f"{example}: that reference stands for their practice. Export the Organizations "
                 "with the Patients, or into a new store"
+            )
+        if self.cluster_conflicts:
+            number, clusters = next(iter(sorted(self.cluster_conflicts.items())))
+            lines.append(
+                f"warning: {len(self.cluster_conflicts):,} ydernummer(s) in more than one cluster "
+                f"by their Organizations' partOf, e.g. {number} in {', '.join(clusters)}: the "
+                f"last ({clusters[-1]}) is used. Correct the Organizations, or give the sweep a "
+                "clusters file"
             )
         return lines
 
@@ -333,6 +344,7 @@ def ingest(
         deleted=built["deleted"] + reference.deleted,
         without_practice=built["without_practice"],
         practice_references=built["practice_references"],
+        cluster_conflicts=reference.cluster_conflicts,
     )
 
 
@@ -523,6 +535,7 @@ class Reference:
     raw: dict[str, tuple[str, bytes]]  # name -> (kind, JSON) as stored in staging
     clusters: dict[str, str]
     deleted: int = 0  # earlier ones removed as deleted on the server
+    cluster_conflicts: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _reference_resources(
@@ -573,8 +586,8 @@ def _reference_resources(
             organizations[name] = found.organization  # type: ignore[assignment]
             if name in earlier:
                 kept_organizations.append(resource)
-    clusters = practice_clusters([*kept_organizations, *organizations_in_order])
-    return Reference(medications, organizations, raw, clusters, len(gone))
+    placed = list(_cluster_placements([*kept_organizations, *organizations_in_order]))
+    return Reference(medications, organizations, raw, dict(placed), len(gone), _conflicts(placed))
 
 
 def _lines_with(files: list[Path], needles: tuple[tuple[bytes, bytes], ...]) -> Iterator[bytes]:
@@ -593,9 +606,21 @@ def _lines_with(files: list[Path], needles: tuple[tuple[bytes, bytes], ...]) -> 
                             yield line.removeprefix(BOM)
 
 
-def practice_clusters(resources: list[Any]) -> dict[str, str]:
-    """ydernummer -> cluster, through the practice Organization's ``partOf`` (DK Core)."""
-    clusters = {}
+def _conflicts(placements: list[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
+    """Ydernumre placed in more than one cluster -> the clusters, the one used last. Why:
+    practices sharing a ydernummer are one practice (several doctors, one clinic), but one in
+    two clusters leaves a cluster without it, and which one followed the input's order."""
+    clusters: dict[str, dict[str, None]] = {}
+    for number, cluster in placements:
+        seen = clusters.setdefault(number, {})
+        seen.pop(cluster, None)
+        seen[cluster] = None
+    return {n: tuple(c) for n, c in clusters.items() if len(c) > 1}
+
+
+def _cluster_placements(resources: list[Any]) -> Iterator[tuple[str, str]]:
+    """(ydernummer, cluster) of each practice Organization with a ``partOf`` (DK Core), in
+    order: of several Organizations with one ydernummer, the last one's cluster is used."""
     for resource in resources:
         if not isinstance(resource, dict) or resource.get("resourceType") != "Organization":
             continue
@@ -610,8 +635,7 @@ def practice_clusters(resources: list[Any]) -> dict[str, str]:
                 and identifier.get("system") == YDERNUMMER
                 and isinstance(identifier.get("value"), str)
             ):
-                clusters[identifier["value"]] = reference.removeprefix("Organization/")
-    return clusters
+                yield identifier["value"], reference.removeprefix("Organization/")
 
 
 # --- step 2: chunks, in parallel (engine.population.chunks) ---------------------------------

@@ -171,6 +171,37 @@ def test_patients_without_a_practice_or_its_ydernummer_are_told(tmp_path: Path) 
     assert "practice" not in ingest(tmp_path / "in.ndjson", tmp_path / "clean").report()
 
 
+def test_a_ydernummer_in_two_clusters_is_told(tmp_path: Path) -> None:
+    """Found by QA: two Organizations of one ydernummer (one practice, several doctors) in two
+    clusters left one cluster without the practice, by the input's order, without a word."""
+
+    def organization(oid: str, number: str, cluster: str) -> str:
+        identifier = {"system": "urn:oid:1.2.208.176.1.4", "value": number}
+        return json.dumps(
+            {
+                "resourceType": "Organization",
+                "id": oid,
+                "identifier": [identifier],
+                "partOf": {"reference": f"Organization/{cluster}"},
+            }
+        )
+
+    lines = [
+        organization("a", "111111", "klynge-1"),
+        organization("b", "111111", "klynge-2"),
+        organization("c", "222222", "klynge-1"),
+        organization("d", "222222", "klynge-1"),  # one practice, one cluster: no conflict
+    ]
+    (tmp_path / "in.ndjson").write_text("\n".join(lines) + "\n")
+    result = ingest(tmp_path / "in.ndjson", tmp_path / "store", workers=1)
+    assert result.cluster_conflicts == {"111111": ("klynge-1", "klynge-2")}
+    assert clusters_of(tmp_path / "store") == {"111111": "klynge-2", "222222": "klynge-1"}
+    assert (
+        "warning: 1 ydernummer(s) in more than one cluster by their Organizations' partOf, e.g. "
+        "111111 in klynge-1, klynge-2: the last (klynge-2) is used" in result.report()
+    )
+
+
 def test_the_quarantine_is_in_input_order_when_chunks_finish_out_of_order(tmp_path: Path) -> None:
     """Two workers take the largest chunks first; the quarantine still lists the bad lines by
     file, then line, with the line numbers of the whole file."""
