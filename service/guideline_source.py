@@ -89,16 +89,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False, default=str)
 
 
+SERVICE_LOGGERS = ("vejviser.guidelines", "vejviser.service", "service")
+"""The service's loggers: guideline loads, unexpected errors, and ``service.auth`` (why a client
+was refused) and ``service.feedback`` (counts). None logs tokens, JWTs or CPR numbers."""
+
+
 def configure_logging(stream: Any = None) -> None:
-    """Send the guideline log lines to stderr as JSON (idempotent; ``vejviser serve`` calls it)."""
-    if any(getattr(h, "_vejviser_json", False) for h in log.handlers):
-        return
+    """Send the service's log lines at INFO and above to stderr as JSON (idempotent; ``vejviser
+    serve`` calls it). Why every service logger: a refused client's reason (expired, wrong
+    audience, untrusted issuer) is logged at INFO by ``service.auth``, and without a handler of
+    its own it reached no log, so an operator could not tell one 401 from another."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     handler._vejviser_json = True  # type: ignore[attr-defined]
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    for name in SERVICE_LOGGERS:
+        logger = logging.getLogger(name)
+        if any(getattr(h, "_vejviser_json", False) for h in logger.handlers):
+            continue
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 # --- the snapshot ---------------------------------------------------------------------------------

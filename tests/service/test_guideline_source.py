@@ -6,6 +6,7 @@ under load, with a real server, is tests/service/test_live_guidelines.py.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -25,6 +26,7 @@ from service.app import create_app
 from service.auth import AuthSettings, TrustedIssuer
 from service.cds_hooks.prefetch import prefetch_from
 from service.guideline_source import (
+    SERVICE_LOGGERS,
     Checkout,
     DirectorySource,
     GitSource,
@@ -302,16 +304,40 @@ def test_every_load_swap_and_rejection_is_one_json_line(guideline_dir: Path) -> 
     assert rejected["serving"] == swap["fingerprint"]
 
 
+@contextlib.contextmanager
+def service_logging(stream: io.StringIO) -> Iterator[None]:
+    """configure_logging for one test, undone afterwards (the loggers are process-wide)."""
+    loggers = [logging.getLogger(name) for name in SERVICE_LOGGERS]
+    before = [(list(lg.handlers), lg.level) for lg in loggers]
+    try:
+        configure_logging(stream)
+        yield
+    finally:
+        for lg, (handlers, level) in zip(loggers, before, strict=True):
+            for handler in lg.handlers[len(handlers) :]:
+                lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = True
+
+
 def test_configure_logging_is_idempotent() -> None:
     before = list(log.handlers)
-    try:
-        configure_logging(io.StringIO())
+    with service_logging(io.StringIO()):
         configure_logging(io.StringIO())
         assert len(log.handlers) == len(before) + 1
-    finally:
-        for handler in log.handlers[len(before) :]:
-            log.removeHandler(handler)
-        log.propagate = True
+
+
+def test_the_reason_a_client_was_refused_reaches_the_log() -> None:
+    """Found by QA: service.auth logs the reason at INFO, and no handler wrote it: every refused
+    token was a bare 401 in the service's log too."""
+    stream = io.StringIO()
+    with service_logging(stream):
+        logging.getLogger("service.auth").info("client authentication failed: reason=expired")
+        logging.getLogger("service.feedback").debug("not at INFO: not written")
+    (line,) = stream.getvalue().splitlines()
+    record = json.loads(line)
+    assert (record["level"], record["logger"]) == ("info", "service.auth")
+    assert record["message"] == "client authentication failed: reason=expired"
 
 
 # --- git ---------------------------------------------------------------------------------------
