@@ -18,10 +18,10 @@ per resource and applies what :func:`normalise` applies across resources itself:
   resources first (Organizations through :func:`resource_records` too).
 - Duplicates: :func:`normalise` keeps the first resource with a given ``resource`` name and
   reports the others.
-- The MedicationRequest fallback is per patient: MedicationRequest records come back marked
-  ``medication_source="request"`` and count only for a patient with no MedicationStatement at
-  all; every MedicationStatement of a patient, including one dropped by its status, comes back
-  marked ``"statement"``. Issues of a request that is not used are not reported.
+- The MedicationRequest fallback is per patient and medication: MedicationRequest records come
+  back marked ``medication_source="request"`` and count unless a MedicationStatement record of
+  the same patient shares one of their codings; statements come back marked ``"statement"``.
+  Issues of a request that is not used are not reported.
 
 Rules (DOMAIN.md §2), each a documented way for a resource to yield no record without an Issue:
 
@@ -31,9 +31,11 @@ Rules (DOMAIN.md §2), each a documented way for a resource to yield no record w
 - Condition: verificationStatus refuted, entered-in-error, unconfirmed, provisional and
   differential is dropped (a register counts diagnoses, not suspicions).
 - MedicationStatement: status entered-in-error, not-taken, unknown is dropped.
-- MedicationRequest: status cancelled, entered-in-error, draft, unknown is dropped, and requests
-  are used only for a patient with no MedicationStatement at all (statements are the better
-  source when a system records them).
+- MedicationRequest: status cancelled, entered-in-error, draft, unknown is dropped, and a
+  request is not used when a MedicationStatement record of the patient (one kept by its status)
+  shares a coding with it: the statement is the better source for that medication (the
+  medication card, FMK), and a prescription of it adds nothing or contradicts it. A statement
+  of another medication (an over-the-counter drug) does not hide a prescription.
 - Goal: only lifecycleStatus active or accepted; a Goal (or target) without a measure is a
   descriptive goal and yields no record.
 - Bundle entries without a resource, and resources of other types, carry nothing we use.
@@ -169,7 +171,8 @@ class ResourceRecords(NamedTuple):
     observations: tuple[ObservationRecord, ...] = ()
     medications: tuple[MedicationRecord, ...] = ()
     # "statement" for every MedicationStatement of a patient, even one without a record;
-    # "request" for a MedicationRequest, whose records count only without statements.
+    # "request" for a MedicationRequest, whose records count unless a statement record of the
+    # patient shares a coding with them.
     medication_source: Literal["statement", "request"] | None = None
     conditions: tuple[ConditionRecord, ...] = ()
     goals: tuple[GoalRecord, ...] = ()
@@ -1128,7 +1131,6 @@ class _Patient:
     __slots__ = (
         "conditions",
         "goals",
-        "has_statements",
         "issues",
         "medications",
         "observations",
@@ -1138,11 +1140,10 @@ class _Patient:
     def __init__(self) -> None:
         self.observations: list[ObservationRecord] = []
         self.medications: list[MedicationRecord] = []
-        self.requests: list[ResourceRecords] = []  # used only if there is no statement
+        self.requests: list[ResourceRecords] = []  # used unless a statement covers them
         self.conditions: list[ConditionRecord] = []
         self.goals: list[GoalRecord] = []
         self.issues: list[Issue] = []
-        self.has_statements = False
 
     def resources(self) -> list[str]:
         """Every resource that yielded a record or awaits use (for orphan reporting)."""
@@ -1239,11 +1240,9 @@ def normalise(resources: Iterable[Any], full_urls: Mapping[str, str] | None = No
             acc.issues.append(Issue(rid, DUPLICATE))
             continue
         seen.add(rid)
-        if source is not None:  # a MedicationStatement or MedicationRequest
-            if source == "request":
-                acc.requests.append(found)
-                continue
-            acc.has_statements = True
+        if source == "request":
+            acc.requests.append(found)
+            continue
         if observations:  # each check skips an empty tuple, as most are
             acc.observations += observations
         if meds:
@@ -1278,9 +1277,10 @@ def normalise(resources: Iterable[Any], full_urls: Mapping[str, str] | None = No
 
 
 def _assemble(patient: PatientRecord, acc: _Patient) -> PatientRecord:
-    """Sorted, immutable records; MedicationRequests only when there is no MedicationStatement."""
-    if not acc.has_statements:
-        for request in acc.requests:
+    """Sorted, immutable records; each MedicationRequest unless a statement covers it."""
+    stated = {c for m in acc.medications for c in m.codings}  # statements only, so far
+    for request in acc.requests:
+        if not any(c in stated for m in request.medications for c in m.codings):
             acc.medications += request.medications
             acc.issues += request.issues
     acc.observations.sort(key=_BY_DATE)

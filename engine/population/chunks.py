@@ -61,8 +61,8 @@ PART_SCHEMAS = {
     ),
     "patients": pa.schema([("ordinal", pa.int64()), *SCHEMAS["patients"]]),
     "observations": _record_part("observations"),
-    # a flag in place of the facts' source: a request's records count only for a patient
-    # without any MedicationStatement, which the SQL step decides across resources
+    # a flag in place of the facts' source: a request's records count unless a statement of
+    # the patient shares a coding with them, which the SQL step decides across resources
     "medications": _MEDICATIONS.set(
         _MEDICATIONS.get_field_index("source"), pa.field("request", pa.bool_())
     ),

@@ -13,8 +13,8 @@ See docs/ingest.md for the whole design; in short:
    own code) and writes the chunk's rows as Parquet part files. Memory is bounded by the chunk size
    and the number of workers, never by the population.
 3. **Across resources, in SQL.** What :func:`~fhir_adapter.normalise.normalise` applies across
-   resources (duplicates: the first one in the input is used; MedicationRequests only for a
-   patient with no MedicationStatement; clinical resources of a patient without a Patient
+   resources (duplicates: the first one in the input is used; a MedicationRequest only when no
+   MedicationStatement of its patient shares a coding with it; clinical resources of a patient without a Patient
    resource; codes as integers) is applied by one DuckDB step over the parts, which spills to
    disk. Its result equals ``facts_tables(normalise(resources))`` row for row (tested).
 4. **Upsert.** Beside the fact tables the store keeps its *staging* tables (every resource's
@@ -919,9 +919,11 @@ def _build(
 
         # The facts: what normalise + facts_tables make of the merged resources.
         known = "patient IN (SELECT patient FROM s_patients)"
+        # A request is not used when a statement record of its patient shares a coding with it.
         run(
-            "CREATE TABLE statements AS SELECT DISTINCT patient FROM s_resources "
-            "WHERE kind = 'MedicationStatement' AND patient IS NOT NULL"
+            "CREATE TABLE covered AS SELECT DISTINCT r.name FROM s_medications r "
+            "JOIN s_medications s ON s.patient = r.patient AND s.code = r.code "
+            "WHERE r.request AND NOT s.request"
         )
         run(
             "CREATE VIEW f_observations AS SELECT patient, name AS resource, record, code, "
@@ -931,7 +933,7 @@ def _build(
             "CREATE VIEW f_medications AS SELECT patient, name AS resource, code, start, "
             "\"end\", status, CASE WHEN starts_with(name, 'MedicationRequest/') THEN 'request' "
             "ELSE 'statement' END AS source FROM s_medications "
-            f"WHERE {known} AND (NOT request OR patient NOT IN (SELECT patient FROM statements))"
+            f"WHERE {known} AND (NOT request OR name NOT IN (SELECT name FROM covered))"
         )
         run(
             "CREATE VIEW f_conditions AS SELECT patient, name AS resource, code, onset, "
@@ -1003,7 +1005,7 @@ def _write_issues(con: duckdb.DuckDBPyConnection, path: Path) -> int:
     query = (
         "SELECT name AS resource, reason FROM s_issues WHERE patient IS NULL OR duplicate "
         "OR kind IS DISTINCT FROM 'MedicationRequest' "
-        f"OR (patient IN {patients} AND patient NOT IN (SELECT patient FROM statements)) "
+        f"OR (patient IN {patients} AND name NOT IN (SELECT name FROM covered)) "
         "UNION ALL SELECT name, 'refers to Patient/' || patient || ', which is not in the input' "
         f"FROM s_resources WHERE patient IS NOT NULL AND kind <> 'Patient' "
         f"AND patient NOT IN {patients} AND (has_records OR kind = 'MedicationRequest')"

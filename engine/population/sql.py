@@ -176,7 +176,7 @@ class GuidelineSql:
                 append=True,
                 copy=False,
             )
-        for name, cte in [("meds", self._meds()), *ctes]:
+        for name, cte in ctes:
             outer = outer.with_(name, as_=cte, copy=False)
         return outer
 
@@ -262,34 +262,6 @@ class GuidelineSql:
         )
         return select.join(exp.alias_(exp.to_table("valueset_codes"), "v"), on=on, copy=False)
 
-    def _meds(self) -> exp.Select:
-        """Medication in force: statements, or requests for patients with no statement at all.
-
-        A left join to the patients with a statement, not ``NOT IN (subquery)``: under an OR,
-        Spark runs NOT IN as a nested loop over every pair of rows (quadratic in the
-        population). The same rows, since every medication row has a patient."""
-        with_statement = (
-            exp.select(col("patient"))
-            .distinct(copy=False)
-            .from_("medications", copy=False)
-            .where(exp.EQ(this=col("source"), expression=lit("statement")), copy=False)
-        )
-        keep = exp.or_(
-            exp.EQ(this=col("source", "m"), expression=lit("statement")),
-            exp.Is(this=col("patient", "s"), expression=NULL),
-        )
-        return (
-            exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("m")))
-            .from_(exp.alias_(exp.to_table("medications"), "m"), copy=False)
-            .join(
-                exp.alias_(exp.paren(with_statement), "s"),
-                on=exp.EQ(this=col("patient", "s"), expression=col("patient", "m")),
-                join_type="left",
-                copy=False,
-            )
-            .where(keep, copy=False)
-        )
-
     def _fact_cte(self, primitive: t.Primitive) -> exp.Select:
         as_of = lit(self.as_of)
         if isinstance(primitive, t.ObservationFact):
@@ -342,7 +314,7 @@ class GuidelineSql:
             query = (
                 exp.select(col("patient", "m"))
                 .distinct(copy=False)
-                .from_(exp.alias_(exp.to_table("meds"), "m"), copy=False)
+                .from_(exp.alias_(exp.to_table("medications"), "m"), copy=False)
             )
             return self._vs_join(query, "m", primitive.valueset).where(
                 exp.and_(started, exp.paren(exp.or_(ended_later, open_active))), copy=False
@@ -431,7 +403,7 @@ class GuidelineSql:
                 exp.alias_(capped, "e"),
             )
             .distinct(copy=False)
-            .from_(exp.alias_(exp.to_table("meds"), "m"), copy=False)
+            .from_(exp.alias_(exp.to_table("medications"), "m"), copy=False)
         )
         spans = self._vs_join(spans, "m", primitive.valueset).where(
             exp.and_(
@@ -967,7 +939,7 @@ class Cte:
     last year, medication in force), so an engine computes ``table`` once for the whole sweep.
     """
 
-    name: str  # as in the guideline's query: meds, f_<fact>, goal_<target>
+    name: str  # as in the guideline's query: f_<fact>, goal_<target>
     key: str
     sql: str  # reads earlier CTEs by their tables
 
@@ -1020,7 +992,7 @@ def _split_ctes(query: exp.Select, dialect: str) -> tuple[tuple[Cte, ...], str]:
 
     Why tables named by content rather than views named as in the query: an engine shares the
     tables across guidelines, and Spark uncaches a cached result when a view over it is dropped
-    or replaced (every guideline's ``meds`` would be computed again)."""
+    or replaced (every guideline's shared facts would be computed again)."""
     with_ = query.args.get("with_")
     if with_ is None:
         return (), query.sql(dialect)

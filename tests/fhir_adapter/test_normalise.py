@@ -129,9 +129,11 @@ def test_danish_conditions(danish: PatientRecord) -> None:
     ]  # the refuted hypertension is gone
 
 
-def test_danish_medications_from_statements_only(danish: PatientRecord) -> None:
+def test_danish_medications_from_statements_and_an_uncovered_request(
+    danish: PatientRecord,
+) -> None:
     rows = [
-        (m.resource[20:], m.codings, m.display, m.start, m.end, m.status)
+        (m.resource.split("/")[1], m.codings, m.display, m.start, m.end, m.status)
         for m in danish.medications
     ]
     assert rows == [
@@ -145,8 +147,9 @@ def test_danish_medications_from_statements_only(danish: PatientRecord) -> None:
             date(2023, 1, 14),
             "stopped",
         ),
+        ("ramipril-request", (("atc", "C09AA05"),), None, date(2024, 1, 1), None, "active"),
         ("insulin-asserted", (("atc", "A10AE04"),), None, date(2024, 3, 5), None, "intended"),
-    ]  # not-taken dropped; the MedicationRequest ignored because statements exist
+    ]  # not-taken dropped; the ramipril request used: no statement of ramipril covers it
 
 
 def test_danish_goal_targets(danish: PatientRecord) -> None:
@@ -463,11 +466,40 @@ def test_medication_request_status(status: str, kept: bool) -> None:
     assert [m.status for m in record.medications] == ([status] if kept else [])
 
 
-def test_requests_are_ignored_when_the_patient_has_any_statement() -> None:
-    statement = medication("MedicationStatement", "s1", status="entered-in-error")
+PARACETAMOL = {"coding": [{"system": ATC, "code": "N02BE01"}]}
+
+
+def test_a_request_is_ignored_when_a_statement_of_the_same_medication_is_kept() -> None:
+    stopped = medication("MedicationStatement", "s1", status="stopped")
     request = medication("MedicationRequest", "r1")
-    assert one(statement, request).medications == ()
+    assert [m.resource for m in one(stopped, request).medications] == ["MedicationStatement/s1"]
     assert [m.resource for m in one(request).medications] == ["MedicationRequest/r1"]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        medication("MedicationStatement", "s1", status="entered-in-error"),
+        medication("MedicationStatement", "s1", status="not-taken"),
+        medication(
+            "MedicationStatement",
+            "s1",
+            status="completed",
+            medicationCodeableConcept=PARACETAMOL,
+            effectivePeriod={"start": "2019-01-01", "end": "2019-02-01"},
+        ),
+    ],
+    ids=["entered-in-error", "not-taken", "another-medication"],
+)
+def test_a_statement_of_nothing_or_of_another_medication_leaves_the_request(
+    statement: dict[str, Any],
+) -> None:
+    """Found by QA: any statement hid every request, so an over-the-counter paracetamol
+    statement from 2019, or one entered in error, hid an active metformin prescription, and
+    the patient with eGFR 25 got no "stop metformin" card."""
+    request = medication("MedicationRequest", "r1", authoredOn="2026-01-02")
+    used = [m.resource for m in one(statement, request).medications]
+    assert "MedicationRequest/r1" in used
 
 
 def test_statement_dates() -> None:
@@ -1264,7 +1296,7 @@ def test_resource_records_marks_requests_and_every_statement() -> None:
         "request",
         ["MedicationRequest/r1"],
     )
-    # A statement dropped by its status yields no record, yet the patient has statements.
+    # A statement dropped by its status yields no record: it covers no request.
     dropped = resource_records(
         medication("MedicationStatement", "s1", status="entered-in-error"), {}, {}
     )

@@ -108,8 +108,10 @@ def first_line(path: Path, predicate: Any) -> dict[str, Any]:
 def noisy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic population (with its malformed lines) plus every cross-resource awkwardness:
     duplicates in one file and across files, a duplicate Patient, a resource without an id, a
-    patient not in the input, dead patients (dated, undated, unreadable date), a statement switching a requests-only patient's fallback off, and
-    a Medication that comes after the statement that refers to it."""
+    patient not in the input, dead patients (dated, undated, unreadable date), statements beside
+    a requests-only patient's prescriptions (of the same medication: the requests are not used;
+    of another, or entered in error: they are), and a Medication that comes after the statement
+    that refers to it."""
     source = tmp_path_factory.mktemp("noisy")
     write_population(source, 200, 3, 2, 31, AS_OF)  # two requests-only patients
     observations = source / "Observation.ndjson"
@@ -125,6 +127,30 @@ def noisy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         source / "MedicationRequest.ndjson",
         lambda r: r["subject"]["reference"] not in statements,
     )
+    other = first_line(  # the other requests-only patient: rx1-4 atorvastatin, rx5-7 aspirin
+        source / "MedicationRequest.ndjson",
+        lambda r: (
+            r["subject"]["reference"] not in {*statements, requests_only["subject"]["reference"]}
+        ),
+    )
+    prescribed = {
+        r["id"]: r
+        for r in map(json.loads, (source / "MedicationRequest.ndjson").read_text().splitlines())
+    }
+    subject_of_other = other["subject"]["reference"].removeprefix("Patient/")
+
+    def stated(sid: str, rx: str, **fields: object) -> str:
+        request = prescribed[f"{subject_of_other}-{rx}"]
+        statement = {
+            "resourceType": "MedicationStatement",
+            "id": sid,
+            "status": "active",
+            "subject": other["subject"],
+            "medicationCodeableConcept": request["medicationCodeableConcept"],
+            "effectivePeriod": {"start": "2025-01-01"},
+        }
+        return dumps({**statement, **fields})
+
     subject = lab["subject"]
     extra = [
         dumps(changed),  # "Extra" sorts before "Observation": this one is first and used
@@ -147,6 +173,8 @@ def noisy(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "effectivePeriod": {"start": "2025-01-01"},
             }
         ),
+        stated("covers-rx1-4", "rx1"),
+        stated("in-error", "rx5", status="entered-in-error"),
         dumps({**lab, "id": "no-subject", "subject": None}),
         dumps({**patient, "id": "dead-dated", "deceasedDateTime": "2025-03-01T10:00:00+01:00"}),
         dumps({**patient, "id": "dead-undated", "deceasedBoolean": True}),
@@ -189,6 +217,17 @@ def test_streaming_ingest_equals_normalise_and_facts_tables(
     assert "Observation/ghost" not in names
     medications = {row["resource"] for row in expected["medications"].to_pylist()}
     assert "MedicationStatement/switch-off" in medications  # its Medication came later
+    other = first_line(
+        noisy / "Extra.ndjson", lambda r: isinstance(r, dict) and r.get("id") == "covers-rx1-4"
+    )
+    pid = other["subject"]["reference"].removeprefix("Patient/")
+    assert not {f"MedicationRequest/{pid}-rx{n}" for n in range(1, 5)} & medications
+    assert f"MedicationRequest/{pid}-rx5" in medications  # beside a statement entered in error
+    switch_off = first_line(
+        noisy / "Extra.ndjson", lambda r: isinstance(r, dict) and r.get("id") == "switch-off"
+    )
+    pid = switch_off["subject"]["reference"].removeprefix("Patient/")
+    assert f"MedicationRequest/{pid}-rx1" in medications  # beside a statement of metformin
     sources = {row["source"] for row in expected["medications"].to_pylist()}
     assert sources == {"statement", "request"}  # the other requests-only patient
 
