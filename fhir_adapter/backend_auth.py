@@ -219,6 +219,7 @@ def discover_token_endpoint(
     *,
     algorithm: Algorithm | None = None,
     timeout: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> str:
     """The token endpoint from ``[base]/.well-known/smart-configuration``.
 
@@ -230,13 +231,14 @@ def discover_token_endpoint(
     base = _http_url(fhir_base_url, "fhir_base_url", ValueError)
     url = f"{str(base).rstrip('/')}/.well-known/smart-configuration"
     what = "SMART configuration discovery"
-    response = _send(client, "GET", url, what, timeout, headers={"Accept": "application/json"})
-    if response.status_code != 200:
+    status, body = _send(
+        client, "GET", url, what, timeout, headers={"Accept": "application/json"}, clock=clock
+    )
+    if status != 200:
         raise BackendAuthUnavailable(
-            f"The FHIR server answered the {what} with HTTP {response.status_code}.",
-            status=response.status_code,
+            f"The FHIR server answered the {what} with HTTP {status}.", status=status
         )
-    document = _json_object(response.content, what)
+    document = _json_object(body, what)
     endpoint = document.get("token_endpoint")
     if not isinstance(endpoint, str) or not endpoint:
         raise BackendAuthUnavailable("The SMART configuration has no token_endpoint.")
@@ -338,7 +340,11 @@ class BackendServicesAuth:
         if self._token_url is None:
             timeout = self._timeout(deadline, "SMART configuration discovery")
             self._token_url = discover_token_endpoint(
-                self._client, self._fhir_base_url, algorithm=self._algorithm, timeout=timeout
+                self._client,
+                self._fhir_base_url,
+                algorithm=self._algorithm,
+                timeout=timeout,
+                clock=self._clock,
             )
         return self._token_url
 
@@ -388,7 +394,7 @@ class BackendServicesAuth:
             "client_assertion": assertion,
         }
         started = self._clock()
-        response = _send(
+        status, answer = _send(
             self._client,
             "POST",
             token_url,
@@ -396,14 +402,14 @@ class BackendServicesAuth:
             timeout,
             headers={"Accept": "application/json"},
             data=form,
+            clock=self._clock,
         )
-        status = response.status_code
         log.debug(
             "SMART token request: HTTP %d in %.0f ms", status, (self._clock() - started) * 1000
         )
         if status != 200:
-            _raise_token_error(response, assertion)
-        body = _json_object(response.content, what)
+            _raise_token_error(status, answer, assertion)
+        body = _json_object(answer, what)
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
             raise BackendAuthUnavailable("The token response has no access_token.")
@@ -430,13 +436,12 @@ class BackendServicesAuth:
         return token
 
 
-def _raise_token_error(response: httpx2.Response, assertion: str) -> None:
+def _raise_token_error(status: int, answer: bytes, assertion: str) -> None:
     """Map a refused token request to a typed error with the OAuth error code."""
-    status = response.status_code
     error: str | None = None
     description: str | None = None
     try:
-        body = orjson.loads(response.content[:_MAX_BODY])
+        body = orjson.loads(answer)
     except orjson.JSONDecodeError:
         body = None
     if isinstance(body, dict):
@@ -492,26 +497,41 @@ def _send(
     *,
     headers: dict[str, str],
     data: dict[str, str] | None = None,
-) -> httpx2.Response:
-    """One request; redirects are not followed (a redirected POST would carry the assertion)."""
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[int, bytes]:
+    """One request: its status and body, within ``timeout`` in all (a server trickling its
+    answer a byte at a time never trips the read timeout, and must not hold an export past its
+    budget). Redirects are not followed (a redirected POST would carry the assertion)."""
+    deadline = clock() + timeout
     try:
-        response = client.request(
-            method,
-            url,
-            headers=headers,
-            data=data,
-            timeout=timeout,
-            follow_redirects=False,
-        )
+        with client.stream(
+            method, url, headers=headers, data=data, timeout=timeout, follow_redirects=False
+        ) as response:
+            return response.status_code, _read_body(response, what, deadline, clock)
     except httpx2.TimeoutException:
         raise BackendAuthTimeout(f"The authorisation server did not answer the {what}.") from None
     except httpx2.TransportError as exc:
         raise BackendAuthUnavailable(
             f"The authorisation server could not be reached for the {what} ({type(exc).__name__})."
         ) from None
-    if len(response.content) > _MAX_BODY:
-        raise BackendAuthUnavailable(f"The answer to the {what} is larger than {_MAX_BODY} bytes.")
-    return response
+
+
+def _read_body(
+    response: httpx2.Response, what: str, deadline: float, clock: Callable[[], float]
+) -> bytes:
+    """The body, chunk by chunk: at most ``_MAX_BODY`` bytes, and not past the deadline."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        if clock() > deadline:
+            raise BackendAuthTimeout(f"The authorisation server did not answer the {what} in time.")
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise BackendAuthUnavailable(
+                f"The answer to the {what} is larger than {_MAX_BODY} bytes."
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _json_object(body: bytes, what: str) -> dict[str, Any]:

@@ -13,11 +13,13 @@ The flow (one :meth:`BulkExportClient.export` call, or the steps on their own):
 2. **Polling** the status URL: 202 while running (``X-Progress`` is reported, ``Retry-After``
    in seconds or as an HTTP date is honoured, otherwise the interval grows), 200 with the
    manifest when done, 4xx/5xx with an OperationOutcome when the export failed (transient
-   errors, 429 and 503 are retried a bounded number of times).
+   errors, 429 and 503 are retried a bounded number of times in a row). The deadline ends it.
 3. **Downloads**: every ``output`` file, and every ``error`` file (OperationOutcome NDJSON:
-   resources the server could not export; never skipped, counted in the result and logged),
-   streamed to ``<name>.part`` and renamed when complete. Sizes (Content-Length/Content-Range)
-   and resource counts (the manifest's ``count``) are verified.
+   errors for resources the server could not export, warnings and information; never skipped,
+   counted by severity in the result), streamed to ``<name>.part`` and renamed when complete.
+   A file counts as complete when its size (Content-Length/Content-Range) matches or, without
+   one, when its gzip stream reached its end and its last line ends with a newline; resource
+   counts (the manifest's ``count``) are verified too.
 4. Optionally **DELETE** on the status URL, so the server can free the files.
 
 Resuming: the directory holds ``export.json`` (the request, the status URL and, once known, the
@@ -25,7 +27,8 @@ manifest). A re-run with the same request polls the same job instead of starting
 skips files that are complete (their resource count is checked again) and continues ``.part``
 files with an HTTP ``Range`` request; a server that ignores Range sends the whole file, which
 then replaces the partial one. Interrupted transfers are also resumed within a run, a bounded
-number of times.
+number of times. A job the server reports failed, or whose files it no longer has, is replaced
+by a new one.
 
 Safety, as in :mod:`fhir_adapter.rest`: redirects are never followed; the access token is sent
 only to the FHIR server's own origin (a status URL or a file URL elsewhere that needs the token
@@ -36,7 +39,8 @@ refused as written), :class:`~fhir_adapter.rest.FhirNotFound` (no such Group),
 :class:`ExportFailed` (the server reports that the job failed; its OperationOutcome text in
 ``diagnostics``), :class:`ExportNotFound`, :class:`ExportTimeout` (budget or poll limit reached;
 the job may still run, ``status_url`` says where), :class:`DownloadFailed`,
-:class:`ExportDirectoryInUse` and :class:`~fhir_adapter.rest.FhirUnavailable`.
+:class:`ExportExpired`, :class:`ExportDirectoryInUse` and
+:class:`~fhir_adapter.rest.FhirUnavailable`.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import logging
 import os
 import re
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -78,6 +83,7 @@ __all__ = [
     "Deletions",
     "DownloadFailed",
     "ExportDirectoryInUse",
+    "ExportExpired",
     "ExportFailed",
     "ExportLevel",
     "ExportNotFound",
@@ -113,6 +119,7 @@ _INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d+)")
 _TRANSIENT_CODES = {"transient", "throttled"}
+_GRAVITY = {"fatal": 0, "error": 0, "warning": 1, "information": 2}
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -154,6 +161,13 @@ class DownloadFailed(FhirUnavailable):
     """An output or error file could not be downloaded completely or failed verification."""
 
 
+class ExportExpired(DownloadFailed):
+    """The server no longer has a file of the manifest (404/410): the job expired or was deleted.
+
+    :meth:`BulkExportClient.export` then starts a new job (once per call).
+    """
+
+
 class ExportDirectoryInUse(FhirError):  # noqa: N818 (reads as the outcome)
     """The directory holds another export (another request, server or manifest).
 
@@ -167,6 +181,14 @@ class _TransportFailure(FhirUnavailable):
 
 class _Interrupted(Exception):  # noqa: N818
     """A transfer stopped before the file was complete; the ``.part`` file may be resumed."""
+
+
+class _Busy(Exception):  # noqa: N818
+    """The server answered a download with 429, 503 or a transient error: ask again later."""
+
+    def __init__(self, status: int, delay: float | None, diagnostics: str | None) -> None:
+        super().__init__(status)
+        self.status, self.delay, self.diagnostics = status, delay, diagnostics
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -268,7 +290,8 @@ class ExportResult:
     error_files: list[Path]
     """The manifest's ``error`` files (OperationOutcome NDJSON), downloaded under ``errors/``."""
     error_count: int
-    """OperationOutcome resources in the error files: resources the server could not export."""
+    """OperationOutcomes of severity error or fatal in the error files (and lines that say no
+    severity): resources the server could not export."""
     deleted_files: list[Path] = field(default_factory=list)
     """The manifest's ``deleted`` files (transaction Bundles), downloaded under ``deleted/``:
     read them with :func:`deleted_resources` and remove those resources from earlier data."""
@@ -276,6 +299,11 @@ class ExportResult:
     job_deleted: bool = False
     cleanup_error: FhirError | None = None
     """Why deleting the job failed (the data are complete; the server keeps the files)."""
+    warning_count: int = 0
+    """OperationOutcomes of severity warning in the error files: nothing was left out."""
+    information_count: int = 0
+    """OperationOutcomes of severity information in the error files (e.g. an ignored
+    parameter): nothing was left out."""
 
     @property
     def transaction_time(self) -> str:
@@ -387,7 +415,8 @@ class BulkExportClient:
     bearer tokens (SMART Backend Services); without it no Authorization header is sent. Every
     request's timeout is ``request_timeout`` capped at what is left of the overall deadline.
     ``sleep``, ``clock`` (monotonic) and ``wall_clock`` (Unix time, for HTTP-date Retry-After)
-    are injectable so tests can record waits instead of waiting.
+    are injectable so tests can record waits instead of waiting. Polling ends at the deadline;
+    ``max_polls`` (none by default) caps the number of status requests as well.
     """
 
     def __init__(
@@ -400,7 +429,7 @@ class BulkExportClient:
         poll_interval: float = 2.0,
         min_poll_interval: float = 0.5,
         max_poll_interval: float = 120.0,
-        max_polls: int = 10_000,
+        max_polls: int | None = None,
         max_retries: int = 5,
         download_attempts: int = 3,
         max_json_bytes: int = MAX_JSON_BYTES,
@@ -411,7 +440,7 @@ class BulkExportClient:
         base = _parse_base(base_url)
         if not 0 < min_poll_interval <= poll_interval <= max_poll_interval:
             raise ValueError("need 0 < min_poll_interval <= poll_interval <= max_poll_interval")
-        if max_polls < 1 or max_retries < 0 or download_attempts < 1:
+        if (max_polls is not None and max_polls < 1) or max_retries < 0 or download_attempts < 1:
             raise ValueError("max_polls and download_attempts must be >= 1, max_retries >= 0")
         self._client = client
         self._base = str(base).rstrip("/")
@@ -446,8 +475,10 @@ class BulkExportClient:
         """Kick off (or pick up) an export, wait for it, download everything into ``directory``.
 
         ``timeout`` bounds the whole call. A re-run on the same directory with the same
-        arguments resumes: it polls the job recorded in ``export.json`` (starting a new one only
-        if the server no longer knows it), skips complete files and continues partial ones.
+        arguments resumes: it polls the job recorded in ``export.json`` (starting a new one if
+        the server no longer knows it or reports it failed), skips complete files and continues
+        partial ones. If the server no longer has the job's files (expired), they and the job
+        are dropped and a new job is started, once per call.
         With ``delete_job`` the job is deleted on the server once every file is complete; a
         failure to delete is reported in :attr:`ExportResult.cleanup_error`, not raised.
         One export at a time per directory.
@@ -465,24 +496,79 @@ class BulkExportClient:
                 "use a new directory for each export."
             )
         state = state or {"base_url": self._base, "request": request}
+        state = self._ready(directory, state, deadline, on_progress)
+        try:
+            result = self._download_state(directory, state, deadline)
+        except ExportExpired:
+            # The server dropped the job's files: only a new job can deliver the data.
+            log.warning("Bulk export: the server no longer has the export's files; starting anew")
+            state = self._ready(directory, _forget_job(directory, state), deadline, on_progress)
+            result = self._download_state(directory, state, deadline)
+        return self._finish(directory, state, result, delete_job=delete_job, deadline=deadline)
+
+    def _ready(
+        self,
+        directory: Path,
+        state: dict[str, Any],
+        deadline: float,
+        on_progress: Callable[[str], None] | None,
+    ) -> dict[str, Any]:
+        """``state`` with a manifest: the one recorded, the recorded job's, or a new job's."""
+        if state.get("manifest"):
+            return state
         status_url: str | None = state.get("status_url")
-        manifest = Manifest.parse(state["manifest"]) if state.get("manifest") else None
-        if manifest is None and status_url is not None:
-            log.info("Bulk export: picking up the job recorded in %s", STATE_FILE)
-            try:
-                manifest = self.wait(status_url, deadline=deadline, on_progress=on_progress)
-            except ExportNotFound:
-                log.info("Bulk export: the server no longer knows the recorded job; starting anew")
-                status_url = None
+        manifest = None
+        if status_url is not None:
+            manifest = self._pick_up(status_url, deadline, on_progress)
         if manifest is None:
+            request = state["request"]
             status_url = self.kick_off(
-                level, group_id=group_id, types=types, since=since, deadline=deadline
+                request["level"],
+                group_id=request["group_id"],
+                types=request["types"],
+                since=request["since"],
+                deadline=deadline,
             )
             _write_state(directory, {**state, "status_url": status_url, "manifest": None})
             manifest = self.wait(status_url, deadline=deadline, on_progress=on_progress)
         state = {**state, "status_url": status_url, "manifest": manifest.raw}
         _write_state(directory, state)
-        result = self.download(manifest, directory, deadline=deadline, status_url=status_url)
+        return state
+
+    def _pick_up(
+        self, status_url: str, deadline: float, on_progress: Callable[[str], None] | None
+    ) -> Manifest | None:
+        """The recorded job's manifest; None when the server lost the job or reports it failed.
+
+        A failed job never yields a manifest: polling it again on every re-run would keep the
+        directory (the CLI's STORE/exports/current) stuck for good, so a new job is started.
+        """
+        log.info("Bulk export: picking up the job recorded in %s", STATE_FILE)
+        try:
+            return self.wait(status_url, deadline=deadline, on_progress=on_progress)
+        except ExportNotFound:
+            log.info("Bulk export: the server no longer knows the recorded job; starting anew")
+        except ExportFailed:
+            log.warning("Bulk export: the recorded job failed on the server; starting anew")
+        return None
+
+    def _download_state(
+        self, directory: Path, state: dict[str, Any], deadline: float
+    ) -> ExportResult:
+        manifest = Manifest.parse(state["manifest"])
+        return self.download(manifest, directory, deadline=deadline, status_url=state["status_url"])
+
+    def _finish(
+        self,
+        directory: Path,
+        state: dict[str, Any],
+        result: ExportResult,
+        *,
+        delete_job: bool,
+        deadline: float,
+    ) -> ExportResult:
+        """Delete the job on the server once (a failure to is reported, not raised)."""
+        status_url = state.get("status_url")
         if not delete_job or status_url is None or state.get("job_deleted"):
             return replace(result, job_deleted=bool(state.get("job_deleted")))
         try:
@@ -526,25 +612,25 @@ class BulkExportClient:
         what = f"{level}-level export kick-off"
         retries = 0
         while True:
-            status, response_headers, body = self._exchange(
+            answer = self._exchange(
                 "GET", url, params=params, headers=headers, deadline=deadline, what=what
             )
-            if status == 202:
+            if answer.status == 202:
                 break
-            if status == 200:
+            if answer.status == 200:
                 raise FhirUnavailable(
                     f"The FHIR server answered the {what} synchronously (HTTP 200) instead of "
                     "starting an asynchronous export."
                 )
-            if _is_transient(status, body) and retries < self._max_retries:
+            if _is_transient(answer.status, answer.body) and retries < self._max_retries:
                 retries += 1
-                delay = self._retry_after(response_headers) or self._poll_interval * retries
-                log.info("Bulk export: %s got HTTP %d; retrying", what, status)
+                delay = self._retry_after(answer.headers) or self._poll_interval * retries
+                log.info("Bulk export: %s got HTTP %d; retrying", what, answer.status)
                 self._pause(delay, deadline, what, status_url=None)
                 continue
             errors = _GROUP_ERRORS if level == "group" else _REQUEST_ERRORS
-            raise errors.error(status, what, _diagnostics(body, ""))
-        location = response_headers.get("Content-Location")
+            raise errors.error(answer.status, what, answer.diagnostics)
+        location = answer.headers.get("Content-Location")
         if not location:
             raise FhirUnavailable(
                 f"The FHIR server's answer to the {what} has no Content-Location."
@@ -567,15 +653,17 @@ class BulkExportClient:
         """Poll the status URL until the manifest is ready; honours Retry-After, reports X-Progress.
 
         Without Retry-After the interval starts at ``poll_interval`` and grows by half each
-        time up to ``max_poll_interval``. At most ``max_polls`` requests are made.
+        time up to ``max_poll_interval``. The deadline ends the polling (and ``max_polls``, if
+        set). Transient errors are retried ``max_retries`` times in a row.
         """
         self._check_origin(httpx2.URL(status_url), "status URL")
         what = "export status request"
         interval = self._poll_interval
-        retries = 0
-        for poll in range(1, self._max_polls + 1):
+        retries = polls = 0
+        while True:
+            polls += 1
             try:
-                status, headers, body = self._exchange(
+                answer = self._exchange(
                     "GET",
                     status_url,
                     headers={"Accept": "application/fhir+json"},
@@ -584,37 +672,33 @@ class BulkExportClient:
                 )
             except FhirTimeout as exc:
                 raise ExportTimeout(str(exc), status_url=status_url) from None
-            if status == 200:
-                manifest = Manifest.parse(_json(body, what))
-                log.info(
-                    "Bulk export complete: %d output and %d error file(s)",
-                    len(manifest.output),
-                    len(manifest.error),
-                )
-                return manifest
-            if status == 202:
-                progress = _printable(headers.get("X-Progress"))
-                if progress:
-                    log.info("Bulk export in progress: %s", progress)
-                    if on_progress is not None:
-                        on_progress(progress)
-                delay = self._retry_after(headers)
+            if answer.status == 200:
+                return _complete(answer.body, what)
+            if answer.status == 202:
+                retries = 0  # the budget is for errors in a row, not for the whole export
+                _report_progress(answer.headers, on_progress)
+                delay = self._retry_after(answer.headers)
                 if delay is None:
                     delay, interval = interval, min(interval * 1.5, self._max_poll)
-            elif _is_transient(status, body) and retries < self._max_retries:
+            elif _is_transient(answer.status, answer.body):
                 retries += 1
-                log.info("Bulk export: status request got HTTP %d; retrying", status)
-                delay = self._retry_after(headers) or interval
+                if retries > self._max_retries:
+                    # Throttled or unavailable for too long: the job itself did not fail (and a
+                    # re-run polls it again), so this is not ExportFailed.
+                    raise _busy_error(answer.status, what, retries, answer.diagnostics)
+                log.info("Bulk export: status request got HTTP %d; retrying", answer.status)
+                delay = self._retry_after(answer.headers) or interval
             else:
-                diagnostics = _diagnostics(body, "")
-                raise _STATUS_ERRORS.error(status, what, diagnostics, status_url=status_url)
-            if poll < self._max_polls:
-                self._pause(delay, deadline, "export", status_url=status_url)
-        raise ExportTimeout(
-            f"The export was not complete after {self._max_polls} status requests; it may "
-            "still be running on the server.",
-            status_url=status_url,
-        )
+                raise _STATUS_ERRORS.error(
+                    answer.status, what, answer.diagnostics, status_url=status_url
+                )
+            if polls == self._max_polls:
+                raise ExportTimeout(
+                    f"The export was not complete after {polls} status requests; it may "
+                    "still be running on the server.",
+                    status_url=status_url,
+                )
+            self._pause(delay, deadline, "export", status_url=status_url)
 
     def download(
         self,
@@ -627,8 +711,10 @@ class BulkExportClient:
         """Download every output, error and deleted file of ``manifest`` into ``directory``.
 
         Files already complete there are skipped (counts checked again), ``.part`` files are
-        resumed. Error files are downloaded like data and counted in the result; they mean
-        some resources were not exported, so they are logged as a warning, never dropped.
+        resumed. Error files are downloaded like data and counted by severity in the result:
+        errors are resources that were not exported; warnings and information (the IG puts
+        them in the same files) are not. :class:`ExportExpired` when the server no longer has
+        a file.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -646,41 +732,35 @@ class BulkExportClient:
             )
         _write_state(directory, {**state, "manifest": manifest.raw})
         send_token = manifest.requires_access_token and self._auth is not None
+        found: dict[str, list[tuple[OutputFile, Path]]] = {}
+        for kind, entry, target, label in _layout(manifest, directory):
+            target.parent.mkdir(exist_ok=True)
+            self._download_file(entry, target, label, send_token=send_token, deadline=deadline)
+            found.setdefault(kind, []).append((entry, target))
         files: dict[str, list[Path]] = {}
-        error_files: list[Path] = []
-        for entry, target, label in _plan(manifest.output, directory, "file"):
-            self._download_file(entry, target, label, send_token=send_token, deadline=deadline)
+        for entry, target in found.get("output", []):
             files.setdefault(entry.type, []).append(target)
-        for entry, target, label in _plan(manifest.error, directory / ERROR_DIR, "error file"):
-            self._download_file(entry, target, label, send_token=send_token, deadline=deadline)
-            error_files.append(target)
-        deleted_files: list[Path] = []
-        deleted = _plan(manifest.deleted, directory / DELETED_DIR, "deleted file")
-        for entry, target, label in deleted:
-            self._download_file(entry, target, label, send_token=send_token, deadline=deadline)
-            deleted_files.append(target)
-        error_count = sum(_count_resources(path) for path in error_files)
-        if error_count:
-            log.warning(
-                "Bulk export: the server reported %d OperationOutcome(s) in %d error file(s): "
-                "some resources were not exported (see %s)",
-                error_count,
-                len(error_files),
-                directory / ERROR_DIR,
-            )
+        error_files = [target for _, target in found.get("error", [])]
+        severities = _outcome_severities(error_files)
         log.info(
-            "Bulk export: %d file(s) of %d type(s) in %s",
+            "Bulk export: %d file(s) of %d type(s) in %s; the error files hold %d error(s), "
+            "%d warning(s) and %d information message(s)",
             sum(len(paths) for paths in files.values()),
             len(files),
             directory,
+            severities["error"],
+            severities["warning"],
+            severities["information"],
         )
         return ExportResult(
             manifest=manifest,
             directory=directory,
             files=files,
             error_files=error_files,
-            error_count=error_count,
-            deleted_files=deleted_files,
+            error_count=severities["error"],
+            warning_count=severities["warning"],
+            information_count=severities["information"],
+            deleted_files=[target for _, target in found.get("deleted", [])],
             status_url=status_url,
         )
 
@@ -688,20 +768,20 @@ class BulkExportClient:
         """Delete the job (cancel it, or let the server free its files); gone already is fine."""
         self._check_origin(httpx2.URL(status_url), "status URL")
         what = "export delete request"
-        status, _, body = self._exchange(
+        answer = self._exchange(
             "DELETE",
             status_url,
             headers={"Accept": "application/fhir+json"},
             deadline=deadline,
             what=what,
         )
-        if status in (200, 202, 204):
+        if answer.status in (200, 202, 204):
             log.info("Bulk export: job deleted on the server")
             return
-        if status in (404, 410):
+        if answer.status in (404, 410):
             log.info("Bulk export: the job was already gone on the server")
             return
-        raise _REQUEST_ERRORS.error(status, what, _diagnostics(body, ""))
+        raise _REQUEST_ERRORS.error(answer.status, what, answer.diagnostics)
 
     # --- one file -----------------------------------------------------------------------------
 
@@ -717,21 +797,7 @@ class BulkExportClient:
             target.unlink()
         url = self._file_url(entry.url, label, send_token=send_token)
         part = target.with_name(target.name + ".part")
-        what = f"download of the {label}"
-        for attempt in range(self._download_attempts):
-            if attempt:
-                self._pause(2.0**attempt, deadline, what, status_url=None)
-            try:
-                self._fetch(url, part, what, send_token=send_token, deadline=deadline)
-                break
-            except _Interrupted as exc:
-                kept = part.stat().st_size if part.exists() else 0
-                log.info("Bulk export: %s interrupted (%s), %d bytes kept", what, exc, kept)
-        else:
-            raise DownloadFailed(
-                f"The {what} was interrupted {self._download_attempts} times; the partial file "
-                "is kept and a re-run resumes it."
-            )
+        self._transfer(url, part, f"download of the {label}", send_token, deadline)
         count = _count_resources(part)
         if entry.count is not None and count != entry.count:
             part.unlink()
@@ -742,76 +808,118 @@ class BulkExportClient:
         part.replace(target)
         log.debug("Bulk export: %s complete (%d resources)", label, count)
 
+    def _transfer(self, url: str, part: Path, what: str, send_token: bool, deadline: float) -> None:
+        """Fetch until ``part`` is whole: an interrupted transfer is resumed (``download_attempts``
+        times), a busy server (429, 503, transient) is asked again as polling does."""
+        interrupted = busy = 0
+        while True:
+            try:
+                self._fetch(url, part, what, send_token=send_token, deadline=deadline)
+                return
+            except _Interrupted as exc:
+                interrupted, busy = interrupted + 1, 0
+                kept = part.stat().st_size if part.exists() else 0
+                log.info("Bulk export: %s interrupted (%s), %d bytes kept", what, exc, kept)
+                if interrupted == self._download_attempts:
+                    raise DownloadFailed(
+                        f"The {what} was interrupted {interrupted} times (the last: {exc}); the "
+                        "partial file is kept and a re-run resumes it."
+                    ) from None
+                delay = 2.0**interrupted
+            except _Busy as exc:
+                busy += 1
+                if busy > self._max_retries:
+                    raise _busy_error(exc.status, what, busy, exc.diagnostics) from None
+                log.info("Bulk export: %s got HTTP %d; retrying", what, exc.status)
+                delay = exc.delay or self._poll_interval * busy
+            self._pause(delay, deadline, what, status_url=None)
+
     def _fetch(self, url: str, part: Path, what: str, *, send_token: bool, deadline: float) -> None:
         """One GET of a file into ``part``: resumes with Range when there is a partial file.
 
-        Raises :class:`_Interrupted` when the transfer stopped early (the part keeps what
-        arrived) or the partial file turned out unusable (it is removed).
+        Raises :class:`_Interrupted` when the transfer stopped early or nothing proves the file
+        whole (the part keeps what arrived), or the partial file turned out unusable (it is
+        removed); :class:`_Busy` when the server asks to come back later.
         """
         offset = part.stat().st_size if part.exists() else 0
-        headers = {"Accept": "application/fhir+ndjson"}
+        # gzip or nothing (the end of a gzip stream is checked); a resumed transfer unencoded:
+        # Range counts bytes as sent, and the part holds decoded bytes.
+        headers = {
+            "Accept": "application/fhir+ndjson",
+            "Accept-Encoding": "identity" if offset else "gzip",
+        }
         if offset:
             headers["Range"] = f"bytes={offset}-"
-            # Range counts bytes of the representation as sent: ask for it unencoded, so
-            # offsets match the decoded bytes already on disk.
-            headers["Accept-Encoding"] = "identity"
         try:
             with self._open(
                 "GET", url, headers=headers, deadline=deadline, what=what, send_token=send_token
             ) as response:
-                status = response.status_code
-                encoded = response.headers.get("Content-Encoding", "identity") != "identity"
-                expected: int | None = None
-                if status == 206 and offset:
-                    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
-                    if match is None or int(match[1]) != offset or encoded:
-                        part.unlink()
-                        raise _Interrupted("unusable partial response; starting over")
-                    mode = "ab"
-                    expected = None if match[3] == "*" else int(match[3])
-                    log.info("Bulk export: resuming the %s at byte %d", what, offset)
-                elif status == 200:
-                    mode = "wb"  # a server ignoring Range sends everything: start over
-                    length = response.headers.get("Content-Length")
-                    if length and length.isdigit() and not encoded:
-                        expected = int(length)
-                elif status == 416 and offset:
-                    match = _UNSATISFIED_RANGE.fullmatch(response.headers.get("Content-Range", ""))
-                    if match is not None and int(match[1]) == offset:
-                        return  # the partial file already holds every byte
-                    part.unlink()
-                    raise _Interrupted("range not satisfiable; starting over")
-                else:
-                    body = _read_capped(response, _ERROR_BODY_BYTES)
-                    raise _DOWNLOAD_ERRORS.error(status, what, _diagnostics(body, ""))
-                self._write_body(response, part, mode, what, deadline)
+                plan = self._take(response, part, offset, what, deadline)
+                if plan is None:
+                    return  # the partial file already holds every byte
+                mode, expected, gunzip = plan
+                self._write_body(response, part, mode, gunzip, what, deadline)
         except _TransportFailure as exc:
             raise _Interrupted(str(exc)) from None
         except FhirTimeout as exc:
             if self._clock() >= deadline:
                 raise
             raise _Interrupted(f"no answer within {self._request_timeout} s") from exc
-        size = part.stat().st_size
-        if expected is not None and size != expected:
-            raise _Interrupted(f"{size} of {expected} bytes")
+        _check_whole(part, expected, gunzip)
+
+    def _take(
+        self, response: httpx2.Response, part: Path, offset: int, what: str, deadline: float
+    ) -> tuple[str, int | None, _Gunzip | None] | None:
+        """How to store the answer: the file mode, the size the file must reach (None when
+        unknown) and the gzip decoder; None when a 416 says the part is already whole."""
+        status = response.status_code
+        if status == 206 and offset:
+            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+            if match is None or int(match[1]) != offset or _decoder(response, what) is not None:
+                part.unlink()
+                raise _Interrupted("unusable partial response; starting over")
+            log.info("Bulk export: resuming the %s at byte %d", what, offset)
+            return "ab", None if match[3] == "*" else int(match[3]), None
+        if status == 200:  # a server ignoring Range sends everything: start over
+            gunzip = _decoder(response, what)
+            length = response.headers.get("Content-Length", "")
+            known = gunzip is None and length.isascii() and length.isdigit()
+            return "wb", int(length) if known else None, gunzip
+        if status == 416 and offset:
+            match = _UNSATISFIED_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+            if match is not None and int(match[1]) == offset:
+                return None
+            part.unlink()
+            raise _Interrupted("range not satisfiable; starting over")
+        body = self._read(response, _ERROR_BODY_BYTES, deadline, what)
+        diagnostics = _diagnostics(body, _sent_token(response.request))
+        if _is_transient(status, body):
+            raise _Busy(status, self._retry_after(response.headers), diagnostics)
+        raise _DOWNLOAD_ERRORS.error(status, what, diagnostics)
 
     def _write_body(
-        self, response: httpx2.Response, part: Path, mode: str, what: str, deadline: float
+        self,
+        response: httpx2.Response,
+        part: Path,
+        mode: str,
+        gunzip: _Gunzip | None,
+        what: str,
+        deadline: float,
     ) -> None:
         """Stream the body to disk chunk by chunk; what arrived stays on disk for a resume."""
         with part.open(mode) as out:
             try:
-                for chunk in response.iter_bytes():
+                for chunk in response.iter_raw():
                     if self._clock() > deadline:
                         raise FhirTimeout(
                             f"The time budget ran out during the {what}; the partial file is "
                             "kept and a re-run resumes it."
                         )
-                    out.write(chunk)
+                    out.write(chunk if gunzip is None else gunzip.decode(chunk))
             except httpx2.TransportError as exc:
                 raise _Interrupted(_transport_reason(exc)) from None
-            except httpx2.DecodingError:  # a compressed body cut mid-stream
-                raise _Interrupted("undecodable body") from None
+            except zlib.error:  # a broken gzip stream
+                raise _Interrupted("undecodable gzip body") from None
             finally:
                 out.flush()
                 os.fsync(out.fileno())
@@ -888,7 +996,7 @@ class BulkExportClient:
         deadline: float,
         what: str,
         params: dict[str, str] | None = None,
-    ) -> tuple[int, httpx2.Headers, bytes]:
+    ) -> _Answer:
         """A small JSON request/response (kick-off, status, delete) with a capped body."""
         with self._open(
             method,
@@ -899,10 +1007,41 @@ class BulkExportClient:
             what=what,
             send_token=self._auth is not None,
         ) as response:
-            limit = self._max_json_bytes if response.status_code == 200 else _ERROR_BODY_BYTES
-            body = _read_capped(response, limit, refuse=response.status_code == 200, what=what)
+            ok = response.status_code == 200
+            limit = self._max_json_bytes if ok else _ERROR_BODY_BYTES
+            body = self._read(response, limit, deadline, what, refuse=ok)
             log.debug("Bulk export: %s HTTP %d", what, response.status_code)
-            return response.status_code, response.headers, body
+            return _Answer(
+                response.status_code, response.headers, body, _sent_token(response.request)
+            )
+
+    def _read(
+        self,
+        response: httpx2.Response,
+        limit: int,
+        deadline: float,
+        what: str,
+        *,
+        refuse: bool = False,
+    ) -> bytes:
+        """At most ``limit`` bytes; with ``refuse`` a longer body is an error, else it is cut.
+
+        The deadline is checked after every chunk: a server trickling its answer a byte at a
+        time never trips the read timeout, and must not hold the export past its budget."""
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            if self._clock() > deadline:
+                raise FhirTimeout(
+                    f"The time budget ran out while reading the answer to the {what}."
+                )
+            size += len(chunk)
+            if size > limit:
+                if refuse:
+                    raise FhirUnavailable(f"The answer to the {what} is larger than {limit} bytes.")
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _token(self, deadline: float) -> str:
         if self._auth is None:
@@ -940,7 +1079,7 @@ class BulkExportClient:
         value = (headers.get("Retry-After") or "").strip()
         if not value:
             return None
-        if value.isdigit():
+        if value.isascii() and value.isdigit():  # str.isdigit() also accepts '²', '١'...
             return float(value)
         try:
             when = email.utils.parsedate_to_datetime(value)
@@ -1020,8 +1159,6 @@ def _plan(
     """Stable file names from manifest order: ``Type.ndjson``, or ``Type.<n>.ndjson`` if several."""
     totals = Counter(entry.type for entry in entries)
     seen: Counter[str] = Counter()
-    if entries:
-        directory.mkdir(parents=True, exist_ok=True)
     for entry in entries:
         seen[entry.type] += 1
         if totals[entry.type] == 1:
@@ -1031,6 +1168,110 @@ def _plan(
             name = f"{entry.type}.{n}.ndjson"
             label = f"{entry.type} {kind} {n} of {totals[entry.type]}"
         yield entry, directory / name, label
+
+
+def _layout(manifest: Manifest, directory: Path) -> Iterator[tuple[str, OutputFile, Path, str]]:
+    """Where each file of the manifest goes, by kind: output, then error, then deleted files."""
+    for entry, target, label in _plan(manifest.output, directory, "file"):
+        yield "output", entry, target, label
+    for entry, target, label in _plan(manifest.error, directory / ERROR_DIR, "error file"):
+        yield "error", entry, target, label
+    for entry, target, label in _plan(manifest.deleted, directory / DELETED_DIR, "deleted file"):
+        yield "deleted", entry, target, label
+
+
+def _forget_job(directory: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """Drop a job whose files the server no longer has: its files here (complete or partial)
+    and its record. Mixed with a new job's files they would make both wrong, and the new job
+    exports the same request again, so nothing is lost."""
+    for _, _, target, _ in _layout(Manifest.parse(state["manifest"]), directory):
+        target.unlink(missing_ok=True)
+        target.with_name(target.name + ".part").unlink(missing_ok=True)
+    state = {"base_url": state["base_url"], "request": state["request"]}
+    _write_state(directory, state)
+    return state
+
+
+def _check_whole(part: Path, expected: int | None, gunzip: _Gunzip | None) -> None:
+    """Raise _Interrupted unless the transfer is proven whole: by the size the server gave
+    (Content-Length, Content-Range) or else by the end of the gzip stream, if gzipped, and by a
+    last line that ends with a newline (NDJSON ends every line with one): a connection closed
+    half-way looks like the end of a body that has no size."""
+    size = part.stat().st_size
+    if expected is not None:
+        if size != expected:
+            raise _Interrupted(f"{size} of {expected} bytes")
+        return
+    if gunzip is not None and not gunzip.ended:
+        raise _Interrupted("the gzip stream stopped before its end")
+    if size and _last_byte(part) != b"\n":
+        raise _Interrupted("the file ends inside a line and no size says it is whole")
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as data:
+        data.seek(-1, os.SEEK_END)
+        return data.read(1)
+
+
+class _Gunzip:
+    """gzip decoding that knows whether the stream reached its end: httpx2's own decoder takes
+    a gzip body cut short for a whole one."""
+
+    def __init__(self) -> None:
+        self._stream = zlib.decompressobj(zlib.MAX_WBITS | 16)
+
+    def decode(self, data: bytes) -> bytes:
+        decoded = []
+        while data:
+            if self._stream.eof:  # another gzip member follows (RFC 1952 allows several)
+                self._stream = zlib.decompressobj(zlib.MAX_WBITS | 16)
+            decoded.append(self._stream.decompress(data))
+            data = self._stream.unused_data
+        return b"".join(decoded)
+
+    @property
+    def ended(self) -> bool:
+        return self._stream.eof
+
+
+def _decoder(response: httpx2.Response, what: str) -> _Gunzip | None:
+    """A decoder for the body's Content-Encoding: none, or gzip (the only one asked for)."""
+    coding = response.headers.get("Content-Encoding", "").strip().lower()
+    if coding in ("", "identity"):
+        return None
+    if coding in ("gzip", "x-gzip"):
+        return _Gunzip()
+    raise DownloadFailed(
+        f"The FHIR server sent the {what} with Content-Encoding {_printable(coding, 20)!r}, "
+        "which was not asked for; refused."
+    )
+
+
+def _outcome_severities(paths: Iterable[Path]) -> Counter[str]:
+    """The error files' OperationOutcomes by their gravest issue: error (fatal counts as one),
+    warning or information. One that says no known severity counts as an error, so nothing
+    the server could not export is taken for a remark."""
+    found: Counter[str] = Counter()
+    for path in paths:
+        with path.open("rb") as lines:
+            for line in lines:
+                if line.strip():
+                    gravest = min((_GRAVITY.get(s, 0) for s in _severities(line)), default=0)
+                    found[("error", "warning", "information")[gravest]] += 1
+    return found
+
+
+def _severities(line: bytes) -> list[object]:
+    """The issue severities of one OperationOutcome line; none for a line that is not one."""
+    try:
+        outcome = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return []
+    issues = outcome.get("issue") if isinstance(outcome, dict) else None
+    if not isinstance(issues, list):
+        return []
+    return [issue.get("severity") if isinstance(issue, dict) else None for issue in issues]
 
 
 def _count_resources(path: Path) -> int:
@@ -1064,22 +1305,6 @@ def _write_state(directory: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _read_capped(
-    response: httpx2.Response, limit: int, *, refuse: bool = False, what: str = ""
-) -> bytes:
-    """At most ``limit`` bytes; with ``refuse`` a longer body is an error, else it is cut."""
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in response.iter_bytes():
-        size += len(chunk)
-        if size > limit:
-            if refuse:
-                raise FhirUnavailable(f"The answer to the {what} is larger than {limit} bytes.")
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _json(body: bytes, what: str) -> object:
     try:
         return orjson.loads(body)
@@ -1108,6 +1333,54 @@ def _is_transient(status: int, body: bytes) -> bool:
     return status >= 400 and bool(_issue_codes(body) & _TRANSIENT_CODES)
 
 
+def _busy_error(status: int, what: str, times: int, diagnostics: str | None) -> FhirUnavailable:
+    """Throttled or unavailable for too long; a re-run asks again (the job did not fail)."""
+    return FhirUnavailable(
+        f"The FHIR server answered the {what} with HTTP {status} {times} times in a row; a "
+        "re-run picks the export up again.",
+        status=status,
+        diagnostics=diagnostics,
+    )
+
+
+def _complete(body: bytes, what: str) -> Manifest:
+    manifest = Manifest.parse(_json(body, what))
+    log.info(
+        "Bulk export complete: %d output and %d error file(s)",
+        len(manifest.output),
+        len(manifest.error),
+    )
+    return manifest
+
+
+def _report_progress(headers: httpx2.Headers, on_progress: Callable[[str], None] | None) -> None:
+    progress = _printable(headers.get("X-Progress"))
+    if progress:
+        log.info("Bulk export in progress: %s", progress)
+        if on_progress is not None:
+            on_progress(progress)
+
+
+def _sent_token(request: httpx2.Request) -> str:
+    """The bearer token a request carried, to blank it where a server echoes it back."""
+    return request.headers.get("Authorization", "").removeprefix("Bearer ")
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A small response read whole (kick-off, status, delete)."""
+
+    status: int
+    headers: httpx2.Headers
+    body: bytes
+    token: str = field(repr=False)
+    """The token sent: a server may echo it in its OperationOutcome."""
+
+    @property
+    def diagnostics(self) -> str | None:
+        return _diagnostics(self.body, self.token)
+
+
 # HTTP error statuses -> FhirErrors, per kind of request (see StatusErrors for the order).
 _REQUEST_ERRORS = StatusErrors(
     refused="The FHIR server refused the access for the {what} (HTTP {status})."
@@ -1128,11 +1401,11 @@ _STATUS_ERRORS = replace(
 )
 _FILE_GONE = (
     "The FHIR server no longer has the file for the {what} (HTTP {status}): the job expired or "
-    "was deleted. Start a new export in a new directory."
+    "was deleted; a re-run of the export starts a new one."
 )
 _DOWNLOAD_ERRORS = replace(
     _REQUEST_ERRORS,
-    gone=(DownloadFailed, _FILE_GONE),
+    gone=(ExportExpired, _FILE_GONE),
     redirects=False,
     rejects=False,
     failed=(DownloadFailed, "The FHIR server failed the {what} (HTTP {status})."),

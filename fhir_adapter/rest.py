@@ -357,10 +357,10 @@ def _diagnostics(body: bytes, token: str) -> str | None:
             text = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
             if isinstance(text, str):
                 texts.append(text)
-    joined = "; ".join(texts)[:300]
-    if token:
+    joined = "; ".join(texts)
+    if token:  # before shortening: a token cut in two would no longer be found
         joined = joined.replace(token, "[token]")
-    return joined or None
+    return joined[:300] or None
 
 
 def _matches(bundle: dict[str, Any], what: str) -> list[dict[str, Any]]:

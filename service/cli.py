@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from engine.population.outputs import ComparisonReport
     from engine.population.run import RunManifest, SqlSteps
     from fhir_adapter.backend_auth import BackendServicesAuth
+    from fhir_adapter.bulk import ExportResult
     from rules.guideline_set import GuidelineSet
     from service.feedback import PatientException
     from service.settings import Settings
@@ -479,7 +480,6 @@ def ingest(
         IngestInProgressError,
         IngestSettingError,
         check_memory_limit,
-        check_store,
         store_lock,
     )
     from engine.population.ingest import ingest as run_ingest
@@ -506,30 +506,29 @@ def ingest(
         timeout=export_timeout,
     )
     path = Path(source)
+    server = source.startswith(("http://", "https://"))
     exported: str | None = None
     deleted_files = _deleted_files(deleted or [])
     refused = (IngestInProgressError, IngestSettingError, StoreError, FhirInputError)
-    if source.startswith(("http://", "https://")):
-        try:
-            check_store(store)  # before the export writes into it
-        except StoreError as exc:
-            raise fail(str(exc)) from None
-        path, exported, from_server = _export(source, store, request)
-        deleted_files += from_server
+    if server:
+        _check_export_options(request)
     elif request.given():
         raise fail(
             "the export options (--level, --type, --since, --client-id ...) need a server URL"
         )
     elif not path.exists():
         raise fail(f"{source} does not exist")
-    bundles = exported is None and is_bundle_source(path)
-    deletions = _deletions(deleted_files)
     kept = None
     try:
-        # Held from the Bundle conversion (it writes into the store) to the export's record, so
-        # a second ingest is refused before it touches the store; the ingest takes it again.
+        # Held from the export (it writes into STORE/exports/current) or the Bundle conversion
+        # (it writes into the store) to the export's record, so a second ingest is refused
+        # before it touches either; the ingest takes it again.
         with store_lock(store) as real:
-            if bundles:
+            if server:
+                path, exported, from_server = _export(source, real, request, quiet=quiet)
+                deleted_files += from_server
+            deletions = _deletions(deleted_files)
+            if exported is None and is_bundle_source(path):
                 path = _bundles_as_ndjson(path, real / "bundles")
             summary = run_ingest(
                 path,
@@ -545,7 +544,9 @@ def ingest(
     except refused as exc:
         raise fail(str(exc)) from None
     typer.echo(summary.report())
-    if not summary.files:
+    if not summary.files and exported is not None:  # its directory is gone by now
+        typer.echo(f"the export from {source} has no output files: nothing to ingest", err=True)
+    elif not summary.files:
         typer.echo(f"{path} holds no NDJSON files (*.ndjson, *.ndjson.gz)", err=True)
     if path == Path(source) and path.is_dir():
         _say_what_was_not_read(path)
@@ -644,21 +645,28 @@ def _deletions(files: list[Path]) -> frozenset[str]:
     return found.names
 
 
-def _export(base_url: str, store: Path, request: ServerExport) -> tuple[Path, str, list[Path]]:
-    """Export into STORE/exports/current; returns the directory, the transactionTime and the
-    deleted files (of a ``_since`` export from a server that lists deletions)."""
-    import httpx2
-
-    from engine.population.server_export import current_export, last_transaction_time
-    from fhir_adapter.bulk import BulkExportClient, ExportDirectoryInUse
-    from fhir_adapter.rest import FhirError
-
+def _check_export_options(request: ServerExport) -> None:
+    """Options that do not go together: refused before the store is locked or a server asked."""
     if (request.level is ExportLevel.group) != (request.group is not None):
         raise fail("--group goes with --level group, and --level group needs --group")
     if request.since and request.since_last:
         raise fail("give --since or --since-last, not both")
     if (request.client_id is None) != (request.private_key is None):
         raise fail("--client-id and --private-key go together")
+
+
+def _export(
+    base_url: str, store: Path, request: ServerExport, *, quiet: bool
+) -> tuple[Path, str, list[Path]]:
+    """Export into STORE/exports/current (the store locked); returns the directory, the
+    transactionTime and the deleted files (of a ``_since`` export from a server that lists
+    deletions)."""
+    import httpx2
+
+    from engine.population.server_export import current_export, last_transaction_time
+    from fhir_adapter.bulk import BulkExportClient, ExportDirectoryInUse
+    from fhir_adapter.rest import FhirError
+
     since = request.since
     if request.since_last:
         try:
@@ -679,8 +687,8 @@ def _export(base_url: str, store: Path, request: ServerExport) -> tuple[Path, st
                 group_id=request.group,
                 types=request.types,
                 since=since,
-                timeout=request.timeout,
-                on_progress=typer.echo,
+                timeout=request.timeout,  # the limit: polling has no count of its own
+                on_progress=None if quiet else typer.echo,
             )
         except ExportDirectoryInUse:
             raise fail(
@@ -691,11 +699,24 @@ def _export(base_url: str, store: Path, request: ServerExport) -> tuple[Path, st
             raise fail(str(exc)) from None
         except FhirError as exc:
             raise fail(f"the export from {base_url} failed: {exc}") from None
-    if result.has_errors:
-        typer.echo(
-            f"the server reported {result.error_count} error(s) it could not export", err=True
-        )
+    for line in _outcome_report(result):
+        typer.echo(line, err=True)
     return directory, result.manifest.transaction_time, result.deleted_files
+
+
+def _outcome_report(result: ExportResult) -> list[str]:
+    """What the export's error files say, by severity: only errors are resources left out."""
+    lines = []
+    if result.error_count:
+        lines.append(
+            f"the server reported {result.error_count} error(s): resources it could not export"
+        )
+    if result.warning_count or result.information_count:
+        lines.append(
+            f"the server reported {result.warning_count} warning(s) and "
+            f"{result.information_count} information message(s) about the export (not errors)"
+        )
+    return lines
 
 
 def _backend_auth(

@@ -383,9 +383,10 @@ def store_lock(store: Path) -> Iterator[Path]:
     """One ingest per store at a time: an advisory lock next to the store's real directory.
 
     Yields that directory (symlinks resolved: a store reached through a link, or as ``.``, is
-    locked and swapped as itself), once checked by :func:`check_store`. Re-entrant in a thread:
-    the CLI holds it from the Bundle conversion, which writes into the store, through the ingest,
-    which takes it again. Raises IngestInProgressError or StoreError."""
+    locked and swapped as itself) once it is known to be a new path, an empty directory or a
+    store. Re-entrant in a thread: the CLI holds it from the export or the Bundle conversion,
+    which write into the store, through the ingest, which takes it again. Raises
+    IngestInProgressError or StoreError."""
     store = _real(store)
     lock = store.parent / f".{store.name}.lock"
     key = (lock, threading.get_ident())
@@ -415,15 +416,6 @@ def store_lock(store: Path) -> Iterator[Path]:
         finally:
             del _held[key]
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def check_store(store: Path) -> Path:
-    """The real directory of ``store``, if an ingest may write into it: a new path, an empty
-    directory or a store; raises StoreError otherwise. For a check before the lock is taken
-    (the CLI's, before an export writes into the store); the ingest checks again under it."""
-    real = _real(store)
-    _previous(real)
-    return real
 
 
 def _real(store: Path) -> Path:

@@ -4,6 +4,7 @@ malformed token responses)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -432,3 +433,35 @@ def _pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+class Trickle(httpx2.SyncByteStream):
+    """A body sent a byte at a time, two seconds apart on the clock ``now``."""
+
+    def __init__(self, data: bytes, now: list[float]) -> None:
+        self.data, self.now = data, now
+
+    def __iter__(self) -> Iterator[bytes]:
+        for byte in self.data:
+            self.now[0] += 2.0
+            yield bytes([byte])
+
+
+@pytest.mark.parametrize("slow", ["discovery", "token"])
+def test_a_trickling_answer_cannot_outlast_the_budget(
+    slow: str, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    """Each byte came within the read timeout, so the whole answer (minutes) was waited for."""
+    now = [0.0]
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        discovery = request.url.path.endswith("/.well-known/smart-configuration")
+        body = json.dumps(smart_config() if discovery else TOKEN).encode()
+        if discovery == (slow == "discovery"):
+            return httpx2.Response(200, stream=Trickle(body, now))
+        return httpx2.Response(200, content=body)
+
+    auth = mock_auth(handler, ec_key, clock=lambda: now[0])
+    with pytest.raises(BackendAuthTimeout):
+        auth.access_token(deadline=30.0)
+    assert now[0] <= 12.0  # the request timeout (10 s), not the body's length

@@ -31,6 +31,7 @@ from fhir_adapter.bulk import (
     BulkExportClient,
     DownloadFailed,
     ExportDirectoryInUse,
+    ExportExpired,
     ExportFailed,
     ExportNotFound,
     ExportResult,
@@ -352,6 +353,17 @@ class CutStream(httpx2.SyncByteStream):
         raise httpx2.ReadError("connection reset by peer")
 
 
+class Chunks(httpx2.SyncByteStream):
+    """A body sent in chunks of ``size`` bytes."""
+
+    def __init__(self, data: bytes, size: int = 7) -> None:
+        self.data, self.size = data, size
+
+    def __iter__(self) -> Iterator[bytes]:
+        for start in range(0, len(self.data), self.size):
+            yield self.data[start : start + self.size]
+
+
 NDJSON = b"".join(
     json.dumps({"resourceType": "Observation", "id": f"o{n}", "status": "final"}).encode() + b"\n"
     for n in range(40)
@@ -428,7 +440,7 @@ class MockServer:
         cuts = self.cuts.get(path)
         if cuts:
             return httpx2.Response(status, headers=headers, stream=CutStream(body, cuts.pop(0)))
-        return httpx2.Response(status, headers=headers, content=body)
+        return httpx2.Response(status, headers=headers, stream=httpx2.ByteStream(body))  # as sent
 
     def file_requests(self) -> list[httpx2.Request]:
         return [r for r in self.requests if "/files/" in r.url.path]
@@ -647,31 +659,38 @@ def test_count_mismatch_discards_the_file(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("Observation.*"))
 
 
-def test_error_files_are_downloaded_and_reported(
+def outcome(severity: str, text: str) -> bytes:
+    issue = {"severity": severity, "code": "processing", "diagnostics": text}
+    return json.dumps({"resourceType": "OperationOutcome", "issue": [issue]}).encode() + b"\n"
+
+
+def test_error_files_are_downloaded_and_counted_by_severity(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    outcomes = b"".join(
-        json.dumps(
-            {
-                "resourceType": "OperationOutcome",
-                "issue": [{"severity": "error", "code": "processing", "diagnostics": text}],
-            }
-        ).encode()
-        + b"\n"
-        for text in ("Observation/x unreadable", "Condition/y unreadable")
+    """The IG puts errors, warnings and information in the error files: only errors (and what
+    says no severity) are resources not exported; a warning was counted as one."""
+    outcomes = (
+        outcome("error", "Observation/x unreadable")
+        + outcome("fatal", "Condition/y unreadable")
+        + outcome("warning", "_typeFilter ignored")
+        + outcome("information", "took 3 s")
+        + outcome("information", "took 4 s")
+        + b'{"resourceType": "OperationOutcome"}\n'
     )
     server = MockServer(files={"/files/Observation.ndjson": NDJSON, "/files/err.ndjson": outcomes})
     server.manifest["output"] = server.manifest["output"][:1]
     server.manifest["error"] = [
         {"type": "OperationOutcome", "url": "https://fhir.example.dk/files/err.ndjson"}
     ]
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.INFO)
     result = mock_client(server, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
     assert result.error_files == [tmp_path / "errors" / "OperationOutcome.ndjson"]
-    assert result.error_count == 2 and result.has_errors
-    texts = [o["issue"][0]["diagnostics"] for o in result.outcomes()]
-    assert texts == ["Observation/x unreadable", "Condition/y unreadable"]
-    assert "2 OperationOutcome(s)" in caplog.text
+    assert (result.error_count, result.warning_count, result.information_count) == (3, 1, 2)
+    assert result.has_errors
+    texts = [o["issue"][0]["diagnostics"] for o in result.outcomes() if "issue" in o]
+    assert texts[:2] == ["Observation/x unreadable", "Condition/y unreadable"]
+    assert "3 error(s), 1 warning(s) and 2 information message(s)" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # the caller says it
     assert "unreadable" not in caplog.text  # diagnostics may name patients: not logged
 
 
@@ -878,3 +897,271 @@ def test_utc_since_from_aware_datetime() -> None:
     client = mock_client(server, FakeTime())
     client.kick_off(since=datetime(2025, 6, 1, tzinfo=UTC), deadline=_in(10))
     assert server.requests[0].url.params["_since"] == "2025-06-01T00:00:00.000Z"
+
+
+def test_a_rerun_after_a_failed_job_starts_a_new_one(tmp_path: Path) -> None:
+    """The server keeps reporting the failed job; re-running must not poll it for ever."""
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "exception", "diagnostics": "worker crashed"}],
+    }
+    jobs: list[int] = []
+    files = MockServer()
+
+    def server(request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path
+        if path.endswith("$export"):
+            jobs.append(len(jobs) + 1)
+            return httpx2.Response(202, headers={"Content-Location": f"{MOCK_BASE}/job/{jobs[-1]}"})
+        if path == "/fhir/job/1":
+            return httpx2.Response(500, json=outcome)
+        if path == "/fhir/job/2":
+            return (
+                httpx2.Response(202)
+                if request.method == "DELETE"
+                else files(httpx2.Request("GET", f"{MOCK_BASE}/status/1"))
+            )
+        return files(request)
+
+    fake = FakeTime()
+    with pytest.raises(ExportFailed):
+        mock_client(server, fake, StaticTokens("t0k3n")).export(tmp_path)
+    result = mock_client(server, fake, StaticTokens("t0k3n")).export(tmp_path)
+    assert jobs == [1, 2]
+    assert (tmp_path / "Observation.ndjson").read_bytes() == NDJSON
+    assert result.status_url == f"{MOCK_BASE}/job/2"
+
+
+def test_transient_retries_are_counted_per_run_of_errors_not_per_export(tmp_path: Path) -> None:
+    """A long export behind a flaky load balancer: a 503 now and then, between 202s."""
+    flaky = [httpx2.Response(202), httpx2.Response(503, headers={"Retry-After": "1"})] * 8
+    server = MockServer(status=flaky)
+    result = mock_client(server, FakeTime(), StaticTokens("t0k3n"), max_retries=2).export(tmp_path)
+    assert (tmp_path / "Observation.ndjson").read_bytes() == NDJSON
+    assert result.job_deleted is True
+
+
+def test_throttling_without_end_is_not_a_failed_export(tmp_path: Path) -> None:
+    server = MockServer(status=[httpx2.Response(429, headers={"Retry-After": "1"})] * 10)
+    with pytest.raises(FhirUnavailable) as caught:
+        mock_client(server, FakeTime(), StaticTokens("t0k3n"), max_retries=2).export(tmp_path)
+    assert not isinstance(caught.value, ExportFailed)
+    assert caught.value.status == 429
+
+
+class TrickleStream(httpx2.SyncByteStream):
+    """A body sent a byte at a time, each byte ``delay`` seconds on the fake clock apart."""
+
+    def __init__(self, data: bytes, fake: FakeTime, delay: float) -> None:
+        self.data, self.fake, self.delay = data, fake, delay
+
+    def __iter__(self) -> Iterator[bytes]:
+        for byte in self.data:
+            self.fake.now += self.delay
+            yield bytes([byte])
+
+
+def test_a_trickling_status_answer_cannot_outlast_the_budget(tmp_path: Path) -> None:
+    fake = FakeTime()
+    manifest = json.dumps(MockServer().manifest).encode()  # ~300 bytes, 2 s apart: 10 minutes
+
+    def server(request: httpx2.Request) -> httpx2.Response:
+        if request.url.path.endswith("$export"):
+            return httpx2.Response(202, headers={"Content-Location": f"{MOCK_BASE}/status/1"})
+        return httpx2.Response(200, stream=TrickleStream(manifest, fake, 2.0))
+
+    started = fake.clock()
+    with pytest.raises(ExportTimeout):
+        mock_client(server, fake, StaticTokens("t0k3n")).export(tmp_path, timeout=30)
+    assert fake.clock() - started <= 32
+
+
+def test_a_retry_after_of_non_ascii_digits_is_ignored(tmp_path: Path) -> None:
+    fake = FakeTime()
+    odd = "\u00b2".encode()  # "²": str.isdigit() says yes, float() says no
+    server = MockServer(status=[httpx2.Response(202, headers={"Retry-After": odd})])
+    mock_client(server, fake, StaticTokens("t0k3n"), poll_interval=3.0).export(tmp_path)
+    assert fake.sleeps == [3.0]
+
+
+# --- downloads nothing proves whole, expired files, busy servers ------------------------------
+
+GZIPPED = gzip.compress(NDJSON)
+HALF = len(NDJSON) // 2 + 7  # inside a line
+
+
+def first_answer(server: MockServer, answer: httpx2.Response) -> Callable[..., httpx2.Response]:
+    """``server``, but the first file download gets ``answer``."""
+    answers = [answer]
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        if "/files/" in request.url.path and answers:
+            server.requests.append(request)
+            return answers.pop(0)
+        return server(request)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({}, NDJSON[:HALF]),  # no Content-Length: the connection closed half-way
+        ({"Content-Encoding": "gzip"}, GZIPPED[: len(GZIPPED) * 2 // 3]),
+        ({"Content-Encoding": "gzip", "Content-Length": "150"}, GZIPPED[:150]),  # sized as cut
+    ],
+    ids=["cut", "gzip-cut", "gzip-short"],
+)
+def test_a_download_nothing_proves_whole_is_resumed(
+    tmp_path: Path, headers: dict[str, str], body: bytes
+) -> None:
+    """Without a manifest count, a body cut short was taken as the whole file (data lost, the
+    job deleted); now the end of the gzip stream, or a last line ended by a newline, is needed."""
+    server = MockServer()
+    del server.manifest["output"][0]["count"]
+    cut = httpx2.Response(200, headers=headers, stream=httpx2.ByteStream(body))
+    client = mock_client(first_answer(server, cut), FakeTime(), StaticTokens("t0k3n"))
+    client.export(tmp_path)
+    assert (tmp_path / "Observation.ndjson").read_bytes() == NDJSON
+    first, resumed = server.file_requests()
+    assert first.headers["Accept-Encoding"] == "gzip"
+    assert resumed.headers["Accept-Encoding"] == "identity" and "Range" in resumed.headers
+
+
+def test_a_file_never_proven_whole_is_not_taken(tmp_path: Path) -> None:
+    server = MockServer()
+    del server.manifest["output"][0]["count"]
+    unsized = [httpx2.Response(200, stream=httpx2.ByteStream(NDJSON[:HALF])) for _ in range(3)]
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return unsized.pop(0) if "/files/" in request.url.path else server(request)
+
+    with pytest.raises(DownloadFailed, match=r"interrupted 3 times .*ends inside a line"):
+        mock_client(handler, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+    assert not (tmp_path / "Observation.ndjson").exists()
+    assert (tmp_path / "Observation.ndjson.part").read_bytes() == NDJSON[:HALF]
+
+
+def test_a_gzipped_download_is_decoded_whole(tmp_path: Path) -> None:
+    """Two gzip members (RFC 1952 allows several), one chunk at a time."""
+    members = gzip.compress(NDJSON[:HALF]) + gzip.compress(NDJSON[HALF:])
+    gzipped = httpx2.Response(200, headers={"Content-Encoding": "gzip"}, stream=Chunks(members))
+    server = MockServer()
+    mock_client(first_answer(server, gzipped), FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+    assert (tmp_path / "Observation.ndjson").read_bytes() == NDJSON
+    assert len(server.file_requests()) == 1
+
+
+def test_files_gone_from_the_server_start_a_new_export(tmp_path: Path) -> None:
+    """The job's files expired half-way: a new job, and none of the old job's files kept (the
+    CLI's store was stuck: every run tried the old files, and the message said to start a new
+    export in a new directory, which a CLI user cannot do)."""
+    newer = NDJSON.replace(b'"final"', b'"amended"')
+    server = MockServer(files={"/files/a.ndjson": NDJSON, "/files/b.ndjson": NDJSON})
+    kickoffs: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        if request.url.path.endswith("$export"):
+            kickoffs.append(request)
+            if len(kickoffs) == 2:
+                server.files["/files/a.ndjson"] = newer
+        if request.url.path == "/files/b.ndjson" and len(kickoffs) == 1:
+            return httpx2.Response(404)
+        return server(request)
+
+    result = mock_client(handler, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+    assert len(kickoffs) == 2
+    assert (tmp_path / "Observation.1.ndjson").read_bytes() == newer  # not the old job's file
+    assert (tmp_path / "Observation.2.ndjson").read_bytes() == NDJSON
+    assert result.job_deleted
+
+
+def test_files_gone_again_are_reported_once_per_run(tmp_path: Path) -> None:
+    server = MockServer()
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(410) if "/files/" in request.url.path else server(request)
+
+    with pytest.raises(ExportExpired, match="a re-run of the export starts a new one"):
+        mock_client(handler, FakeTime(), StaticTokens("t0k3n")).export(tmp_path)
+    assert [r.url.path.endswith("$export") for r in server.requests].count(True) == 2
+
+
+def test_a_busy_server_is_asked_again_for_a_file(tmp_path: Path) -> None:
+    fake = FakeTime()
+    busy = [httpx2.Response(503, headers={"Retry-After": "4"}), httpx2.Response(429)]
+    server = MockServer()
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        if "/files/" in request.url.path and busy:
+            return busy.pop(0)
+        return server(request)
+
+    mock_client(handler, fake, StaticTokens("t0k3n"), poll_interval=3.0).export(tmp_path)
+    assert fake.sleeps == [4.0, 6.0]
+    assert (tmp_path / "Observation.ndjson").read_bytes() == NDJSON
+
+
+def test_a_server_busy_for_too_long_keeps_the_export_resumable(tmp_path: Path) -> None:
+    server = MockServer()
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        if "/files/" in request.url.path:
+            return httpx2.Response(503, headers={"Retry-After": "1"})
+        return server(request)
+
+    client = mock_client(handler, FakeTime(), StaticTokens("t0k3n"), max_retries=2)
+    with pytest.raises(FhirUnavailable, match="HTTP 503 3 times in a row"):
+        client.export(tmp_path)
+    assert json.loads((tmp_path / STATE_FILE).read_text())["manifest"] == server.manifest
+
+
+TOKEN = "eyJhbGciOiJFUzM4NCJ9.c2VjcmV0.dG9rZW4"
+
+
+def echoing(status: int, prefix: str = "") -> Callable[[httpx2.Request], httpx2.Response]:
+    """An error answer whose OperationOutcome echoes the request's token."""
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        issue = {"severity": "error", "code": "invalid", "diagnostics": f"{prefix}bad {token}"}
+        return httpx2.Response(status, json={"resourceType": "OperationOutcome", "issue": [issue]})
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "error"),
+    [
+        ("$export", 400, FhirRejected),
+        ("/fhir/status/1", 500, ExportFailed),
+        ("/files/", 500, DownloadFailed),
+        ("/files/", 403, FhirUnauthorized),
+    ],
+)
+def test_an_echoed_token_is_not_in_the_diagnostics(
+    tmp_path: Path, path: str, status: int, error: type[Exception]
+) -> None:
+    server = MockServer()
+    for prefix in ("", "x" * 290):  # also where the diagnostics are cut, inside the token
+        answer = echoing(status, prefix)
+
+        def handler(request: httpx2.Request, answer: Any = answer) -> httpx2.Response:
+            return answer(request) if path in request.url.path else server(request)
+
+        with pytest.raises(error) as caught:
+            mock_client(handler, FakeTime(), StaticTokens(TOKEN)).export(tmp_path / prefix[:1])
+        assert caught.value.diagnostics is not None
+        assert caught.value.diagnostics.startswith(f"{prefix}bad [tok")
+        assert TOKEN[:12] not in caught.value.diagnostics
+
+
+def test_polling_is_bounded_by_the_time_budget_alone(tmp_path: Path) -> None:
+    """A 6-hour budget ended after 10,000 polls (2.8 hours when a server asks for one a second):
+    the budget is what counts."""
+    fake = FakeTime()
+    server = MockServer(status=[httpx2.Response(202, headers={"Retry-After": "2"})] * 11_000)
+    client = mock_client(server, fake, StaticTokens("t0k3n"))
+    with pytest.raises(ExportTimeout, match="time budget"):
+        client.export(tmp_path, timeout=6 * 3600)
+    assert fake.sleeps == [2.0] * (3 * 3600)  # 10,801 polls

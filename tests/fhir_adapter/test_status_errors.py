@@ -14,6 +14,7 @@ from fhir_adapter.bulk import (
     _REQUEST_ERRORS,
     _STATUS_ERRORS,
     DownloadFailed,
+    ExportExpired,
     ExportFailed,
     ExportNotFound,
 )
@@ -45,7 +46,7 @@ WHAT = "Patient read"
         (_STATUS_ERRORS, 410, ExportNotFound, "does not know the export job (HTTP 410)"),
         (_STATUS_ERRORS, 400, ExportFailed, "reports that the export failed (HTTP 400)"),
         (_STATUS_ERRORS, 307, FhirUnavailable, "redirects are not followed"),
-        (_DOWNLOAD_ERRORS, 404, DownloadFailed, "no longer has the file for the Patient read"),
+        (_DOWNLOAD_ERRORS, 404, ExportExpired, "no longer has the file for the Patient read"),
         (_DOWNLOAD_ERRORS, 301, DownloadFailed, "failed the Patient read (HTTP 301)"),
         (_DOWNLOAD_ERRORS, 400, DownloadFailed, "failed the Patient read (HTTP 400)"),
     ],

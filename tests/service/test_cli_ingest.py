@@ -7,6 +7,7 @@ import fcntl
 import gzip
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx2
@@ -16,8 +17,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
+from engine.population.ingest import IngestSettingError
 from fhir_adapter.backend_auth import BackendServicesAuth, public_jwks
-from service.cli import app
+from fhir_adapter.bulk import ExportResult, Manifest
+from service.cli import _outcome_report, app
 from synth.population import write_population
 from tests.support.populations import population
 from tests.support.sekmet import FastSekmet, SekmetServer, running
@@ -233,6 +236,7 @@ def test_each_ingest_from_a_server_asks_it_again(server: SekmetServer, tmp_path:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert store_patients(store) == {"x-p1", "x-p2"}
+    assert not {"queued", "collecting", "writing"} & set(result.output.split())  # --quiet
     assert not (store / "exports" / "current").exists()  # ingested: the files are gone
     recorded = json.loads((store / "exports" / "last.json").read_text())
     assert list(recorded) == [server.base_url]
@@ -260,6 +264,10 @@ def test_since_last_exports_only_what_changed(server: SekmetServer, tmp_path: Pa
     assert f"{len(later)} line(s)" in result.output  # the new patient, nothing older came along
     assert store_patients(store) == {"s-p1", "s-p2", "t-p1"}
     assert set(before) < set(observation_values(store))  # the earlier export's data stay
+    unchanged = runner.invoke(app, [*args, "--since-last"])
+    assert unchanged.exit_code == 0, unchanged.output
+    assert f"the export from {server.base_url} has no output files" in unchanged.output
+    assert "exports/current" not in unchanged.output  # a directory deleted by then was named
 
 
 def test_a_group_export_takes_the_groups_patients(server: SekmetServer, tmp_path: Path) -> None:
@@ -279,19 +287,38 @@ def test_a_group_export_takes_the_groups_patients(server: SekmetServer, tmp_path
     assert store_patients(store) == {"g-p2"}
 
 
-def test_an_interrupted_ingest_is_finished_by_the_next_run(
+def test_an_ingest_into_a_store_in_use_touches_nothing(
     server: SekmetServer, tmp_path: Path
 ) -> None:
-    server.load(population("i-", [9]))
+    """The export ran before the store was locked: two runs shared STORE/exports/current (the
+    same .part files) and one ended in a FileNotFoundError traceback."""
+    server.load(population("u-", [9]))
     store = tmp_path / "store"
     args = ["ingest", server.base_url, "--store", str(store), "--quiet"]
     with (tmp_path / ".store.lock").open("w") as held:  # another ingest holds the store
         fcntl.flock(held, fcntl.LOCK_EX)
         refused = runner.invoke(app, args)
     assert refused.exit_code == 2
-    assert "another ingest" in refused.output
+    assert refused.output.strip() == f"another ingest into {store} is running"
+    assert not store.exists()  # no export was made, nothing of the other run's touched
+
+
+def test_an_interrupted_ingest_is_finished_by_the_next_run(
+    server: SekmetServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.load(population("i-", [9]))
+    store = tmp_path / "store"
+    args = ["ingest", server.base_url, "--store", str(store), "--quiet"]
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise IngestSettingError("stopped half-way")
+
+    monkeypatch.setattr("engine.population.ingest.ingest", stopped)
+    first = runner.invoke(app, args)
+    assert first.exit_code == 2 and "stopped half-way" in first.output
     assert (store / "exports" / "current" / "export.json").is_file()  # the export is kept
     assert not (store / "exports" / "last.json").exists()  # ... and not counted as ingested
+    monkeypatch.undo()
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert store_patients(store) == {"i-p1"}
@@ -362,3 +389,16 @@ def test_backend_services_credentials_from_the_command_line(tmp_path: Path) -> N
         assert result.exit_code == 0, result.output
         assert store_patients(store) == {"a-p1"}
         assert writer.access_token() not in result.output
+
+
+def test_the_servers_remarks_are_not_called_errors() -> None:
+    """An information OperationOutcome in the error files was reported as a resource the
+    server could not export."""
+    manifest = {"transactionTime": "2026-11-27T10:00:00Z", "request": "x", "output": []}
+    result = ExportResult(Manifest.parse(manifest), Path("e"), {}, [], 0, information_count=1)
+    assert _outcome_report(result) == [
+        "the server reported 0 warning(s) and 1 information message(s) about the export "
+        "(not errors)"
+    ]
+    errors = _outcome_report(replace(result, error_count=2, information_count=0))
+    assert errors == ["the server reported 2 error(s): resources it could not export"]
