@@ -147,7 +147,8 @@ def _plain(error: Any) -> str:
     if kind == "extra_forbidden":
         return f"unknown key '{key}'"
     if kind == "string_pattern_mismatch":
-        return f"'{error['input']}' is not a valid {key}"
+        form = s.PATTERN_FORMS.get(error.get("ctx", {}).get("pattern"))
+        return f"'{error['input']}' is not a valid {key}" + (f" (write {form})" if form else "")
     if kind == "string_type" and isinstance(error["input"], bool | int | float):
         read = "true or false" if isinstance(error["input"], bool) else "a number"
         return (

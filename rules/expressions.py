@@ -138,7 +138,8 @@ def _syntax_error(text: str, exc: UnexpectedInput) -> ExpressionError:
     if isinstance(exc, UnexpectedToken):
         before = text[: exc.token.start_pos].rstrip()
         if exc.token.type == "NAME" and before.endswith(" not"):
-            return ExpressionError(_NOT_INSIDE, len(before) - len("not") + 1)
+            example = f"{before.removesuffix('not').rstrip()} (not {exc.token.value})"
+            return ExpressionError(f"{_NOT_INSIDE}, e.g. {example}", len(before) - len("not") + 1)
         return ExpressionError(f"unexpected {exc.token.value!r} here", column)
     return ExpressionError("this is not a valid expression", column)
 
@@ -146,7 +147,7 @@ def _syntax_error(text: str, exc: UnexpectedInput) -> ExpressionError:
 # 'not' binds more loosely than '=', '<' and arithmetic: 'frail != not ihd' has no meaning
 _NOT_INSIDE = (
     "'not' applies to a whole condition, not to one side of a comparison or a sum: "
-    "put it in parentheses, e.g. frail != (not ihd)"
+    "put it in parentheses"
 )
 
 
@@ -249,7 +250,7 @@ class _Checker:
     def _call(self, node: Tree) -> t.Expr:
         name, *arg_nodes = node.children
         if str(name) == "not":  # 'frail != not (ihd)' reads as a call of a function 'not'
-            raise ExpressionError(_NOT_INSIDE, _column(name))
+            raise ExpressionError(f"{_NOT_INSIDE}: (not ...), not not(...)", _column(name))
         if str(name) not in FUNCTIONS:
             known = ", ".join(FUNCTIONS)
             raise ExpressionError(f"unknown function '{name}' (known: {known})", _column(name))

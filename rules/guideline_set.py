@@ -77,9 +77,15 @@ def load_guidelines(directory: Path) -> GuidelineSet:
         valuesets[valueset.id] = valueset
     for name in broken:
         valuesets.pop(name, None)
+    errors += [
+        RuleError(
+            _display(path, directory), None, "rule files end in .yaml: rename it, or it is not read"
+        )
+        for path in _files(directory, "*.yml")
+    ]
     files: list[GuidelineFile] = []
     seen: dict[tuple[str, str], str] = {}
-    for path in sorted(directory.rglob("*.yaml")):
+    for path in _files(directory, "*.yaml"):
         if VALUESET_DIR in path.relative_to(directory).parts[:1]:
             continue
         loaded, problems = compile_guideline(
@@ -102,6 +108,16 @@ def load_guidelines(directory: Path) -> GuidelineSet:
     if errors:
         raise RuleFileError(errors)
     return GuidelineSet(tuple(files), valuesets, ValueSetIndex(tuple(valuesets.values())))
+
+
+def _files(directory: Path, pattern: str) -> list[Path]:
+    """Files below ``directory`` matching ``pattern``, outside hidden directories: a guideline
+    repository's ``.github/workflows/*.yml`` is no rule file."""
+    return sorted(
+        path
+        for path in directory.rglob(pattern)
+        if not any(part.startswith(".") for part in path.relative_to(directory).parts)
+    )
 
 
 def _written_id(path: Path) -> str | None:

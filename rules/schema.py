@@ -29,8 +29,16 @@ Duration = Annotated[
     str,
     Field(pattern=DURATION_PATTERN, description="A look-back period: '12 months', '28 days'."),
 ]
-Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
-Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)]
+IDENTIFIER_PATTERN = r"^[a-z][a-z0-9_]*$"
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN, max_length=64)]
+Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=64)]
+PATTERN_FORMS = {
+    DURATION_PATTERN: "a number and days, weeks, months or years, in English: '14 days'",
+    IDENTIFIER_PATTERN: "lower-case letters, digits and _, starting with a letter: 'hba1c_target'",
+    SLUG_PATTERN: "lower-case letters, digits and -: 't2d-hba1c'",
+}
+"""What each pattern accepts, in words, for the checker's messages."""
 Expression = Annotated[str, Field(min_length=1, description="An expression in the rule language.")]
 
 

@@ -168,6 +168,12 @@ def test_value_set_unit_must_match_the_analyte(guideline_dir: Path) -> None:
         ("register:\n  description:", "register:\n  descr:", "'description' is required here"),
         ("as_of: 2026-06-01", "as_of: 2026-13-01", "'2026-13-01' is not a valid date (month"),
         (
+            "within: 12 months}}",
+            "within: 12 måneder}}",
+            "'12 måneder' is not a valid within (write a number and days, weeks, months or "
+            "years, in English: '14 days')",
+        ),
+        (
             "publisher: Vejviser tests",
             "publisher: !!python/object/apply:os.system [id]",
             "the tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed",
@@ -182,6 +188,7 @@ def test_value_set_unit_must_match_the_analyte(guideline_dir: Path) -> None:
         "argument count",
         "required key",
         "impossible date",
+        "window not in English",
         "python tag",
     ],
 )

@@ -94,13 +94,20 @@ def test_a_condition_cannot_read_a_target_reason(text: str, column: int) -> None
 
 
 @pytest.mark.parametrize(
-    ("text", "column"), [("frail != not ihd", 10), ("age > not (1)", 7), ("ihd = not(ihd)", 7)]
+    ("text", "column", "shown"),
+    [
+        ("frail != not ihd", 10, "e.g. frail != (not ihd)"),
+        ("frail = not ihd", 9, "e.g. frail = (not ihd)"),  # the author's own operator
+        ("age > not (1)", 7, "(not ...), not not(...)"),
+        ("ihd = not(ihd)", 7, "(not ...), not not(...)"),
+    ],
 )
-def test_not_inside_a_comparison_says_where_it_belongs(text: str, column: int) -> None:
+def test_not_inside_a_comparison_says_where_it_belongs(text: str, column: int, shown: str) -> None:
     """'not' binds more loosely than '=': the parser read it as a name or a function."""
     scope = {**SCOPE, "frail": ty.BOOL}
     with pytest.raises(ExpressionError) as caught:
         parse_condition(text, scope)
     assert caught.value.message.startswith("'not' applies to a whole condition")
+    assert caught.value.message.endswith(shown)
     assert caught.value.column == column
     assert parse_condition("frail != (not ihd)", scope).type == ty.BOOL
