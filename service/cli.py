@@ -99,12 +99,15 @@ def load_or_exit(directory: Path) -> GuidelineSet:
     from rules.guideline_set import load_guidelines
 
     try:
-        return load_guidelines(directory)
+        guidelines = load_guidelines(directory)
     except RuleFileError as exc:
         for error in exc.errors:
             typer.echo(str(error), err=True)
         typer.echo(f"{len(exc.errors)} error(s); nothing was loaded.", err=True)
         raise typer.Exit(1) from None
+    if not guidelines.files:  # "all passed" of nothing read as a good set
+        raise fail(f"{directory} holds no guideline (rule files are *.yaml)", 1)
+    return guidelines
 
 
 @guidelines_app.command("check")
@@ -173,7 +176,15 @@ def docs(
     current = out.read_text(encoding="utf-8") if out.exists() else None
     if check_only:
         if current != text:
-            raise fail(f"{out} is out of date: run `vejviser guidelines docs`", 1)
+            again = " ".join(
+                [
+                    "vejviser guidelines docs",
+                    *([str(directory)] if directory else []),
+                    "--out",
+                    str(out),
+                ]
+            )
+            raise fail(f"{out} is out of date: run `{again}`", 1)
         typer.echo(f"{out} is up to date.")
         return
     _write_text(out, text)
@@ -200,6 +211,7 @@ def export_schema(
 
 def _write_text(path: Path, text: str) -> None:
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise fail(f"cannot write {path}: {exc.strerror}", 1) from None
@@ -281,7 +293,9 @@ def evaluate(
     ],
     as_of: Annotated[
         dt.datetime | None,
-        typer.Option(formats=["%Y-%m-%d"], help="Reference date (default: today)."),
+        typer.Option(
+            formats=["%Y-%m-%d"], metavar="YYYY-MM-DD", help="Reference date (default: today)."
+        ),
     ] = None,
     output: Annotated[Format, typer.Option("--format", help="text or json.")] = Format.text,
     language: Annotated[Language, typer.Option(help="Language of texts.")] = Language.da,
@@ -341,6 +355,7 @@ def synth(
         dt.datetime | None,
         typer.Option(
             formats=["%Y-%m-%d"],
+            metavar="YYYY-MM-DD",
             help="Reference date: the data end there (default: today).",
         ),
     ] = None,
@@ -749,7 +764,9 @@ def sweep(
     store: Annotated[Path, typer.Option(help="Facts store directory (Parquet).")],
     as_of: Annotated[
         list[dt.datetime],
-        typer.Option(formats=["%Y-%m-%d"], help="Reference date; repeat for several."),
+        typer.Option(
+            formats=["%Y-%m-%d"], metavar="YYYY-MM-DD", help="Reference date; repeat for several."
+        ),
     ],
     out: Annotated[Path, typer.Option(file_okay=False, help="Where runs are published.")],
     clusters: Annotated[
@@ -1129,14 +1146,19 @@ def serve(
         str | None,
         typer.Option(help="Serve the guidelines of this git repository (URL or path)."),
     ] = None,
-    branch: Annotated[str | None, typer.Option(help="Branch of --guidelines-git.")] = None,
+    branch: Annotated[
+        str | None, typer.Option(help="Branch of --guidelines-git (default: the settings', main).")
+    ] = None,
     guidelines_git_path: Annotated[
         str | None,
         typer.Option(help="Folder of the guidelines inside --guidelines-git (default: its root)."),
     ] = None,
     poll: Annotated[
         float | None,
-        typer.Option(help="Seconds between checks of the guideline source (0: never)."),
+        typer.Option(
+            help="Seconds between checks of the guideline source (0: never; default: the "
+            "settings', 5)."
+        ),
     ] = None,
 ) -> None:
     """Run the CDS Hooks service (FastAPI on uvicorn).
@@ -1336,7 +1358,10 @@ def diff(
     new: Annotated[Path, typer.Argument(help="Guideline directory about to be published.")],
     store: Annotated[Path, typer.Option(help="Facts store directory (Parquet).")],
     as_of: Annotated[
-        dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Reference date of both sweeps.")
+        dt.datetime,
+        typer.Option(
+            formats=["%Y-%m-%d"], metavar="YYYY-MM-DD", help="Reference date of both sweeps."
+        ),
     ],
     output: Annotated[Format, typer.Option("--format", help="text or json.")] = Format.text,
     language: Annotated[Language, typer.Option(help="Language of indicator titles.")] = Language.da,

@@ -270,6 +270,32 @@ def test_docs_writes_and_checks_the_catalogue(guideline_dir: Path, tmp_path: Pat
         app, ["guidelines", "docs", str(guideline_dir), "--out", str(out), "--check"]
     )
     assert stale.exit_code == 1 and "out of date" in stale.output
+    again = f"run `vejviser guidelines docs {guideline_dir} --out {out}`"
+    assert again in stale.output, "the hint repeats the directory and file given"
+    nested = tmp_path / "scratch" / "docs" / "guidelines.md"
+    made = runner.invoke(app, ["guidelines", "docs", str(guideline_dir), "--out", str(nested)])
+    assert made.exit_code == 0, made.output
+    assert nested.read_text() == text
+
+
+def test_a_directory_without_guidelines_or_with_yml_files_is_not_a_pass(
+    guideline_dir: Path, tmp_path: Path
+) -> None:
+    """Found by QA: an empty directory "all passed", and a rule file saved as .yml was ignored."""
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["guidelines", "check", str(tmp_path / "empty")])
+    assert empty.exit_code == 1
+    assert "holds no guideline (rule files are *.yaml)" in empty.output
+    (guideline_dir / ".github" / "workflows").mkdir(parents=True)
+    (guideline_dir / ".github" / "workflows" / "ci.yml").write_text("on: push\n")
+    (guideline_dir / ".github" / "dependabot.yaml").write_text("version: 2\n")
+    assert runner.invoke(app, ["guidelines", "check", str(guideline_dir)]).exit_code == 0, (
+        "hidden directories hold no rule files"
+    )
+    (guideline_dir / "example.yaml").rename(guideline_dir / "example.yml")
+    renamed = runner.invoke(app, ["guidelines", "check", str(guideline_dir)])
+    assert renamed.exit_code == 1
+    assert "example.yml: rule files end in .yaml: rename it, or it is not read" in renamed.output
 
 
 DIABETIC = {
@@ -490,7 +516,7 @@ def test_a_file_given_for_a_directory_is_refused_and_kept(
 
 
 @pytest.mark.parametrize("command", [["guidelines", "schema"], ["guidelines", "docs"]])
-def test_a_file_option_refuses_a_directory_and_a_missing_folder(
+def test_a_file_option_refuses_a_directory_and_makes_a_missing_folder(
     tmp_path: Path, guideline_dir: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)  # short paths: the error box does not break them
@@ -499,7 +525,11 @@ def test_a_file_option_refuses_a_directory_and_a_missing_folder(
     folder = runner.invoke(app, [*command, *extra, "--out", "docs"])
     assert folder.exit_code == 2 and "is a directory" in folder.output, folder.output
     missing = runner.invoke(app, [*command, *extra, "--out", "no/x"])
-    assert missing.exit_code == 1 and "cannot write no/x" in missing.output, missing.output
+    assert missing.exit_code == 0 and (tmp_path / "no" / "x").read_text(), missing.output
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    under_a_file = runner.invoke(app, [*command, *extra, "--out", "notes.txt/x"])
+    assert under_a_file.exit_code == 1, under_a_file.output
+    assert "cannot write notes.txt/x" in under_a_file.output
     written = runner.invoke(app, [*command, *extra, "--out", "x"])
     assert written.exit_code == 0 and (tmp_path / "x").read_text()
 
@@ -720,3 +750,13 @@ def test_a_sweep_that_says_little_is_warned_of(tmp_path: Path, guideline_dir: Pa
         in result.stderr
     )
     assert "1900-01-01 is after" not in result.stderr
+
+
+def test_serve_help_names_the_settings_defaults() -> None:
+    """The options default to None (the settings decide); their help says what that is."""
+    from service.settings import Settings
+
+    fields = Settings.model_fields
+    shown = " ".join(runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "300"}).output.split())
+    assert f"default: the settings', {fields['guidelines_poll_seconds'].default:g})" in shown
+    assert f"default: the settings', {fields['guidelines_branch'].default})" in shown
