@@ -20,7 +20,8 @@ per resource and applies what :func:`normalise` applies across resources itself:
   reports the others.
 - The MedicationRequest fallback is per patient and medication: MedicationRequest records come
   back marked ``medication_source="request"`` and count unless a MedicationStatement record of
-  the same patient shares one of their codings; statements come back marked ``"statement"``.
+  the same patient shares one of their codings and had not ended before the request was written
+  (:func:`_covers`); statements come back marked ``"statement"``.
   Issues of a request that is not used are not reported.
 
 Rules (DOMAIN.md §2), each a documented way for a resource to yield no record without an Issue:
@@ -34,8 +35,9 @@ Rules (DOMAIN.md §2), each a documented way for a resource to yield no record w
 - MedicationRequest: status cancelled, entered-in-error, draft, unknown is dropped, and a
   request is not used when a MedicationStatement record of the patient (one kept by its status)
   shares a coding with it: the statement is the better source for that medication (the
-  medication card, FMK), and a prescription of it adds nothing or contradicts it. A statement
-  of another medication (an over-the-counter drug) does not hide a prescription.
+  medication card, FMK), and a prescription of it adds nothing or contradicts it, unless it was
+  written after the statement ended (a restart). A statement of another medication (an
+  over-the-counter drug) does not hide a prescription.
 - Goal: only lifecycleStatus active or accepted; a Goal (or target) without a measure is a
   descriptive goal and yields no record.
 - Bundle entries without a resource, and resources of other types, carry nothing we use.
@@ -1278,9 +1280,9 @@ def normalise(resources: Iterable[Any], full_urls: Mapping[str, str] | None = No
 
 def _assemble(patient: PatientRecord, acc: _Patient) -> PatientRecord:
     """Sorted, immutable records; each MedicationRequest unless a statement covers it."""
-    stated = {c for m in acc.medications for c in m.codings}  # statements only, so far
+    statements = acc.medications[:]  # statements only, so far
     for request in acc.requests:
-        if not any(c in stated for m in request.medications for c in m.codings):
+        if not any(_covers(s, r) for r in request.medications for s in statements):
             acc.medications += request.medications
             acc.issues += request.issues
     acc.observations.sort(key=_BY_DATE)
@@ -1294,6 +1296,15 @@ def _assemble(patient: PatientRecord, acc: _Patient) -> PatientRecord:
         goals=tuple(acc.goals),
         issues=tuple(acc.issues),
     )
+
+
+def _covers(statement: MedicationRecord, request: MedicationRecord) -> bool:
+    """A statement of the same medication (a coding in common) that had not ended before the
+    request was written: the medication card says what became of that prescription. A request
+    written after the statement's end is a restart, newer than the card, and counts."""
+    if statement.end is not None and request.start is not None and statement.end < request.start:
+        return False
+    return any(c in statement.codings for c in request.codings)
 
 
 def normalise_patient(

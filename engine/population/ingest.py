@@ -911,11 +911,13 @@ def _build(
 
         # The facts: what normalise + facts_tables make of the merged resources.
         known = "patient IN (SELECT patient FROM s_patients)"
-        # A request is not used when a statement record of its patient shares a coding with it.
+        # A request is not used when a statement record of its patient shares a coding with it
+        # and had not ended before the request was written (normalise._covers).
         run(
             "CREATE TABLE covered AS SELECT DISTINCT r.name FROM s_medications r "
             "JOIN s_medications s ON s.patient = r.patient AND s.code = r.code "
-            "WHERE r.request AND NOT s.request"
+            'WHERE r.request AND NOT s.request AND (s."end" IS NULL OR r.start IS NULL '
+            'OR s."end" >= r.start)'
         )
         run(
             "CREATE VIEW f_observations AS SELECT patient, name AS resource, record, code, "

@@ -476,6 +476,19 @@ def test_a_request_is_ignored_when_a_statement_of_the_same_medication_is_kept() 
     assert [m.resource for m in one(request).medications] == ["MedicationRequest/r1"]
 
 
+def test_a_request_written_after_the_statement_ended_is_a_restart() -> None:
+    """Found by QA: metformin stopped on the medication card in 2025 and prescribed again in
+    September 2026 was hidden by the old statement, and eGFR 25 gave no card."""
+    ended = {"start": "2020-01-01", "end": "2025-06-01"}
+    stopped = medication("MedicationStatement", "s1", status="stopped", effectivePeriod=ended)
+    restart = medication("MedicationRequest", "r1", authoredOn="2026-09-01")
+    before = medication("MedicationRequest", "r0", authoredOn="2025-05-01")
+    used = [m.resource for m in one(stopped, restart, before).medications]
+    assert used == ["MedicationStatement/s1", "MedicationRequest/r1"]  # r0: the card covers it
+    same_day = medication("MedicationRequest", "r2", authoredOn="2025-06-01")
+    assert "MedicationRequest/r2" not in [m.resource for m in one(stopped, same_day).medications]
+
+
 @pytest.mark.parametrize(
     "statement",
     [

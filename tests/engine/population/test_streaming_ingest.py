@@ -175,6 +175,13 @@ def noisy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         stated("covers-rx1-4", "rx1"),
         stated("in-error", "rx5", status="entered-in-error"),
+        # ended before rx5-7 were written: they restart it
+        stated(
+            "ended",
+            "rx5",
+            status="stopped",
+            effectivePeriod={"start": "2010-01-01", "end": "2011-01-01"},
+        ),
         dumps({**lab, "id": "no-subject", "subject": None}),
         dumps({**patient, "id": "dead-dated", "deceasedDateTime": "2025-03-01T10:00:00+01:00"}),
         dumps({**patient, "id": "dead-undated", "deceasedBoolean": True}),
@@ -223,6 +230,7 @@ def test_streaming_ingest_equals_normalise_and_facts_tables(
     pid = other["subject"]["reference"].removeprefix("Patient/")
     assert not {f"MedicationRequest/{pid}-rx{n}" for n in range(1, 5)} & medications
     assert f"MedicationRequest/{pid}-rx5" in medications  # beside a statement entered in error
+    assert "MedicationStatement/ended" in medications  # and one that ended before it was written
     switch_off = first_line(
         noisy / "Extra.ndjson", lambda r: isinstance(r, dict) and r.get("id") == "switch-off"
     )
