@@ -21,7 +21,17 @@ from fhir_adapter.records import Coding, Issue
 from rules import types as ty
 from rules.guideline_set import GuidelineSet
 from rules.rendering import render
-from rules.tree import CompiledGuideline, FactDef, ObservationFact, Period, RecommendationDef
+from rules.tree import (
+    ActiveMedication,
+    CompiledGuideline,
+    ContinuousUse,
+    FactDef,
+    MedicationStarted,
+    ObservationFact,
+    Period,
+    RecommendationDef,
+)
+from rules.valuesets import CompiledValueSet
 from service.feedback import OVERRIDE_REASONS
 
 SUMMARY_LIMIT = 139
@@ -264,11 +274,25 @@ def _fact_line(
         if result.evidence and not isinstance(fact.type, ty.Record)
         else ""
     )
-    missed = [u for u in unread if any(valueset.contains(c) for c in u.codings)]
+    missed = [u for u in unread if _may_be_in(u, valueset, fact.primitive)]
     if missed:
         named = "; ".join(f"{u.resource}: {', '.join(u.reasons)}" for u in missed)
         sources += f". {WORDS[language]['unread']}: {named}"
     return f"- {label}: {value}{sources}"
+
+
+_MEDICATION_FACTS = (ActiveMedication, ContinuousUse, MedicationStarted)
+
+
+def _may_be_in(unread: Unread, valueset: CompiledValueSet, primitive: object) -> bool:
+    """A resource that could not be read is named where it may belong: in the fact's value set,
+    or, for a medication of unknown code (a medicationReference that did not resolve), on every
+    medication fact: it may be the metformin the card says the patient does not take."""
+    if unread.codings:
+        return any(valueset.contains(c) for c in unread.codings)
+    return isinstance(primitive, _MEDICATION_FACTS) and unread.resource.startswith(
+        ("MedicationStatement/", "MedicationRequest/")
+    )
 
 
 def _window(period: Period, language: str) -> str:

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B import get_fhir_model_class
 
+from rules.effective import danish_today
 from service.app import create_app
 from service.auth import AuthSettings
 from service.cds_hooks.prefetch import prefetch_from
@@ -164,6 +165,57 @@ def test_a_result_that_cannot_be_read_is_named_on_the_card(client: TestClient) -
     ) in card["detail"]
     (card,) = client.post(PATIENT_VIEW, json=request(prefetch)).json()["cards"]
     assert "Ikke medregnet (kunne ikke læses): Observation/abc: HbA1c value" in card["detail"]
+
+
+def test_a_medication_that_cannot_be_read_is_named_on_every_medication_fact(
+    client: TestClient,
+) -> None:
+    """Found by QA: a prescription whose medicationReference does not resolve was dropped
+    without a word; its drug is unknown, so every medication fact's line names it."""
+    resources = bundle_resources()
+    subject = {"reference": "Patient/p1"}
+    metformin = {"coding": [{"system": "http://www.whocc.no/atc", "code": "A10BA02"}]}
+    egfr = {"coding": [{"system": "http://loinc.org", "code": "62238-1"}]}
+    resources += [
+        {
+            "resourceType": "MedicationStatement",
+            "id": "met",
+            "status": "active",
+            "subject": subject,
+            "medicationCodeableConcept": metformin,
+            "effectiveDateTime": "2020-01-01",
+        },
+        {
+            "resourceType": "MedicationRequest",
+            "id": "unknown-drug",
+            "status": "active",
+            "intent": "order",
+            "subject": subject,
+            "medicationReference": {"reference": "Medication/not-sent"},
+            "authoredOn": "2026-01-01",
+        },
+        {
+            "resourceType": "Observation",
+            "id": "egfr",
+            "status": "final",
+            "subject": subject,
+            "code": egfr,
+            "effectiveDateTime": danish_today().isoformat(),
+            "valueQuantity": {"value": 25, "unit": "mL/min/1.73m2"},
+        },
+    ]
+    prefetch = prefetch_from(
+        client.get("/cds-services").json()["services"][0]["prefetch"], resources
+    )
+    response = client.post(PATIENT_VIEW, json=request(prefetch), headers={"Accept-Language": "en"})
+    assert response.status_code == 200, response.text
+    (card,) = [c for c in response.json()["cards"] if c["indicator"] == "critical"]
+    assert (
+        "Not counted (could not be read): MedicationRequest/unknown-drug: medicationReference "
+        "'Medication/not-sent' does not resolve to a Medication"
+    ) in card["detail"]
+    egfr_line = next(line for line in card["detail"].splitlines() if "eGFR" in line)
+    assert "unknown-drug" not in egfr_line, "named on medication facts only"
 
 
 def test_two_facts_of_one_value_set_are_told_apart_by_their_windows(
