@@ -24,6 +24,9 @@ from service.cds_hooks.discovery import PATIENT_TOKEN
 from service.cds_hooks.errors import CdsError
 from service.cds_hooks.models import CdsRequest
 
+MAX_MEDICATIONS = 100  # one search; a patient's medication resources name few distinct drugs
+_MEDICATION_TYPES = ("MedicationStatement", "MedicationRequest")
+
 
 def resources_of(key: str, value: Any) -> list[Any]:
     """The resources in one prefetch value: a resource, or a Bundle's entries."""
@@ -76,9 +79,50 @@ async def gather(
     to_fetch += [
         (key, _fill(query, request)) for key, query in templates.items() if key not in supplied
     ]
+    deadline = time.monotonic() + budget_seconds
     if to_fetch:
-        resources += await _fetch_all(request, to_fetch, client, budget_seconds)
-    return resources
+        resources += await _fetch_all(request, to_fetch, client, deadline)
+    return resources + await _medications(request, resources, client, deadline)
+
+
+async def _medications(
+    request: CdsRequest, resources: list[Any], client: FhirRestClient | None, deadline: float
+) -> list[Any]:
+    """The Medications that medication resources refer to and the prefetch lacks, read from
+    fhirServer by id (``Medication?_id=``): the prefetch subset has no ``_include``, and without
+    its Medication a prescription's drug is unknown (it may be the metformin a card is about).
+    Without fhirServer they stay unread, and the cards name them."""
+    wanted = _unresolved_medications(resources)
+    if not wanted or request.fhirServer is None or client is None:
+        return []
+    token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+    ids = ",".join(quote(name, safe="") for name in sorted(wanted)[:MAX_MEDICATIONS])
+    try:
+        found = await client.fetch(request.fhirServer, f"Medication?_id={ids}", token, deadline)
+    except FhirError as exc:
+        _raise_for("Medication", exc)
+        raise
+    return found if isinstance(found, list) else [found]
+
+
+def _unresolved_medications(resources: list[Any]) -> set[str]:
+    """Ids of ``Medication/<id>`` references of MedicationStatements and MedicationRequests
+    whose Medication is not among ``resources`` (contained and absolute ones are not fetched)."""
+    have = {
+        r.get("id")
+        for r in resources
+        if isinstance(r, dict) and r.get("resourceType") == "Medication"
+    }
+    wanted = set()
+    for resource in resources:
+        if not isinstance(resource, dict) or resource.get("resourceType") not in _MEDICATION_TYPES:
+            continue
+        reference = (resource.get("medicationReference") or {}).get("reference")
+        if isinstance(reference, str) and reference.startswith("Medication/"):
+            ident = reference.removeprefix("Medication/")
+            if ident and "/" not in ident and ident not in have:
+                wanted.add(ident)
+    return wanted
 
 
 def _relative(url: str, request: CdsRequest, key: str) -> str:
@@ -103,7 +147,7 @@ async def _fetch_all(
     request: CdsRequest,
     queries: list[tuple[str, str]],
     client: FhirRestClient | None,
-    budget_seconds: float,
+    deadline: float,
 ) -> list[Any]:
     keys = ", ".join(sorted({key for key, _ in queries}))
     if request.fhirServer is None or client is None:
@@ -111,7 +155,6 @@ async def _fetch_all(
             412, "incomplete", f"prefetch data missing ({keys}) and no fhirServer to fetch it from"
         )
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
-    deadline = time.monotonic() + budget_seconds
     fetches = [client.fetch(request.fhirServer, query, token, deadline) for _, query in queries]
     results = await asyncio.gather(*fetches, return_exceptions=True)
     rejected = [

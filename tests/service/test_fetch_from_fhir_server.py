@@ -112,6 +112,33 @@ def test_partial_prefetch_fetches_only_the_absent_keys(
     assert comparable(fetched.json()["cards"]) == comparable(full.json()["cards"])
 
 
+def test_medications_given_by_reference_are_read_from_the_server(
+    client: TestClient, fhir_server: SekmetServer
+) -> None:
+    """Found by QA: the prefetch subset has no _include, so a prescription coded by a
+    reference to a Medication arrived without it, its drug unknown, and no card fired."""
+    resources = danish_patient("dk-medref")
+    full = call(client, "dk-medref", None, prefetch_for(client, resources))
+    by_reference, medications = [], []
+    for resource in resources:
+        concept = resource.get("medicationCodeableConcept")
+        if concept is None:
+            by_reference.append(resource)
+            continue
+        medication = {"resourceType": "Medication", "id": f"med-{len(medications)}"}
+        medications.append({**medication, "code": concept})
+        changed = {k: v for k, v in resource.items() if k != "medicationCodeableConcept"}
+        by_reference.append(
+            {**changed, "medicationReference": {"reference": f"Medication/{medication['id']}"}}
+        )
+    assert medications, "the patient should have medication"
+    fhir_server.load([*by_reference, *medications])
+    fetched = call(client, "dk-medref", fhir_server.base_url, prefetch_for(client, by_reference))
+    assert fetched.status_code == 200, fetched.text
+    assert full.json()["cards"], "the patient should get at least one card"
+    assert comparable(fetched.json()["cards"]) == comparable(full.json()["cards"])
+
+
 def test_null_keys_are_never_fetched(client: TestClient) -> None:
     resources = danish_patient("dk-null")
     prefetch = dict.fromkeys(prefetch_for(client, resources))
