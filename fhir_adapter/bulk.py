@@ -65,6 +65,7 @@ import httpx2
 import orjson
 
 from fhir_adapter.rest import (
+    FHIR_ID,
     FhirError,
     FhirNotFound,
     FhirTimeout,
@@ -114,7 +115,6 @@ MAX_JSON_BYTES = 16 * 1024 * 1024
 _ERROR_BODY_BYTES = 64 * 1024
 _STATE_VERSION = 1
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d+)")
@@ -395,7 +395,7 @@ def _deleted_name(url: str) -> str | None:
     parts = url.split("?", 1)[0].rstrip("/").split("/")
     if len(parts) < 2 or not _RESOURCE_TYPE.fullmatch(parts[-2]):
         return None
-    return f"{parts[-2]}/{parts[-1]}" if _FHIR_ID.fullmatch(parts[-1]) else None
+    return f"{parts[-2]}/{parts[-1]}" if FHIR_ID.fullmatch(parts[-1]) else None
 
 
 def _read_ndjson(path: Path) -> Iterator[dict[str, Any]]:
@@ -1123,7 +1123,7 @@ def _request_key(
     if level not in ("system", "patient", "group"):
         raise ValueError("level must be 'system', 'patient' or 'group'")
     if level == "group":
-        if not group_id or not _FHIR_ID.fullmatch(group_id):
+        if not group_id or not FHIR_ID.fullmatch(group_id):
             raise ValueError("a group-level export needs group_id, a FHIR id")
     elif group_id is not None:
         raise ValueError("group_id is only for level='group'")

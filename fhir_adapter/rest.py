@@ -55,8 +55,10 @@ MAX_PAGE_BYTES = 16 * 1024 * 1024
 """Largest response body read; a bigger one is refused rather than held in memory."""
 
 _ERROR_BODY_BYTES = 64 * 1024
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+"""A resource id as FHIR R4 defines it (use ``fullmatch``)."""
 _READ_PATH = re.compile(
-    r"^(?P<type>[A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?$"
+    rf"^(?P<type>[A-Z][A-Za-z]+)/{FHIR_ID.pattern}(?:/_history/{FHIR_ID.pattern})?$"
 )
 _BEARER_TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 b64token
 _DEFAULT_PORTS = {"http": 80, "https": 443}

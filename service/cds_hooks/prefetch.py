@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fhir_adapter.rest import (
+    FHIR_ID,
     FhirError,
     FhirNotFound,
     FhirRejected,
@@ -109,18 +110,21 @@ def _unresolved_medications(resources: list[Any]) -> set[str]:
     """Ids of ``Medication/<id>`` references of MedicationStatements and MedicationRequests
     whose Medication is not among ``resources`` (contained and absolute ones are not fetched)."""
     have = {
-        r.get("id")
+        r["id"]
         for r in resources
-        if isinstance(r, dict) and r.get("resourceType") == "Medication"
+        if isinstance(r, dict)
+        and r.get("resourceType") == "Medication"
+        and isinstance(r.get("id"), str)
     }
     wanted = set()
     for resource in resources:
         if not isinstance(resource, dict) or resource.get("resourceType") not in _MEDICATION_TYPES:
             continue
-        reference = (resource.get("medicationReference") or {}).get("reference")
+        given = resource.get("medicationReference")  # anything, as sent: checked here
+        reference = given.get("reference") if isinstance(given, dict) else None
         if isinstance(reference, str) and reference.startswith("Medication/"):
             ident = reference.removeprefix("Medication/")
-            if ident and "/" not in ident and ident not in have:
+            if FHIR_ID.fullmatch(ident) and ident not in have:  # no other id can be searched
                 wanted.add(ident)
     return wanted
 
