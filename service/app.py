@@ -299,7 +299,11 @@ def _patient(request: CdsRequest, resources: list[Any]) -> tuple[PatientRecord, 
         )
     if not drafts:
         return patient, set()
-    ordered = normalise([{"resourceType": "Patient", "id": patient_id}, *drafts]).get(patient_id)
+    # a draft may name its drug by a Medication in the draftOrders bundle or the prefetch
+    known = [r for r in resources if isinstance(r, dict) and r.get("resourceType") == "Medication"]
+    ordered = normalise([{"resourceType": "Patient", "id": patient_id}, *known, *drafts]).get(
+        patient_id
+    )
     medications = ordered.medications if ordered else ()
     return patient._replace(medications=patient.medications + medications), {
         m.resource for m in medications
@@ -307,13 +311,17 @@ def _patient(request: CdsRequest, resources: list[Any]) -> tuple[PatientRecord, 
 
 
 def _draft_orders(request: CdsRequest) -> list[dict[str, Any]]:
+    """The draft MedicationRequests, as active orders of the context patient, and the
+    Medications of the bundle (a draft may refer to one: it was dropped, and no card fired)."""
     bundle = request.context.draftOrders
     if bundle is None:
         return []
     orders = []
     for entry in bundle.get("entry", []) if isinstance(bundle.get("entry"), list) else []:
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict) and resource.get("resourceType") == "MedicationRequest":
+        if isinstance(resource, dict) and resource.get("resourceType") == "Medication":
+            orders.append(resource)
+        elif isinstance(resource, dict) and resource.get("resourceType") == "MedicationRequest":
             order = {
                 **resource,
                 "status": "active",

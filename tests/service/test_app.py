@@ -384,6 +384,16 @@ def test_order_select_treats_draft_orders_as_active(library_client: TestClient) 
         ]
         == []
     )
+    # Found by QA: a draft naming its drug by a Medication in the bundle was dropped, no card.
+    medication = {
+        "resourceType": "Medication",
+        "id": "met",
+        "code": draft.pop("medicationCodeableConcept"),
+    }
+    draft["medicationReference"] = {"reference": "Medication/met"}
+    body["context"]["draftOrders"]["entry"].append({"resource": medication})
+    by_reference = library_client.post("/cds-services/vejviser-order-select", json=body)
+    assert [c["indicator"] for c in by_reference.json()["cards"]][:1] == ["critical"]
 
 
 def test_feedback_posted_twice_is_stored_once(client: TestClient) -> None:
