@@ -228,6 +228,50 @@ def test_the_quarantine_is_in_input_order_when_chunks_finish_out_of_order(tmp_pa
     assert result.patients == 444 - len(want)
 
 
+def test_a_reference_resource_whose_type_is_spelt_with_escapes_is_used(tmp_path: Path) -> None:
+    """Found in review: the scan for Organizations and Medications looked for the type's name as
+    written, and an Organization written "Organi\\u007aation" (valid JSON, the same resource)
+    was passed over: its patients lost their practice."""
+    ydernummer = {"system": "urn:oid:1.2.208.176.1.4", "value": "123456"}
+    organization = json.dumps(
+        {"resourceType": "Organization", "id": "o1", "identifier": [ydernummer]}
+    )
+    medication = json.dumps(
+        {
+            "resourceType": "Medication",
+            "id": "m1",
+            "code": {"coding": [{"system": "http://www.whocc.no/atc", "code": "A10BA02"}]},
+        }
+    )
+    patient = {
+        "resourceType": "Patient",
+        "id": "p",
+        "birthDate": "1950-01-01",
+        "generalPractitioner": [{"reference": "Organization/o1"}],
+    }
+    statement = {
+        "resourceType": "MedicationStatement",
+        "id": "s1",
+        "status": "active",
+        "subject": {"reference": "Patient/p"},
+        "medicationReference": {"reference": "Medication/m1"},
+        "effectivePeriod": {"start": "2026-01-01"},
+    }
+    lines = [
+        organization.replace("Organization", "Organi\\u007aation"),
+        medication.replace("Medication", "\\u004dedication"),
+        json.dumps(patient),
+        json.dumps(statement),
+    ]
+    (tmp_path / "in.ndjson").write_text("\n".join(lines) + "\n")
+    result = ingest(tmp_path / "in.ndjson", tmp_path / "store")
+    assert (result.quarantined, result.without_practice) == (0, 0)
+    patients = pq.read_table(tmp_path / "store" / "patients.parquet").to_pylist()
+    assert [(p["patient"], p["practice"]) for p in patients] == [("p", "123456")]
+    medications = pq.read_table(tmp_path / "store" / "medications.parquet").to_pylist()
+    assert [m["resource"] for m in medications] == ["MedicationStatement/s1"]
+
+
 def test_each_reference_needle_holds_the_byte_searched_first() -> None:
     """A block without the byte is passed over: the byte must be part of the type name."""
     assert all(byte in needle for byte, needle in _NEEDLES)
