@@ -821,14 +821,15 @@ def _safe(name: str) -> str:
     """A ydernummer as a file name; anything else (a reference used as practice) made safe.
 
     One name per practice, whatever the practice is called: a plain name (ASCII letters,
-    digits, ``_.-``, not starting with a dot, so never ``.`` or ``..``, at most 64 characters)
-    is kept, any other gets the cleaned name (at most 64 characters) and a digest of the whole
-    name. A plain name that looks like a digested one (``...-<8 hex digits>``) is digested too,
-    so no practice's files can share a name with another's."""
+    digits, ``_.-``, not starting with ``.`` or ``-``, so never ``..`` nor read by a shell as
+    an option, at most 64 characters) is kept, any other gets the cleaned name (at most 64
+    characters, starting the same way) and a digest of the whole name. A plain name that looks
+    like a digested one (``...-<8 hex digits>``) is digested too, so no practice's files can
+    share a name with another's."""
     if _PLAIN_NAME.fullmatch(name) and not _DIGESTED_NAME.fullmatch(name):
         return name
     cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)
-    return f"{cleaned.lstrip('.')[:64] or 'practice'}-{_digest(name)}"
+    return f"{cleaned.lstrip('.-')[:64] or 'practice'}-{_digest(name)}"
 
 
 def _digest(text: str) -> str:

@@ -152,7 +152,7 @@ def test_every_practice_gets_files_of_its_own_whatever_it_is_called(
     or the digested form of another practice's name must neither fail the run nor put one
     practice's patients in another's list or folder (found by QA)."""
     clashing = "x/y"
-    names = [clashing, f"x_y-{runner._digest(clashing)}", "..", ".", "7" * 300]
+    names = [clashing, f"x_y-{runner._digest(clashing)}", "..", ".", "7" * 300, "-rf/"]
     moved = [
         p._replace(practice=names[n % len(names)]) if p.practice is not None else p
         for n, p in enumerate(patients)
