@@ -266,7 +266,9 @@ class _GuidelineCompiler:
             version=m.version,
             status=m.status,
             title=_text(m.title),
-            publisher=m.publisher,
+            publisher=_text(m.publisher)
+            if isinstance(m.publisher, s.Text)
+            else t.Text(m.publisher, m.publisher),
             description=_text(m.description),
             sources=tuple(_source(src) for src in m.sources),
             effective_from=m.effective.from_,

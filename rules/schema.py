@@ -410,7 +410,10 @@ class Guideline(Strict):
     version: Annotated[str, Field(pattern=r"^\d+\.\d+(\.\d+)?$")]
     status: Literal["draft", "active", "retired"] = "active"
     title: Text
-    publisher: str = Field(min_length=1)
+    publisher: Annotated[str, Field(min_length=1)] | Text = Field(
+        description="Who answers for the rule file and whose clinical content it encodes: one "
+        "text for both languages (a name), or da and en when it holds words a card shows."
+    )
     description: Text
     sources: list[Source] = Field(min_length=1, description="At least one citation.")
     effective: Effective

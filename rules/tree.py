@@ -264,7 +264,7 @@ class CompiledGuideline:
     version: str
     status: str
     title: Text
-    publisher: str
+    publisher: Text
     description: Text
     sources: tuple[SourceRef, ...]
     effective_from: dt.date  # as written: a date, or an aware datetime (a subclass of date)

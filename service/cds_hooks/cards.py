@@ -195,7 +195,7 @@ def _card(
 def _source(guideline: CompiledGuideline, language: str) -> dict[str, Any]:
     title = guideline.title.in_language(language)
     source: dict[str, Any] = {
-        "label": f"{title} ({guideline.publisher}, v{guideline.version})",
+        "label": f"{title} ({guideline.publisher.in_language(language)}, v{guideline.version})",
         "topic": {"system": GUIDELINE_TOPIC_SYSTEM, "code": guideline.id, "display": title},
     }
     if guideline.sources:

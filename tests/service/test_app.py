@@ -125,6 +125,30 @@ def test_cards_are_danish_by_default(client: TestClient) -> None:
     assert card["summary"] == "HbA1c 67 mmol/mol (2026-03-02) er over målet 58 mmol/mol"
 
 
+def test_the_source_label_is_in_the_card_language(tmp_path: Path, guideline_dir: Path) -> None:
+    """Found in review: the publisher was one English text ("clinical content ...") on Danish
+    cards too; it may be given in both languages, and a plain text serves both."""
+    rule_file = guideline_dir / "example.yaml"
+    rule_file.write_text(
+        rule_file.read_text().replace(
+            "publisher: Vejviser tests",
+            "publisher:\n  da: Vejviser (regelfil); klinisk indhold fra test\n"
+            "  en: Vejviser (rule file); clinical content tests",
+        )
+    )
+    with make_client(tmp_path, guideline_dir) as client:
+        labels = {
+            language: client.post(
+                PATIENT_VIEW,
+                json=request(full_prefetch(client)),
+                headers={"Accept-Language": language},
+            ).json()["cards"][0]["source"]["label"]
+            for language in ("da", "en")
+        }
+    assert "(Vejviser (regelfil); klinisk indhold fra test, v1.0.0)" in labels["da"]
+    assert "(Vejviser (rule file); clinical content tests, v1.0.0)" in labels["en"]
+
+
 def test_null_means_no_data(client: TestClient) -> None:
     prefetch = dict.fromkeys(full_prefetch(client))
     prefetch["patient"] = bundle_resources()[0]
