@@ -89,8 +89,10 @@ def _medication(index: int, med: s.CaseMedication) -> dict[str, Any]:
     else:
         resource["intent"] = "order"
         resource["authoredOn"] = med.start.isoformat()
-        if med.end:
-            resource["dispenseRequest"] = {"validityPeriod": {"end": med.end.isoformat()}}
+        if med.end:  # a supply that lasts from start to end, both days included
+            days = (med.end - med.start).days + 1
+            supply = {"value": days, "unit": "days", "system": UCUM, "code": "d"}
+            resource["dispenseRequest"] = {"expectedSupplyDuration": supply}
     return resource
 
 

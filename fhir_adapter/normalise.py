@@ -37,7 +37,9 @@ Rules (DOMAIN.md §2), each a documented way for a resource to yield no record w
   shares a coding with it: the statement is the better source for that medication (the
   medication card, FMK), and a prescription of it adds nothing or contradicts it, unless it was
   written after the statement ended (a restart). A statement of another medication (an
-  over-the-counter drug) does not hide a prescription.
+  over-the-counter drug) does not hide a prescription. A request is in use from authoredOn for
+  as long as its supply lasts (expectedSupplyDuration x (1 + numberOfRepeatsAllowed)), not
+  until its validityPeriod ends (docs/decisions/0009); see :func:`_use_end`.
 - Goal: only lifecycleStatus active or accepted; a Goal (or target) without a measure is a
   descriptive goal and yields no record.
 - Bundle entries without a resource, and resources of other types, carry nothing we use.
@@ -60,12 +62,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from datetime import date
+from datetime import date, timedelta
 from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
 import orjson
+from dateutil.relativedelta import relativedelta
 
 from fhir_adapter.codes import SYSTEMS, canonical_coding
 from fhir_adapter.records import (
@@ -95,6 +98,20 @@ _STATEMENT_KEEP = frozenset({"active", "completed", "intended", "stopped", "on-h
 _STATEMENT_DROP = frozenset({"entered-in-error", "not-taken", "unknown"})
 _REQUEST_KEEP = frozenset({"active", "on-hold", "completed", "stopped"})
 _REQUEST_DROP = frozenset({"cancelled", "entered-in-error", "draft", "unknown"})
+# MedicationRequest.dispenseRequest.expectedSupplyDuration: FHIR's duration-units (UCUM), in days
+# or calendar months, and the unit words a system may send instead (English and Danish).
+_SUPPLY_DAYS = {
+    "ms": 1 / 86_400_000, "s": 1 / 86_400, "min": 1 / 1_440, "h": 1 / 24, "d": 1.0, "wk": 7.0
+}  # fmt: skip
+_SUPPLY_MONTHS = {"mo": 1, "a": 12}
+_SUPPLY_UNITS = {
+    "second": "s", "seconds": "s", "minute": "min", "minutes": "min", "hour": "h", "hours": "h",
+    "day": "d", "days": "d", "dag": "d", "dage": "d", "døgn": "d",
+    "week": "wk", "weeks": "wk", "uge": "wk", "uger": "wk",
+    "month": "mo", "months": "mo", "måned": "mo", "måneder": "mo",
+    "year": "a", "years": "a", "år": "a",
+}  # fmt: skip
+_UCUM_MONTH_DAYS = 365.25 / 12  # UCUM: mo = a_j / 12, a_j = 365.25 d
 _VERIFICATION_DROP = frozenset({"refuted", "entered-in-error", "unconfirmed", "provisional", "differential"})  # fmt: skip
 _CLINICAL_STATUSES = frozenset(
     {"active", "recurrence", "relapse", "inactive", "remission", "resolved"}
@@ -830,19 +847,86 @@ def _request_record(
     rid: str,
     medications: Mapping[str, dict[str, Any]],
     full_urls: Mapping[str, str],
+    issues: list[Issue],
 ) -> MedicationRecord | None:
-    """A MedicationRequest: authoredOn is the start, the prescription's validity end the end."""
+    """A MedicationRequest: from authoredOn (else validityPeriod.start) to the end of its
+    supply; validityPeriod.end is how long it may be dispensed, not how long it is taken."""
     status = _status(resource, "status", _REQUEST_KEEP, _REQUEST_DROP)
     if status is None:
         return None
     codings, display = _medication(resource, medications, full_urls)
-    start = _optional_date(resource, "authoredOn")
-    end = None
-    dispense = _object(resource, "dispenseRequest")
-    validity = None if dispense is None else dispense.get("validityPeriod")
-    if validity is not None:
-        end = _period(validity, "dispenseRequest.validityPeriod")[1]
-    return MedicationRecord(rid, codings, display, start, end, status)
+    dispense = _object(resource, "dispenseRequest") or {}
+    validity = dispense.get("validityPeriod")
+    valid_from, valid_to = (
+        (None, None) if validity is None else _period(validity, "dispenseRequest.validityPeriod")
+    )
+    start = _optional_date(resource, "authoredOn") or valid_from
+    try:
+        supply = _supply(dispense)
+    except _Skip as skip:  # the prescription still counts, as one without a supply duration
+        issues.append(Issue(rid, f"{skip.args[0]}; read as no supply duration"))
+        supply = None
+    return MedicationRecord(
+        rid, codings, display, start, _use_end(start, supply, valid_to, status), status
+    )
+
+
+class _Supply(NamedTuple):
+    amount: float  # the supply of one dispense, in ``unit``
+    unit: str  # a UCUM code: a key of _SUPPLY_DAYS or _SUPPLY_MONTHS
+    dispenses: int  # the first one and numberOfRepeatsAllowed repeats
+
+
+def _supply(dispense: dict[str, Any]) -> _Supply | None:
+    """dispenseRequest.expectedSupplyDuration and numberOfRepeatsAllowed; None without the
+    first (a quantity alone says nothing of how long it lasts)."""
+    duration = dispense.get("expectedSupplyDuration")
+    if duration is None:
+        return None
+    where = "dispenseRequest.expectedSupplyDuration"
+    amount, _, unit = _quantity(duration, where)
+    key = (unit or "").strip().lower()
+    code = _SUPPLY_UNITS.get(key, key)
+    if not key:
+        raise _Skip(f"{where} has no unit")
+    if code not in _SUPPLY_DAYS and code not in _SUPPLY_MONTHS:
+        raise _Skip(f"{where} unit {_show(key)} is not a unit of time")
+    if amount is None or amount <= 0:
+        raise _Skip(f"{where} is not a positive length of time")
+    repeats = dispense.get("numberOfRepeatsAllowed", 0)
+    if type(repeats) is not int or repeats < 0:
+        raise _Skip("dispenseRequest.numberOfRepeatsAllowed is not a whole number of 0 or more")
+    return _Supply(amount, code, 1 + repeats)
+
+
+def _last_day(first: date, amount: float, unit: str, times: int = 1) -> date:
+    """The last day ``times`` supplies of ``amount`` ``unit`` last when they begin on ``first``:
+    whole months and years by the calendar (FHIR: 'mo' is a calendar month), anything else in
+    days (part of a day counts as a day, part of a month is UCUM's mean month of 30.4375 days)."""
+    try:
+        amount *= times
+        months = amount * _SUPPLY_MONTHS.get(unit, 0)
+        if months and months.is_integer():
+            return first + relativedelta(months=int(months), days=-1)
+        days = months * _UCUM_MONTH_DAYS if months else amount * _SUPPLY_DAYS[unit]
+        return first + timedelta(days=math.ceil(days) - 1)
+    except (OverflowError, ValueError):  # beyond the last date a date can hold
+        return date.max
+
+
+def _use_end(
+    start: date | None, supply: _Supply | None, valid_to: date | None, status: str
+) -> date | None:
+    """The last day of use: the end of the whole supply, but no later than one dispense after
+    validityPeriod.end (no dispense is made after it). Without a supply duration (or a start to
+    count it from) an active request is taken until it lapses, by its status; a completed or
+    stopped one has no end (the engine counts its start day only)."""
+    if supply is None or start is None:
+        return valid_to if status == "active" else None
+    end = _last_day(start, supply.amount, supply.unit, supply.dispenses)
+    if valid_to is None:
+        return end
+    return min(end, _last_day(valid_to, supply.amount, supply.unit))
 
 
 def _target_bound(target: dict[str, Any]) -> tuple[float, str | None]:
@@ -1087,7 +1171,7 @@ def _clinical_records(
             medication = _statement_record(resource, rid, medications, full_urls)
         elif rtype == "MedicationRequest":
             source = "request"
-            medication = _request_record(resource, rid, medications, full_urls)
+            medication = _request_record(resource, rid, medications, full_urls, issues)
         else:
             goals = _goal_records(resource, rid, issues)
     except _Skip as skip:

@@ -332,6 +332,12 @@ class CaseMedication(Strict):
     status: str = "active"
     resource: Literal["MedicationStatement", "MedicationRequest"] = "MedicationStatement"
 
+    @model_validator(mode="after")
+    def _ends_after_it_starts(self) -> CaseMedication:
+        if self.end is not None and self.end < self.start:
+            raise ValueError("a medication's end must not be before its start")
+        return self
+
 
 class CaseCondition(Strict):
     code: Code | list[Code]

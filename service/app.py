@@ -322,8 +322,10 @@ def _draft_orders(request: CdsRequest) -> list[dict[str, Any]]:
         if isinstance(resource, dict) and resource.get("resourceType") == "Medication":
             orders.append(resource)
         elif isinstance(resource, dict) and resource.get("resourceType") == "MedicationRequest":
+            # being ordered now: in use on the day, however long its supply (decision 0009) and
+            # whatever day its authoredOn names (a UTC time can be yesterday in Denmark)
             order = {
-                **resource,
+                **{k: v for k, v in resource.items() if k != "dispenseRequest"},
                 "status": "active",
                 "subject": {"reference": f"Patient/{request.context.patientId}"},
             }

@@ -105,6 +105,7 @@ from typing import Any
 import orjson
 
 from synth.patients import (
+    UCUM_SYSTEM,
     Noise,
     Profile,
     Resource,
@@ -489,8 +490,10 @@ def _requests(
     rng: random.Random, pid: str, statements: list[Resource], as_of: date
 ) -> list[Resource]:
     """Prescriptions behind MedicationStatements: a course is one request; chronic medication
-    is renewed every 80-180 days over the last year, each renewal valid until the next one
-    (the last until a year after it, or until the drug was stopped)."""
+    is renewed every 80-180 days over the last year. Each supply (expectedSupplyDuration) lasts
+    until the next renewal; the last one's until the drug was stopped, or, still taken, 3 months
+    with 3 repeats. Each is valid (may be dispensed) until the next one, the last until a year
+    after it or until the drug was stopped."""
     out: list[Resource] = []
     for statement in statements:
         period = statement["effectivePeriod"]
@@ -508,13 +511,18 @@ def _requests(
                 day += timedelta(days=rng.randint(80, 180))
         for i, day in enumerate(dates):
             final = i == len(dates) - 1
+            supply: dict[str, Any] = {}
             if not final:
                 until, status = dates[i + 1], "completed"
+                supply["expectedSupplyDuration"] = _duration((until - day).days, "days", "d")
             elif end is None:
                 until, status = day + timedelta(days=365), "active"
+                supply["numberOfRepeatsAllowed"] = 3
+                supply["expectedSupplyDuration"] = _duration(3, "months", "mo")
             else:
                 until = end
                 status = "stopped" if chronic else statement["status"]
+                supply["expectedSupplyDuration"] = _duration((end - day).days + 1, "days", "d")
             out.append(
                 {
                     "resourceType": "MedicationRequest",
@@ -526,11 +534,16 @@ def _requests(
                     "authoredOn": day.isoformat(),
                     "dosageInstruction": statement["dosage"],
                     "dispenseRequest": {
-                        "validityPeriod": {"start": day.isoformat(), "end": until.isoformat()}
+                        "validityPeriod": {"start": day.isoformat(), "end": until.isoformat()},
+                        **supply,
                     },
                 }
             )
     return out
+
+
+def _duration(value: int, unit: str, code: str) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "system": UCUM_SYSTEM, "code": code}
 
 
 def _structural_noise(rng: random.Random, resource: Resource, noise: PopulationNoise) -> str | None:

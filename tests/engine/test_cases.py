@@ -144,3 +144,21 @@ def test_shorthand_patients_become_valid_fhir() -> None:
     for resource in resources:
         get_fhir_model_class(resource["resourceType"]).model_validate(resource)
     assert len(resources) == 7
+
+
+def test_a_case_medication_that_ends_before_it_starts_is_refused() -> None:
+    """A request's end becomes a supply of (end - start + 1) days: one before its start would be
+    no supply at all, and the case would not mean what it says."""
+    medication = {"code": "atc:A10BA02", "start": "2026-01-02", "end": "2026-01-01"}
+    with pytest.raises(ValueError, match="end must not be before its start"):
+        CasePatient.model_validate(
+            {"birth_date": "1950-01-01", "sex": "male", "medications": [medication]}
+        )
+    same_day = CasePatient.model_validate(
+        {
+            "birth_date": "1950-01-01",
+            "sex": "male",
+            "medications": [{**medication, "end": "2026-01-02"}],
+        }
+    )
+    assert same_day.medications[0].end == same_day.medications[0].start

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from conformance.engines.test_agreement import assert_same, library, on_duckdb, per_patient
 from engine.cases import case_resources
 from engine.outcomes import GuidelineOutcome
 from engine.patient import PatientEngine
-from fhir_adapter.normalise import normalise_patient
+from fhir_adapter.normalise import normalise, normalise_patient, read_resources
 from rules.errors import RuleFileError
 from rules.guideline_set import load_guidelines
 from rules.schema import CasePatient
@@ -216,6 +217,32 @@ def test_medication_request_is_the_fallback(engine: PatientEngine) -> None:
     request = {"code": "atc:A10BA02", "start": "2026-01-01", "resource": "MedicationRequest"}
     out = run(engine, conditions=[T2D], medications=[request], observations=[egfr])
     assert "metformin-low-egfr" in recs(out)
+
+
+def test_a_case_request_with_an_end_is_supplied_to_that_day(engine: PatientEngine) -> None:
+    """A test case's request `end` becomes a supply that lasts to that day, both included."""
+    egfr = {"code": "npu:DNK35302", "value": 25, "unit": "mL/min/1.73m2", "date": "2026-05-01"}
+    request = {"code": "atc:A10BA02", "start": "2026-03-01", "resource": "MedicationRequest"}
+    for end, active in (("2026-06-01", True), ("2026-05-31", False)):
+        supplied = {**request, "end": end, "status": "completed"}
+        out = run(engine, conditions=[T2D], medications=[supplied], observations=[egfr])
+        assert ("metformin-low-egfr" in recs(out)) is active
+
+
+SUPPLY = Path(__file__).parents[1] / "fhir_adapter" / "fixtures" / "medication_request_supply.json"
+
+
+def test_library_counts_a_prescription_for_its_supply_in_both_engines() -> None:
+    """Found by QA: a 20-tablet tramadol prescription valid two years (and a stopped morphine
+    one valid to 2028) gave "opioid for more than 6 months"; twelve monthly zopiclone renewals
+    were single days that never joined, so the patient was in no register at all."""
+    patients = list(normalise(read_resources(SUPPLY.read_bytes())).values())
+    as_of = dt.date(2026, 11, 1)
+    outcomes = per_patient(library(), patients, as_of)
+    assert outcomes[("tramadol", "opioids-long-term")][0] is False  # supply ran out in January
+    in_register, recommendations, *_ = outcomes[("zopiclone", "benzodiazepines-z-drugs")]
+    assert in_register and "hypnotic-beyond-2-weeks" in recommendations
+    assert_same(outcomes, on_duckdb(library(), patients, as_of))
 
 
 def test_indicator_memberships(engine: PatientEngine) -> None:

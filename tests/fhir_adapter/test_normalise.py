@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import gzip
 import random
-from datetime import date
+from datetime import date, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -528,6 +529,113 @@ def test_statement_dates() -> None:
         ("b", date(2023, 1, 1), date(2023, 6, 1)),
         ("a", date(2024, 1, 2), None),
     ]
+
+
+# --- MedicationRequest: in use for its supply, not its validity (decision 0009) --------------
+
+UCUM = "http://unitsofmeasure.org"
+
+
+def supplied(value: Any, code: str | None = "d", **dispense: Any) -> dict[str, Any]:
+    """A dispenseRequest whose expectedSupplyDuration is ``value`` ``code`` (UCUM)."""
+    return {"expectedSupplyDuration": {"value": value, "system": UCUM, "code": code}, **dispense}
+
+
+def request_period(
+    dispense: dict[str, Any], status: str = "active", **fields: Any
+) -> tuple[date | None, date | None]:
+    fields.setdefault("authoredOn", "2026-01-15")
+    request = medication("MedicationRequest", "r1", status=status, dispenseRequest=dispense)
+    (record,) = one({**request, **fields}).medications
+    return record.start, record.end
+
+
+def test_a_prescription_is_in_use_for_its_supply_not_while_it_may_be_dispensed() -> None:
+    """Found by QA: a 20-tablet tramadol prescription valid two years counted as two years of
+    use (an opioid for more than 6 months), a stopped one valid to 2028 as in use to 2028, and
+    twelve monthly zopiclone renewals as twelve single days that never joined."""
+    tramadol, zopiclone = normalise(load("medication_request_supply.json")).values()
+    assert [(m.start, m.end, m.status) for m in tramadol.medications] == [
+        (date(2026, 1, 15), date(2026, 1, 24), "active"),  # 10 days' supply, valid to 2028
+        (date(2026, 3, 1), None, "stopped"),  # valid to 2028, no supply duration
+    ]
+    periods = [(m.start, m.end) for m in zopiclone.medications]
+    assert len(periods) == 12
+    assert periods[0] == (date(2025, 11, 15), date(2025, 12, 14))  # one calendar month
+    assert all(
+        end + timedelta(days=1) == following for (_, end), (following, _) in pairwise(periods)
+    )
+    assert periods[-1] == (date(2026, 10, 15), date(2026, 11, 14))
+
+
+@pytest.mark.parametrize(
+    ("dispense", "end"),
+    [
+        (supplied(30), date(2026, 2, 13)),  # 15 January and 29 days after it
+        (supplied(30, numberOfRepeatsAllowed=2), date(2026, 4, 14)),  # three dispenses
+        (supplied(4, "wk"), date(2026, 2, 11)),
+        (supplied(1, "mo"), date(2026, 2, 14)),  # a calendar month
+        (supplied(3, "mo", numberOfRepeatsAllowed=3), date(2027, 1, 14)),
+        (supplied(1, "a"), date(2027, 1, 14)),
+        (supplied(0.5, "mo"), date(2026, 1, 30)),  # 15.2 days: part of a day is a day
+        (supplied(36, "h"), date(2026, 1, 16)),
+        (supplied(1e300, "a"), date.max),
+        (supplied(5, numberOfRepeatsAllowed=10**400), date.max),
+        ({"expectedSupplyDuration": {"value": 10, "unit": "dage"}}, date(2026, 1, 24)),
+        ({"expectedSupplyDuration": {"value": 2, "unit": "Months"}}, date(2026, 3, 14)),
+        (  # 12 dispenses of 30 days, the last one no later than the validity's end
+            supplied(30, numberOfRepeatsAllowed=11, validityPeriod={"end": "2026-03-31"}),
+            date(2026, 4, 29),
+        ),
+        (supplied(30, validityPeriod={"end": "2028-01-15"}), date(2026, 2, 13)),
+    ],
+)
+def test_supply_duration_times_dispenses(dispense: dict[str, Any], end: date) -> None:
+    assert request_period(dispense) == (date(2026, 1, 15), end)
+
+
+@pytest.mark.parametrize(
+    ("status", "end"), [("active", date(2028, 1, 15)), ("completed", None), ("stopped", None)]
+)
+def test_without_a_supply_duration_only_an_active_request_lasts(
+    status: str, end: date | None
+) -> None:
+    """Until it may no longer be dispensed, by its status; a completed or stopped request
+    cannot be placed in time (the engine counts its start day)."""
+    valid = {"validityPeriod": {"start": "2026-01-15", "end": "2028-01-15"}}
+    assert request_period(valid, status) == (date(2026, 1, 15), end)
+    assert request_period({}, status) == (date(2026, 1, 15), None)
+
+
+def test_without_authored_on_the_supply_begins_with_the_validity() -> None:
+    dispense = supplied(30, validityPeriod={"start": "2026-02-01", "end": "2028-02-01"})
+    assert request_period(dispense, authoredOn=None) == (date(2026, 2, 1), date(2026, 3, 2))
+    assert request_period(supplied(30), authoredOn=None) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("dispense", "reason"),
+    [
+        (
+            {"expectedSupplyDuration": {"value": 20, "unit": "tabletter"}},
+            "unit 'tabletter' is not a unit of time",
+        ),
+        ({"expectedSupplyDuration": {"value": 20}}, "has no unit"),
+        (supplied(0), "is not a positive length of time"),
+        (supplied("30"), "value is not a number"),
+        (supplied(30, numberOfRepeatsAllowed=-1), "numberOfRepeatsAllowed is not a whole"),
+        (supplied(30, numberOfRepeatsAllowed=True), "numberOfRepeatsAllowed is not a whole"),
+        ({"expectedSupplyDuration": "30 d"}, "expectedSupplyDuration is not an object"),
+    ],
+)
+def test_an_unreadable_supply_is_reported_and_the_prescription_still_counts(
+    dispense: dict[str, Any], reason: str
+) -> None:
+    request = medication("MedicationRequest", "r1", authoredOn="2026-01-15")
+    record = one({**request, "dispenseRequest": dispense})
+    assert [(m.start, m.end) for m in record.medications] == [(date(2026, 1, 15), None)]
+    (issue,) = record.issues
+    assert reason in issue.reason and issue.reason.endswith("read as no supply duration")
 
 
 def test_medication_references() -> None:

@@ -418,6 +418,11 @@ def test_order_select_treats_draft_orders_as_active(library_client: TestClient) 
     body["context"]["draftOrders"]["entry"].append({"resource": medication})
     by_reference = library_client.post("/cds-services/vejviser-order-select", json=body)
     assert [c["indicator"] for c in by_reference.json()["cards"]][:1] == ["critical"]
+    # A draft is in use on the day it is ordered, whatever its supply and authoredOn say.
+    draft["authoredOn"] = "2026-01-01T23:30:00Z"
+    draft["dispenseRequest"] = {"expectedSupplyDuration": {"value": 1, "code": "d"}}
+    supplied = library_client.post("/cds-services/vejviser-order-select", json=body)
+    assert [c["indicator"] for c in supplied.json()["cards"]][:1] == ["critical"]
 
 
 def test_feedback_posted_twice_is_stored_once(client: TestClient) -> None:

@@ -440,6 +440,15 @@ quantity = obj(
         "comparator": field(st.sampled_from(COMPARATORS)),
     },
 )
+DURATION_UNITS = ["d", "wk", "mo", "a", "h", "days", "måneder", "tabletter", ""]
+duration = obj(
+    {"value": field(numbers)},
+    {
+        "unit": field(st.one_of(st.sampled_from(DURATION_UNITS), strings)),
+        "code": field(st.sampled_from(DURATION_UNITS)),
+        "system": field(st.sampled_from([UCUM, "urn:x"])),
+    },
+)
 VALUE_STRINGS = [
     ">90",
     "<5",
@@ -579,7 +588,16 @@ medication_request = obj(
         **_medication_fields,
         "intent": field(st.sampled_from(["order", "plan", "proposal"])),
         "authoredOn": field(dates),
-        "dispenseRequest": field(obj({}, {"validityPeriod": field(period)})),
+        "dispenseRequest": field(
+            obj(
+                {},
+                {
+                    "validityPeriod": field(period),
+                    "expectedSupplyDuration": field(duration),
+                    "numberOfRepeatsAllowed": field(numbers),
+                },
+            )
+        ),
     },
 )
 target = obj(
