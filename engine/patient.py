@@ -26,7 +26,7 @@ from fhir_adapter.records import Coding, ObservationRecord, PatientRecord
 from rules import tree as t
 from rules.expressions import references
 from rules.guideline_set import GuidelineSet
-from rules.rendering import Bound, render
+from rules.rendering import Bound, markdown_literal, render
 from rules.valuesets import ValueSetIndex
 
 
@@ -402,10 +402,14 @@ def _compile_recommendation(rec: t.RecommendationDef) -> CompiledRecommendation:
     )
 
 
-def _render(ev: Evaluation, templates: dict[str, TemplateParts]) -> t.Text:
+def _render(
+    ev: Evaluation, templates: dict[str, TemplateParts], literal: Callable[[str], str] = str
+) -> t.Text:
+    """The template with its values filled in, each passed through ``literal`` (a detail is
+    markdown: a value shows as itself there, whatever characters the chart gave it)."""
     da, en = (
         "".join(
-            part if isinstance(part, str) else render(part[0](ev), part[1], language)
+            part if isinstance(part, str) else literal(render(part[0](ev), part[1], language))
             for part in templates[language]
         )
         for language in ("da", "en")
@@ -415,7 +419,7 @@ def _render(ev: Evaluation, templates: dict[str, TemplateParts]) -> t.Text:
 
 def _recommendation_result(ev: Evaluation, rec: CompiledRecommendation) -> RecommendationResult:
     d = rec.definition
-    detail = _render(ev, rec.detail) if rec.detail is not None else None
+    detail = _render(ev, rec.detail, markdown_literal) if rec.detail is not None else None
     for name in d.evidence:
         ev.value(name)
     evidence = tuple(dict.fromkeys(r for name in d.evidence for r in ev.evidence[name]))

@@ -7,6 +7,7 @@ characters" and the text a GP reads can never disagree.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any, NamedTuple, TypeGuard
 
 from rules import types as ty
@@ -35,6 +36,18 @@ def number(value: float, language: str) -> str:
     if text == "-0":
         text = "0"
     return text.replace(".", ",") if language == "da" else text
+
+
+# Markdown's emphasis, code, link and escape characters, and a "<" that would open raw HTML or an
+# autolink (CommonMark: "<" followed by a letter, "/", "!" or "?"). "eGFR <30" stays as it is.
+_MARKDOWN = re.compile(r"[\\`*_\[\]]|<(?=[A-Za-z/!?])")
+
+
+def markdown_literal(text: str) -> str:
+    """``text`` escaped to read as itself in a card's markdown detail. Values come from the
+    chart (resource ids, units and codes as sent): '<img onerror=...>' must not become HTML in
+    the EHR, nor '10*9/L' emphasis."""
+    return _MARKDOWN.sub(lambda match: "\\" + match.group(0), text)
 
 
 def unit_display(unit: str, language: str) -> str:

@@ -30,8 +30,8 @@ from service.auth import build_authenticator, client_auth
 from service.cds_hooks.cards import build_cards, unread_resources
 from service.cds_hooks.discovery import SERVICES_BY_ID, discovery, prefetch_templates
 from service.cds_hooks.errors import CdsError, outcome_response
-from service.cds_hooks.models import CdsRequest
-from service.cds_hooks.prefetch import gather
+from service.cds_hooks.models import ORDER_HOOKS, CdsRequest
+from service.cds_hooks.prefetch import gather, unresolved_medications
 from service.feedback import FeedbackRequest, FeedbackStore, IssuedCard
 from service.guideline_source import GuidelinePublisher, source_from_settings
 from service.settings import Settings
@@ -232,15 +232,16 @@ def _add_routes(app: FastAPI) -> None:
         templates = prefetch_templates(
             snapshot.guidelines, today, settings.max_prefetch_url_length, in_force
         )
+        drafts = _draft_orders(cds_request)
         resources = await gather(
-            cds_request, templates, request.app.state.fhir, settings.fhir_budget_seconds
+            cds_request, templates, request.app.state.fhir, settings.fhir_budget_seconds, drafts
         )
-        patient, drafts = _patient(cds_request, resources)
+        patient, focus = _patient(cds_request, resources, drafts)
         outcomes = snapshot.engine.evaluate(patient, today, in_force)
         unread = unread_resources(patient.issues, resources)
         pairs = build_cards(snapshot.guidelines, outcomes, patient.id, language_of(request), unread)
-        if drafts:
-            pairs = [(card, issued) for card, issued in pairs if drafts & set(issued.evidence)]
+        if focus is not None:
+            pairs = [(card, issued) for card, issued in pairs if focus & set(issued.evidence)]
         issued = [
             IssuedCard(
                 card_uuid=i.uuid,
@@ -287,34 +288,58 @@ def _add_routes(app: FastAPI) -> None:
         return json_response(request.app.state.publisher.status())
 
 
-def _patient(request: CdsRequest, resources: list[Any]) -> tuple[PatientRecord, set[str]]:
-    """The context patient's record; draft orders (order-select/-sign) join it as active medication."""
+def _patient(
+    request: CdsRequest, resources: list[Any], drafts: list[dict[str, Any]]
+) -> tuple[PatientRecord, set[str] | None]:
+    """The context patient's record, and for the order hooks the orders a card must involve.
+
+    The draft orders join the record as active medication. order-select's cards are about the
+    orders in ``selections`` (the other drafts are context, e.g. one half of an interaction);
+    without ``selections`` every draft counts, as in order-sign. None: patient-view, every card.
+    """
     patient_id = request.context.patientId
-    drafts = _draft_orders(request)
     normalised = normalise(resources)
     patient = normalised.get(patient_id)
-    if patient is None:
+    if patient is None:  # the id is not repeated: some practice systems use the CPR number
         raise CdsError(
-            412, "not-found", f"no Patient/{patient_id} in the prefetch data or on the FHIR server"
+            412,
+            "not-found",
+            "no Patient with the id context.patientId in the prefetch data or on the FHIR server",
         )
-    if not drafts:
-        return patient, set()
+    if request.hook not in ORDER_HOOKS:
+        return patient, None
     # a draft may name its drug by a Medication in the draftOrders bundle or the prefetch
     known = [r for r in resources if isinstance(r, dict) and r.get("resourceType") == "Medication"]
+    _require_drugs([*known, *drafts])
     ordered = normalise([{"resourceType": "Patient", "id": patient_id}, *known, *drafts]).get(
         patient_id
     )
     medications = ordered.medications if ordered else ()
-    return patient._replace(medications=patient.medications + medications), {
-        m.resource for m in medications
-    }
+    focus = {m.resource for m in medications}
+    if request.hook == "order-select" and request.context.selections is not None:
+        focus &= set(request.context.selections)
+    return patient._replace(medications=patient.medications + medications), focus
+
+
+def _require_drugs(resources: list[Any]) -> None:
+    """A draft order whose Medication is neither sent nor on fhirServer: its drug is unknown,
+    and an empty answer would read as "nothing against this order" (412, as for any data)."""
+    missing = unresolved_medications(resources)
+    if missing:
+        names = ", ".join(f"Medication/{m}" for m in sorted(missing))
+        raise CdsError(
+            412,
+            "incomplete",
+            f"the drug of a draft order ({names}) is neither in draftOrders, in the prefetch nor "
+            "on fhirServer",
+        )
 
 
 def _draft_orders(request: CdsRequest) -> list[dict[str, Any]]:
-    """The draft MedicationRequests, as active orders of the context patient, and the
-    Medications of the bundle (a draft may refer to one: it was dropped, and no card fired)."""
+    """The draft MedicationRequests of an order hook, as active orders of the context patient,
+    and the Medications of the bundle (a draft may refer to one: it was dropped, no card fired)."""
     bundle = request.context.draftOrders
-    if bundle is None:
+    if bundle is None or request.hook not in ORDER_HOOKS:
         return []
     orders = []
     for entry in bundle.get("entry", []) if isinstance(bundle.get("entry"), list) else []:

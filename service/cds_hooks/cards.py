@@ -20,7 +20,7 @@ from fhir_adapter.normalise import DUPLICATE, resource_codings
 from fhir_adapter.records import Coding, Issue
 from rules import types as ty
 from rules.guideline_set import GuidelineSet
-from rules.rendering import render
+from rules.rendering import markdown_literal, render
 from rules.tree import (
     ActiveMedication,
     CompiledGuideline,
@@ -151,7 +151,8 @@ def _grouped(
             labels.append(card["source"]["label"])
     for card, labels in leaders.values():
         if len(labels) > 1:
-            card["detail"] += f"\n\n**{WORDS[language]['also']}**: " + "; ".join(labels[1:])
+            also = f"**{WORDS[language]['also']}**: " + "; ".join(labels[1:])
+            card["detail"] = f"{card['detail']}\n\n{also}" if "detail" in card else also
     return kept
 
 
@@ -168,11 +169,12 @@ def _card(
     summary = result.summary.in_language(language)
     if len(summary) > SUMMARY_LIMIT:  # the loader prevents this; never send an invalid card
         summary = summary[: SUMMARY_LIMIT - 1] + "…"
+    detail = _detail(guidelines, guideline, outcome, definition, result, language, unread)
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
         "summary": summary,
         "indicator": result.indicator,
-        "detail": _detail(guidelines, guideline, outcome, definition, result, language, unread),
+        **({"detail": detail} if detail else {}),  # the standard allows no empty string
         "source": _source(guideline, language),
         "overrideReasons": [_reason(r, language) for r in OVERRIDE_REASONS],
         "extension": {
@@ -267,17 +269,17 @@ def _fact_line(
     label = valueset.title.in_language(language)
     if windowed and isinstance(fact.primitive, ObservationFact):
         label += f", {_window(fact.primitive.window, language)}"
-    value = describe(result.value, fact.type, language)
+    value = markdown_literal(describe(result.value, fact.type, language))
     # an observation already names its resource
     sources = (
-        f" ({', '.join(result.evidence)})"
+        f" ({markdown_literal(', '.join(result.evidence))})"
         if result.evidence and not isinstance(fact.type, ty.Record)
         else ""
     )
     missed = [u for u in unread if _may_be_in(u, valueset, fact.primitive)]
     if missed:
         named = "; ".join(f"{u.resource}: {', '.join(u.reasons)}" for u in missed)
-        sources += f". {WORDS[language]['unread']}: {named}"
+        sources += f". {WORDS[language]['unread']}: {markdown_literal(named)}"
     return f"- {label}: {value}{sources}"
 
 
@@ -313,7 +315,7 @@ def _target_line(
         line += (
             f"; {words['set_by']} {setter.title.in_language(language) if setter else target.set_by}"
         )
-    return line + (f" ({', '.join(target.evidence)})" if target.evidence else "")
+    return line + (f" ({markdown_literal(', '.join(target.evidence))})" if target.evidence else "")
 
 
 def _order_suggestion(

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+ORDER_HOOKS = frozenset({"order-select", "order-sign"})
+
 
 class Lenient(BaseModel):
     """Extra fields are allowed by the standard and ignored by us."""
@@ -15,7 +17,7 @@ class Lenient(BaseModel):
 
 class FhirAuthorization(Lenient):
     access_token: str = Field(min_length=1)
-    token_type: str = Field(pattern="^[Bb]earer$")
+    token_type: str = Field(pattern="^[Bb][Ee][Aa][Rr][Ee][Rr]$")  # any case: RFC 6749 5.1
     expires_in: int | None = None
     scope: str | None = None
     subject: str | None = None
@@ -44,4 +46,12 @@ class CdsRequest(Lenient):
     def _authorization_needs_server(self) -> CdsRequest:
         if self.fhirAuthorization is not None and self.fhirServer is None:
             raise ValueError("fhirAuthorization is given without fhirServer")
+        return self
+
+    @model_validator(mode="after")
+    def _orders_need_draft_orders(self) -> CdsRequest:
+        """order-select and order-sign are about the draft orders (REQUIRED there): without
+        them the service would answer about the chart, as if the chart had been opened."""
+        if self.hook in ORDER_HOOKS and self.context.draftOrders is None:
+            raise ValueError(f"context.draftOrders is required for {self.hook}")
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -61,8 +62,10 @@ async def gather(
     templates: dict[str, str],
     client: FhirRestClient | None,
     budget_seconds: float,
+    drafts: Sequence[Any] = (),
 ) -> list[Any]:
-    """Every resource the guidelines need for this request, from prefetch and the FHIR server."""
+    """Every resource the guidelines need for this request, from prefetch and the FHIR server,
+    with the Medications the ``drafts`` (order hooks' draft orders) refer to."""
     supplied = request.prefetch or {}
     resources: list[Any] = []
     to_fetch: list[tuple[str, str]] = []
@@ -83,7 +86,7 @@ async def gather(
     deadline = time.monotonic() + budget_seconds
     if to_fetch:
         resources += await _fetch_all(request, to_fetch, client, deadline)
-    return resources + await _medications(request, resources, client, deadline)
+    return resources + await _medications(request, [*resources, *drafts], client, deadline)
 
 
 async def _medications(
@@ -93,7 +96,7 @@ async def _medications(
     fhirServer by id (``Medication?_id=``): the prefetch subset has no ``_include``, and without
     its Medication a prescription's drug is unknown (it may be the metformin a card is about).
     Without fhirServer they stay unread, and the cards name them."""
-    wanted = _unresolved_medications(resources)
+    wanted = unresolved_medications(resources)
     if not wanted or request.fhirServer is None or client is None:
         return []
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
@@ -106,7 +109,7 @@ async def _medications(
     return found if isinstance(found, list) else [found]
 
 
-def _unresolved_medications(resources: list[Any]) -> set[str]:
+def unresolved_medications(resources: Sequence[Any]) -> set[str]:
     """Ids of ``Medication/<id>`` references of MedicationStatements and MedicationRequests
     whose Medication is not among ``resources`` (contained and absolute ones are not fetched)."""
     have = {

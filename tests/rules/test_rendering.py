@@ -7,7 +7,7 @@ import datetime as dt
 
 from engine.patient import ObservationValue
 from rules import types as ty
-from rules.rendering import Bound, render, width
+from rules.rendering import Bound, markdown_literal, render, width
 
 DAY = dt.date(2026, 3, 2)
 HBA1C = ty.observation("mmol/mol")
@@ -54,3 +54,15 @@ def test_sex_reads_in_words_in_the_card_language() -> None:
     assert render("female", ty.SEX, "en") == "female"
     assert render("female", ty.STRING, "da") == "female"  # any other text as it is
     assert ty.SEX == ty.STRING  # and it compares as text: sex = 'female'
+
+
+def test_a_markdown_literal_reads_as_itself() -> None:
+    """Chart text in a card's markdown detail: no HTML, no emphasis or links; ordinary values
+    (a bound '<30', an id with '-' and '.') are left as they are."""
+    assert markdown_literal("'<img src=x onerror=alert(1)>'") == "'\\<img src=x onerror=alert(1)>'"
+    assert markdown_literal("10*9/L [x](javascript:1) `a` b_c \\") == (
+        "10\\*9/L \\[x\\](javascript:1) \\`a\\` b\\_c \\\\"
+    )
+    assert markdown_literal("<30 (2026-03-02, Observation/e-1.2)") == (
+        "<30 (2026-03-02, Observation/e-1.2)"
+    )

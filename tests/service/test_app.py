@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,6 +297,17 @@ def test_missing_prefetch_without_fhir_server_is_412(client: TestClient) -> None
     assert "conditions" in body["issue"][0]["diagnostics"]
 
 
+def test_a_patient_not_found_is_412_without_its_id(client: TestClient) -> None:
+    """Found by QA: the 412 repeated the patient id, which some systems fill with the CPR
+    number; EHRs log such bodies."""
+    body = request(full_prefetch(client))
+    body["context"]["patientId"] = "0101011234"
+    response = client.post(PATIENT_VIEW, json=body)
+    assert response.status_code == 412
+    assert response.json()["issue"][0]["code"] == "not-found"
+    assert "0101011234" not in response.text
+
+
 def test_operation_outcome_value_counts_as_absent(client: TestClient) -> None:
     prefetch = full_prefetch(client)
     prefetch["conditions"] = {"resourceType": "OperationOutcome", "issue": []}
@@ -310,6 +323,13 @@ def test_operation_outcome_value_counts_as_absent(client: TestClient) -> None:
         (lambda b: b["context"].pop("patientId"), 400),
         (lambda b: b.update(hook="order-sign"), 400),
         (lambda b: b.update(fhirAuthorization={"access_token": "x", "token_type": "Bearer"}), 400),
+        (  # RFC 6749: the token type is case-insensitive
+            lambda b: b.update(
+                fhirServer="https://ehr.example.dk/fhir",
+                fhirAuthorization={"access_token": "x", "token_type": "BEARER"},
+            ),
+            200,
+        ),
         (lambda b: b["prefetch"].update(patient="not a resource"), 400),
         (lambda b: b.update(extension={"com.example.x": {"a": 1}}, unknownField=[1, 2]), 200),
         (lambda b: b["context"].update(extension={"x": 1}), 200),
@@ -401,13 +421,10 @@ def test_order_select_treats_draft_orders_as_active(library_client: TestClient) 
     cards = response.json()["cards"]
     assert cards and cards[0]["indicator"] == "critical"
     without_draft = copy.deepcopy(body)
-    without_draft["context"].pop("draftOrders")
-    assert (
-        library_client.post("/cds-services/vejviser-order-select", json=without_draft).json()[
-            "cards"
-        ]
-        == []
-    )
+    without_draft["context"].pop("draftOrders")  # REQUIRED: the cards would be the chart's
+    response = library_client.post("/cds-services/vejviser-order-select", json=without_draft)
+    assert response.status_code == 400
+    assert "draftOrders is required" in response.json()["issue"][0]["diagnostics"]
     # Found by QA: a draft naming its drug by a Medication in the bundle was dropped, no card.
     medication = {
         "resourceType": "Medication",
@@ -423,6 +440,125 @@ def test_order_select_treats_draft_orders_as_active(library_client: TestClient) 
     draft["dispenseRequest"] = {"expectedSupplyDuration": {"value": 1, "code": "d"}}
     supplied = library_client.post("/cds-services/vejviser-order-select", json=body)
     assert [c["indicator"] for c in supplied.json()["cards"]][:1] == ["critical"]
+
+
+def kidney_patient(client: TestClient, *medications: dict[str, Any]) -> dict[str, Any]:
+    """Prefetch for p1 (born 1950) with an eGFR of 24 last month and ``medications``."""
+    egfr = {
+        "resourceType": "Observation",
+        "id": "egfr",
+        "status": "final",
+        "subject": {"reference": "Patient/p1"},
+        "code": {"coding": [{"system": "http://npu-terminology.org", "code": "DNK35302"}]},
+        "effectiveDateTime": (danish_today() - dt.timedelta(days=30)).isoformat(),
+        "valueQuantity": {"value": 24, "unit": "mL/min/1.73m2"},
+    }
+    keys = client.get("/cds-services").json()["services"][1]["prefetch"]
+    prefetch: dict[str, Any] = {key: searchset([]) for key in keys}
+    prefetch["patient"] = {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"}
+    prefetch["medicationStatements"] = searchset(list(medications))
+    for key in keys:
+        if key.startswith("observations"):
+            prefetch[key] = searchset([egfr])
+    return prefetch
+
+
+def drug(resource_type: str, ident: str, atc: str, **more: Any) -> dict[str, Any]:
+    """A medication resource of p1 coded by ATC."""
+    return {
+        "resourceType": resource_type,
+        "id": ident,
+        "status": "active" if resource_type == "MedicationStatement" else "draft",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {
+            "coding": [{"system": "http://www.whocc.no/atc", "code": atc}]
+        },
+        **more,
+    }
+
+
+def order_call(
+    prefetch: dict[str, Any], hook: str, drafts: list[dict[str, Any]], **context: Any
+) -> dict[str, Any]:
+    """A call of an order hook with ``drafts`` as its draftOrders bundle."""
+    body = request(prefetch, hook=hook)
+    entries = [{"resource": r} for r in drafts]
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
+    body["context"].update(draftOrders=bundle, **context)
+    return body
+
+
+def test_order_select_cards_are_about_the_selected_orders(library_client: TestClient) -> None:
+    """Found by QA: order-select answered with cards about orders selected earlier (the spec:
+    decision support focuses on ``selections``), and a draftOrders bundle without medication
+    (a lab order) got every card of the chart, as if the chart had been opened."""
+    ibuprofen = drug("MedicationStatement", "ibu", "M01AE01", effectiveDateTime="2026-01-01")
+    prefetch = kidney_patient(library_client, ibuprofen)
+    metformin = drug("MedicationRequest", "d-met", "A10BA02", intent="order")
+    paracetamol = drug("MedicationRequest", "d-para", "N02BE01", intent="order")
+    url = "/cds-services/vejviser-order-select"
+
+    def summaries(selected: list[str], drafts: list[dict[str, Any]]) -> list[str]:
+        body = order_call(prefetch, "order-select", drafts, selections=selected)
+        response = library_client.post(url, json=body, headers={"Accept-Language": "en"})
+        assert response.status_code == 200, response.text
+        return [card["summary"] for card in response.json()["cards"]]
+
+    chart = library_client.post(PATIENT_VIEW, json=request(prefetch)).json()["cards"]
+    assert chart, "the NSAID at eGFR 24 gives a card when the chart is opened"
+    drafts = [metformin, paracetamol]
+    assert summaries(["MedicationRequest/d-para"], drafts) == []
+    (metformin_card,) = summaries(["MedicationRequest/d-met"], drafts)
+    assert metformin_card.startswith("Metformin is contraindicated")
+    lab = {"resourceType": "ServiceRequest", "id": "lab", "status": "draft", "intent": "order"}
+    assert summaries(["ServiceRequest/lab"], [lab]) == []
+    # order-sign has no selections: every draft is what is being signed
+    sign = order_call(prefetch, "order-sign", drafts)
+    cards = library_client.post("/cds-services/vejviser-order-sign", json=sign).json()["cards"]
+    assert [c["indicator"] for c in cards] == ["critical"]
+
+
+def test_a_draft_whose_drug_cannot_be_had_is_412(library_client: TestClient) -> None:
+    """Found by QA: a draft naming its drug by a Medication the request did not carry (as in
+    the standard's own order-sign example) gave 200 and no card: metformin at eGFR 24 passed."""
+    draft = {
+        "resourceType": "MedicationRequest",
+        "id": "d1",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationReference": {"reference": "Medication/met", "display": "Metformin 500 mg"},
+    }
+    body = order_call(kidney_patient(library_client), "order-sign", [draft])
+    response = library_client.post("/cds-services/vejviser-order-sign", json=body)
+    assert response.status_code == 412, response.text
+    assert response.json()["issue"][0]["code"] == "incomplete"
+    assert "Medication/met" in response.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    ("unit", "shown"),
+    [
+        ("<img src=x onerror=alert(1)>", "HbA1c unit '\\<img src=x onerror=alert(1)>' cannot be"),
+        ("mmol/mol", "Source: Observation/a\\*b\\*c"),  # the author's {hba1c.resource}
+    ],
+)
+def test_data_from_the_request_is_not_markup_in_the_detail(
+    client: TestClient, unit: str, shown: str
+) -> None:
+    """Found by QA: a unit or resource id from the chart went into the markdown detail as it
+    was, so '<img src=x onerror=...>' was raw HTML for a GFM renderer, 'a*b*c' emphasis."""
+    resources = bundle_resources()
+    (hba1c,) = [r for r in resources if r["resourceType"] == "Observation"]
+    hba1c["valueQuantity"] = {"value": 67, "unit": unit}
+    hba1c["id"] = "a*b*c"
+    prefetch = prefetch_from(
+        client.get("/cds-services").json()["services"][0]["prefetch"], resources
+    )
+    response = client.post(PATIENT_VIEW, json=request(prefetch), headers={"Accept-Language": "en"})
+    (card,) = response.json()["cards"]
+    assert shown in card["detail"]
+    assert re.search(r"(?<!\\)<img|(?<!\\)\*b", card["detail"]) is None
 
 
 def test_feedback_posted_twice_is_stored_once(client: TestClient) -> None:
@@ -452,6 +588,36 @@ def test_malformed_feedback_is_400(client: TestClient) -> None:
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").json()["status"] == "ready"
+
+
+def test_a_card_with_nothing_to_detail_has_no_empty_detail(
+    tmp_path: Path, guideline_dir: Path
+) -> None:
+    """Found by QA: a recommendation without a detail text whose facts come from no value set
+    (a register and a condition on age only) gave ``"detail": ""``; CDS Hooks 2.0 allows no
+    empty string: an optional field without a value is omitted."""
+    path = guideline_dir / "example.yaml"
+    text = path.read_text(encoding="utf-8")
+    text = text[: text.index("\ntests:") + 1]  # the file's own tests expect the T2D register
+    for old, new in [
+        ("  when: t2d and age >= 18\n", "  when: age >= 18\n"),
+        ("    when: not exists(hba1c)\n", "    when: frail\n"),
+        (
+            "    suggestion:\n      label: {da: Bestil HbA1c, en: Order HbA1c}\n      order: hba1c\n",
+            "",
+        ),
+    ]:
+        assert old in text
+        text = text.replace(old, new, 1)
+    path.write_text(text, encoding="utf-8")
+    with make_client(tmp_path, guideline_dir) as frail_client:
+        keys = frail_client.get("/cds-services").json()["services"][0]["prefetch"]
+        prefetch: dict[str, Any] = dict.fromkeys(keys)
+        prefetch["patient"] = {"resourceType": "Patient", "id": "p1", "birthDate": "1930-01-01"}
+        response = frail_client.post(PATIENT_VIEW, json=request(prefetch))
+    (card,) = response.json()["cards"]
+    assert card["summary"] == "Ingen HbA1c i 12 måneder"
+    assert "detail" not in card
 
 
 def test_related_cards_are_grouped(tmp_path: Path, guideline_dir: Path) -> None:

@@ -139,6 +139,49 @@ def test_medications_given_by_reference_are_read_from_the_server(
     assert comparable(fetched.json()["cards"]) == comparable(full.json()["cards"])
 
 
+def test_a_draft_order_naming_its_drug_by_reference_reads_it_from_the_server(
+    client: TestClient, fhir_server: SekmetServer
+) -> None:
+    """Found by QA: the standard's own order-sign example names the drug of a draft by
+    ``medicationReference`` with no Medication in draftOrders; it was never fetched from
+    fhirServer, and metformin ordered at eGFR 24 gave no card."""
+    patient = {"resourceType": "Patient", "id": "dk-draftref", "birthDate": "1950-01-01"}
+    egfr = {
+        "resourceType": "Observation",
+        "id": "dk-draftref-egfr",
+        "status": "final",
+        "subject": {"reference": "Patient/dk-draftref"},
+        "code": {"coding": [{"system": "http://npu-terminology.org", "code": "DNK35302"}]},
+        "effectiveDateTime": danish_today().isoformat(),
+        "valueQuantity": {"value": 24, "unit": "mL/min/1.73m2"},
+    }
+    metformin = {"coding": [{"system": "http://www.whocc.no/atc", "code": "A10BA02"}]}
+    medication = {"resourceType": "Medication", "id": "dk-draftref-met", "code": metformin}
+    fhir_server.load([patient, egfr, medication])
+    draft = {
+        "resourceType": "MedicationRequest",
+        "id": "draft-1",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/dk-draftref"},
+        "medicationReference": {"reference": "Medication/dk-draftref-met"},
+    }
+    body = {
+        "hook": "order-sign",
+        "hookInstance": str(uuid.uuid4()),
+        "fhirServer": fhir_server.base_url,
+        "context": {
+            "userId": "Practitioner/gp",
+            "patientId": "dk-draftref",
+            "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": []},
+        },
+    }
+    body["context"]["draftOrders"]["entry"].append({"resource": draft})
+    response = client.post("/cds-services/vejviser-order-sign", json=body)
+    assert response.status_code == 200, response.text
+    assert [card["indicator"] for card in response.json()["cards"]] == ["critical"]
+
+
 def test_null_keys_are_never_fetched(client: TestClient) -> None:
     resources = danish_patient("dk-null")
     prefetch = dict.fromkeys(prefetch_for(client, resources))
