@@ -95,7 +95,7 @@ def _summary(directory: Path, patients: int, practices: int, suppress_below: int
     if any(row.rate is None for row in everyone):
         lines.append(
             f"  (suppressed: fewer than {suppress_below} patients in the numerator or outside it,"
-            " few enough to be recognised)"
+            " few enough to be recognised, or so few left when the clusters are subtracted)"
         )
     for path in sorted((directory / "lists").glob("*.csv")):
         with path.open(encoding="utf-8-sig", newline="") as handle:

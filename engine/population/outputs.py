@@ -287,21 +287,26 @@ def indicator_rows_from_counts(
     return rows
 
 
-def suppress(row: IndicatorRow, below: int) -> IndicatorRow:
+def small(numerator: int, denominator: int, below: int) -> bool:
+    """Whether a rate rests on a small count: few patients with the property or few without."""
+    return numerator < below or denominator - numerator < below
+
+
+def suppress(row: IndicatorRow, below: int, hide: bool = False) -> IndicatorRow:
     """The row as it may leave the practice: small counts blanked.
 
     The rate and its counts go together: if the numerator or the rest of the denominator
     (denominator - numerator) is below ``below`` - zero included, since 0 % and 100 % tell
     something about every patient in the denominator - numerator, denominator, rate and interval
-    are blanked and ``suppressed`` is set. The register and excepted counts are blanked on their
-    own when below the threshold.
+    are blanked and ``suppressed`` is set; ``hide`` does the same to a row that is not small
+    itself but would give a small one away by subtraction (:func:`concealed`). The register and
+    excepted counts are blanked on their own when below the threshold.
     """
-    small = row.numerator is not None and (
-        row.numerator < below or (row.denominator or 0) - row.numerator < below
-    )
     register = row.register if row.register is not None and row.register >= below else None
     excepted = row.excepted if row.excepted is not None and row.excepted >= below else None
-    if not small:
+    if not hide and not (
+        row.numerator is not None and small(row.numerator, row.denominator or 0, below)
+    ):
         return replace(row, register=register, excepted=excepted)
     return replace(
         row,
@@ -316,15 +321,128 @@ def suppress(row: IndicatorRow, below: int) -> IndicatorRow:
     )
 
 
-def for_the_run(rows: Iterable[IndicatorRow], below: int) -> list[IndicatorRow]:
-    """indicators.csv: practice rows as the practice sees itself, every other level suppressed."""
-    return [row if row.level == "practice" else suppress(row, below) for row in rows]
+Counts = tuple[int, int]  # numerator, denominator
+Unit = tuple[str, str]  # level, id
 
 
-def for_sharing(rows: Iterable[IndicatorRow], below: int) -> list[IndicatorRow]:
+def _sum(parts: Iterable[Counts]) -> Counts:
+    numerator = denominator = 0
+    for n, d in parts:
+        numerator, denominator = numerator + n, denominator + d
+    return numerator, denominator
+
+
+def _exposed(total: Counts, insiders: Iterable[Counts], below: int) -> bool:
+    """Whether hidden cells that sum to ``total`` give a small count away: the sum itself, or the
+    sum less what one insider (a practice; a cluster's practices together) knows of its own. A
+    group of nobody (denominator 0) tells nothing about a patient."""
+    groups = [total, *((total[0] - n, total[1] - d) for n, d in insiders)]
+    return any(d > 0 and small(n, d, below) for n, d in groups)
+
+
+def _smallest(units: Iterable[Unit], counts: Mapping[Unit, Counts], default: Unit) -> Unit:
+    return min(units, key=lambda u: (counts[u][1], u), default=default)
+
+
+def concealed(counts: Mapping[Unit, Counts], below: int, clusters: Mapping[str, str]) -> set[Unit]:
+    """The units of one indicator whose rate is hidden wherever practices see each other's
+    (indicators-shared.csv; the cluster and country rows of indicators.csv): the small ones, and
+    as many more as it takes that no small one can be worked out from those shown.
+
+    Why: a cluster's counts are the sum of its practices', the country's the sum of the clusters',
+    the practices without a cluster and the patients without a practice. One hidden practice of
+    a cluster is the cluster's count less the other practices'; one hidden cluster the country's
+    less the other clusters'; and a practice knows its own counts, so what is hidden must stay
+    large without any one practice (or any one cluster's practices together) too.
+    """
+    hidden = {unit for unit, (n, d) in counts.items() if small(n, d, below)}
+    members: dict[str | None, list[Unit]] = defaultdict(list)
+    for level, unit in sorted(counts):
+        if level == "practice":
+            members[clusters.get(unit)].append((level, unit))
+    for cluster, practices in members.items():
+        if cluster is not None and ("cluster", cluster) in counts:
+            _protect_cluster(("cluster", cluster), practices, counts, hidden, below)
+    if ("all", ALL) in counts:
+        _protect_country(members, counts, hidden, below)
+    return hidden
+
+
+def _protect_cluster(
+    cluster: Unit,
+    practices: list[Unit],
+    counts: Mapping[Unit, Counts],
+    hidden: set[Unit],
+    below: int,
+) -> None:
+    """Hide the smallest shown practice while the hidden ones give a small count away, and the
+    cluster when none is left."""
+    while cluster not in hidden:
+        unknown = [counts[p] for p in practices if p in hidden]
+        if not _exposed(_sum(unknown), unknown, below):
+            return
+        hidden.add(_smallest((p for p in practices if p not in hidden), counts, cluster))
+
+
+def _protect_country(
+    members: Mapping[str | None, list[Unit]],
+    counts: Mapping[Unit, Counts],
+    hidden: set[Unit],
+    below: int,
+) -> None:
+    """The same for the country: what it holds beyond the shown clusters and practices is the
+    patients without a practice and the hidden practices outside a shown cluster. More is hidden
+    with a shown practice outside a shown cluster, or a shown cluster that has hidden practices."""
+    everyone = ("all", ALL)
+    known = _sum(counts[u] for u in counts if u[0] == "practice")
+    residue = (counts[everyone][0] - known[0], counts[everyone][1] - known[1])
+    while everyone not in hidden:
+        outside = [[p] for p in members.get(None, [])] + [
+            m for c, m in members.items() if c is not None and ("cluster", c) in hidden
+        ]
+        unknown = [[counts[p] for p in group if p in hidden] for group in outside]
+        insiders = [*(c for group in unknown for c in group), *map(_sum, unknown)]
+        if not _exposed(_sum([residue, *(c for group in unknown for c in group)]), insiders, below):
+            return
+        candidates = [p for group in outside for p in group if p not in hidden] + [
+            ("cluster", c)
+            for c, m in members.items()
+            if c is not None and ("cluster", c) not in hidden and any(p in hidden for p in m)
+        ]
+        hidden.add(_smallest(candidates, counts, everyone))
+
+
+def for_sharing(
+    rows: Iterable[IndicatorRow], below: int, clusters: Mapping[str, str]
+) -> list[IndicatorRow]:
     """indicators-shared.csv: what may leave the practices (a cluster comparing its practices):
-    every level suppressed, practice rows too."""
-    return [suppress(row, below) for row in rows]
+    every level suppressed, practice rows too, and what would give a small count away by
+    subtraction (:func:`concealed`)."""
+    rows = list(rows)
+    by_indicator: dict[tuple[str, str], dict[Unit, Counts]] = defaultdict(dict)
+    for r in rows:
+        by_indicator[(r.guideline, r.indicator)][(r.level, r.id)] = (
+            r.numerator or 0,
+            r.denominator or 0,
+        )
+    hidden = {
+        (key, unit)
+        for key, counts in by_indicator.items()
+        for unit in concealed(counts, below, clusters)
+    }
+    return [
+        suppress(r, below, ((r.guideline, r.indicator), (r.level, r.id)) in hidden) for r in rows
+    ]
+
+
+def for_the_run(
+    rows: Iterable[IndicatorRow], below: int, clusters: Mapping[str, str]
+) -> list[IndicatorRow]:
+    """indicators.csv: practice rows as the practice sees itself, the cluster and country rows
+    as in :func:`for_sharing` (a practice that reads both files learns nothing more)."""
+    rows = list(rows)
+    shared = for_sharing(rows, below, clusters)
+    return [r if r.level == "practice" else s for r, s in zip(rows, shared, strict=True)]
 
 
 def indicator_row_from_csv(record: Mapping[str, str]) -> IndicatorRow:

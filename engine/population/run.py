@@ -76,7 +76,7 @@ from rules.rendering import (
 )
 from rules.rendering import render as _render
 
-FORMAT = 2  # bump when the layout or a file's columns change: it is part of the run id
+FORMAT = 3  # bump when the layout, a file's columns or what it hides change: part of the run id
 MANIFEST = "manifest.json"
 
 
@@ -364,7 +364,7 @@ def _sweep_date(
         ("indicators.csv", out.for_the_run),
         ("indicators-shared.csv", out.for_sharing),
     ):
-        published = publish(indicators, suppress_below)
+        published = publish(indicators, suppress_below, clusters)
         _write_csv(
             directory / name,
             out.csv_text(out.INDICATOR_COLUMNS, (out.as_record(r) for r in published)),
@@ -420,7 +420,7 @@ def write_outputs(
         ("indicators.csv", out.for_the_run),
         ("indicators-shared.csv", out.for_sharing),
     ):
-        published = publish(indicators, suppress_below)
+        published = publish(indicators, suppress_below, clusters)
         _write_csv(
             directory / name,
             out.csv_text(out.INDICATOR_COLUMNS, (out.as_record(r) for r in published)),

@@ -8,6 +8,8 @@ import io
 import os
 import subprocess
 import sys
+from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -108,8 +110,148 @@ def test_register_and_excepted_counts_are_blanked_on_their_own() -> None:
 
 def test_practice_rows_are_kept_for_the_practice_and_suppressed_for_sharing() -> None:
     rows = [row("practice", 1, 2), row("cluster", 1, 2), row("all", 1, 2)]
-    assert [r.suppressed for r in out.for_the_run(rows, 5)] == [False, True, True]
-    assert [r.suppressed for r in out.for_sharing(rows, 5)] == [True, True, True]
+    clusters = {"x": "x"}
+    assert [r.suppressed for r in out.for_the_run(rows, 5, clusters)] == [False, True, True]
+    assert [r.suppressed for r in out.for_sharing(rows, 5, clusters)] == [True, True, True]
+
+
+def unit(level: str, unit_id: str, numerator: int, denominator: int) -> out.IndicatorRow:
+    return replace(row(level, numerator, denominator), id=unit_id)
+
+
+def hidden(rows: list[out.IndicatorRow]) -> set[str]:
+    return {r.id for r in rows if r.suppressed}
+
+
+def test_a_hidden_cluster_is_not_the_country_less_the_other_clusters() -> None:
+    """k1 (2 of 40) is small; with the country and k2 shown, all - k2 gave it back. k2 cannot
+    hide it (its practices are shown, their sum is k2), so the country is hidden."""
+    rows = [
+        unit("practice", "p1", 2, 40),
+        unit("practice", "p2", 15, 30),
+        unit("practice", "p3", 15, 30),
+        unit("cluster", "k1", 2, 40),
+        unit("cluster", "k2", 30, 60),
+        unit("all", "all", 32, 100),
+    ]
+    clusters = {"p1": "k1", "p2": "k2", "p3": "k2"}
+    assert hidden(out.for_sharing(rows, 5, clusters)) == {"p1", "k1", "all"}
+    assert hidden(out.for_the_run(rows, 5, clusters)) == {"k1", "all"}
+
+
+def test_a_hidden_practice_is_not_its_cluster_less_the_other_practices() -> None:
+    """p1 (2 of 20) is small; k1 less p2 and p3 gave it back, and so would k1 less p2 to p3
+    (who knows its own counts) if only p1 and p2 were hidden: all three are."""
+    rows = [
+        unit("practice", "p1", 2, 20),
+        unit("practice", "p2", 20, 40),
+        unit("practice", "p3", 20, 45),
+        unit("cluster", "k1", 42, 105),
+    ]
+    clusters = {"p1": "k1", "p2": "k1", "p3": "k1"}
+    assert hidden(out.for_sharing(rows, 5, clusters)) == {"p1", "p2", "p3"}
+
+
+def test_a_cluster_is_hidden_when_it_less_one_practice_is_another_small_practice() -> None:
+    """A practice reads its own row (indicators.csv) and the cluster's: k1 less p2 is p1."""
+    rows = [
+        unit("practice", "p1", 2, 20),
+        unit("practice", "p2", 20, 40),
+        unit("cluster", "k1", 22, 60),
+    ]
+    clusters = {"p1": "k1", "p2": "k1"}
+    assert hidden(out.for_the_run(rows, 5, clusters)) == {"k1"}
+    assert hidden(out.for_sharing(rows, 5, clusters)) == {"p1", "p2", "k1"}
+
+
+def test_the_country_less_its_clusters_does_not_give_away_patients_without_a_practice() -> None:
+    """3 of 10 patients without a practice count only in the country's row."""
+    rows = [
+        unit("practice", "p1", 15, 50),
+        unit("practice", "p2", 15, 50),
+        unit("cluster", "k1", 30, 100),
+        unit("all", "all", 33, 110),
+    ]
+    clusters = {"p1": "k1", "p2": "k1"}
+    assert hidden(out.for_sharing(rows, 5, clusters)) == {"all"}
+
+
+def test_nothing_more_is_hidden_when_the_hidden_cells_stay_large_together() -> None:
+    """p1 and p2 are small each but 10 of 20 together, and large without either: k1 is shown."""
+    rows = [
+        unit("practice", "p1", 4, 8),
+        unit("practice", "p2", 3, 6),
+        unit("practice", "p3", 3, 6),
+        unit("practice", "p4", 20, 40),
+        unit("cluster", "k1", 30, 60),
+        unit("all", "all", 30, 60),
+    ]
+    clusters = dict.fromkeys(("p1", "p2", "p3", "p4"), "k1")
+    assert hidden(out.for_sharing(rows, 5, clusters)) == {"p1", "p2", "p3"}
+
+
+def _determined(known: list[list[Fraction]], target: list[Fraction]) -> bool:
+    """Whether ``target`` is a linear combination of the ``known`` rows (Gaussian elimination)."""
+
+    def rank(rows: list[list[Fraction]]) -> int:
+        rows, found = [r[:] for r in rows], 0
+        for column in range(len(target)):
+            pivot = next((r for r in rows[found:] if r[column]), None)
+            if pivot is None:
+                continue
+            rows.remove(pivot)
+            rows = [
+                [a - r[column] / pivot[column] * b for a, b in zip(r, pivot, strict=True)]
+                for r in rows
+            ]
+            rows.insert(found, pivot)
+            found += 1
+        return found
+
+    return rank([*known, target]) == rank(known)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["k1", "k2", "k3", None]), st.integers(0, 12), st.integers(0, 12)
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.tuples(st.integers(0, 3), st.integers(0, 3)),
+)
+def test_no_small_count_can_be_worked_out_from_the_shown_rows_and_ones_own(
+    practices: list[tuple[str | None, int, int]], nobody: tuple[int, int]
+) -> None:
+    """Every row a sum of practices (and of the patients without one); a reader knows the shown
+    rows of indicators-shared.csv and one practice's own. No small practice or cluster it does not
+    own may be a linear combination of what it knows."""
+    names = [f"p{n}" for n in range(len(practices))]
+    clusters = {p: c for p, (c, _, _) in zip(names, practices, strict=True) if c is not None}
+    counts = {
+        ("practice", p): (n, n + rest) for p, (_, n, rest) in zip(names, practices, strict=True)
+    }
+    for cluster in set(clusters.values()):
+        inside = [counts[("practice", p)] for p in names if clusters.get(p) == cluster]
+        counts[("cluster", cluster)] = (sum(n for n, _ in inside), sum(d for _, d in inside))
+    total = [counts[("practice", p)] for p in names] + [(nobody[0], sum(nobody))]
+    counts[("all", "all")] = (sum(n for n, _ in total), sum(d for _, d in total))
+    rows = [unit(level, u, n, d) for (level, u), (n, d) in counts.items()]
+
+    def leaves(level: str, u: str) -> list[Fraction]:  # nobody without a practice: known to be 0
+        inside = [level == "all" or p == u or clusters.get(p) == u for p in names]
+        return [Fraction(x) for x in [*inside, level == "all" and sum(nobody) > 0]]
+
+    published = out.for_sharing(rows, 5, clusters)
+    shown = [leaves(r.level, r.id) for r in published if not r.suppressed]
+    for reader in names:
+        known = [*shown, leaves("practice", reader)]
+        for r in published:
+            n, d = counts[(r.level, r.id)]
+            own = leaves(r.level, r.id) == leaves("practice", reader)
+            if r.suppressed and d and out.small(n, d, 5) and not own:
+                assert not _determined(known, leaves(r.level, r.id)), (reader, r.level, r.id)
 
 
 # -- exceptions ----------------------------------------------------------------------------------

@@ -266,12 +266,11 @@ def test_small_counts_are_suppressed_above_practice_level_only(
         numerator, denominator = counts[(*key, "numerator")], counts[(*key, "denominator")]
         small = numerator < SUPPRESS or denominator - numerator < SUPPRESS
         outcomes[small] += 1
-        if small:
-            assert r["suppressed"] == "true"
+        if r["suppressed"] == "true":  # small, or hidden so that no small one can be worked out
             assert r["numerator"] == r["denominator"] == r["rate"] == ""
             assert r["ci_low"] == r["ci_high"] == ""
         else:
-            assert r["suppressed"] == "false"
+            assert not small
             assert (int(r["numerator"]), int(r["denominator"])) == (numerator, denominator)
         register = counts[(*key, "register")]
         assert r["register"] == (str(register) if register >= SUPPRESS else "")
@@ -288,6 +287,55 @@ def test_small_counts_are_suppressed_above_practice_level_only(
         if r["numerator"]:
             n, d = int(r["numerator"]), int(r["denominator"])
             assert n >= SUPPRESS and d - n >= SUPPRESS
+
+
+def test_no_small_count_is_the_difference_of_shown_ones(day: Path) -> None:
+    """A cluster less its shown practices, or the country less its shown clusters and the shown
+    practices outside them, is what those rows hide together; less one practice's own counts
+    too (a practice reads the file). None of these may be a small count of patients."""
+    shown: dict[tuple[str, str], dict[tuple[str, str], tuple[int, int]]] = {}
+    own: dict[tuple[str, str, str], tuple[int, int]] = {}
+    for r in read_csv(day / "indicators.csv"):
+        if r["level"] == "practice":
+            own[(r["guideline"], r["indicator"], r["id"])] = (
+                int(r["numerator"]),
+                int(r["denominator"]),
+            )
+    for r in read_csv(day / "indicators-shared.csv"):
+        rows = shown.setdefault((r["guideline"], r["indicator"]), {})
+        if r["suppressed"] == "false":
+            rows[(r["level"], r["id"])] = (int(r["numerator"]), int(r["denominator"]))
+    checked = 0
+    for (guideline, indicator), rows in shown.items():
+        for (level, unit), (n, d) in rows.items():
+            if level == "practice":
+                continue
+            inside = [p for p in PRACTICES if level == "all" or CLUSTERS[p] == unit]
+            covered = [
+                p
+                for p in inside
+                if ("practice", p) in rows or (level == "all" and ("cluster", CLUSTERS[p]) in rows)
+            ]
+            known = [rows[u] for u in rows if level == "all" and u[0] == "cluster"]
+            known += [
+                rows[("practice", p)]
+                for p in covered
+                if ("practice", p) in rows
+                and not (level == "all" and ("cluster", CLUSTERS[p]) in rows)
+            ]
+            rest = (n - sum(k[0] for k in known), d - sum(k[1] for k in known))
+            hidden = [p for p in inside if p not in covered]
+            for insider in [(0, 0)] + [own[(guideline, indicator, p)] for p in hidden]:
+                left = (rest[0] - insider[0], rest[1] - insider[1])
+                checked += 1
+                assert left[1] == 0 or min(left[0], left[1] - left[0]) >= SUPPRESS, (
+                    guideline,
+                    indicator,
+                    level,
+                    unit,
+                    left,
+                )
+    assert checked
 
 
 # -- exceptions ----------------------------------------------------------------------------------
