@@ -14,6 +14,7 @@ from rules.tree import CompiledGuideline
 HEADINGS = {
     "da": {
         "who": "Hvem",
+        "facts": "Fakta",
         "checks": "Hvad den tjekker",
         "targets": "Individuelle mål",
         "indicators": "Indikatorer",
@@ -25,6 +26,7 @@ HEADINGS = {
     },
     "en": {
         "who": "Who",
+        "facts": "Facts",
         "checks": "What it checks",
         "targets": "Individual targets",
         "indicators": "Indicators",
@@ -34,6 +36,24 @@ HEADINGS = {
         "otherwise": "otherwise",
         "precedence": "precedence",
     },
+}
+# A fact in words: (Danish, English) before the value set's title, and for each argument
+PRIMITIVE_WORDS = {
+    "latest_observation": ("seneste", "latest"),
+    "earliest_observation": ("første", "earliest"),
+    "count_observations": ("antal", "number of"),
+    "active_medication": ("aktuel behandling med", "currently taking"),
+    "continuous_use": ("sammenhængende brug af", "continuous use of"),
+    "medication_started": ("startet på", "started"),
+    "condition_present": ("diagnose", "diagnosis"),
+    "condition_onset": ("tidligste debut af", "earliest onset of"),
+    "patient_goal": ("patientens eget mål for", "the patient's own target for"),
+}
+ARGUMENT_WORDS = {
+    "within": ("inden for", "within"),
+    "longer_than": ("i mere end", "for more than"),
+    "max_gap_days": ("pauser på højst (dage)", "gaps of at most (days)"),
+    "include_resolved": ("også afsluttede", "resolved ones too"),
 }
 UNTIL = {"da": "indtil", "en": "until"}
 FROM = {"da": "fra", "en": "from"}
@@ -75,6 +95,7 @@ def _guideline(g: CompiledGuideline, raw: dict[str, Any], guidelines: GuidelineS
             f"- **{h['effective']}**: {_period(g, language)} ({g.status})",
             f"- **{h['who']}**: {g.register_description.in_language(language)} "
             f"(`{raw['register']['when']}`)",
+            *_facts(raw.get("facts", {}), guidelines, language),
             f"- **{h['checks']}**:",
         ]
         for rec, raw_rec in zip(g.recommendations, raw.get("recommendations", []), strict=True):
@@ -97,6 +118,35 @@ def _guideline(g: CompiledGuideline, raw: dict[str, Any], guidelines: GuidelineS
         note = f" {' '.join(src.note.split())}" if src.note else ""
         lines.append(f"- [{src.title}]({src.url}) ({src.date.isoformat()}).{note}")
     return lines
+
+
+def _facts(raw_facts: dict[str, Any], guidelines: GuidelineSet, language: str) -> list[str]:
+    """What each name in the conditions means: a reviewer checks thresholds and windows here,
+    which the conditions only name (`albuminuria and not on_ras`)."""
+    if not raw_facts:
+        return []
+    lines = [f"- **{HEADINGS[language]['facts']}**:"]
+    for name, definition in raw_facts.items():
+        ((primitive, args),) = definition.items()
+        lines.append(f"  - `{name}`: {_fact_in_words(primitive, args, guidelines, language)}")
+    return lines
+
+
+def _fact_in_words(primitive: str, args: Any, guidelines: GuidelineSet, language: str) -> str:
+    if primitive == "expression":
+        return f"`{' '.join(str(args).split())}`"
+    index = 0 if language == "da" else 1
+    valueset = guidelines.valuesets[args["valueset"]]
+    words = [
+        f"{PRIMITIVE_WORDS[primitive][index]} {valueset.title.in_language(language)} "
+        f"(`{valueset.id}`)"
+    ]
+    for key, value in args.items():
+        if key == "include_resolved":
+            words += [ARGUMENT_WORDS[key][index]] if value else []
+        elif key != "valueset":
+            words.append(f"{ARGUMENT_WORDS[key][index]} `{value}`")
+    return ", ".join(words)
 
 
 def _targets(

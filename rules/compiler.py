@@ -8,10 +8,12 @@ error: an author sees all of them at once.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from difflib import get_close_matches
+from functools import cache
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path as FsPath
 from typing import Any
@@ -37,6 +39,9 @@ from rules.rendering import is_observation, width
 from rules.source import Path, SourceDocument, YamlRefusedError, YamlSyntaxError, parse_yaml
 from rules.valuesets import CompiledValueSet, compile_codes
 
+# Code systems whose every code no ServiceRequest can order, and what they name instead (ICPC-2
+# and SKS also hold procedures, so they are left to the author)
+_NOT_ORDERABLE = {"atc": "a medicine", "rxnorm": "a medicine", "icd10": "a diagnosis"}
 SUMMARY_LIMIT = 140  # CDS Hooks: summary SHALL be fewer than 140 characters
 BUILTINS: dict[str, ty.Type] = {"age": ty.NUMBER, "sex": ty.SEX}
 
@@ -111,8 +116,17 @@ def validate_model(model: type[BaseModel], problems: Problems) -> Any:
         return model.model_validate(problems.document.data)
     except ValidationError as exc:
         for error in _one_per_union(exc.errors(include_url=False)):
-            problems.at(_path(error), _plain(error))
+            key = ("<key>",) if error["type"] == "extra_forbidden" else ()
+            problems.at((*_path(error), *key), _plain(error))
         return None
+
+
+@cache
+def _keys_of_rule_files() -> frozenset[str]:
+    """Every key a rule or value-set file has somewhere: a known key where it is unknown is
+    most often a line indented to the wrong level."""
+    models = (m for m in vars(s).values() if isinstance(m, type) and issubclass(m, BaseModel))
+    return frozenset(f.alias or name for m in models for name, f in m.model_fields.items())
 
 
 def _path(error: Any) -> tuple[int | str, ...]:
@@ -145,9 +159,11 @@ def _plain(error: Any) -> str:
     if kind == "missing":
         return f"'{key}' is required here"
     if kind == "extra_forbidden":
-        return f"unknown key '{key}'"
+        return f"unknown key '{key}'{_unknown_key_hint(key)}"
     if kind == "string_pattern_mismatch":
-        form = s.PATTERN_FORMS.get(error.get("ctx", {}).get("pattern"))
+        pattern = error.get("ctx", {}).get("pattern")
+        meant = _duration_meant(error["input"]) if pattern == s.DURATION_PATTERN else None
+        form = f"'{meant}'" if meant else s.PATTERN_FORMS.get(pattern)
         return f"'{error['input']}' is not a valid {key}" + (f" (write {form})" if form else "")
     if kind == "string_type" and isinstance(error["input"], bool | int | float):
         read = "true or false" if isinstance(error["input"], bool) else "a number"
@@ -155,7 +171,46 @@ def _plain(error: Any) -> str:
             f"{key}: YAML reads this as {read} ({error['input']!r}), not as text; put it in quotes"
         )
     message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "literal_error" and isinstance(error["input"], str):
+        meant = _literal_meant(error["input"], re.findall(r"'([^']*)'", message))
+        message += f"; did you mean '{meant}'?" if meant else ""
     return f"{key}: {message}"
+
+
+def _literal_meant(given: str, allowed: list[str]) -> str | None:
+    """'warn' is 'warning'; 'kvinde' (as a Danish card shows it) is 'female'."""
+    folded = given.strip().lower()
+    danish = {da: code for code, da, _ in ty.SEX.words}
+    if danish.get(folded) in allowed:
+        return danish[folded]
+    close = get_close_matches(folded, allowed, n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+_DURATION_UNITS = {
+    "days": ("d", "dag", "dage", "dg", "day"),
+    "weeks": ("w", "wk", "wks", "uge", "uger", "week"),
+    "months": ("m", "md", "mdr", "mdr.", "mnd", "mnd.", "måned", "måneder", "mo", "mth", "month"),
+    "years": ("y", "yr", "yrs", "år", "aar", "year"),
+}
+
+
+def _duration_meant(text: str) -> str | None:
+    """'24 mdr' is '24 months': the number the author wrote, with the unit in English."""
+    match = re.fullmatch(r"\s*(\d+)\s*(\S+)\s*", text)
+    if match is None:
+        return None
+    number, unit = match.groups()
+    english = next((e for e, words in _DURATION_UNITS.items() if unit.lower() in (e, *words)), None)
+    return f"{number} {english}" if english else None
+
+
+def _unknown_key_hint(key: str) -> str:
+    known = _keys_of_rule_files()
+    if key in known:
+        return f" here; '{key}' belongs at another level: check its indentation"
+    close = get_close_matches(key, sorted(known), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def content_hash(raw: bytes) -> str:
@@ -363,6 +418,24 @@ class _GuidelineCompiler:
             self.problems.at(path, f"unknown value set '{valueset_id}'{meant} (known: {known})")
         return valueset
 
+    def _orderable(self, path: Path, valueset_id: str) -> None:
+        """A suggestion becomes a ServiceRequest for the value set's first code: a test or a
+        procedure. A drug class (ATC C09) or a diagnosis there would be an order no one can
+        carry out, so it is refused where it is written."""
+        valueset = self._valueset(path, valueset_id)
+        if valueset is None:
+            return
+        system, code = valueset.preferred
+        kind = _NOT_ORDERABLE.get(system)
+        if kind is not None:
+            self.problems.at(
+                path,
+                f"'{valueset_id}' begins with {system} {code}, {kind}: a suggestion orders a test "
+                f"or procedure (a FHIR ServiceRequest for the value set's first code), never "
+                f"{kind}; name it in the label or detail and leave out 'order', or order a value "
+                f"set whose first code is a test (npu, loinc, snomed)",
+            )
+
     # -- targets ----------------------------------------------------------------------------------
 
     def _targets(self, fact_scope: dict[str, ty.Type]) -> tuple[t.TargetDef, ...]:
@@ -415,7 +488,7 @@ class _GuidelineCompiler:
         suggestion = None
         if rec.suggestion is not None:
             if rec.suggestion.order is not None:
-                self._valueset((*base, "suggestion", "order"), rec.suggestion.order)
+                self._orderable((*base, "suggestion", "order"), rec.suggestion.order)
             suggestion = t.SuggestionDef(_text(rec.suggestion.label), rec.suggestion.order)
         if when is None or summary is None or (rec.detail and detail is None):
             return None
@@ -527,6 +600,7 @@ class _GuidelineCompiler:
             "indicators": {i.id for i in self.model.indicators},
             "facts": set(self.model.facts) | set(BUILTINS),
         }
+        self._check_case_names()
         for index, case in enumerate(self.model.tests):
             expect = case.expect
             for section, names in known.items():
@@ -538,6 +612,20 @@ class _GuidelineCompiler:
                             ("tests", index, "expect", section),
                             f"test '{case.name}' expects unknown {section.rstrip('s')} '{name}'",
                         )
+
+    def _check_case_names(self) -> None:
+        """A case copied and not renamed: the names are the rule's specification in words, and
+        a failure or a reviewer names a case by its name."""
+        first: dict[str, int] = {}
+        for index, case in enumerate(self.model.tests):
+            earlier = first.setdefault(case.name, index)
+            if earlier != index:
+                where = self.problems.document.position(("tests", earlier, "name"))
+                line = f" (line {where.line})" if where else ""
+                self.problems.at(
+                    ("tests", index, "name"),
+                    f"another test case is named '{case.name}'{line}; give each case its own name",
+                )
 
 
 def split_template(text: str) -> list[tuple[str, int | None]]:

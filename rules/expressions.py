@@ -325,7 +325,9 @@ def _check_comparable(left: t.Expr, right: t.Expr, op: str, column: int) -> None
         if lt.unit != rt.unit:
             case = "; UCUM units are case-sensitive" if lt.unit.lower() == rt.unit.lower() else ""
             raise ExpressionError(
-                f"unit mismatch: cannot compare {lt.unit} with {rt.unit}{case}", column
+                f"unit mismatch: cannot compare {lt.unit} with {rt.unit}{case}"
+                f"{_unit_hint(left, right)}",
+                column,
             )
         return
     if isinstance(lt, ty.Quantity) or isinstance(rt, ty.Quantity):
@@ -336,9 +338,68 @@ def _check_comparable(left: t.Expr, right: t.Expr, op: str, column: int) -> None
             hint = f"; give the number its unit, e.g. 58 '{quantity.unit}'"
         raise ExpressionError(f"cannot compare {_a(quantity)} with {_a(other)}{hint}", column)
     if lt != rt:
-        raise ExpressionError(f"cannot compare {_a(lt)} with {_a(rt)}", column)
+        raise ExpressionError(
+            f"cannot compare {_a(lt)} with {_a(rt)}{_text_hint(left, right)}", column
+        )
     if lt in (ty.BOOL, ty.STRING) and op not in ("=", "!="):
         raise ExpressionError(f"{_a(lt).capitalize()} can only be compared with = or !=", column)
+    _check_closed_value(left, right, op, column)
+    _check_closed_value(right, left, op, column)
+
+
+def _unit_hint(left: t.Expr, right: t.Expr) -> str:
+    """A threshold written in the lab's other unit: the data are converted, the threshold not."""
+    if isinstance(left, t.Literal) == isinstance(right, t.Literal):
+        return ""
+    data = right if isinstance(left, t.Literal) else left
+    unit = data.type.unit if isinstance(data.type, ty.Quantity) else ""
+    named = expr_text(data)
+    what = named if named != "expression" else "the other side"
+    return (
+        f"; {what} is in {unit} (results in other units are converted to it when they are "
+        f"read): convert the threshold to {unit} and write it as a number with '{unit}'"
+    )
+
+
+def _text_hint(left: t.Expr, right: t.Expr) -> str:
+    """How to write the value an author put in quotes: true/false and dates have no quotes."""
+    kinds = {left.type, right.type}
+    if ty.STRING not in kinds:
+        return ""
+    if ty.BOOL in kinds:
+        return "; true/false is written without quotes (on_x = true), or just on_x / not on_x"
+    if ty.DATE in kinds:
+        literal = left if left.type == ty.STRING else right
+        example = literal.value if isinstance(literal, t.Literal) else "2026-01-01"
+        return f"; a date is written with @ and no quotes, e.g. @{example}"
+    return ""
+
+
+def _check_closed_value(coded: t.Expr, other: t.Expr, op: str, column: int) -> None:
+    """A text that can only hold certain codes (sex, a target's source) compared with any other
+    text decides nothing (= is never true, != always): refuse it, naming the codes and the one the author probably meant."""
+    allowed = coded.type.values if isinstance(coded.type, ty.Scalar) else ()
+    if not allowed or not isinstance(other, t.Literal) or other.value in allowed:
+        return
+    codes = ", ".join(f"'{v}'" for v in allowed)
+    meant = _meant_code(str(other.value), coded.type)
+    hint = f"; did you mean '{meant}'?" if meant else ""
+    always = "always" if op == "!=" else "never"
+    raise ExpressionError(
+        f"'{other.value}' is never a value of {expr_text(coded)}, so this is {always} true"
+        f"{hint} ({expr_text(coded)} is one of {codes})",
+        column,
+    )
+
+
+def _meant_code(text: str, type_: ty.Scalar) -> str | None:
+    """The code behind a word as a card shows it ('kvinde' is 'female'), a case slip or a typo."""
+    folded = text.strip().lower()
+    for code, *shown in type_.words:
+        if folded == code or folded in (w.lower() for w in shown):
+            return code
+    close = get_close_matches(folded, list(type_.values), n=1)
+    return close[0] if close else None
 
 
 def _arithmetic_type(left: t.Expr, right: t.Expr, op: Token) -> ty.Type:

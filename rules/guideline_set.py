@@ -84,7 +84,6 @@ def load_guidelines(directory: Path) -> GuidelineSet:
         for path in _files(directory, "*.yml")
     ]
     files: list[GuidelineFile] = []
-    seen: dict[tuple[str, str], str] = {}
     for path in _files(directory, "*.yaml"):
         if VALUESET_DIR in path.relative_to(directory).parts[:1]:
             continue
@@ -92,18 +91,10 @@ def load_guidelines(directory: Path) -> GuidelineSet:
             path, _display(path, directory), valuesets, frozenset(broken)
         )
         errors += problems
-        if loaded is None:
-            continue
-        key = (loaded.guideline.id, loaded.guideline.version)
-        if key in seen:
-            errors.append(
-                RuleError(
-                    loaded.guideline.file, None, f"{key[0]} version {key[1]} is also in {seen[key]}"
-                )
-            )
-        seen[key] = loaded.guideline.file
-        files.append(loaded)
-    errors += _overlapping_versions(files)
+        if loaded is not None:
+            files.append(loaded)
+    errors += _repeated_versions(files)
+    errors += _successive_versions(files)
     errors += _ambiguous_targets(files)
     if errors:
         raise RuleFileError(errors)
@@ -136,28 +127,81 @@ def _display(path: Path, directory: Path) -> str:
         return str(path)
 
 
-def _overlapping_versions(files: list[GuidelineFile]) -> list[RuleError]:
-    """Two active versions of one guideline must never be in force at the same moment."""
+def version_number(version: str) -> tuple[int, int, int]:
+    """A version as numbers, so that 1.10.0 follows 1.9.0 and 1.0 is 1.0.0."""
+    major, minor, *patch = (int(part) for part in version.split("."))
+    return major, minor, patch[0] if patch else 0
+
+
+def _repeated_versions(files: list[GuidelineFile]) -> list[RuleError]:
+    """One number names one version: a card or a sweep result records id and version, so two
+    files with the same pair (a copy whose version was not raised) cannot be told apart."""
     errors = []
-    active = sorted(
-        (f for f in files if f.guideline.status == "active"),
-        key=lambda f: (f.guideline.id, f.guideline.starts),
-    )
-    for earlier_file, later_file in pairwise(active):
-        earlier, later = earlier_file.guideline, later_file.guideline
-        if earlier.id != later.id:
-            continue
-        if earlier.ends is None or earlier.ends > later.starts:
+    seen: dict[tuple[str, tuple[int, int, int]], CompiledGuideline] = {}
+    for file in files:
+        g = file.guideline
+        first = seen.setdefault((g.id, version_number(g.version)), g)
+        if first is not g:
+            same = "" if first.version == g.version else f" (written {first.version})"
             errors.append(
                 RuleError(
-                    later.file,
-                    later_file.document.position(("effective",)),
-                    f"versions {earlier.version} ({earlier.file}) and {later.version} of {later.id} "
-                    f"are both in force from {later.effective_from.isoformat()}; give {earlier.version} an "
-                    f"effective.until of {later.effective_from.isoformat()} or earlier",
+                    g.file,
+                    file.document.position(("version",)),
+                    f"{g.id} version {g.version} is also in {first.file}{same}: give a new "
+                    f"version a higher number, a different guideline an id of its own",
                 )
             )
     return errors
+
+
+def _active_in_order(files: list[GuidelineFile]) -> list[tuple[GuidelineFile, GuidelineFile]]:
+    """Consecutive active versions of each guideline, by the moment they start."""
+    active = sorted(
+        (f for f in files if f.guideline.status == "active"),
+        key=lambda f: (f.guideline.id, f.guideline.starts, version_number(f.guideline.version)),
+    )
+    return [(a, b) for a, b in pairwise(active) if a.guideline.id == b.guideline.id]
+
+
+def _successive_versions(files: list[GuidelineFile]) -> list[RuleError]:
+    """Of two active versions of one guideline, the later must start when the earlier has ended
+    and have the higher number (a reader takes 0.9.0 for the older rule); one error per pair."""
+    errors = []
+    for earlier_file, later_file in _active_in_order(files):
+        earlier, later = earlier_file.guideline, later_file.guideline
+        if version_number(earlier.version) == version_number(later.version):
+            continue  # one mistake, reported once by _repeated_versions
+        starts = later.effective_from.isoformat()
+        if earlier.ends is None or earlier.ends > later.starts:
+            where = ("effective",)
+            message = (
+                f"versions {earlier.version} ({earlier.file}) and {later.version} of {later.id} "
+                f"are both in force from {starts}; give {earlier.version} an effective.until of "
+                f"{starts} or earlier"
+            )
+        elif version_number(later.version) < version_number(earlier.version):
+            where = ("version",)
+            message = (
+                f"version {later.version} of {later.id} starts {starts}, after version "
+                f"{earlier.version} ({earlier.file}, from {earlier.effective_from.isoformat()}); "
+                f"a later version needs a higher number than {earlier.version}"
+            )
+        else:
+            continue
+        message += _another_guideline(earlier, later)
+        errors.append(RuleError(later.file, later_file.document.position(where), message))
+    return errors
+
+
+def _another_guideline(earlier: CompiledGuideline, later: CompiledGuideline) -> str:
+    """Versions with nothing of a title in common are more likely a new guideline that took an
+    id already in use: ending the other one would switch off a guideline in service."""
+    if earlier.title.da == later.title.da or earlier.title.en == later.title.en:
+        return ""
+    return (
+        f"; or, if {later.file} is another guideline than '{earlier.title.en}', "
+        f"give it an id of its own ('{later.id}' is taken)"
+    )
 
 
 def _ambiguous_targets(files: list[GuidelineFile]) -> list[RuleError]:

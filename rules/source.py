@@ -77,10 +77,74 @@ def parse_yaml(text: str, file: str) -> SourceDocument:
         problem = str(exc.problem or exc)
         if mark is not None and text[mark.index : mark.index + 1] == "\t":
             problem += "; it is a tab: YAML indents with spaces only"
+        elif exc.problem == "could not find expected ':'" and exc.context_mark is not None:
+            key = exc.context_mark  # PyYAML marks the line after the key that lacks its colon
+            position = Position(key.line + 1, key.column + 1)
+            problem += f" after the key on line {key.line + 1} (a key is followed by ': ')"
+        elif mark is not None and mark.line < len(lines := text.splitlines()):
+            problem += _indentation_hint(lines[: mark.line + 1], problem)
         raise YamlSyntaxError(problem, position) from exc
     positions: dict[Path, ScalarSpan] = {}
     data = None if node is None else _build(node, (), positions, set())
     return SourceDocument(file=file, data=data, positions=positions)
+
+
+def _indentation_hint(lines: list[str], problem: str) -> str:
+    """What an indentation slip looks like to an author: PyYAML's 'did not find expected key'
+    says nothing of the one space too many or too few that usually causes it."""
+    *above, line = lines
+    if not line.strip():
+        return ""
+    indent = _indent(line)
+    levels = _open_levels(above)
+    number = len(lines)
+    if problem == "did not find expected '-' indicator" and indent in levels:
+        item = levels[indent]
+        return (
+            f"; line {number} is indented like the '- ' of a list item (line {item}) but does not "
+            f"start one: to belong to that item, indent it to line up with the item's first key "
+            f"({indent + 2} spaces)"
+        )
+    if indent in levels or not levels or _opens_a_block(above, indent):
+        if problem == "mapping values are not allowed in this context":
+            return "; a text that contains ': ' (colon, space) must be in quotes"
+        return ""
+    *rest, last = [f"{n} (line {at})" for n, at in sorted(levels.items())]
+    shown = f"{', '.join(rest)} or {last}" if rest else last
+    return (
+        f"; check the indentation: line {number} is indented {indent} space(s), but a line at its "
+        f"level is indented {shown}"
+    )
+
+
+def _opens_a_block(above: list[str], indent: int) -> bool:
+    """The nearest line ends in a key ('patient:'), so the next may begin a deeper level."""
+    nearest = next((x for x in reversed(above) if x.strip() and not x.lstrip().startswith("#")), "")
+    return nearest.rstrip().endswith(":") and indent > _indent(nearest)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _open_levels(above: list[str]) -> dict[int, int]:
+    """The indentations a next line can line up with, each with the (1-based) line that set it:
+    the nearest line and every less-indented line before it (a list item's key too)."""
+    levels: dict[int, int] = {}
+    lowest = None
+    for number in range(len(above), 0, -1):
+        line = above[number - 1]
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = _indent(line)
+        if lowest is not None and indent >= lowest:
+            continue
+        if stripped.startswith("- "):
+            levels.setdefault(indent + 2 + _indent(stripped[2:]), number)
+        levels.setdefault(indent, number)
+        lowest = indent
+    return levels
 
 
 def _build(node: yaml.Node, path: Path, positions: dict[Path, ScalarSpan], built: set[int]) -> Any:

@@ -12,11 +12,14 @@ class Scalar:
     """bool, number, date or string; ``width`` bounds a string's rendered length (None: unknown).
 
     ``words``: (code, Danish, English) for a string whose values are codes a reader should see
-    in words (sex: 'female' is 'kvinde' on a Danish card); it compares as any string."""
+    in words (sex: 'female' is 'kvinde' on a Danish card); it compares as any string.
+    ``values``: the only codes such a string can hold, so a comparison with any other text (a
+    rule that says ``sex = 'kvinde'``) is refused at load rather than silently never true."""
 
     kind: str
     width: int | None = field(default=None, compare=False)
     words: tuple[tuple[str, str, str], ...] = field(default=(), compare=False)
+    values: tuple[str, ...] = field(default=(), compare=False)
 
     def __str__(self) -> str:
         return self.kind
@@ -61,12 +64,13 @@ SEX = Scalar(
         ("other", "andet", "other"),
         ("unknown", "ukendt", "unknown"),
     ),
+    values=("male", "female", "other", "unknown"),
 )  # FHIR administrative gender
 RESOURCE = Scalar("string", width=len("MedicationStatement/") + FHIR_ID_LENGTH)
 # The type of a fact or target whose own definition has an error: it stays a known name, and an
 # expression that uses it is not reported again (one mistake, one message).
 UNUSABLE = Scalar("unusable")
-TARGET_SOURCE = Scalar("string", width=len("default"))
+TARGET_SOURCE = Scalar("string", width=len("default"), values=("goal", "case", "default"))
 
 
 def observation(unit: str | None) -> Record:

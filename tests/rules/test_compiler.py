@@ -115,6 +115,21 @@ def test_unknown_key_is_an_error(guideline_dir: Path) -> None:
     assert any("unknown key 'colour'" in e for e in errors)
 
 
+def test_a_known_key_at_the_wrong_level_is_placed_at_the_key(guideline_dir: Path) -> None:
+    """A test's 'facts' indented one level too far out was 'unknown key' at the value."""
+    errors = errors_after(guideline_dir, "      facts: {hba1c: 67}", "    facts: {hba1c: 67}")
+    line = line_of(guideline_dir, "    facts: {hba1c: 67}")
+    assert errors == [
+        f"{guideline_dir / 'example.yaml'}:{line}:5: unknown key 'facts' here; 'facts' "
+        "belongs at another level: check its indentation"
+    ]
+
+
+def test_a_misspelt_key_is_named_with_the_key_meant(guideline_dir: Path) -> None:
+    errors = errors_after(guideline_dir, "publisher: Vejviser", "publsher: Vejviser")
+    assert any("unknown key 'publsher'; did you mean 'publisher'?" in e for e in errors)
+
+
 def test_expectation_naming_an_unknown_recommendation(guideline_dir: Path) -> None:
     errors = errors_after(
         guideline_dir, "recommendations: [above-target]", "recommendations: [above-targt]"
@@ -170,7 +185,18 @@ def test_value_set_unit_must_match_the_analyte(guideline_dir: Path) -> None:
         (
             "within: 12 months}}",
             "within: 12 måneder}}",
-            "'12 måneder' is not a valid within (write a number and days, weeks, months or "
+            "'12 måneder' is not a valid within (write '12 months')",
+        ),
+        (
+            "within: 12 months}}",
+            "within: 12 mdr}}",
+            "'12 mdr' is not a valid within (write '12 months')",
+        ),
+        ("within: 12 months}}", "within: 2år}}", "'2år' is not a valid within (write '2 years')"),
+        (
+            "within: 12 months}}",
+            "within: 12 fortnights}}",
+            "'12 fortnights' is not a valid within (write a number and days, weeks, months or "
             "years, in English: '14 days')",
         ),
         (
@@ -189,6 +215,9 @@ def test_value_set_unit_must_match_the_analyte(guideline_dir: Path) -> None:
         "required key",
         "impossible date",
         "window not in English",
+        "window abbreviated in Danish",
+        "window without a space",
+        "window in an unknown unit",
         "python tag",
     ],
 )
@@ -450,3 +479,58 @@ def test_near_misses_are_named_with_what_was_meant(
     (the URI with a slash) loaded and matched nothing."""
     errors = errors_after(guideline_dir, old, new, file)
     assert len(errors) == 1 and message in errors[0] and f"{file}:" in errors[0], errors
+
+
+def test_two_test_cases_with_one_name_are_an_error(guideline_dir: Path) -> None:
+    """A case copied and not renamed passed: two specifications under one name."""
+    path = guideline_dir / "example.yaml"
+    text = path.read_text(encoding="utf-8")
+    case = text[text.index("  - name: above the default target") :]
+    path.write_text(text + case, encoding="utf-8")
+    with pytest.raises(RuleFileError) as caught:
+        load_guidelines(guideline_dir)
+    first = line_of(guideline_dir, "  - name: above the default target")
+    second = first + case.count("\n")
+    assert [str(e) for e in caught.value.errors] == [
+        f"{path}:{second}:11: another test case is named 'above the default target' "
+        f"(line {first}); give each case its own name"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("valueset", "said"),
+    [
+        ("metformin", "'metformin' begins with atc A10BA02, a medicine"),
+        ("t2d-icd", "'t2d-icd' begins with icd10 E11, a diagnosis"),
+    ],
+)
+def test_a_suggestion_cannot_order_a_medicine_or_a_diagnosis(
+    guideline_dir: Path, valueset: str, said: str
+) -> None:
+    """'order: ras-agents' loaded and the card offered a ServiceRequest for ATC C09."""
+    (guideline_dir / "valuesets" / "t2d-icd.yaml").write_text(
+        "id: t2d-icd\ntitle: {da: T2D, en: T2D}\nsources:\n"
+        '  - {title: "ICD-10", url: "https://icd.who.int", date: 2019-01-01}\n'
+        "include:\n  - {system: icd10, codes: [E11]}\n",
+        encoding="utf-8",
+    )
+    errors = errors_after(guideline_dir, "order: hba1c", f"order: {valueset}")
+    line = line_of(guideline_dir, f"order: {valueset}")
+    (found,) = errors
+    assert f"example.yaml:{line}:14: {said}" in found
+    assert "a suggestion orders a test or procedure" in found
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "meant"),
+    [
+        ("indicator: critical", "indicator: crit", "did you mean 'critical'?"),
+        ("sex: female", "sex: kvinde", "did you mean 'female'?"),
+    ],
+)
+def test_a_value_out_of_a_short_list_names_the_one_meant(
+    guideline_dir: Path, old: str, new: str, meant: str
+) -> None:
+    """A test patient's 'sex: kvinde' listed the four codes without saying which was meant."""
+    errors = errors_after(guideline_dir, old, new)
+    assert any(e.endswith(meant) for e in errors), errors

@@ -36,6 +36,12 @@ def test_date_literal_and_functions() -> None:
     ("text", "message", "column"),
     [
         ("hba1c.value > 7 '%'", "unit mismatch: cannot compare mmol/mol with %", 13),
+        (
+            "hba1c.value > 7 '%'",
+            "; hba1c.value is in mmol/mol (results in other units are converted to it when they "
+            "are read): convert the threshold to mmol/mol and write it as a number with 'mmol/mol'",
+            13,
+        ),
         ("hba1c.value > 58", "give the number its unit, e.g. 58 'mmol/mol'", 13),
         ("hba1c.date > 3", "cannot compare a date with a number", 12),
         ("hbac1.value > 3 'mmol/mol'", "unknown fact 'hbac1'", 1),
@@ -111,3 +117,51 @@ def test_not_inside_a_comparison_says_where_it_belongs(text: str, column: int, s
     assert caught.value.message.endswith(shown)
     assert caught.value.column == column
     assert parse_condition("frail != (not ihd)", scope).type == ty.BOOL
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "sex = 'kvinde'",
+            "'kvinde' is never a value of sex, so this is never true; did you mean 'female'?",
+        ),
+        (
+            "'Male' != sex",
+            "'Male' is never a value of sex, so this is always true; did you mean 'male'?",
+        ),
+        ("sex = 'femal'", "did you mean 'female'?"),
+        ("sex = 'f'", "(sex is one of 'male', 'female', 'other', 'unknown')"),
+        (
+            "t.source = 'goals'",
+            "'goals' is never a value of t.source, so this is never true; did you mean 'goal'?",
+        ),
+    ],
+)
+def test_a_text_that_can_only_hold_some_codes_refuses_any_other(text: str, message: str) -> None:
+    """`sex = 'kvinde'` loaded and was never true: a register written so was empty for everyone."""
+    scope = {**SCOPE, "t": ty.target("mmol/mol", 10)}
+    with pytest.raises(ExpressionError) as caught:
+        parse_condition(text, scope)
+    assert message in caught.value.message
+
+
+def test_every_code_of_a_closed_text_is_accepted() -> None:
+    scope = {**SCOPE, "t": ty.target("mmol/mol", 10)}
+    for code in ("male", "female", "other", "unknown"):
+        parse_condition(f"sex = '{code}'", scope)
+    for code in ("goal", "case", "default"):
+        parse_condition(f"t.source != '{code}'", scope)
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("ihd = 'yes'", "true/false is written without quotes"),
+        ("hba1c.date > '2024-01-01'", "a date is written with @ and no quotes, e.g. @2024-01-01"),
+    ],
+)
+def test_a_quoted_true_false_or_date_says_how_to_write_it(text: str, hint: str) -> None:
+    with pytest.raises(ExpressionError) as caught:
+        parse_condition(text, SCOPE)
+    assert hint in caught.value.message

@@ -66,3 +66,42 @@ def test_yaml_a_rule_file_may_not_use_is_refused_at_its_place(
 def test_an_alias_of_a_plain_value_is_fine() -> None:
     doc = parse_yaml("a: &t Vejviser\nb: *t\n", "f.yaml")
     assert doc.data == {"a": "Vejviser", "b": "Vejviser"}
+
+
+@pytest.mark.parametrize(
+    ("text", "position", "hint"),
+    [
+        (
+            "facts:\n  a: 1\n b: 2\n",
+            Position(3, 2),
+            "check the indentation: line 3 is indented 1 space(s), but a line at its level is "
+            "indented 0 (line 1) or 2 (line 2)",
+        ),
+        ("facts:\n  a: 1\n   b: 2\n", Position(3, 5), "line 3 is indented 3 space(s)"),
+        ("id: x\n version: 1\n", Position(2, 9), "line 2 is indented 1 space(s)"),
+        (
+            "tests:\n  - name: n\n    patient: {}\n  expect:\n    register: true\n",
+            Position(4, 3),
+            "line 4 is indented like the '- ' of a list item (line 2) but does not start one: to "
+            "belong to that item, indent it to line up with the item's first key (4 spaces)",
+        ),
+        (
+            "facts:\n  a: 1\n  b 2\n  c: 3\n",
+            Position(3, 3),
+            "could not find expected ':' after the key on line 3",
+        ),
+        ("title:\n  en: UTI: antibiotic\n", Position(2, 10), "must be in quotes"),
+    ],
+)
+def test_an_indentation_slip_is_named_as_one(text: str, position: Position, hint: str) -> None:
+    """PyYAML says 'did not find expected key' for one space too few: true, and no help."""
+    with pytest.raises(YamlSyntaxError) as caught:
+        parse_yaml(text, "f.yaml")
+    assert hint in str(caught.value)
+    assert caught.value.position == position
+
+
+def test_a_deeper_block_after_a_key_gets_no_indentation_hint() -> None:
+    with pytest.raises(YamlSyntaxError) as caught:
+        parse_yaml("a:\n  b:\n      c: 1\n  d: [\n", "f.yaml")
+    assert "indentation" not in str(caught.value)
