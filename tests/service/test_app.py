@@ -377,71 +377,6 @@ def test_unknown_service_is_404(client: TestClient) -> None:
     assert response.json()["resourceType"] == "OperationOutcome"
 
 
-def test_order_select_treats_draft_orders_as_active(library_client: TestClient) -> None:
-    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01", "gender": "male"}
-    egfr = {
-        "resourceType": "Observation",
-        "id": "egfr",
-        "status": "final",
-        "subject": {"reference": "Patient/p1"},
-        "code": {"coding": [{"system": "http://npu-terminology.org", "code": "DNK35302"}]},
-        "effectiveDateTime": "2026-11-01",
-        "valueQuantity": {"value": 24, "unit": "mL/min/1.73m2"},
-    }
-    keys = library_client.get("/cds-services").json()["services"][1]["prefetch"]
-    prefetch: dict[str, Any] = {key: searchset([]) for key in keys}
-    prefetch["patient"] = patient
-    for key in keys:
-        if key.startswith("observations"):
-            prefetch[key] = searchset([egfr])
-    draft = {
-        "resourceType": "MedicationRequest",
-        "id": "draft-metformin",
-        "status": "draft",
-        "intent": "order",
-        "subject": {"reference": "Patient/p1"},
-        "medicationCodeableConcept": {
-            "coding": [{"system": "http://www.whocc.no/atc", "code": "A10BA02"}]
-        },
-    }
-    context = {
-        "userId": "Practitioner/gp1",
-        "patientId": "p1",
-        "selections": ["MedicationRequest/draft-metformin"],
-    }
-    context["draftOrders"] = {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [{"resource": draft}],
-    }
-    body = request(prefetch, hook="order-select")
-    body["context"] = context
-    response = library_client.post("/cds-services/vejviser-order-select", json=body)
-    assert response.status_code == 200, response.text
-    cards = response.json()["cards"]
-    assert cards and cards[0]["indicator"] == "critical"
-    without_draft = copy.deepcopy(body)
-    without_draft["context"].pop("draftOrders")  # REQUIRED: the cards would be the chart's
-    response = library_client.post("/cds-services/vejviser-order-select", json=without_draft)
-    assert response.status_code == 400
-    assert "draftOrders is required" in response.json()["issue"][0]["diagnostics"]
-    # Found by QA: a draft naming its drug by a Medication in the bundle was dropped, no card.
-    medication = {
-        "resourceType": "Medication",
-        "id": "met",
-        "code": draft.pop("medicationCodeableConcept"),
-    }
-    draft["medicationReference"] = {"reference": "Medication/met"}
-    body["context"]["draftOrders"]["entry"].append({"resource": medication})
-    by_reference = library_client.post("/cds-services/vejviser-order-select", json=body)
-    assert [c["indicator"] for c in by_reference.json()["cards"]][:1] == ["critical"]
-    # A draft is in use on the day it is ordered, whatever its supply and authoredOn say.
-    draft["authoredOn"] = "2026-01-01T23:30:00Z"
-    draft["dispenseRequest"] = {"expectedSupplyDuration": {"value": 1, "code": "d"}}
-    supplied = library_client.post("/cds-services/vejviser-order-select", json=body)
-    assert [c["indicator"] for c in supplied.json()["cards"]][:1] == ["critical"]
-
-
 def kidney_patient(client: TestClient, *medications: dict[str, Any]) -> dict[str, Any]:
     """Prefetch for p1 (born 1950) with an eGFR of 24 last month and ``medications``."""
     egfr = {
@@ -486,6 +421,37 @@ def order_call(
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
     body["context"].update(draftOrders=bundle, **context)
     return body
+
+
+def test_order_select_treats_draft_orders_as_active(library_client: TestClient) -> None:
+    prefetch = kidney_patient(library_client)
+    draft = drug("MedicationRequest", "draft-metformin", "A10BA02", intent="order")
+    selected = ["MedicationRequest/draft-metformin"]
+    body = order_call(prefetch, "order-select", [draft], selections=selected)
+    response = library_client.post("/cds-services/vejviser-order-select", json=body)
+    assert response.status_code == 200, response.text
+    cards = response.json()["cards"]
+    assert cards and cards[0]["indicator"] == "critical"
+    without_draft = copy.deepcopy(body)
+    without_draft["context"].pop("draftOrders")  # REQUIRED: the cards would be the chart's
+    response = library_client.post("/cds-services/vejviser-order-select", json=without_draft)
+    assert response.status_code == 400
+    assert "draftOrders is required" in response.json()["issue"][0]["diagnostics"]
+    # Found by QA: a draft naming its drug by a Medication in the bundle was dropped, no card.
+    medication = {
+        "resourceType": "Medication",
+        "id": "met",
+        "code": draft.pop("medicationCodeableConcept"),
+    }
+    draft["medicationReference"] = {"reference": "Medication/met"}
+    body["context"]["draftOrders"]["entry"].append({"resource": medication})
+    by_reference = library_client.post("/cds-services/vejviser-order-select", json=body)
+    assert [c["indicator"] for c in by_reference.json()["cards"]][:1] == ["critical"]
+    # A draft is in use on the day it is ordered, whatever its supply and authoredOn say.
+    draft["authoredOn"] = "2026-01-01T23:30:00Z"
+    draft["dispenseRequest"] = {"expectedSupplyDuration": {"value": 1, "code": "d"}}
+    supplied = library_client.post("/cds-services/vejviser-order-select", json=body)
+    assert [c["indicator"] for c in supplied.json()["cards"]][:1] == ["critical"]
 
 
 def test_order_select_cards_are_about_the_selected_orders(library_client: TestClient) -> None:
