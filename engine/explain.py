@@ -83,10 +83,11 @@ def explain_text(
                 lines.append(f"      {words['evidence']}: {', '.join(rec.evidence)}")
         if outcome.in_register and not outcome.recommendations:
             lines.append(f"  ({words['none']})")
-        facts = "; ".join(
-            f"{f.name} = {describe(f.value, types[f.name], language)}" for f in outcome.facts
-        )
-        lines.append(f"  {words['facts']}: {facts}")
+        if outcome.facts:  # none for a dead patient: an empty "Facts:" read as a fault
+            facts = "; ".join(
+                f"{f.name} = {describe(f.value, types[f.name], language)}" for f in outcome.facts
+            )
+            lines.append(f"  {words['facts']}: {facts}")
         if outcome.indicators:
             memberships = ", ".join(f"{i.id}: {i.membership}" for i in outcome.indicators)
             lines.append(f"  {words['indicators']}: {memberships}")

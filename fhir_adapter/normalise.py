@@ -39,7 +39,7 @@ Rules (DOMAIN.md §2), each a documented way for a resource to yield no record w
   written after the statement ended (a restart). A statement of another medication (an
   over-the-counter drug) does not hide a prescription. A request is in use from authoredOn for
   as long as its supply lasts (expectedSupplyDuration x (1 + numberOfRepeatsAllowed)), not
-  until its validityPeriod ends (docs/decisions/0009); see :func:`_use_end`.
+  until its validityPeriod ends (docs/decisions/0009), unless it was stopped; see :func:`_use_end`.
 - Goal: only lifecycleStatus active or accepted; a Goal (or target) without a measure is a
   descriptive goal and yields no record.
 - Bundle entries without a resource, and resources of other types, carry nothing we use.
@@ -920,8 +920,10 @@ def _use_end(
     """The last day of use: the end of the whole supply, but no later than one dispense after
     validityPeriod.end (no dispense is made after it). Without a supply duration (or a start to
     count it from) an active request is taken until it lapses, by its status; a completed or
-    stopped one has no end (the engine counts its start day only)."""
-    if supply is None or start is None:
+    stopped one has no end (the engine counts its start day only). A stopped request was halted
+    before its supply was used (FHIR), on a day R4 does not record: no end either, or metformin
+    stopped yesterday still got 'stop metformin' for the rest of its supply."""
+    if supply is None or start is None or status == "stopped":
         return valid_to if status == "active" else None
     end = _last_day(start, supply.amount, supply.unit, supply.dispenses)
     if valid_to is None:

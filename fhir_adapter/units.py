@@ -24,12 +24,15 @@ class UnitError(ValueError):
 class _Analyte(NamedTuple):
     name: str  # plain words, for messages
     unit: str  # canonical unit
+    implied: bool = False  # a value without a unit is in ``unit``: the analyte has no other one
 
 
 _ANALYTES: dict[str, _Analyte] = {
     "hba1c": _Analyte("HbA1c", "mmol/mol"),
     "creatinine": _Analyte("creatinine", "umol/L"),
-    "egfr": _Analyte("eGFR", "mL/min/1.73m2"),
+    # eGFR has one unit (its codes define it per 1.73 m²), and labs send ">90" as bare text
+    # (DOMAIN.md §3); refusing it hid an eGFR of "<15" from metformin's and NSAIDs' cards.
+    "egfr": _Analyte("eGFR", "mL/min/1.73m2", implied=True),
     "ldl": _Analyte("LDL cholesterol", "mmol/L"),
     "cholesterol": _Analyte("total cholesterol", "mmol/L"),
     "hdl": _Analyte("HDL cholesterol", "mmol/L"),
@@ -145,8 +148,9 @@ def to_canonical(
 ) -> tuple[float, str | None]:
     """Convert a value to its analyte's canonical unit.
 
-    Raises :class:`UnitError` for a known analyte whose unit is missing or unconvertible, since
-    a number without a trustworthy unit must not reach a threshold. An unknown analyte keeps its
+    Raises :class:`UnitError` for a known analyte whose unit is missing (unless the analyte has
+    only one unit, as eGFR) or unconvertible, since a number without a trustworthy unit must not
+    reach a threshold. An unknown analyte keeps its
     value and gets its unit spelled consistently. A value that is, or becomes, too large for a
     float (a valueString of 400 digits, 1e308 % HbA1c) is refused the same way.
     """
@@ -177,6 +181,8 @@ def conversion(
     if key is None:
         return None, spelled
     analyte = _ANALYTES[key]
+    if not spelled and analyte.implied:
+        return None, analyte.unit
     if not spelled:
         raise UnitError(f"{analyte.name} value has no unit (expected {analyte.unit})")
     if spelled == analyte.unit:

@@ -336,6 +336,15 @@ class CaseMedication(Strict):
     def _ends_after_it_starts(self) -> CaseMedication:
         if self.end is not None and self.end < self.start:
             raise ValueError("a medication's end must not be before its start")
+        if (
+            self.end is not None
+            and self.resource == "MedicationRequest"
+            and self.status == "stopped"
+        ):
+            raise ValueError(
+                "a stopped MedicationRequest has no end (FHIR R4 records no stop date, so it counts"
+                " its start day only); give the end to a MedicationStatement instead"
+            )
         return self
 
 

@@ -44,10 +44,27 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def language_of(request: Request) -> str:
-    """Danish unless the client prefers English (Accept-Language: en...)."""
-    header = request.headers.get("accept-language", "")
-    first = header.split(",")[0].strip().lower()
-    return "en" if first.startswith("en") else "da"
+    """Danish unless the client prefers English: by the header's quality values (RFC 9110
+    §12.5.4), not its order, so "da;q=0.5, en" and "de, en;q=0.8" are English, "en;q=0" is not."""
+    best, best_q = "da", 0.0
+    for part in request.headers.get("accept-language", "").split(","):
+        tag, *params = part.split(";")
+        language = tag.strip().lower().split("-")[0]
+        if language in ("da", "en") and (q := _quality(params)) > best_q:
+            best, best_q = language, q
+    return best
+
+
+def _quality(params: list[str]) -> float:
+    """The q of a language range (1 without one); an unreadable q counts as 0."""
+    for param in params:
+        name, _, value = param.strip().partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 1.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -108,9 +108,11 @@ class _Lab(NamedTuple):
     decimals: int
 
 
+EGFR_CODE = "DNK35302"
+
 _LABS: dict[str, _Lab] = {
     "hba1c": _Lab("NPU27300", "HbA1c", "mmol/mol", "mmol/mol", 0),
-    "egfr": _Lab("DNK35302", "eGFR", "mL/min/{1.73_m2}", "mL/min/1.73m²", 0),
+    "egfr": _Lab(EGFR_CODE, "eGFR", "mL/min/{1.73_m2}", "mL/min/1.73m²", 0),
     "creatinine": _Lab("NPU04998", "P-Kreatinin", "umol/L", "µmol/L", 0),
     "ldl": _Lab("NPU01568", "P-LDL-kolesterol", "mmol/L", "mmol/L", 1),
     "uacr": _Lab("NPU19661", "U-Albumin/kreatinin-ratio", "mg/g", "mg/g", 0),

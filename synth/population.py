@@ -105,6 +105,7 @@ from typing import Any
 import orjson
 
 from synth.patients import (
+    EGFR_CODE,
     UCUM_SYSTEM,
     Noise,
     Profile,
@@ -546,6 +547,10 @@ def _duration(value: int, unit: str, code: str) -> dict[str, Any]:
     return {"value": value, "unit": unit, "system": UCUM_SYSTEM, "code": code}
 
 
+def _code(resource: Resource) -> str | None:
+    return resource.get("code", {}).get("coding", [{}])[0].get("code")
+
+
 def _structural_noise(rng: random.Random, resource: Resource, noise: PopulationNoise) -> str | None:
     """Maybe break a final lab result; returns the kind of noise applied (the resource is
     changed in place), or ``"invalid_json"`` for the caller to truncate the line."""
@@ -561,8 +566,8 @@ def _structural_noise(rng: random.Random, resource: Resource, noise: PopulationN
             kind = candidate
             break
         u -= rate
-    if kind is None:
-        return None
+    if kind is None or (kind == "missing_unit" and _code(resource) == EGFR_CODE):
+        return None  # eGFR has one unit: a bare value is read (fhir_adapter.units), not noise
     quantity = resource["valueQuantity"]
     if kind == "wrong_type":
         if rng.random() < 0.5:  # text with a Danish decimal comma: "53,0" is not a number
@@ -648,7 +653,7 @@ def _patient_lines(
             else:
                 kind = _structural_noise(rng, resource, noise)
             if kind != "invalid_json":  # counted as written: after any structural noise
-                if resource.get("code", {}).get("coding", [{}])[0].get("code") == "NPU03835":
+                if _code(resource) == "NPU03835":
                     stats["noise:hba1c_percent"] += 1
                 quantity = resource["valueQuantity"]
                 if type(quantity) is dict and quantity.get("comparator") == ">":

@@ -45,6 +45,9 @@ WORDS = {
         "also": "Også i",
         "unread": "Ikke medregnet (kunne ikke læses)",
         "last": "seneste",
+        "current": "aktuelt",
+        "longer": "i mere end",
+        "started": "startet inden for de",
     },
     "en": {
         "data": "Data used",
@@ -53,6 +56,9 @@ WORDS = {
         "also": "Also in",
         "unread": "Not counted (could not be read)",
         "last": "last",
+        "current": "current",
+        "longer": "for more than",
+        "started": "started in the",
     },
 }
 
@@ -267,8 +273,9 @@ def _fact_line(
         return None
     valueset = guidelines.valuesets[valueset_id]
     label = valueset.title.in_language(language)
-    if windowed and isinstance(fact.primitive, ObservationFact):
-        label += f", {_window(fact.primitive.window, language)}"
+    qualifier = _qualifier(fact.primitive, language) if windowed else None
+    if qualifier:
+        label += f", {qualifier}"
     value = markdown_literal(describe(result.value, fact.type, language))
     # an observation already names its resource
     sources = (
@@ -297,10 +304,28 @@ def _may_be_in(unread: Unread, valueset: CompiledValueSet, primitive: object) ->
     )
 
 
+def _qualifier(primitive: object, language: str) -> str | None:
+    """What tells two facts of one value set apart: 'Statiner, aktuelt: nej' beside 'Statiner,
+    startet de seneste 100 år: ja' is history, not the contradiction the bare label made it."""
+    words = WORDS[language]
+    if isinstance(primitive, ObservationFact):
+        return _window(primitive.window, language)
+    if isinstance(primitive, ContinuousUse):
+        return f"{words['longer']} {_duration(primitive.longer_than, language)}"
+    if isinstance(primitive, MedicationStarted):
+        return f"{words['started']} {_window(primitive.within, language)}"
+    return words["current"] if isinstance(primitive, ActiveMedication) else None
+
+
 def _window(period: Period, language: str) -> str:
     """'seneste 12 måneder', 'last 12 months'."""
+    return f"{WORDS[language]['last']} {_duration(period, language)}"
+
+
+def _duration(period: Period, language: str) -> str:
+    """'12 måneder', '2 weeks'."""
     one, many = PERIOD_WORDS[language][period.unit]
-    return f"{WORDS[language]['last']} {period.amount} {one if period.amount == 1 else many}"
+    return f"{period.amount} {one if period.amount == 1 else many}"
 
 
 def _target_line(

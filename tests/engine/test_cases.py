@@ -146,6 +146,17 @@ def test_shorthand_patients_become_valid_fhir() -> None:
     assert len(resources) == 7
 
 
+def test_a_stopped_case_request_with_an_end_is_refused() -> None:
+    """A stopped request counts its start day only, whatever its supply: an end would not mean
+    what it says."""
+    medication = {"code": "atc:C09AA05", "start": "2026-01-01", "end": "2026-03-01"}
+    medication |= {"status": "stopped", "resource": "MedicationRequest"}
+    with pytest.raises(ValueError, match="a stopped MedicationRequest has no end"):
+        CasePatient.model_validate(
+            {"birth_date": "1950-01-01", "sex": "male", "medications": [medication]}
+        )
+
+
 def test_a_case_medication_that_ends_before_it_starts_is_refused() -> None:
     """A request's end becomes a supply of (end - start + 1) days: one before its start would be
     no supply at all, and the case would not mean what it says."""

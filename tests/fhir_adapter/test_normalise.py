@@ -303,6 +303,14 @@ def test_value_string_number_without_unit_for_a_known_analyte_is_an_issue() -> N
     assert reasons(record) == {"Observation/o1": "HbA1c value has no unit (expected mmol/mol)"}
 
 
+@pytest.mark.parametrize(("text", "comparator"), [(">90", ">"), ("<15", "<"), ("27", None)])
+def test_an_egfr_as_bare_text_is_read_in_its_only_unit(text: str, comparator: str | None) -> None:
+    """DOMAIN.md: eGFR may arrive as the text ">90"; a bare "<15" was dropped as unitless."""
+    egfr = {"coding": [{"system": NPU, "code": "DNK35302"}]}
+    (record,) = one(observation(code=egfr, valueQuantity=None, valueString=text)).observations
+    assert (record.comparator, record.unit) == (comparator, "mL/min/1.73m2")
+
+
 def test_value_integer_and_absent_value() -> None:
     code = {"coding": [{"system": LOINC, "code": "72514-3"}]}
     record = one(
@@ -605,6 +613,15 @@ def test_without_a_supply_duration_only_an_active_request_lasts(
     valid = {"validityPeriod": {"start": "2026-01-15", "end": "2028-01-15"}}
     assert request_period(valid, status) == (date(2026, 1, 15), end)
     assert request_period({}, status) == (date(2026, 1, 15), None)
+
+
+def test_a_stopped_request_is_not_in_use_for_the_rest_of_its_supply() -> None:
+    """Found by a GP's QA pass: an ACE inhibitor stopped for a creatinine rise (90 days'
+    supply) still got 'creatinine rose: stop the RAS agent'. FHIR R4: a stopped request was
+    halted before all of it was used, on a day R4 does not record: its start day only, as
+    without a supply; a completed one was used, for its supply."""
+    assert request_period(supplied(90), "stopped") == (date(2026, 1, 15), None)
+    assert request_period(supplied(90), "completed") == (date(2026, 1, 15), date(2026, 4, 14))
 
 
 def test_without_authored_on_the_supply_begins_with_the_validity() -> None:

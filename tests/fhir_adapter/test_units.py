@@ -92,6 +92,12 @@ def test_missing_unit_of_a_known_analyte_is_an_error(unit: str | None) -> None:
         to_canonical(HBA1C_NPU, 53.0, unit)
 
 
+@pytest.mark.parametrize("unit", [None, ""])
+def test_an_egfr_without_a_unit_is_in_its_only_unit(unit: str | None) -> None:
+    """Found by a GP's QA pass: a lab's bare "<15" was refused, and metformin got no card."""
+    assert to_canonical(EGFR, 15.0, unit) == (15.0, "mL/min/1.73m2")
+
+
 def test_unconvertible_unit_is_an_error_in_plain_words() -> None:
     with pytest.raises(UnitError) as caught:
         to_canonical(HBA1C_NPU, 53.0, "mg/dL")

@@ -604,3 +604,117 @@ def test_related_cards_are_grouped(tmp_path: Path, guideline_dir: Path) -> None:
         )
     (card,) = response.json()["cards"]
     assert "**Also in**: Example" in card["detail"]
+
+
+def test_a_current_and_an_earlier_medication_fact_are_told_apart(
+    library_client: TestClient,
+) -> None:
+    """Found by a GP's QA pass: 'Statiner: nej' beside 'Statiner: ja' on the card saying the
+    patient with ischaemic heart disease takes no statin (one stopped in 2025 was the 'ja')."""
+    ihd = {
+        "resourceType": "Condition",
+        "id": "ihd",
+        "subject": {"reference": "Patient/p1"},
+        "code": {"coding": [{"system": "urn:oid:1.2.208.176.2.31", "code": "K76"}]},
+    }
+    statin = drug("MedicationStatement", "old-statin", "C10AA05", status="stopped")
+    statin["effectivePeriod"] = {"start": "2023-01-01", "end": "2025-01-01"}
+    keys = library_client.get("/cds-services").json()["services"][0]["prefetch"]
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1958-01-01"}
+    prefetch = prefetch_from(keys, [patient, ihd, statin])
+    for language, current, started in [
+        ("da", "aktuelt: nej", "startet inden for de seneste 100 år: ja"),
+        ("en", "current: no", "started in the last 100 years: yes"),
+    ]:
+        cards = library_client.post(
+            PATIENT_VIEW, json=request(prefetch), headers={"Accept-Language": language}
+        ).json()["cards"]
+        (card,) = [c for c in cards if "statin" in c["summary"].lower()]
+        statins = [line for line in card["detail"].splitlines() if line.startswith("- Statin")]
+        assert len(statins) == 2, card["detail"]
+        assert statins[0].endswith(f"), {current}")
+        assert statins[1].endswith(f"), {started} (MedicationStatement/old-statin)")
+
+
+def test_an_egfr_sent_as_bare_text_reaches_the_metformin_card(library_client: TestClient) -> None:
+    """Found by a GP's QA pass: a lab's eGFR '<15' without a unit was dropped, and a patient on
+    metformin got 'no eGFR in 12 months (last: unknown)' instead of the contraindication."""
+    metformin = drug("MedicationStatement", "met", "A10BA02", effectiveDateTime="2020-01-01")
+    prefetch = kidney_patient(library_client, metformin)
+    for key, value in prefetch.items():
+        if key.startswith("observations"):
+            (egfr,) = [e["resource"] for e in value["entry"]]
+            egfr.pop("valueQuantity", None)  # one resource under every key
+            egfr["valueString"] = "<15"
+    cards = library_client.post(
+        PATIENT_VIEW, json=request(prefetch), headers={"Accept-Language": "en"}
+    ).json()["cards"]
+    assert [c["summary"] for c in cards if c["indicator"] == "critical"] == [
+        f"Metformin is contraindicated: eGFR <15 mL/min/1.73 m² ({egfr['effectiveDateTime']})"
+        " is below 30. Stop metformin"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("header", "language"),
+    [
+        ("da-DK,da;q=0.9,en;q=0.8", "da"),
+        ("en-GB,en;q=0.9", "en"),
+        ("da;q=0.5, en;q=0.9", "en"),
+        ("de-DE, en;q=0.8", "en"),
+        ("en;q=0, da", "da"),
+        ("de", "da"),
+        ("*", "da"),
+    ],
+)
+def test_the_card_language_follows_the_quality_values(
+    client: TestClient, header: str, language: str
+) -> None:
+    """Found by a GP's QA pass: only the first range counted, so 'da;q=0.5, en' gave Danish
+    and 'en;q=0' (not English) gave English."""
+    response = client.post(
+        PATIENT_VIEW, json=request(full_prefetch(client)), headers={"Accept-Language": header}
+    )
+    (card,) = response.json()["cards"]
+    assert card["summary"].endswith(
+        {"da": "er over målet 58 mmol/mol", "en": "above the target 58 mmol/mol"}[language]
+    )
+
+
+def test_a_prescription_stopped_before_its_supply_ran_out_gives_no_stop_card(
+    library_client: TestClient,
+) -> None:
+    """Found by a GP's QA pass: lisinopril stopped for a creatinine rise (status stopped, 100
+    days' supply written 35 days ago) still got 'creatinine rose 39 %: stop the RAS agent'."""
+    today = danish_today()
+
+    def day(days_ago: int) -> str:
+        return (today - dt.timedelta(days=days_ago)).isoformat()
+
+    def creatinine(ident: str, value: float, days_ago: int) -> dict[str, Any]:
+        code = {"coding": [{"system": "http://npu-terminology.org", "code": "NPU04998"}]}
+        quantity = {"value": value, "system": "http://unitsofmeasure.org", "code": "umol/L"}
+        return {
+            "resourceType": "Observation",
+            "id": ident,
+            "status": "final",
+            "code": code,
+            "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": day(days_ago),
+            "valueQuantity": quantity,
+        }
+
+    supply = {"expectedSupplyDuration": {"value": 100, "code": "d"}}
+    lisinopril = drug("MedicationRequest", "acei", "C09AA03", intent="order", authoredOn=day(35))
+    lisinopril["dispenseRequest"] = supply
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1960-01-01"}
+    resources = [patient, creatinine("before", 90, 40), creatinine("after", 125, 2), lisinopril]
+    keys = library_client.get("/cds-services").json()["services"][0]["prefetch"]
+
+    def critical(status: str) -> list[str]:
+        lisinopril["status"] = status
+        cards = library_client.post(PATIENT_VIEW, json=request(prefetch_from(keys, resources)))
+        return [c["summary"] for c in cards.json()["cards"] if c["indicator"] == "critical"]
+
+    assert [s[:22] for s in critical("active")] == ["P-kreatinin steget 38,"]
+    assert critical("stopped") == []

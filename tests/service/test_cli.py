@@ -203,6 +203,7 @@ def test_evaluate_says_why_a_dead_patient_is_in_no_register(
     assert text.exit_code == 0, text.output
     assert "(2026-06-01): died 2026-05-20: in no register" in text.output
     assert "Register: no" in text.output
+    assert "Facts:" not in text.output  # found by a GP's QA pass: an empty "Facts: " per guideline
     as_json = runner.invoke(app, [*args, "--format", "json"])
     (patient,) = json.loads(as_json.stdout)
     assert patient["deceased"] is True
