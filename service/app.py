@@ -6,7 +6,8 @@ bodies are parsed with orjson and validated with pydantic; every error is an Ope
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -34,9 +35,8 @@ from service.cds_hooks.models import ORDER_HOOKS, CdsRequest
 from service.cds_hooks.prefetch import gather, unresolved_medications
 from service.feedback import FeedbackRequest, FeedbackStore, IssuedCard
 from service.guideline_source import GuidelinePublisher, source_from_settings
+from service.request_id import RequestIdMiddleware
 from service.settings import Settings
-
-log = logging.getLogger("vejviser.service")
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -111,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Accept-Language"],
         )
+    app.add_middleware(RequestIdMiddleware)  # outermost of ours: its id is on every line
     _add_error_handlers(app)
     app.state.openapi_components = {}
     _add_routes(app)
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CdsError)
     async def cds_error(request: Request, exc: CdsError) -> Response:
+        request.state.outcome = exc.message  # for the access line (a 412's reason, say)
         return outcome_response(exc.status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
@@ -133,11 +135,6 @@ def _add_error_handlers(app: FastAPI) -> None:
             return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
         code = "not-found" if exc.status_code == 404 else "processing"
         return outcome_response(exc.status_code, code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s", request.url.path)
-        return outcome_response(500, "exception", "internal error; the request was not processed")
 
 
 def _plain_errors(errors: Any) -> str:
@@ -273,8 +270,7 @@ def _add_routes(app: FastAPI) -> None:
             for _, i in pairs
         ]
         if issued:
-            # One small SQLite transaction (~0.25 ms): cheaper here than a hop to a worker thread.
-            request.app.state.feedback.record_cards(issued)
+            await _record_cards(request.app.state.feedback, issued)
         return json_response({"cards": [card for card, _ in pairs]})
 
     @app.post(
@@ -287,22 +283,47 @@ def _add_routes(app: FastAPI) -> None:
             raise CdsError(404, "not-found", f"no CDS service '{service_id}'")
         payload: FeedbackRequest = _validate(FeedbackRequest, await _body(request))
         store: FeedbackStore = request.app.state.feedback
-        await anyio.to_thread.run_sync(store.record_feedback, service_id, payload)
+        try:
+            await anyio.to_thread.run_sync(store.record_feedback, service_id, payload)
+        except sqlite3.Error:  # logged by the store; a 503 tells the EHR to send it again
+            raise CdsError(
+                503, "transient", "the feedback could not be stored now; send it again later"
+            ) from None
         return Response(status_code=200)
 
     @app.get("/health", summary="Liveness")
     async def health() -> Response:
         return json_response({"status": "ok"})
 
-    @app.get("/ready", summary="Readiness: a guideline set is loaded")
+    @app.get("/ready", summary="Readiness: a guideline set is loaded; what needs an operator")
     async def ready(request: Request) -> Response:
-        snapshot, now = request.app.state.publisher.current()
-        count = len(snapshot.in_force_at(now))
-        return json_response({"status": "ready", "guidelines_in_force": count})
+        publisher: GuidelinePublisher = request.app.state.publisher
+        snapshot, now = publisher.current()
+        write_error = request.app.state.feedback.write_error
+        body = {
+            "status": "ready",
+            "guidelines_in_force": len(snapshot.in_force_at(now)),
+            "guidelines_rejected": publisher.rejection_pending(),
+            "guidelines_source_error": publisher.source_error is not None,
+            "feedback_database_error": None
+            if write_error is None
+            else {"at": write_error[0].isoformat(timespec="milliseconds"), "error": write_error[1]},
+        }
+        return json_response(body)
 
     @app.get("/guidelines", summary="The guideline versions in service and the last changes")
     async def guidelines_status(request: Request, client: Client) -> Response:
         return json_response(request.app.state.publisher.status())
+
+
+async def _record_cards(store: FeedbackStore, cards: list[IssuedCard]) -> None:
+    """Record the cards in a worker thread: while another process holds the file's write lock
+    (up to the store's busy timeout) the event loop must go on answering everyone else. Answer
+    with the cards even when the database cannot take them (a full disk, a read-only file): no
+    decision support at all is worse than feedback that cannot be tied to its card. The store
+    logs the failure once and ``/ready`` shows it."""
+    with contextlib.suppress(sqlite3.Error):
+        await anyio.to_thread.run_sync(store.record_cards, cards)
 
 
 def _patient(

@@ -127,6 +127,7 @@ class TrustedIssuer(BaseModel):
                 raise ValueError("every key in jwks needs a non-empty string 'kid'")
             if key.get("kty") not in ("EC", "RSA"):
                 raise ValueError("jwks keys must be EC or RSA public keys")
+            _check_public_key(key)
         return value
 
     @model_validator(mode="after")
@@ -261,7 +262,15 @@ class ClientAuthenticator:
             client = await self._verify(authorization_header, endpoint_url)
         except AuthError as error:
             # Only the reason code and an already-trusted iss are logged; never token material.
-            logger.info("client authentication failed: reason=%s iss=%s", error.reason, error.iss)
+            # For a wrong aud, the URL it had to name: the service's own, behind a proxy the
+            # one thing an operator needs to see (public_base_url or the forwarded scheme).
+            expected = f" expected_aud={endpoint_url}" if error.reason == "wrong_aud" else ""
+            logger.info(
+                "client authentication failed: reason=%s iss=%s%s",
+                error.reason,
+                error.iss,
+                expected,
+            )
             raise
         logger.debug("client authenticated: iss=%s kid=%s", client.iss, client.kid)
         return client
@@ -552,6 +561,22 @@ def _index_jwks(document: Any) -> dict[str, dict[str, Any]]:
         if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str) and jwk["kid"]:
             keys.setdefault(jwk["kid"], jwk)
     return keys
+
+
+#: JWK members of a private key (RFC 7518 §6.2.2, §6.3.2).
+_PRIVATE_MEMBERS: Final[frozenset[str]] = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth"})
+
+
+def _check_public_key(key: dict[str, Any]) -> None:
+    """A static key must be a usable public key: a truncated coordinate or a missing member was
+    accepted at start-up and refused every token (``bad_key``); a pasted private key put the
+    client's signing secret into the service's configuration."""
+    if _PRIVATE_MEMBERS & key.keys():
+        raise ValueError(f"jwks key {key['kid']!r} is a private key: give the public key only")
+    try:
+        jwt.PyJWK(key)
+    except jwt.PyJWTError as error:
+        raise ValueError(f"jwks key {key['kid']!r} is not a usable key: {error}") from None
 
 
 def _is_number(value: Any) -> bool:

@@ -1136,7 +1136,7 @@ def _exceptions(path: Path) -> list[PatientException]:
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 8080,
     guidelines_dir: GuidelinesDir = None,
     config: Annotated[Path | None, typer.Option(help="YAML settings file.")] = None,
     no_auth: Annotated[
@@ -1203,6 +1203,7 @@ def serve(
             "Configure the EHRs allowed to call, or use --no-auth for a local demo.",
             1,
         )
+    _check_feedback_database(settings.feedback_database)
     configure_logging()
     try:
         application = create_app(settings)
@@ -1212,7 +1213,28 @@ def serve(
         raise typer.Exit(1) from None
     except SourceError as exc:
         raise fail(str(exc), 1) from None
-    uvicorn.run(application, host=host, port=port, log_level="info", access_log=False)
+    # log_config=None: uvicorn keeps the JSON handler configure_logging gave its loggers
+    uvicorn.run(
+        application, host=host, port=port, log_level="info", access_log=False, log_config=None
+    )
+
+
+def _check_feedback_database(path: Path) -> None:
+    """Open the store once before uvicorn starts: a path it cannot write (no such folder, not a
+    database, read-only, a disk full) stops ``serve`` in words, not with a traceback after
+    uvicorn announced its start."""
+    import sqlite3
+
+    from service.feedback import FeedbackStore, FeedbackStoreError
+
+    try:
+        FeedbackStore(path).close()
+    except (sqlite3.Error, FeedbackStoreError) as exc:
+        raise fail(
+            f"the feedback database {path} cannot be used: {exc} (feedback_database must be a "
+            "writable SQLite file, or a new file in a writable folder that exists)",
+            1,
+        ) from None
 
 
 def _settings(overrides: dict[str, object]) -> Settings:

@@ -346,6 +346,8 @@ class FeedbackStore:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
+        #: When the last write failed and why (disk full, read-only file); None once one succeeds.
+        self.write_error: tuple[datetime, str] | None = None
         # Autocommit mode: transactions are opened explicitly, so none is left open by accident.
         self._conn = sqlite3.connect(
             self.path, timeout=timeout, isolation_level=None, check_same_thread=False
@@ -376,15 +378,32 @@ class FeedbackStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` under the store lock; commit on success, roll back on error."""
+        """``BEGIN IMMEDIATE`` under the store lock; commit on success, roll back on error (a
+        failed COMMIT too, so a full disk does not leave a transaction open for the next write)."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                finally:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                self._write_failed(str(exc))
                 raise
-            self._conn.execute("COMMIT")
+            self._write_succeeded()
+
+    def _write_failed(self, error: str) -> None:
+        """Keep the failure for ``/ready`` and log it once per distinct error, not per request."""
+        if self.write_error is None or self.write_error[1] != error:
+            logger.error("feedback database %s cannot be written: %s", self.path, error)
+        self.write_error = (self._clock(), error)
+
+    def _write_succeeded(self) -> None:
+        if self.write_error is not None:
+            logger.info("feedback database %s is written again", self.path)
+        self.write_error = None
 
     # --- writing --------------------------------------------------------------------------------
 

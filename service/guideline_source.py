@@ -42,14 +42,16 @@ import anyio
 from engine.cases import case_failures, run_cases
 from engine.patient import PatientEngine
 from rules.effective import danish_date
-from rules.errors import RuleFileError
+from rules.errors import RuleError, RuleFileError
 from rules.guideline_set import GuidelineSet, load_guidelines
 from rules.tree import CompiledGuideline
 from service import heap
+from service.request_id import REQUEST_ID
 
 log = logging.getLogger("vejviser.guidelines")
 
 Clock = Callable[[], dt.datetime]
+NO_GUIDELINES = "holds no guideline (rule files are *.yaml): nothing to serve"
 
 
 def utc_now() -> dt.datetime:
@@ -79,6 +81,9 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            body["request_id"] = request_id
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             body.update(fields)
@@ -89,9 +94,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False, default=str)
 
 
-SERVICE_LOGGERS = ("vejviser.guidelines", "vejviser.service", "service")
-"""The service's loggers: guideline loads, unexpected errors, and ``service.auth`` (why a client
-was refused) and ``service.feedback`` (counts). None logs tokens, JWTs or CPR numbers."""
+SERVICE_LOGGERS = (
+    "vejviser.guidelines",
+    "vejviser.service",
+    "vejviser.access",
+    "service",
+    "uvicorn",
+)
+"""The service's loggers: ``vejviser.guidelines`` (loads), ``vejviser.service`` (unexpected
+errors), ``vejviser.access`` (one line per request), ``service.auth`` (why a client was
+refused), ``service.feedback`` (counts); and uvicorn's own (start, stop, a port in use), so that
+every line on stderr is JSON. None logs tokens, JWTs or CPR numbers."""
 
 
 def configure_logging(stream: Any = None) -> None:
@@ -481,6 +494,8 @@ class GuidelinePublisher:
         log_event("guidelines.load", **base)
         try:
             guidelines = load_guidelines(checkout.directory)
+            if not guidelines.files:  # an empty folder (a mount not there yet) is no guideline set
+                raise RuleFileError([RuleError(str(checkout.directory), None, NO_GUIDELINES)])
             snapshot = Snapshot(
                 guidelines, checkout.fingerprint, at, checkout.commit, relative=checkout.relative
             )
@@ -552,6 +567,12 @@ class GuidelinePublisher:
                     "guidelines.poll_failed", extra={"fields": {"event": "guidelines.poll_failed"}}
                 )
 
+    def rejection_pending(self) -> bool:
+        """The last change tried was rejected and nothing newer is in service."""
+        return self.rejected is not None and (
+            self.last_swap_at is None or self.rejected.at >= self.last_swap_at
+        )
+
     def status(self) -> dict[str, Any]:
         """The body of ``GET /guidelines``."""
         snapshot, now = self.current()
@@ -586,14 +607,13 @@ class GuidelinePublisher:
             "rejected": None,
             "source_error": None,
         }
-        if self.rejected is not None and (
-            self.last_swap_at is None or self.rejected.at >= self.last_swap_at
-        ):
+        rejected = self.rejected if self.rejection_pending() else None
+        if rejected is not None:
             body["rejected"] = {
-                "at": _iso(self.rejected.at),
-                "fingerprint": self.rejected.fingerprint,
-                "commit": self.rejected.commit,
-                "errors": list(self.rejected.errors),
+                "at": _iso(rejected.at),
+                "fingerprint": rejected.fingerprint,
+                "commit": rejected.commit,
+                "errors": list(rejected.errors),
             }
         if self.source_error is not None:
             body["source_error"] = {"at": _iso(self.source_error[0]), "error": self.source_error[1]}

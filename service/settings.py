@@ -4,8 +4,10 @@ variables (``VEJVISER_FHIR_BUDGET_SECONDS=2``, nested with ``__``: ``VEJVISER_AU
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import yaml
 from pydantic import Field
 from pydantic_settings import (
     BaseSettings,
@@ -18,11 +20,30 @@ from service.auth import AuthSettings
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CONFIG_ENV = "VEJVISER_CONFIG"
+ENV_PREFIX = "VEJVISER_"
+#: Variables with the prefix that are not settings: other commands' and the test suite's.
+OTHER_VARIABLES = frozenset(
+    {CONFIG_ENV, "VEJVISER_TOKEN", "VEJVISER_PRIVATE_KEY_PASSWORD", "VEJVISER_REQUIRE_SHARED_DATA"}
+)
+
+
+def unknown_variables(environ: Mapping[str, str], fields: Iterable[str]) -> list[str]:
+    """``VEJVISER_*`` names that set nothing. Why: pydantic-settings silently skips an unknown
+    top-level variable, so a typo (``VEJVISER_FHIR_BUDGET_SECOND``) left the default in force
+    while a nested one (``VEJVISER_AUTH__LEEWAY``) stopped the service."""
+    known = {name.lower() for name in fields}
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper() not in OTHER_VARIABLES
+        and name[len(ENV_PREFIX) :].split("__")[0].lower() not in known
+    )
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="VEJVISER_", env_nested_delimiter="__", extra="forbid"
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
     )
 
     guidelines: Path = Field(default=REPOSITORY / "guidelines", description="Guideline directory.")
@@ -64,10 +85,32 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        unknown = unknown_variables(os.environ, settings_cls.model_fields)
+        if unknown:
+            raise ValueError(f"unknown environment variable(s): {', '.join(unknown)}")
         config = os.environ.get(CONFIG_ENV)
         sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
         if config:
-            if not Path(config).is_file():  # pydantic-settings would read a missing file as empty
-                raise ValueError(f"the settings file {config} does not exist")
+            check_settings_file(Path(config))
             sources += (YamlConfigSettingsSource(settings_cls, yaml_file=Path(config)),)
         return sources
+
+
+def check_settings_file(path: Path) -> None:
+    """What pydantic-settings would misread or report without naming the file: a missing file
+    (read as empty), one saved in another encoding than UTF-8 (a Windows editor's 'æ' in a
+    comment), a YAML list or text where settings (``key: value``) belong."""
+    if not path.is_file():
+        raise ValueError(f"the settings file {path} does not exist")
+    try:
+        with path.open(encoding="utf-8") as stream:  # a YAML error names the file
+            document = yaml.safe_load(stream)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"the settings file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8"
+        ) from None
+    if document is not None and not isinstance(document, dict):
+        raise ValueError(
+            f"the settings file {path} holds a {type(document).__name__}, not settings "
+            "(key: value lines)"
+        )

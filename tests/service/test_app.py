@@ -6,6 +6,9 @@ import copy
 import datetime as dt
 import json
 import re
+import sqlite3
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -718,3 +721,65 @@ def test_a_prescription_stopped_before_its_supply_ran_out_gives_no_stop_card(
 
     assert [s[:22] for s in critical("active")] == ["P-kreatinin steget 38,"]
     assert critical("stopped") == []
+
+
+def test_cards_are_answered_when_the_feedback_database_cannot_be_written(
+    client: TestClient,
+) -> None:
+    """Found by QA (ops): with the feedback database's disk full (or its file read-only) every
+    CDS call was a 500, so no GP got any decision support; /ready said ready, nothing amiss."""
+    prefetch = full_prefetch(client)
+    client.app.state.feedback._conn.execute("PRAGMA query_only = ON")  # as a read-only file
+    for _ in range(2):
+        response = client.post(PATIENT_VIEW, json=request(prefetch))
+        assert response.status_code == 200 and len(response.json()["cards"]) == 1
+    problem = client.get("/ready").json()["feedback_database_error"]
+    assert problem["error"] == "attempt to write a readonly database"
+    feedback = {
+        "feedback": [
+            {
+                "card": response.json()["cards"][0]["uuid"],
+                "outcome": "overridden",
+                "overrideReason": {"userComment": "nej"},
+                "outcomeTimestamp": "2026-11-25T10:00:00Z",
+            }
+        ]
+    }
+    refused = client.post(f"{PATIENT_VIEW}/feedback", json=feedback)
+    assert refused.status_code == 503  # the EHR may send it again; not a 500
+    assert refused.json()["issue"][0]["code"] == "transient"
+    client.app.state.feedback._conn.execute("PRAGMA query_only = OFF")
+    assert client.post(f"{PATIENT_VIEW}/feedback", json=feedback).status_code == 200
+    assert client.get("/ready").json()["feedback_database_error"] is None
+
+
+def test_readiness_says_a_change_was_rejected(client: TestClient, guideline_dir: Path) -> None:
+    """The last good set stays in service (ready), but monitoring can see a change was refused
+    without a token for /guidelines."""
+    ready = client.get("/ready").json()
+    assert ready["guidelines_rejected"] is False and ready["guidelines_source_error"] is False
+    (guideline_dir / "broken.yaml").write_text("id: [\n")
+    assert client.app.state.publisher.refresh() == "rejected"
+    ready = client.get("/ready").json()
+    assert ready["status"] == "ready" and ready["guidelines_rejected"] is True
+
+
+def test_a_locked_feedback_database_does_not_stall_other_requests(client: TestClient) -> None:
+    """Found by QA (ops): the cards were recorded on the event loop, so while another process
+    (a second instance on the same file) held the write lock every request, /health too, waited
+    for it, up to the store's 5 s busy timeout."""
+    prefetch = full_prefetch(client)
+    holder = sqlite3.connect(client.app.state.feedback.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    call = threading.Thread(target=lambda: client.post(PATIENT_VIEW, json=request(prefetch)))
+    try:
+        call.start()
+        time.sleep(0.3)  # the call is waiting for the lock now
+        started = time.perf_counter()
+        assert client.get("/health").status_code == 200
+        assert time.perf_counter() - started < 0.5
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        call.join()
+    assert client.app.state.feedback.write_error is None

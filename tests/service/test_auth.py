@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 import warnings
@@ -679,3 +680,39 @@ def test_dependency_with_auth_disabled_yields_none() -> None:
     response = TestClient(make_app(None)).post("/cds-services/vejviser-ihd")
     assert response.status_code == 200
     assert response.json() == {"iss": None}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"x": "abc"}, "jwks key 'ec-1' is not a usable key: Coords should be 48 bytes"),
+        ({"y": None}, "jwks key 'ec-1' is not a usable key"),
+        ({"crv": "P-999"}, "jwks key 'ec-1' is not a usable key: Unsupported crv"),
+        ({"d": "c2VjcmV0"}, "jwks key 'ec-1' is a private key: give the public key only"),
+    ],
+    ids=["short coordinate", "missing coordinate", "unknown curve", "private key"],
+)
+def test_a_static_key_that_cannot_verify_is_refused_at_start_up(
+    ec_signer: Signer, change: dict[str, Any], message: str
+) -> None:
+    """Found by QA (ops): a mis-pasted key (a coordinate cut short, one left out) started the
+    service and refused every token as bad_key; a pasted private key was taken as well."""
+    key = {k: v for k, v in {**ec_signer.jwk, **change}.items() if v is not None}
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        TrustedIssuer(iss=ISS, jwks={"keys": [key]})
+
+
+def test_a_wrong_aud_is_logged_with_the_url_it_had_to_name(
+    authenticator: ClientAuthenticator, ec_signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by QA (ops): behind a proxy 'reason=wrong_aud' did not say which URL the service
+    expected (http:// where the EHR calls https://, a stripped prefix), so the fix was guesswork."""
+    token = ec_signer.token(claims(aud="https://cds.example.dk/cds-services/vejviser-ihd"))
+    with caplog.at_level(logging.INFO, logger="service.auth"):
+        reason(
+            authenticator, f"Bearer {token}", url="http://cds.example.dk/cds-services/vejviser-ihd"
+        )
+    assert caplog.records[-1].getMessage() == (
+        f"client authentication failed: reason=wrong_aud iss={ISS} "
+        "expected_aud=http://cds.example.dk/cds-services/vejviser-ihd"
+    )

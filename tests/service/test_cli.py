@@ -82,6 +82,8 @@ def test_serve_refuses_to_start_on_a_set_whose_test_case_fails(
 ) -> None:
     """The same failure keeps the service from starting: it never serves a set that fails."""
     started: list[object] = []
+    # serve opens its feedback database before it starts: not in the working directory
+    monkeypatch.setenv("VEJVISER_FEEDBACK_DATABASE", str(guideline_dir.parent / "feedback.sqlite"))
     monkeypatch.setattr("uvicorn.run", lambda application, **_: started.append(application))
     # serve installs the JSON log handler for the process; not for the rest of the test run
     monkeypatch.setattr("service.guideline_source.configure_logging", lambda: None)
@@ -104,18 +106,24 @@ def test_serve_refuses_to_start_on_a_set_whose_test_case_fails(
         ("auth:\n  issuers: 5\n", "invalid settings: auth.issuers: Input should be a valid list"),
         ("fhir_budget_seconds: 100\nnope: 1\n", "fhir_budget_seconds: Input should be less"),
         (None, "does not exist"),
+        ("- a\n- b\n", "vejviser.yaml holds a list, not settings (key: value lines)"),
+        (b"# Region Sj\xe6lland\n", "vejviser.yaml is not UTF-8 text (byte 11); save it as UTF-8"),
     ],
-    ids=["not yaml", "wrong type", "out of range and unknown", "missing"],
+    ids=["not yaml", "wrong type", "out of range and unknown", "missing", "a list", "latin-1"],
 )
 def test_serve_says_what_is_wrong_with_its_settings(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str | None, message: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str | bytes | None, message: str
 ) -> None:
-    """Not a traceback; and a missing file is not read as an empty one."""
+    """Not a traceback; and a missing file is not read as an empty one. Found by QA (ops): a
+    list said 'dictionary update sequence element #0 has length 1; 2 is required', a file
+    saved in Windows-1252 "'utf-8' codec can't decode byte 0xe6", neither naming the file."""
     monkeypatch.setenv(CONFIG_ENV, "")  # serve sets it for the process; put back afterwards
     monkeypatch.setattr("uvicorn.run", lambda application, **_: pytest.fail("started"))
     monkeypatch.setattr("service.guideline_source.configure_logging", lambda: None)
     path = tmp_path / "vejviser.yaml"
-    if config is not None:
+    if isinstance(config, bytes):
+        path.write_bytes(config)
+    elif config is not None:
         path.write_text(config)
     result = runner.invoke(app, ["serve", "--config", str(path)])
     assert result.exit_code == 1 and message in result.output, result.output
@@ -761,3 +769,72 @@ def test_serve_help_names_the_settings_defaults() -> None:
     shown = " ".join(runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "300"}).output.split())
     assert f"default: the settings', {fields['guidelines_poll_seconds'].default:g})" in shown
     assert f"default: the settings', {fields['guidelines_branch'].default})" in shown
+
+
+def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CONFIG_ENV, "")  # serve sets it for the process; put back afterwards
+    monkeypatch.setattr("uvicorn.run", lambda application, **_: pytest.fail("started"))
+    monkeypatch.setattr("service.guideline_source.configure_logging", lambda: None)
+
+
+@pytest.mark.parametrize(
+    ("database", "message"),
+    [
+        ("no-such-folder/feedback.sqlite", "unable to open database file"),
+        ("not-sqlite.txt", "file is not a database"),
+        (".", "unable to open database file"),
+    ],
+    ids=["missing folder", "not a database", "a directory"],
+)
+def test_serve_refuses_a_feedback_database_it_cannot_use(
+    tmp_path: Path,
+    guideline_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    database: str,
+    message: str,
+) -> None:
+    """Found by QA (ops): uvicorn said 'Application startup complete'-style lines, then a
+    traceback from sqlite3 and exit code 3."""
+    no_server(monkeypatch)
+    (tmp_path / "not-sqlite.txt").write_text("a text file, not SQLite " * 10)
+    path = tmp_path / database
+    monkeypatch.setenv("VEJVISER_FEEDBACK_DATABASE", str(path))
+    result = runner.invoke(app, ["serve", "--no-auth", "--guidelines", str(guideline_dir)])
+    assert result.exit_code == 1, result.output
+    assert f"the feedback database {path} cannot be used: {message}" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_serve_refuses_a_port_out_of_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by QA (ops): --port 99999 got as far as bind() and ended in an OverflowError."""
+    no_server(monkeypatch)
+    result = runner.invoke(app, ["serve", "--no-auth", "--port", "99999"])
+    assert result.exit_code == 2 and "--port" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_serve_refuses_an_unknown_environment_variable(
+    guideline_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by QA (ops): a misspelt top-level variable was ignored (the default stayed in
+    force), while a misspelt nested one stopped the service."""
+    no_server(monkeypatch)
+    monkeypatch.setenv("VEJVISER_FHIR_BUDGET_SECOND", "2")
+    monkeypatch.setenv("VEJVISER_TOKEN", "for guidelines status, not a setting")
+    result = runner.invoke(app, ["serve", "--no-auth", "--guidelines", str(guideline_dir)])
+    assert result.exit_code == 1
+    assert result.output.strip() == "unknown environment variable(s): VEJVISER_FHIR_BUDGET_SECOND"
+
+
+def test_serve_leaves_uvicorn_its_json_log_handler(
+    guideline_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn's default log_config replaces the handlers of its loggers with plain-text ones."""
+    options: list[dict[str, object]] = []
+    monkeypatch.setenv(CONFIG_ENV, "")
+    monkeypatch.setattr("uvicorn.run", lambda application, **kwargs: options.append(kwargs))
+    monkeypatch.setattr("service.guideline_source.configure_logging", lambda: None)
+    monkeypatch.setenv("VEJVISER_FEEDBACK_DATABASE", str(guideline_dir.parent / "feedback.sqlite"))
+    result = runner.invoke(app, ["serve", "--no-auth", "--guidelines", str(guideline_dir)])
+    assert result.exit_code == 0, result.output
+    assert options[0]["log_config"] is None

@@ -447,3 +447,25 @@ def test_no_patient_ids_in_info_logs(
     assert caplog.records
     assert "0101501234" not in caplog.text
     assert "talt med patienten" not in caplog.text  # free-text comments stay out too
+
+
+def test_a_failed_write_is_kept_logged_once_and_cleared(
+    store: FeedbackStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by QA (ops): a full disk made every write raise with nothing kept for /ready;
+    now the failure is kept, logged once (not once per request) and cleared by a good write."""
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages}")
+    big = [issued(str(uuid.uuid4()), patient="p" * 5000) for _ in range(3)]
+    with caplog.at_level(logging.INFO, logger="service.feedback"):
+        for _ in range(3):
+            with pytest.raises(sqlite3.OperationalError):
+                store.record_cards(big)
+        assert store.write_error is not None and store.write_error[1] == "database or disk is full"
+        assert not store._conn.in_transaction
+        store._conn.execute("PRAGMA max_page_count = 1000000")
+        assert store.record_cards(big) == 3
+    assert store.write_error is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot be written" in m for m in messages) == 1
+    assert sum("is written again" in m for m in messages) == 1

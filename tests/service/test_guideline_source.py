@@ -270,6 +270,22 @@ def test_a_missing_directory_is_reported_and_the_set_stays(guideline_dir: Path) 
     assert publisher.status()["source_error"] is None
 
 
+def test_an_empty_directory_is_no_guideline_set(guideline_dir: Path) -> None:
+    """Found by QA (ops): serve started on an empty folder (a mount not there yet) and said
+    ready with 0 guidelines; a publication that emptied the folder was swapped in, and every
+    chart got no cards, as if all were well."""
+    publisher = GuidelinePublisher(DirectorySource(guideline_dir), clock=Clock())
+    serving = publisher.snapshot
+    for path in guideline_dir.rglob("*.yaml"):
+        path.unlink()
+    assert publisher.refresh() == "rejected"
+    assert publisher.snapshot is serving
+    (error,) = publisher.status()["rejected"]["errors"]
+    assert error == f"{guideline_dir}: holds no guideline (rule files are *.yaml): nothing to serve"
+    with pytest.raises(RuleFileError, match="holds no guideline"):
+        GuidelinePublisher(DirectorySource(guideline_dir))
+
+
 # --- structured logs ---------------------------------------------------------------------------
 
 
