@@ -25,14 +25,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fhir_adapter.normalise import normalise
 from fhir_adapter.records import PatientRecord
 from fhir_adapter.rest import FhirRestClient
-from rules.effective import danish_date, danish_today
+from rules.effective import danish_date
 from service import heap
 from service.auth import build_authenticator, client_auth
 from service.cds_hooks.cards import build_cards, unread_resources
 from service.cds_hooks.discovery import SERVICES_BY_ID, discovery, prefetch_templates
+from service.cds_hooks.drafts import (
+    DraftOrders,
+    draft_orders,
+    not_checked_card,
+    require_drugs,
+    unchecked_orders,
+)
 from service.cds_hooks.errors import CdsError, outcome_response
 from service.cds_hooks.models import ORDER_HOOKS, CdsRequest
-from service.cds_hooks.prefetch import gather, unresolved_medications
+from service.cds_hooks.prefetch import gather
 from service.feedback import FeedbackRequest, FeedbackStore, IssuedCard
 from service.guideline_source import GuidelinePublisher, source_from_settings
 from service.request_id import RequestIdMiddleware
@@ -246,14 +253,19 @@ def _add_routes(app: FastAPI) -> None:
         templates = prefetch_templates(
             snapshot.guidelines, today, settings.max_prefetch_url_length, in_force
         )
-        drafts = _draft_orders(cds_request)
+        drafts = draft_orders(cds_request)
         resources = await gather(
-            cds_request, templates, request.app.state.fhir, settings.fhir_budget_seconds, drafts
+            cds_request,
+            templates,
+            request.app.state.fhir,
+            settings.fhir_budget_seconds,
+            drafts.resources,
         )
         patient, focus = _patient(cds_request, resources, drafts)
         outcomes = snapshot.engine.evaluate(patient, today, in_force)
         unread = unread_resources(patient.issues, resources)
-        pairs = build_cards(snapshot.guidelines, outcomes, patient.id, language_of(request), unread)
+        language = language_of(request)
+        pairs = build_cards(snapshot.guidelines, outcomes, patient.id, language, unread)
         if focus is not None:
             pairs = [(card, issued) for card, issued in pairs if focus & set(issued.evidence)]
         issued = [
@@ -269,9 +281,10 @@ def _add_routes(app: FastAPI) -> None:
             )
             for _, i in pairs
         ]
-        if issued:
-            _record_cards(request.app.state.feedback, issued)
-        return json_response({"cards": [card for card, _ in pairs]})
+        notices, noticed = _not_checked(cds_request, service_id, drafts, resources, language)
+        if issued or noticed:
+            _record_cards(request.app.state.feedback, issued + noticed)
+        return json_response({"cards": [card for card, _ in pairs] + notices})
 
     @app.post(
         "/cds-services/{service_id}/feedback",
@@ -330,7 +343,7 @@ def _record_cards(store: FeedbackStore, cards: list[IssuedCard]) -> None:
 
 
 def _patient(
-    request: CdsRequest, resources: list[Any], drafts: list[dict[str, Any]]
+    request: CdsRequest, resources: list[Any], drafts: DraftOrders
 ) -> tuple[PatientRecord, set[str] | None]:
     """The context patient's record, and for the order hooks the orders a card must involve.
 
@@ -350,11 +363,10 @@ def _patient(
     if request.hook not in ORDER_HOOKS:
         return patient, None
     # a draft may name its drug by a Medication in the draftOrders bundle or the prefetch
-    known = [r for r in resources if isinstance(r, dict) and r.get("resourceType") == "Medication"]
-    _require_drugs([*known, *drafts])
-    ordered = normalise([{"resourceType": "Patient", "id": patient_id}, *known, *drafts]).get(
-        patient_id
-    )
+    known = _medication_resources(resources)
+    require_drugs(drafts, known, request.fhirServer)
+    placeholder = {"resourceType": "Patient", "id": patient_id}
+    ordered = normalise([placeholder, *known, *drafts.resources], drafts.full_urls).get(patient_id)
     medications = ordered.medications if ordered else ()
     focus = {m.resource for m in medications}
     if request.hook == "order-select" and request.context.selections is not None:
@@ -362,39 +374,29 @@ def _patient(
     return patient._replace(medications=patient.medications + medications), focus
 
 
-def _require_drugs(resources: list[Any]) -> None:
-    """A draft order whose Medication is neither sent nor on fhirServer: its drug is unknown,
-    and an empty answer would read as "nothing against this order" (412, as for any data)."""
-    missing = unresolved_medications(resources)
-    if missing:
-        names = ", ".join(f"Medication/{m}" for m in sorted(missing))
-        raise CdsError(
-            412,
-            "incomplete",
-            f"the drug of a draft order ({names}) is neither in draftOrders, in the prefetch nor "
-            "on fhirServer",
-        )
+def _medication_resources(resources: list[Any]) -> list[dict[str, Any]]:
+    return [r for r in resources if isinstance(r, dict) and r.get("resourceType") == "Medication"]
 
 
-def _draft_orders(request: CdsRequest) -> list[dict[str, Any]]:
-    """The draft MedicationRequests of an order hook, as active orders of the context patient,
-    and the Medications of the bundle (a draft may refer to one: it was dropped, no card fired)."""
-    bundle = request.context.draftOrders
-    if bundle is None or request.hook not in ORDER_HOOKS:
-        return []
-    orders = []
-    for entry in bundle.get("entry", []) if isinstance(bundle.get("entry"), list) else []:
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict) and resource.get("resourceType") == "Medication":
-            orders.append(resource)
-        elif isinstance(resource, dict) and resource.get("resourceType") == "MedicationRequest":
-            # being ordered now: in use on the day, however long its supply (decision 0009) and
-            # whatever day its authoredOn names (a UTC time can be yesterday in Denmark)
-            order = {
-                **{k: v for k, v in resource.items() if k != "dispenseRequest"},
-                "status": "active",
-                "subject": {"reference": f"Patient/{request.context.patientId}"},
-            }
-            order.setdefault("authoredOn", danish_today().isoformat())
-            orders.append(order)
-    return orders
+def _not_checked(
+    request: CdsRequest,
+    service_id: str,
+    drafts: DraftOrders,
+    resources: list[Any],
+    language: str,
+) -> tuple[list[dict[str, Any]], list[IssuedCard]]:
+    """Vejviser's cards for the drafts no guideline could be applied to (no drug code), so that
+    no card does not read as "nothing against this order". Recorded like any card, so feedback
+    on them is tied to the patient, but with no guideline: an override never makes a patient
+    exception, and no guideline's feedback counts them."""
+    if not drafts.resources:  # patient-view, or no medication ordered
+        return [], []
+    cards = [
+        not_checked_card(order, language)
+        for order in unchecked_orders(request, drafts, _medication_resources(resources))
+    ]
+    issued = [
+        IssuedCard(card["uuid"], service_id, request.hookInstance, request.context.patientId)
+        for card in cards
+    ]
+    return cards, issued

@@ -96,7 +96,7 @@ async def _medications(
     fhirServer by id (``Medication?_id=``): the prefetch subset has no ``_include``, and without
     its Medication a prescription's drug is unknown (it may be the metformin a card is about).
     Without fhirServer they stay unread, and the cards name them."""
-    wanted = unresolved_medications(resources)
+    wanted = unresolved_medications(resources, request.fhirServer)
     if not wanted or request.fhirServer is None or client is None:
         return []
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
@@ -109,9 +109,10 @@ async def _medications(
     return found if isinstance(found, list) else [found]
 
 
-def unresolved_medications(resources: Sequence[Any]) -> set[str]:
-    """Ids of ``Medication/<id>`` references of MedicationStatements and MedicationRequests
-    whose Medication is not among ``resources`` (contained and absolute ones are not fetched)."""
+def unresolved_medications(resources: Sequence[Any], server: str | None = None) -> set[str]:
+    """Ids of the Medications on fhirServer that MedicationStatements and MedicationRequests
+    refer to and ``resources`` lack: ``Medication/<id>``, or its absolute URL on ``server``
+    (contained ones and those on other servers are not fetched: the token is fhirServer's)."""
     have = {
         r["id"]
         for r in resources
@@ -125,11 +126,25 @@ def unresolved_medications(resources: Sequence[Any]) -> set[str]:
             continue
         given = resource.get("medicationReference")  # anything, as sent: checked here
         reference = given.get("reference") if isinstance(given, dict) else None
-        if isinstance(reference, str) and reference.startswith("Medication/"):
-            ident = reference.removeprefix("Medication/")
-            if FHIR_ID.fullmatch(ident) and ident not in have:  # no other id can be searched
-                wanted.add(ident)
+        ident = medication_on_server(reference, server)
+        if ident is not None and ident not in have:
+            wanted.add(ident)
     return wanted
+
+
+def medication_on_server(reference: Any, server: str | None) -> str | None:
+    """The id of the Medication a literal reference names on fhirServer: ``Medication/<id>``
+    (relative references are fhirServer's) or ``<fhirServer>/Medication/<id>``, either with a
+    ``/_history/<version>`` (the current version is read, as for any reference); else None."""
+    if not isinstance(reference, str):
+        return None
+    base = server.rstrip("/") + "/" if server else None
+    if base is not None and reference.startswith(base):
+        reference = reference[len(base) :]
+    ident = reference.removeprefix("Medication/").split("/_history/", 1)[0]
+    if not reference.startswith("Medication/") or not FHIR_ID.fullmatch(ident):
+        return None  # no other id can be searched
+    return ident
 
 
 def _relative(url: str, request: CdsRequest, key: str) -> str:

@@ -18,7 +18,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from rules.effective import danish_today
 from service.app import create_app
 from service.auth import AuthSettings
-from service.cds_hooks.prefetch import prefetch_from
+from service.cds_hooks.prefetch import medication_on_server, prefetch_from
 from service.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -500,6 +500,186 @@ def test_a_draft_whose_drug_cannot_be_had_is_412(library_client: TestClient) -> 
     assert response.status_code == 412, response.text
     assert response.json()["issue"][0]["code"] == "incomplete"
     assert "Medication/met" in response.json()["issue"][0]["diagnostics"]
+
+
+def metformin_draft(**medication: Any) -> dict[str, Any]:
+    """A draft metformin order of p1 whose drug is named by ``medication`` (medication[x])."""
+    return {
+        "resourceType": "MedicationRequest",
+        "id": "d1",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        **medication,
+    }
+
+
+METFORMIN = {"coding": [{"system": "http://www.whocc.no/atc", "code": "A10BA02"}]}
+
+
+@pytest.mark.parametrize(
+    ("reference", "bundled"),
+    [
+        ("#met", []),  # the draft's own contained Medication
+        (
+            "https://fhir.example.org/fhir/Medication/met",
+            ["https://fhir.example.org/fhir/Medication/met"],
+        ),
+        (
+            "urn:uuid:5b1f3c2e-8d0a-4f5e-9c1b-2a7d6e4f8a90",
+            ["urn:uuid:5b1f3c2e-8d0a-4f5e-9c1b-2a7d6e4f8a90"],
+        ),
+    ],
+)
+def test_a_draft_names_its_drug_by_any_reference_the_request_resolves(
+    library_client: TestClient, reference: str, bundled: list[str]
+) -> None:
+    """Found by QA: a draft naming its drug by a urn:uuid or absolute fullUrl of a Medication in
+    draftOrders (as a transaction bundle would) was dropped silently: no card, metformin passed."""
+    medication = {"resourceType": "Medication", "id": "met", "code": METFORMIN}
+    draft = metformin_draft(medicationReference={"reference": reference})
+    if not bundled:
+        draft["contained"] = [medication]
+    elif reference.startswith("urn:"):
+        del medication["id"]  # as in a transaction bundle: named by its fullUrl only
+    body = order_call(kidney_patient(library_client), "order-sign", [draft])
+    for full_url in bundled:
+        body["context"]["draftOrders"]["entry"].append(
+            {"fullUrl": full_url, "resource": medication}
+        )
+    response = library_client.post("/cds-services/vejviser-order-sign", json=body)
+    assert response.status_code == 200, response.text
+    assert [c["indicator"] for c in response.json()["cards"]] == ["critical"]
+
+
+@pytest.mark.parametrize(
+    ("reference", "named"),
+    [
+        ("https://fhir.example.org/fhir/Medication/met", "fhir.example.org"),
+        ("urn:uuid:5b1f3c2e-8d0a-4f5e-9c1b-2a7d6e4f8a90", "not in draftOrders"),
+        ("#met", "contained"),
+    ],
+)
+def test_a_draft_whose_drug_is_elsewhere_is_412(
+    library_client: TestClient, reference: str, named: str
+) -> None:
+    """Found by QA: a draft naming its drug by a Medication on another server, by a urn:uuid
+    not in the bundle or by a contained Medication it does not contain gave 200 and no card;
+    a Medication of the same id in the bundle was taken for it, whatever server it is on."""
+    medication = {"resourceType": "Medication", "id": "met", "code": METFORMIN}
+    draft = metformin_draft(medicationReference={"reference": reference})
+    body = order_call(kidney_patient(library_client), "order-sign", [draft, medication])
+    body["fhirServer"] = "https://ehr.example.dk/fhir"  # not the server the reference names
+    response = library_client.post("/cds-services/vejviser-order-sign", json=body)
+    assert response.status_code == 412, response.text
+    (issue,) = response.json()["issue"]
+    assert issue["code"] == "incomplete"
+    assert named in issue["diagnostics"] and "p1" not in issue["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    ("reference", "ident"),
+    [
+        ("Medication/m1", "m1"),
+        ("Medication/m1/_history/2", "m1"),
+        ("https://ehr.example.dk/fhir/Medication/m1", "m1"),
+        ("https://ehr.example.dk/fhir/Medication/m1/_history/2", "m1"),
+        ("https://fhir.example.org/fhir/Medication/m1", None),
+        ("https://ehr.example.dk/fhirx/Medication/m1", None),
+        ("#m1", None),
+        ("urn:uuid:5b1f3c2e-8d0a-4f5e-9c1b-2a7d6e4f8a90", None),
+        ("Medication/a b", None),
+        ("Substance/m1", None),
+    ],
+)
+def test_which_medication_references_are_read_from_fhir_server(
+    reference: str, ident: str | None
+) -> None:
+    """Relative references and absolute ones under fhirServer, as one: the token is for it."""
+    assert medication_on_server(reference, "https://ehr.example.dk/fhir/") == ident
+
+
+def test_a_draft_with_only_text_gets_a_card_saying_it_was_not_checked(
+    library_client: TestClient,
+) -> None:
+    """Found by QA: a draft whose drug is free text (no code) was dropped silently, so no card
+    could read as "nothing against this order" (metformin at eGFR 24)."""
+    prefetch = kidney_patient(library_client)
+    text_only = metformin_draft(medicationCodeableConcept={"text": "Metformin 500 mg"})
+    coded = drug("MedicationRequest", "d2", "A10BA02", intent="order")
+    url = "/cds-services/vejviser-order-select"
+    body = order_call(
+        prefetch, "order-select", [text_only, coded], selections=["MedicationRequest/d1"]
+    )
+    response = library_client.post(url, json=body, headers={"Accept-Language": "en"})
+    assert response.status_code == 200, response.text
+    (card,) = response.json()["cards"]
+    assert card["indicator"] == "info"
+    assert card["summary"] == '"Metformin 500 mg" was not checked: the order has no drug code'
+    assert card["source"]["label"] == "Vejviser"
+    assert "overrideReasons" not in card and "extension" not in card  # no guideline's card
+    danish = library_client.post(url, json=body).json()["cards"]
+    assert [c["summary"] for c in danish] == [
+        '"Metformin 500 mg" er ikke tjekket: ordinationen har ingen lægemiddelkode'
+    ]
+    # only about the selected orders, as the guidelines' cards are
+    body["context"]["selections"] = ["MedicationRequest/d2"]
+    cards = library_client.post(url, json=body).json()["cards"]
+    assert [c["indicator"] for c in cards] == ["critical"]
+    # order-sign: every draft; the guideline's card first
+    sign = order_call(prefetch, "order-sign", [text_only, coded])
+    cards = library_client.post("/cds-services/vejviser-order-sign", json=sign).json()["cards"]
+    assert [c["indicator"] for c in cards] == ["critical", "info"]
+    # feedback on it is stored, tied to no guideline: no patient exception
+    feedback = {
+        "feedback": [
+            {
+                "card": cards[1]["uuid"],
+                "outcome": "overridden",
+                "overrideReason": {
+                    "reason": {
+                        "system": "https://vejviser.dk/fhir/CodeSystem/override-reason",
+                        "code": "not-suitable",
+                    }
+                },
+                "outcomeTimestamp": "2026-11-25T10:00:00Z",
+            }
+        ]
+    }
+    stored = library_client.post("/cds-services/vejviser-order-sign/feedback", json=feedback)
+    assert stored.status_code == 200
+    store = library_client.app.state.feedback
+    (record,) = store.feedback_records()
+    assert record.card_uuid == cards[1]["uuid"] and record.guideline_id is None
+    issued = "SELECT patient_id, guideline_id FROM issued_cards WHERE card_uuid = ?"
+    assert store._conn.execute(issued, (cards[1]["uuid"],)).fetchall() == [("p1", None)]
+    assert store.all_exceptions() == []
+
+
+@pytest.mark.parametrize(
+    "medication",
+    [
+        {"medicationReference": {"display": "Metformin 500 mg"}},
+        {
+            "medicationReference": {"reference": "#m"},
+            "contained": [
+                {"resourceType": "Medication", "id": "m", "code": {"text": "Metformin 500 mg"}}
+            ],
+        },
+        {"medicationCodeableConcept": {"text": "Metformin 500 mg", "coding": [{"display": "x"}]}},
+    ],
+)
+def test_a_draft_without_a_usable_code_gets_the_card_however_it_names_its_drug(
+    library_client: TestClient, medication: dict[str, Any]
+) -> None:
+    body = order_call(kidney_patient(library_client), "order-sign", [metformin_draft(**medication)])
+    response = library_client.post(
+        "/cds-services/vejviser-order-sign", json=body, headers={"Accept-Language": "en"}
+    )
+    assert response.status_code == 200, response.text
+    assert [c["summary"] for c in response.json()["cards"]] == [
+        '"Metformin 500 mg" was not checked: the order has no drug code'
+    ]
 
 
 @pytest.mark.parametrize(

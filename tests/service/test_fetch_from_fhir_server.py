@@ -139,12 +139,14 @@ def test_medications_given_by_reference_are_read_from_the_server(
     assert comparable(fetched.json()["cards"]) == comparable(full.json()["cards"])
 
 
+@pytest.mark.parametrize("absolute", [False, True])
 def test_a_draft_order_naming_its_drug_by_reference_reads_it_from_the_server(
-    client: TestClient, fhir_server: SekmetServer
+    client: TestClient, fhir_server: SekmetServer, absolute: bool
 ) -> None:
     """Found by QA: the standard's own order-sign example names the drug of a draft by
     ``medicationReference`` with no Medication in draftOrders; it was never fetched from
-    fhirServer, and metformin ordered at eGFR 24 gave no card."""
+    fhirServer, and metformin ordered at eGFR 24 gave no card. Named by its absolute URL on
+    fhirServer, it was not fetched either, and the draft was dropped without a word."""
     patient = {"resourceType": "Patient", "id": "dk-draftref", "birthDate": "1950-01-01"}
     egfr = {
         "resourceType": "Observation",
@@ -166,6 +168,10 @@ def test_a_draft_order_naming_its_drug_by_reference_reads_it_from_the_server(
         "subject": {"reference": "Patient/dk-draftref"},
         "medicationReference": {"reference": "Medication/dk-draftref-met"},
     }
+    if absolute:
+        draft["medicationReference"]["reference"] = (
+            f"{fhir_server.base_url}/Medication/dk-draftref-met"
+        )
     body = {
         "hook": "order-sign",
         "hookInstance": str(uuid.uuid4()),
