@@ -12,9 +12,13 @@ per size and worker count: wall-clock resources/s (median of the runs), CPU seco
 The machine is shared with other engineers' jobs, so the load average before and after is part
 of the result, and so are resources per CPU-second (what the code does with the CPU it gets).
 
+The build is part of the result too: the installed one runs the normaliser compiled by mypyc
+(setup.py); ``--builds compiled,pure`` adds runs of the same source as pure Python
+(``VEJVISER_PURE_PYTHON=1``), interleaved, to show what the compilation gives.
+
 Run: ``.venv/bin/python -m benchmarks.bench_ingest`` (``--patients 20000,100000`` the sizes,
-``--runs N``, ``--workers 1,2``, ``--quick`` for a small smoke run that does not rewrite
-docs/benchmarks.md).
+``--runs N``, ``--workers 1,2``, ``--builds compiled,pure``, ``--quick`` for a small smoke run
+that does not rewrite docs/benchmarks.md).
 The "Ingest" section of docs/benchmarks.md is rewritten between markers.
 """
 
@@ -40,6 +44,7 @@ if __package__ in (None, ""):  # run as ``python benchmarks/bench_ingest.py``
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import machine as host  # noqa: E402
+from fhir_adapter.compiled import PURE_PYTHON  # noqa: E402
 
 BEGIN = "<!-- bench_ingest:begin -->"
 END = "<!-- bench_ingest:end -->"
@@ -52,6 +57,7 @@ class Run:
     patients: int  # the population's size, as asked of the generator
     megabytes: float  # its NDJSON
     workers: int
+    build: str  # "compiled" (mypyc) or "pure" (Python), as the child process reported it
     lines: int
     seconds: float
     cpu_seconds: float
@@ -71,6 +77,7 @@ class Run:
 def child(source: Path, store: Path, workers: int, chunk_mb: int) -> None:
     """One ingest in this process; prints what the parent needs as one JSON line."""
     from engine.population.ingest import ingest
+    from fhir_adapter.compiled import compiled_modules
 
     started = time.perf_counter()
     summary = ingest(source, store, workers=workers, chunk_bytes=chunk_mb << 20)
@@ -87,12 +94,15 @@ def child(source: Path, store: Path, workers: int, chunk_mb: int) -> None:
                 "timings": dict(summary.timings),
                 "patients": summary.patients,
                 "quarantined": summary.quarantined,
+                "build": "compiled" if compiled_modules() else "pure",
             }
         )
     )
 
 
-def run_once(source: Path, scratch: Path, patients: int, workers: int, chunk_mb: int) -> Run:
+def run_once(
+    source: Path, scratch: Path, patients: int, workers: int, chunk_mb: int, build: str
+) -> Run:
     store = scratch / f"store-{workers}"
     shutil.rmtree(store, ignore_errors=True)
     command = [
@@ -105,13 +115,17 @@ def run_once(source: Path, scratch: Path, patients: int, workers: int, chunk_mb:
         str(workers),
         str(chunk_mb),
     ]
-    output = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    env = {**os.environ, PURE_PYTHON: "1" if build == "pure" else "0"}
+    output = subprocess.run(
+        command, cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    ).stdout
     data = json.loads(output.strip().splitlines()[-1])
     shutil.rmtree(store, ignore_errors=True)
     return Run(
         patients,
         sum(p.stat().st_size for p in source.glob("*.ndjson")) / 1e6,
         workers,
+        data["build"],
         data["lines"],
         data["seconds"],
         data["cpu"],
@@ -148,22 +162,23 @@ def render(runs: Sequence[Run], seed: int, command: str, machine_info: str, chun
         f"- Data: synthetic populations, seed {seed}",
         f"- Chunk: {chunk_mb} MB; command: `{command}`",
         "",
-        "| patients | NDJSON lines | MB | workers | runs | median s | resources/s (median) "
+        "| patients | NDJSON lines | MB | build | workers | runs | median s "
+        "| resources/s (median) "
         "| best resources/s | CPU s | resources per CPU-s | reference / read / resolve s "
         "| main RSS MB | worker RSS MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
-    best: dict[int, float] = {}  # patients -> best median rate over the worker counts
-    for patients, workers in sorted({(r.patients, r.workers) for r in runs}):
-        mine = [r for r in runs if (r.patients, r.workers) == (patients, workers)]
+    best: dict[tuple[str, int], float] = {}  # (build, patients) -> best median over workers
+    for patients, build, workers in sorted({(r.patients, r.build, r.workers) for r in runs}):
+        mine = [r for r in runs if (r.patients, r.build, r.workers) == (patients, build, workers)]
         rate = statistics.median(r.rate for r in mine)
-        best[patients] = max(best.get(patients, 0.0), rate)
+        best[build, patients] = max(best.get((build, patients), 0.0), rate)
         steps = " / ".join(
             f"{statistics.median(r.timings.get(step, 0) for r in mine):.1f}"
             for step in ("reference", "read", "resolve")
         )
         lines.append(
-            f"| {patients:,} | {mine[0].lines:,} | {mine[0].megabytes:,.0f} | {workers} | "
+            f"| {patients:,} | {mine[0].lines:,} | {mine[0].megabytes:,.0f} | {build} | {workers} | "
             f"{len(mine)} | {statistics.median(r.seconds for r in mine):.1f} | {rate:,.0f} | "
             f"{max(r.rate for r in mine):,.0f} | "
             f"{statistics.median(r.cpu_seconds for r in mine):.1f} | "
@@ -171,9 +186,9 @@ def render(runs: Sequence[Run], seed: int, command: str, machine_info: str, chun
             f"{max(r.main_rss_mb for r in mine):.0f} | {max(r.worker_rss_mb for r in mine):.0f} |"
         )
     verdicts = "; ".join(
-        f"{'met' if rate >= GOAL else '**not met**'} at {patients:,} patients "
+        f"{'met' if rate >= GOAL else '**not met**'} at {patients:,} patients, {build} "
         f"(best median {rate:,.0f} resources/s)"
-        for patients, rate in sorted(best.items())
+        for (build, patients), rate in sorted(best.items())
     )
     lines += ["", f"Goal: at least {GOAL:,} resources/s on this machine: {verdicts}.", END]
     return "\n".join(lines) + "\n"
@@ -213,6 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=3, help="runs per worker count (median)")
     parser.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
+    parser.add_argument(
+        "--builds",
+        default="compiled",
+        help="compiled (the installed build) and/or pure (the same source as Python)",
+    )
     parser.add_argument("--chunk-mb", type=int, default=8)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument(
@@ -225,18 +245,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = [2_000] if args.quick else [int(n) for n in args.patients.split(",")]
     runs = 1 if args.quick else args.runs
     counts = [int(w) for w in args.workers.split(",")]
+    builds = args.builds.split(",")
+    if not set(builds) <= {"compiled", "pure"}:
+        parser.error(f"--builds: compiled and/or pure, not {args.builds!r}")
     load_before = os.getloadavg()[0]
     results: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as scratch:
         for patients in sizes:
             source = (args.data or Path(scratch)) / f"pop-{patients}"
             population(source, patients, args.seed)
-            for repetition in range(runs):  # worker counts interleaved: the same machine state
-                for workers in counts:
-                    result = run_once(source, Path(scratch), patients, workers, args.chunk_mb)
+            for repetition in range(runs):  # interleaved: the same machine state for each
+                for build, workers in [(b, w) for b in builds for w in counts]:
+                    result = run_once(
+                        source, Path(scratch), patients, workers, args.chunk_mb, build
+                    )
                     results.append(result)
                     print(
-                        f"{patients:,} patients, run {repetition + 1}, {workers} worker(s): "
+                        f"{patients:,} patients, run {repetition + 1}, {result.build}, "
+                        f"{workers} worker(s): "
                         f"{result.lines:,} lines in {result.seconds:.1f} s = "
                         f"{result.rate:,.0f}/s; CPU {result.cpu_seconds:.1f} s; steps "
                         f"{result.timings}; RSS main {result.main_rss_mb:.0f} MB, worker "

@@ -77,8 +77,10 @@ from fhir_adapter.records import (
     GoalRecord,
     Issue,
     MedicationRecord,
+    Normalised,
     ObservationRecord,
     PatientRecord,
+    ResourceList,
 )
 from fhir_adapter.units import UnitError, conversion, to_canonical
 
@@ -143,28 +145,6 @@ _new = tuple.__new__  # builds a record without NamedTuple.__new__'s Python-leve
 
 class FhirInputError(ValueError):
     """The input as a whole cannot be read (not JSON, or not exactly one patient)."""
-
-
-class ResourceList(list[Any]):
-    """Resources as read, plus the Bundle ``fullUrl`` -> ``"Type/id"`` map.
-
-    References such as ``urn:uuid:...`` (Synthea, transaction Bundles) only resolve through the
-    entries' fullUrls, which are not part of the resources; :func:`normalise` picks the map up
-    from a ResourceList by itself.
-    """
-
-    def __init__(self, resources: Iterable[Any] = (), full_urls: dict[str, str] | None = None):
-        super().__init__(resources)
-        self.full_urls: dict[str, str] = {} if full_urls is None else full_urls
-
-
-class Normalised(dict[str, PatientRecord]):
-    """Patient records keyed by patient id, plus ``issues`` that belong to no patient in the
-    input (no Patient resource, no subject, not a JSON object...), so none goes unseen."""
-
-    def __init__(self, patients: dict[str, PatientRecord], issues: tuple[Issue, ...]):
-        super().__init__(patients)
-        self.issues = issues
 
 
 class OrganizationRecord(NamedTuple):
@@ -252,7 +232,7 @@ def read_resources(data: bytes | str) -> ResourceList:
 
 
 def _read_ndjson(data: bytes | str, whole: orjson.JSONDecodeError) -> list[Any]:
-    lines = data.splitlines() if isinstance(data, bytes) else data.split("\n")
+    lines: list[Any] = data.splitlines() if isinstance(data, bytes) else data.split("\n")
     items: list[Any] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -437,7 +417,7 @@ def _codings(concept: Any, where: str) -> tuple[Coding, ...]:
     return tuple(dict.fromkeys(out)) if len(out) > 1 else (out[0],)
 
 
-def _display(concept: dict[str, Any]) -> str | None:
+def _display(concept: Any) -> str | None:
     text = concept.get("text")
     if type(text) is str and text:
         return text
@@ -1235,8 +1215,11 @@ class _Patient:
 
     def resources(self) -> list[str]:
         """Every resource that yielded a record or awaits use (for orphan reporting)."""
-        names = [r.resource for r in (*self.observations, *self.medications, *self.conditions)]
-        names += [r.resource for r in (*self.goals, *self.requests)]
+        names = [r.resource for r in self.observations]
+        names += [r.resource for r in self.medications]
+        names += [r.resource for r in self.conditions]
+        names += [r.resource for r in self.goals]
+        names += [r.resource for r in self.requests]
         return list(dict.fromkeys(names))
 
 

@@ -3,13 +3,16 @@
 Every FHIR input (a CDS Hooks prefetch, a Bundle on disk, bulk NDJSON) becomes these records by
 one code path (:mod:`fhir_adapter.normalise`). Status filtering, unit conversion and code-system
 aliases happen before a record exists, so the engines never repeat them. Records are plain
-immutable tuples: cheap to build per request and easy to write as Parquet rows.
+immutable tuples: cheap to build per request and easy to write as Parquet rows. The containers
+of many records (:class:`ResourceList`, :class:`Normalised`) are here too, not in the normaliser:
+they subclass ``list`` and ``dict``, which mypyc cannot compile (docs/decisions/0010).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 Coding = tuple[str, str]
 """(system key, canonical code): see :func:`fhir_adapter.codes.canonical_coding`."""
@@ -80,3 +83,25 @@ class PatientRecord(NamedTuple):
     issues: tuple[Issue, ...] = ()
     deceased: bool = False  # Patient.deceased[x]: dead, with or without a known date
     deceased_on: date | None = None  # the date of death, when deceasedDateTime gives one
+
+
+class ResourceList(list[Any]):
+    """Resources as read, plus the Bundle ``fullUrl`` -> ``"Type/id"`` map.
+
+    References such as ``urn:uuid:...`` (Synthea, transaction Bundles) only resolve through the
+    entries' fullUrls, which are not part of the resources; :func:`normalise` picks the map up
+    from a ResourceList by itself.
+    """
+
+    def __init__(self, resources: Iterable[Any] = (), full_urls: dict[str, str] | None = None):
+        super().__init__(resources)
+        self.full_urls: dict[str, str] = {} if full_urls is None else full_urls
+
+
+class Normalised(dict[str, PatientRecord]):
+    """Patient records keyed by patient id, plus ``issues`` that belong to no patient in the
+    input (no Patient resource, no subject, not a JSON object...), so none goes unseen."""
+
+    def __init__(self, patients: dict[str, PatientRecord], issues: tuple[Issue, ...]):
+        super().__init__(patients)
+        self.issues = issues

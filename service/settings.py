@@ -16,6 +16,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from fhir_adapter.compiled import PURE_PYTHON
 from service.auth import AuthSettings
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -23,7 +24,13 @@ CONFIG_ENV = "VEJVISER_CONFIG"
 ENV_PREFIX = "VEJVISER_"
 #: Variables with the prefix that are not settings: other commands' and the test suite's.
 OTHER_VARIABLES = frozenset(
-    {CONFIG_ENV, "VEJVISER_TOKEN", "VEJVISER_PRIVATE_KEY_PASSWORD", "VEJVISER_REQUIRE_SHARED_DATA"}
+    {
+        CONFIG_ENV,
+        "VEJVISER_TOKEN",
+        "VEJVISER_PRIVATE_KEY_PASSWORD",
+        "VEJVISER_REQUIRE_SHARED_DATA",
+        PURE_PYTHON,
+    }
 )
 
 

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pyarrow as pa
@@ -98,9 +98,11 @@ def _exit_with(parent_sentinel: int) -> None:
     os._exit(1)
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
-    """One chunk: a byte range of one file, and the directory of the part files."""
+class Task(NamedTuple):
+    """One chunk: a byte range of one file, and the directory of the part files.
+
+    A NamedTuple, not a frozen dataclass: compiled by mypyc, a frozen dataclass cannot be
+    unpickled in the worker (docs/decisions/0010)."""
 
     chunk: int
     file: int
