@@ -10,6 +10,7 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Annotated, Any
 
@@ -40,7 +41,7 @@ from service.cds_hooks.drafts import (
 from service.cds_hooks.errors import CdsError, outcome_response
 from service.cds_hooks.models import ORDER_HOOKS, CdsRequest
 from service.cds_hooks.prefetch import gather
-from service.feedback import FeedbackRequest, FeedbackStore, IssuedCard
+from service.feedback import FeedbackRequest, FeedbackStore, IssuedCard, prune_periodically
 from service.guideline_source import GuidelinePublisher, source_from_settings
 from service.request_id import RequestIdMiddleware
 from service.settings import Settings
@@ -91,11 +92,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ) as http:
             app.state.fhir = FhirRestClient(http)
             app.state.authenticator = build_authenticator(settings.auth, http)
-            app.state.feedback = FeedbackStore(settings.feedback_database)
+            app.state.feedback = FeedbackStore(
+                settings.feedback_database,
+                feedback_window=timedelta(days=settings.feedback_window_days),
+            )
             heap.settle()  # the guidelines and the modules are loaded: keep them out of the GC's way
             try:
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(publisher.watch)
+                    tasks.start_soon(prune_periodically, app.state.feedback)
                     try:
                         yield
                     finally:

@@ -23,7 +23,9 @@ What is checked, in order, and why:
 
 Failures raise :class:`AuthError` carrying only a short reason code. Neither the token, its
 parts nor its claims are ever logged or put into an exception; the only claim value that may be
-logged is ``iss``, and only once it is known to be a trusted issuer.
+logged is ``iss``: a trusted one as it is, and an untrusted one quoted and cut short, because an
+issuer is a URL, not a secret, and "which issuer did it claim?" is the first question an operator
+has about a refused EHR (a trailing slash, http for https).
 
 Replay memory is per process: a deployment with several workers or instances detects a replay
 only within the process that saw the first use.
@@ -204,14 +206,16 @@ class VerifiedClient:
 class AuthError(Exception):
     """The request is not authenticated.
 
-    ``reason`` is a short code and ``iss`` is set only once the issuer is known to be trusted;
-    both are safe to log. Nothing from the token itself is ever carried.
+    ``reason`` is a short code and ``iss`` is set only once the issuer is known to be trusted.
+    ``claimed_iss`` is set for ``untrusted_iss``: the issuer the token named, already made safe
+    to log by :func:`_claimed_issuer`. Nothing else from the token is ever carried.
     """
 
-    def __init__(self, reason: str, iss: str | None = None) -> None:
+    def __init__(self, reason: str, iss: str | None = None, claimed_iss: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.iss = iss
+        self.claimed_iss = claimed_iss
 
 
 class ClientAuthenticator:
@@ -261,14 +265,14 @@ class ClientAuthenticator:
         try:
             client = await self._verify(authorization_header, endpoint_url)
         except AuthError as error:
-            # Only the reason code and an already-trusted iss are logged; never token material.
-            # For a wrong aud, the URL it had to name: the service's own, behind a proxy the
-            # one thing an operator needs to see (public_base_url or the forwarded scheme).
+            # Only the reason code and the iss are logged (an untrusted one quoted); never token
+            # material. For a wrong aud, the URL it had to name: the service's own, behind a
+            # proxy the one thing an operator needs to see (public_base_url or the scheme).
             expected = f" expected_aud={endpoint_url}" if error.reason == "wrong_aud" else ""
             logger.info(
                 "client authentication failed: reason=%s iss=%s%s",
                 error.reason,
-                error.iss,
+                error.iss if error.claimed_iss is None else error.claimed_iss,
                 expected,
             )
             raise
@@ -291,7 +295,7 @@ class ClientAuthenticator:
         iss = unverified.get("iss")
         trusted = self._issuers.get(iss) if isinstance(iss, str) else None
         if trusted is None:
-            raise AuthError("untrusted_iss")
+            raise AuthError("untrusted_iss", claimed_iss=_claimed_issuer(iss))
 
         try:
             jwk = await self._jwk_for(trusted, kid)
@@ -577,6 +581,26 @@ def _check_public_key(key: dict[str, Any]) -> None:
         jwt.PyJWK(key)
     except jwt.PyJWTError as error:
         raise ValueError(f"jwks key {key['kid']!r} is not a usable key: {error}") from None
+
+
+#: An untrusted iss is logged up to this many characters: enough for any issuer URL, while a
+#: token of 16 kB cannot put 16 kB into every log line.
+_MAX_LOGGED_ISS: Final[int] = 200
+
+
+def _claimed_issuer(value: Any) -> str:
+    """The ``iss`` a refused token claimed, as the log shows it. Why: with ``iss=None`` an
+    operator could not tell a typo in ``auth.issuers`` (a trailing slash, http for https) from a
+    stranger. Quoted by ``repr``, so a trailing space shows and a newline or control character
+    cannot forge a log line; cut at :data:`_MAX_LOGGED_ISS` characters. A missing or non-string
+    claim is named as such, since there is no issuer to show."""
+    if value is None:
+        return "<no iss claim>"
+    if not isinstance(value, str):
+        return f"<iss is not a string but {type(value).__name__}>"
+    if len(value) > _MAX_LOGGED_ISS:
+        return f"{value[:_MAX_LOGGED_ISS]!r}... ({len(value)} characters)"
+    return repr(value)
 
 
 def _is_number(value: Any) -> bool:

@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     )
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS.")
     feedback_database: Path = Field(default=Path("vejviser-feedback.sqlite"))
+    feedback_window_days: float = Field(
+        default=30,
+        gt=0,
+        le=36_500,
+        description="Days after issue a card can receive feedback; then, unless feedback names "
+        "it, its row is deleted from feedback_database (at start-up and hourly). Feedback and "
+        "patient exceptions are kept.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -5,7 +5,10 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import logging
 import re
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +17,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
 
 from rules.effective import danish_today
 from service.app import create_app
 from service.auth import AuthSettings
 from service.cds_hooks.prefetch import medication_on_server, prefetch_from
+from service.feedback import OVERRIDE_REASON_SYSTEM, FeedbackRequest, FeedbackStore, IssuedCard
 from service.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -939,3 +944,50 @@ def test_readiness_says_a_change_was_rejected(client: TestClient, guideline_dir:
     assert client.app.state.publisher.refresh() == "rejected"
     ready = client.get("/ready").json()
     assert ready["status"] == "ready" and ready["guidelines_rejected"] is True
+
+
+def test_the_service_prunes_the_feedback_database_at_start_up(
+    tmp_path: Path, guideline_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by QA (ops): nothing was ever deleted from the feedback database. The service now
+    deletes, at start-up and hourly, the cards past feedback_window_days that no feedback names,
+    off the event loop; the exceptions a sweep reads stay."""
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=8)
+    old, answered, recent = (str(uuid.uuid4()) for _ in range(3))
+    with FeedbackStore(tmp_path / "feedback.sqlite") as store:
+        store.record_cards(
+            [
+                IssuedCard(old, "vejviser-patient-view", "h", "0101501234", issued_at=long_ago),
+                IssuedCard(answered, "vejviser-patient-view", "h", "p1", "g", issued_at=long_ago),
+                IssuedCard(recent, "vejviser-patient-view", "h", "p1", "g"),
+            ]
+        )
+        override = {"reason": {"system": OVERRIDE_REASON_SYSTEM, "code": "not-suitable"}}
+        item = {"card": answered, "outcome": "overridden", "overrideReason": override}
+        body = {"feedback": [{**item, "outcomeTimestamp": "2026-11-01T10:00:00Z"}]}
+        store.record_feedback("vejviser-patient-view", FeedbackRequest.model_validate(body))
+        assert len(store.all_exceptions()) == 1
+    with (
+        caplog.at_level(logging.INFO, logger="service.feedback"),
+        make_client(tmp_path, guideline_dir, feedback_window_days=7) as client,
+    ):
+        store = client.app.state.feedback
+        for _ in range(200):  # the start-up prune runs beside the first requests, not before
+            if "deleted" in caplog.text:
+                break
+            time.sleep(0.01)
+        provenance = [(r.card_uuid, r.guideline_id) for r in store.feedback_records()]
+        assert client.get("/health").status_code == 200
+    assert "feedback database: 1 issued card(s) older than 7 day(s)" in caplog.text
+    assert "0101501234" not in caplog.text
+    with sqlite3.connect(tmp_path / "feedback.sqlite") as conn:
+        left = {row[0] for row in conn.execute("SELECT card_uuid FROM issued_cards")}
+        assert conn.execute("SELECT count(*) FROM exceptions").fetchone()[0] == 1
+    assert left == {answered, recent}
+    assert provenance == [(answered, "g")]  # the feedback still names its guideline
+
+
+def test_the_feedback_window_is_a_setting_of_at_least_a_moment(tmp_path: Path) -> None:
+    assert Settings(auth=AuthSettings(enabled=False)).feedback_window_days == 30
+    with pytest.raises(ValidationError, match="feedback_window_days"):
+        Settings(auth=AuthSettings(enabled=False), feedback_window_days=0)

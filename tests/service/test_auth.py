@@ -304,6 +304,42 @@ def test_unknown_iss_fails(authenticator: ClientAuthenticator, ec_signer: Signer
     assert reason(authenticator, f"Bearer {token}") == "untrusted_iss"
 
 
+@pytest.mark.parametrize(
+    ("claimed", "logged"),
+    [
+        ("https://evil.example.com", "'https://evil.example.com'"),
+        (f"{ISS}/", f"'{ISS}/'"),  # the usual typo: the trailing slash shows
+        ("https://x.example/\nreason=ok", "'https://x.example/\\nreason=ok'"),  # no forged line
+        ("https://" + "a" * 300, "'https://" + "a" * 192 + "'... (308 characters)"),
+        (None, "<no iss claim>"),
+        (42, "<iss is not a string but int>"),
+    ],
+    ids=["stranger", "trailing slash", "newline", "long", "missing", "number"],
+)
+def test_an_untrusted_iss_is_logged_as_claimed(
+    authenticator: ClientAuthenticator,
+    ec_signer: Signer,
+    caplog: pytest.LogCaptureFixture,
+    claimed: Any,
+    logged: str,
+) -> None:
+    """Found by QA (ops): a token from an unknown issuer was logged as 'iss=None', so an
+    operator could not tell a typo in auth.issuers from a stranger. The claimed issuer (a URL,
+    not a secret) is logged quoted; the token is not."""
+    # signed as JWS: PyJWT will not encode a non-string iss, a client's library might
+    payload = json.dumps(claims(iss=claimed)).encode()
+    token = jwt.api_jws.encode(
+        payload, ec_signer.key, algorithm="ES384", headers={"kid": ec_signer.kid, "typ": "JWT"}
+    )
+    with caplog.at_level(logging.INFO, logger="service.auth"):
+        assert reason(authenticator, f"Bearer {token}") == "untrusted_iss"
+    (record,) = [r for r in caplog.records if r.name == "service.auth"]
+    assert record.getMessage() == f"client authentication failed: reason=untrusted_iss iss={logged}"
+    assert "\n" not in record.getMessage()
+    for part in token.split("."):
+        assert part not in caplog.text
+
+
 def test_signature_by_a_stranger_fails(authenticator: ClientAuthenticator) -> None:
     stranger = Signer(ec.generate_private_key(ec.SECP384R1()), "ec-1", "ES384")
     assert reason(authenticator, f"Bearer {stranger.token(claims())}") == "bad_signature"

@@ -7,10 +7,11 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from pydantic import ValidationError
 
@@ -25,6 +26,8 @@ from service.feedback import (
     FeedbackStoreError,
     IssuedCard,
     override_reason_codings,
+    prune_once,
+    prune_periodically,
 )
 
 SERVICE = "vejviser-patient-view"
@@ -469,3 +472,122 @@ def test_a_failed_write_is_kept_logged_once_and_cleared(
     messages = [r.getMessage() for r in caplog.records]
     assert sum("cannot be written" in m for m in messages) == 1
     assert sum("is written again" in m for m in messages) == 1
+
+
+# --- retention ----------------------------------------------------------------------------------
+
+WINDOW = timedelta(days=30)
+ISSUED = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    """The store's clock, moved by the test."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def card_at(card: str, when: datetime, patient: str = "0101501234") -> IssuedCard:
+    return IssuedCard(card, SERVICE, "h", patient, "dm2-hba1c", "2024.1", "sha256:abc", "r", when)
+
+
+def rows(path: Path, table: str, column: str) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {row[0] for row in conn.execute(f"SELECT {column} FROM {table}")}
+
+
+def test_cards_past_the_feedback_window_are_pruned_but_feedback_and_exceptions_kept(
+    tmp_path: Path,
+) -> None:
+    """Found by QA (ops): every card ever issued stayed in the file (~290 bytes each), so at a
+    region's volume it grew without bound. A card no feedback names is deleted once it can no
+    longer receive feedback; its feedback, and the exception a sweep reads, are never."""
+    clock = Clock(ISSUED)
+    with FeedbackStore(tmp_path / "f.sqlite", clock=clock, feedback_window=WINDOW) as store:
+        unused = [str(uuid.uuid4()) for _ in range(7)]
+        declined, accepted_card, recent = (str(uuid.uuid4()) for _ in range(3))
+        store.record_cards([card_at(c, ISSUED) for c in [*unused, declined, accepted_card]])
+        store.record_feedback(SERVICE, request(overridden(declined, code="patient-declined")))
+        store.record_feedback(SERVICE, request(accepted(accepted_card)))
+        store.record_feedback(SERVICE, request(accepted(str(uuid.uuid4()))))  # never issued
+        exceptions = store.all_exceptions()
+        records = store.feedback_records()
+        assert store.prune() == 0  # nothing is past the window yet
+
+        clock.now = ISSUED + WINDOW + timedelta(seconds=1)
+        store.record_cards([card_at(recent, clock.now)])
+        assert store.prune_batch(limit=2) == (2, True)  # a batch looks at `limit` cards at most
+        assert store.prune(limit=2) == 5
+        assert store.prune() == 0
+
+        assert rows(store.path, "issued_cards", "card_uuid") == {declined, accepted_card, recent}
+        assert store.count_feedback() == 3
+        assert store.all_exceptions() == exceptions and len(exceptions) == 1
+        assert store.feedback_records() == records  # still tied to guideline version and hash
+
+
+def test_feedback_after_the_window_makes_no_exception(tmp_path: Path) -> None:
+    """A card can receive feedback within the window only: whether it was pruned yet (pruning
+    runs hourly) must not decide whether an override takes a patient out of a denominator."""
+    clock = Clock(ISSUED)
+    with FeedbackStore(tmp_path / "f.sqlite", clock=clock, feedback_window=WINDOW) as store:
+        store.record_cards([card_at(CARD, ISSUED)])
+        clock.now = ISSUED + WINDOW + timedelta(seconds=1)
+        late = store.record_feedback(SERVICE, request(overridden(code="patient-declined")))
+        assert late == FeedbackResult(stored=1, duplicates=0, unknown_cards=1, exceptions=0)
+        clock.now = ISSUED + WINDOW
+        in_time = store.record_feedback(
+            SERVICE, request(overridden(code="patient-declined", when="2026-10-31T12:00:00Z"))
+        )
+        assert (in_time.unknown_cards, in_time.exceptions) == (0, 1)
+
+
+def test_without_a_window_nothing_is_pruned(tmp_path: Path) -> None:
+    """What the sweep opens the file with: it must never delete from the service's file."""
+    with FeedbackStore(tmp_path / "f.sqlite") as store:
+        store.record_cards([card_at(CARD, datetime(2000, 1, 1, tzinfo=UTC))])
+        assert store.prune() == 0
+        assert count(store.path, "issued_cards") == 1
+
+
+def test_pruning_logs_counts_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock(ISSUED + WINDOW * 2)
+    with FeedbackStore(tmp_path / "f.sqlite", clock=clock, feedback_window=WINDOW) as store:
+        store.record_cards([card_at(str(uuid.uuid4()), ISSUED) for _ in range(3)])
+        with caplog.at_level(logging.INFO, logger="service.feedback"):
+            assert anyio.run(prune_once, store) == 3
+    (record,) = caplog.records
+    assert record.getMessage().startswith(
+        "feedback database: 3 issued card(s) older than 30 day(s) and without feedback deleted in "
+    )
+    assert "0101501234" not in caplog.text
+
+
+def test_a_failed_prune_is_logged_and_tried_again_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Housekeeping must not stop the service: an error in the periodic task would end the
+    application's task group, and with it every CDS call."""
+    clock = Clock(ISSUED + WINDOW * 2)
+    with FeedbackStore(tmp_path / "f.sqlite", clock=clock, feedback_window=WINDOW) as store:
+        store.record_cards([card_at(CARD, ISSUED)])
+        store._conn.execute("PRAGMA query_only = ON")  # as a read-only file
+
+        async def run_a_while() -> None:
+            with anyio.move_on_after(0.5):
+                await prune_periodically(store, interval=0.05)
+
+        with caplog.at_level(logging.INFO, logger="service.feedback"):
+            anyio.run(run_a_while)
+        failures = [r for r in caplog.records if "pruning failed" in r.getMessage()]
+        assert len(failures) >= 2
+        assert failures[0].getMessage() == (
+            "feedback database: pruning failed (attempt to write a readonly database); "
+            "trying again in 0.05 s"
+        )
+        assert store.write_error is not None  # and /ready shows it
+        store._conn.execute("PRAGMA query_only = OFF")
+        assert store.prune() == 1
