@@ -21,6 +21,7 @@ from setuptools import setup
 COMPILED = ("fhir_adapter/normalise.py", "engine/population/chunks.py")
 RECORD = Path("fhir_adapter/compiled.json")  # read by fhir_adapter.compiled
 BUILDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install"}
+IN_PLACE = {"editable_wheel", "develop"}  # the builds that put the compiled files in the tree
 
 
 def _compiler() -> str | None:
@@ -28,8 +29,9 @@ def _compiler() -> str | None:
     return shutil.which(command.split()[0])
 
 
-def _remove_earlier_build() -> None:
-    """An editable install compiled in place; a pure-Python reinstall must not leave it there."""
+def _remove_build_in_place() -> None:
+    """A pure-Python editable install must not leave the last compiled one in the tree, where
+    Python would still prefer it to the source."""
     RECORD.unlink(missing_ok=True)
     for path in map(Path, COMPILED):
         for built in path.parent.glob(f"{path.stem}.*.so"):
@@ -39,13 +41,21 @@ def _remove_earlier_build() -> None:
 
 
 def _ext_modules() -> list:
-    if not BUILDS & set(sys.argv):  # metadata only (egg_info, dist_info): nothing to compile
+    """The compiled modules, and for a build in place the record of the sources they are of.
+
+    A wheel's compiled files and sources are copied together and never edited, so it needs no
+    record (and the tree's own is left out of it: pyproject.toml); a build in place does, since
+    the sources beside it are edited (fhir_adapter.compiled)."""
+    argv = set(sys.argv)
+    if not BUILDS & argv:  # metadata only (egg_info, dist_info): nothing to compile
         return []
-    _remove_earlier_build()
-    if os.environ.get("VEJVISER_PURE_PYTHON") == "1":
-        return []
-    if _compiler() is None:
+    pure = os.environ.get("VEJVISER_PURE_PYTHON") == "1"
+    if not pure and _compiler() is None:
         print("vejviser: no C compiler found; installing pure Python", file=sys.stderr)
+        pure = True
+    if pure:
+        if IN_PLACE & argv:
+            _remove_build_in_place()
         return []
     from mypyc.build import mypycify
 
@@ -54,8 +64,9 @@ def _ext_modules() -> list:
         opt_level="3",
         group_name="vejviser_compiled",
     )
-    digests = {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in COMPILED}
-    RECORD.write_text(json.dumps(digests, indent=1) + "\n")
+    if IN_PLACE & argv:
+        digests = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in COMPILED}
+        RECORD.write_text(json.dumps(digests, indent=1) + "\n")
     return modules
 
 

@@ -2,10 +2,10 @@
 
 Why: an editable install compiles ``fhir_adapter/normalise.py`` and ``engine/population/chunks.py``
 in place, and Python prefers a compiled file to its source: after an edit, the code of the last
-install would run and a test would pass or fail on code that no longer exists. The install records
-each source's SHA-256 (``compiled.json``); if any source differs, or a compiled file has no record,
-every compiled module is loaded from its source (the modules of one build call each other directly,
-so one stale module makes all of them stale), with a warning. Reinstalling compiles again.
+install would run and a test would pass or fail on code that no longer exists. That install records
+each source's SHA-256 (``compiled.json``); if any source differs, every compiled module is loaded
+from its source (the modules of one build call each other directly, so one stale module makes all
+of them stale), with a warning. Reinstalling compiles again.
 ``VEJVISER_PURE_PYTHON=1`` runs the source on purpose (to compare, or to rule the build out).
 """
 
@@ -52,9 +52,14 @@ def _digest(path: Path) -> str | None:
 
 
 def stale_modules(record: Path = RECORD, root: Path = ROOT) -> list[str]:
-    """The compiled modules whose source is not the one they were compiled from."""
+    """The modules compiled in place whose source is not the one they were compiled from.
+
+    No record: a wheel's build (sources and compiled files copied together, never edited), used.
+    A record that cannot be read vouches for nothing: every build beside it is stale."""
     try:
         digests = json.loads(record.read_text())
+    except FileNotFoundError:
+        return []
     except (OSError, ValueError):
         digests = {}
     stale = []
@@ -94,6 +99,11 @@ def select_build() -> None:
         stacklevel=2,
     )
     sys.meta_path.insert(0, _SourceFinder(MODULES))
+
+
+def built_modules(root: Path = ROOT) -> list[str]:
+    """The modules with a compiled file beside their source, used or not."""
+    return [name for name in MODULES if _has_build(root / _source(name))]
 
 
 def compiled_modules() -> list[str]:

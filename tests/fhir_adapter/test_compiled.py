@@ -44,9 +44,17 @@ def test_an_edited_source_makes_its_build_stale(tmp_path: Path) -> None:
     assert _stale(root) == ["fhir_adapter.normalise"]
 
 
-def test_a_build_without_a_record_is_stale(tmp_path: Path) -> None:
-    assert _stale(_project(tmp_path, recorded=None)) == ["fhir_adapter.normalise"]
-    assert _stale(_project(tmp_path / "other", recorded="different")) == ["fhir_adapter.normalise"]
+def test_a_build_without_a_record_is_a_wheels_and_used(tmp_path: Path) -> None:
+    assert _stale(_project(tmp_path, recorded=None)) == []
+
+
+def test_a_record_of_other_sources_or_an_unreadable_one_makes_the_build_stale(
+    tmp_path: Path,
+) -> None:
+    assert _stale(_project(tmp_path / "a", recorded="different")) == ["fhir_adapter.normalise"]
+    root = _project(tmp_path / "b")
+    (root / "compiled.json").write_text("{not json")
+    assert _stale(root) == ["fhir_adapter.normalise"]
 
 
 def test_a_pure_python_install_has_nothing_stale(tmp_path: Path) -> None:
@@ -74,9 +82,10 @@ def test_a_stale_build_gives_way_to_every_source(monkeypatch: pytest.MonkeyPatch
 def test_this_install_runs_the_build_it_made() -> None:
     """Either a pure-Python install, or every module compiled from the source as it is now: a
     build that failed half-way, or one that is there but not used, fails here (and in CI)."""
-    record = compiled.RECORD.exists()
     assert compiled.stale_modules() == [], "edited since the last install: run scripts/setup.sh"
-    assert compiled.compiled_modules() == (list(compiled.MODULES) if record else [])
+    built = compiled.built_modules()
+    assert built in ([], list(compiled.MODULES))
+    assert compiled.compiled_modules() == built
 
 
 def test_pure_python_on_purpose_runs_the_sources_without_a_warning(
