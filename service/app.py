@@ -27,6 +27,8 @@ from fhir_adapter.normalise import normalise
 from fhir_adapter.records import PatientRecord
 from fhir_adapter.rest import FhirRestClient
 from rules.effective import danish_date
+from rules.guideline_set import GuidelineSet
+from rules.tree import CompiledGuideline
 from service import heap
 from service.auth import build_authenticator, client_auth
 from service.cds_hooks.cards import build_cards, unread_resources
@@ -34,6 +36,7 @@ from service.cds_hooks.discovery import SERVICES_BY_ID, discovery, prefetch_temp
 from service.cds_hooks.drafts import (
     DraftOrders,
     draft_orders,
+    medication_systems,
     not_checked_card,
     require_drugs,
     unchecked_orders,
@@ -286,7 +289,9 @@ def _add_routes(app: FastAPI) -> None:
             )
             for _, i in pairs
         ]
-        notices, noticed = _not_checked(cds_request, service_id, drafts, resources, language)
+        notices, noticed = _not_checked(
+            cds_request, service_id, drafts, resources, language, (snapshot.guidelines, in_force)
+        )
         if issued or noticed:
             _record_cards(request.app.state.feedback, issued + noticed)
         return json_response({"cards": [card for card, _ in pairs] + notices})
@@ -389,16 +394,20 @@ def _not_checked(
     drafts: DraftOrders,
     resources: list[Any],
     language: str,
+    evaluated: tuple[GuidelineSet, tuple[CompiledGuideline, ...]],
 ) -> tuple[list[dict[str, Any]], list[IssuedCard]]:
-    """Vejviser's cards for the drafts no guideline could be applied to (no drug code), so that
-    no card does not read as "nothing against this order". Recorded like any card, so feedback
-    on them is tied to the patient, but with no guideline: an override never makes a patient
-    exception, and no guideline's feedback counts them."""
+    """Vejviser's cards for the drafts no guideline could be applied to (no drug code, or codes
+    only of systems in which no guideline of ``evaluated`` (the set, the versions in force)
+    reads drugs), so that no card does not read as "nothing against this order". Recorded like
+    any card, so feedback on them is tied to the patient, but with no guideline: an override
+    never makes a patient exception, and no guideline's feedback counts them."""
     if not drafts.resources:  # patient-view, or no medication ordered
         return [], []
+    used = medication_systems(*evaluated)
+    known = _medication_resources(resources)
     cards = [
         not_checked_card(order, language)
-        for order in unchecked_orders(request, drafts, _medication_resources(resources))
+        for order in unchecked_orders(request, drafts, known, used)
     ]
     issued = [
         IssuedCard(card["uuid"], service_id, request.hookInstance, request.context.patientId)

@@ -290,7 +290,8 @@ def _fact_line(
     return f"- {label}: {value}{sources}"
 
 
-_MEDICATION_FACTS = (ActiveMedication, ContinuousUse, MedicationStarted)
+MEDICATION_FACTS = (ActiveMedication, ContinuousUse, MedicationStarted)
+"""The primitives that read drugs: where a medication can count (here, and for drafts)."""
 
 
 def _may_be_in(unread: Unread, valueset: CompiledValueSet, primitive: object) -> bool:
@@ -299,7 +300,7 @@ def _may_be_in(unread: Unread, valueset: CompiledValueSet, primitive: object) ->
     medication fact: it may be the metformin the card says the patient does not take."""
     if unread.codings:
         return any(valueset.contains(c) for c in unread.codings)
-    return isinstance(primitive, _MEDICATION_FACTS) and unread.resource.startswith(
+    return isinstance(primitive, MEDICATION_FACTS) and unread.resource.startswith(
         ("MedicationStatement/", "MedicationRequest/")
     )
 

@@ -5,20 +5,25 @@ against this order". So each draft MedicationRequest ends one of three ways: it 
 drug has a code the guidelines can match); the call is refused with 412 (its drug is named by a
 reference to a Medication the service cannot have, as for any data that cannot be had); or it
 gets a card from Vejviser itself saying that it was not checked (its drug has no code: free
-text, a display only).
+text, a display only; or its every code is of a system in which no guideline in force reads
+drugs, such as a local drug number instead of ATC: read, but no value set can ever hold it).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from fhir_adapter.codes import system_uri
 from fhir_adapter.normalise import resource_records
 from rules.effective import danish_today
+from rules.guideline_set import GuidelineSet
 from rules.rendering import markdown_literal
-from service.cds_hooks.cards import SUMMARY_LIMIT
+from rules.tree import CompiledGuideline
+from service.cds_hooks.cards import MEDICATION_FACTS, SUMMARY_LIMIT
 from service.cds_hooks.errors import CdsError
 from service.cds_hooks.models import ORDER_HOOKS, CdsRequest
 from service.cds_hooks.prefetch import medication_on_server
@@ -36,6 +41,19 @@ _WORDS = {
             "intet taler imod den. Tjek den selv, eller vælg lægemidlet med kode."
         ),
         "unread": "Ikke læst",
+        "summary_system": (
+            '"{name}" er ikke tjekket: lægemiddelkoden er fra et kodesystem, '
+            "ingen vejledning bruger"
+        ),
+        "detail_system": (
+            "Vejviser tjekker en ordination mod vejledningerne ud fra lægemidlets kode. Denne "
+            "ordination koder lægemidlet kun i et kodesystem, som ingen gældende vejledning "
+            "bruger, så ingen vejledning er brugt på den: at intet andet kort handler om den, "
+            "betyder ikke, at intet taler imod den. Tjek den selv, eller vælg lægemidlet med "
+            "dets ATC-kode."
+        ),
+        "unchecked": "Ikke tjekket",
+        "system": "lægemidlet er kun kodet i {systems}, som ingen vejledning bruger",
     },
     "en": {
         "summary": '"{name}" was not checked: the order has no drug code',
@@ -47,6 +65,17 @@ _WORDS = {
             "against it. Check it yourself, or choose the drug by its code."
         ),
         "unread": "Not read",
+        "summary_system": (
+            '"{name}" was not checked: its drug code is of a system no guideline uses'
+        ),
+        "detail_system": (
+            "Vejviser checks an order against the guidelines by the code of its drug. This order "
+            "codes its drug only in a code system that no guideline in force uses, so no "
+            "guideline was applied to it: that no other card is about it does not mean that "
+            "nothing speaks against it. Check it yourself, or choose the drug by its ATC code."
+        ),
+        "unchecked": "Not checked",
+        "system": "its drug is coded only in {systems}, which no guideline uses",
     },
 }
 
@@ -64,11 +93,13 @@ class DraftOrders(NamedTuple):
 
 
 class Unchecked(NamedTuple):
-    """A draft order no guideline could be applied to, and the normaliser's reasons."""
+    """A draft order no guideline could be applied to: the normaliser's reasons when its drug
+    has no code, or the systems of its codes when none of them is one a guideline reads."""
 
     resource: str  # "MedicationRequest/<id>"
     name: str  # the drug as the order names it, or the resource
     reasons: tuple[str, ...]
+    systems: tuple[str, ...] = ()  # system keys (canonical_coding); empty: it has no code
 
 
 def draft_orders(request: CdsRequest) -> DraftOrders:
@@ -163,11 +194,45 @@ def _is_medication(resource: Any) -> bool:
     )
 
 
+def medication_systems(
+    guidelines: GuidelineSet, in_force: tuple[CompiledGuideline, ...]
+) -> frozenset[str]:
+    """The system keys in which the guidelines in force read drugs: every system of every value
+    set a medication fact of theirs names (a value set may mix ATC and RxNorm). A drug coded in
+    none of them cannot be in any value set those facts read, so no guideline can be applied to
+    it. Keys as :func:`~fhir_adapter.codes.canonical_coding` gives them, as value sets store
+    them: an alias URI of ATC is ATC. Derived from the set, never a list written here: another
+    guideline set may read drugs in other systems.
+
+    Computed once per set and versions in force (as the prefetch templates are); the key holds
+    the versions' identities, kept alive by the set in the key."""
+    return _medication_systems(guidelines, tuple(map(id, in_force)))
+
+
+@lru_cache(maxsize=16)
+def _medication_systems(guidelines: GuidelineSet, versions: tuple[int, ...]) -> frozenset[str]:
+    by_identity = {id(g): g for g in guidelines.guidelines}
+    systems: set[str] = set()
+    for version in versions:
+        for fact in by_identity[version].facts:
+            if isinstance(fact.primitive, MEDICATION_FACTS):
+                valueset = guidelines.valuesets[fact.primitive.valueset]
+                systems.update(system for system, _ in valueset.exact)
+                systems.update(system for system, _ in valueset.prefixes)
+    return frozenset(systems)
+
+
 def unchecked_orders(
-    request: CdsRequest, drafts: DraftOrders, known: Iterable[dict[str, Any]]
+    request: CdsRequest,
+    drafts: DraftOrders,
+    known: Iterable[dict[str, Any]],
+    used: frozenset[str],
 ) -> list[Unchecked]:
-    """The drafts whose drug no guideline could be matched against (no code it can read), of
-    those the cards are about: order-select's ``selections``, else every draft."""
+    """The drafts whose drug no guideline could be matched against, of those the cards are
+    about (order-select's ``selections``, else every draft): no code the normaliser can read,
+    or codes only of systems not in ``used`` (:func:`medication_systems`). A draft with one
+    code of a used system is checked, whatever else it carries: a code the value sets do not
+    hold is then a drug the guidelines say nothing against."""
     medications: dict[str, dict[str, Any]] = {}
     for medication in [*known, *drafts.resources]:
         if _is_medication(medication):
@@ -176,10 +241,14 @@ def unchecked_orders(
     unchecked = []
     for index, order in enumerate(drafts.orders()):
         read = resource_records(order, drafts.full_urls, medications, index=index)
-        if read.medications or (selected is not None and read.resource not in selected):
+        if selected is not None and read.resource not in selected:
+            continue
+        systems = dict.fromkeys(key for m in read.medications for key, _ in m.codings)
+        if read.medications and not used.isdisjoint(systems):
             continue
         name = _drug_name(order, drafts.full_urls, medications) or read.resource
-        unchecked.append(Unchecked(read.resource, name, tuple(i.reason for i in read.issues)))
+        reasons = tuple(i.reason for i in read.issues)
+        unchecked.append(Unchecked(read.resource, name, reasons, tuple(systems)))
     return unchecked
 
 
@@ -218,18 +287,25 @@ def _drug_name(
 def not_checked_card(order: Unchecked, language: str) -> dict[str, Any]:
     """Vejviser's own card for a draft it could not check: ``info``, as it judges nothing; its
     source is Vejviser, not a guideline, and it offers no override reasons (they would record
-    a patient exception for a guideline)."""
+    a patient exception for a guideline). The systems of a draft coded only in ones no
+    guideline uses are named in the detail (as URIs, as an integrator knows them), not in the
+    summary: a URI has no length limit, and the summary's room is for the drug."""
     words = _WORDS[language]
-    template = words["summary"]
+    if order.systems:
+        names = ", ".join(system_uri(system) for system in order.systems)
+        template, detail, label = words["summary_system"], words["detail_system"], "unchecked"
+        why = words["system"].format(systems=names)
+    else:
+        template, detail, label = words["summary"], words["detail"], "unread"
+        why = "; ".join(order.reasons)
     room = SUMMARY_LIMIT - len(template.format(name=""))
     name = order.name if len(order.name) <= room else order.name[: room - 1] + "…"
-    why = "; ".join(order.reasons)
-    unread = markdown_literal(f"{order.resource}: {why}" if why else order.resource)
+    named = markdown_literal(f"{order.resource}: {why}" if why else order.resource)
     return {
         "uuid": str(uuid.uuid4()),
         "summary": template.format(name=name),
         "indicator": "info",
-        "detail": f"{words['detail']}\n\n**{words['unread']}**: {unread}",
+        "detail": f"{detail}\n\n**{words[label]}**: {named}",
         "source": {
             "label": "Vejviser",
             "topic": {

@@ -687,6 +687,138 @@ def test_a_draft_without_a_usable_code_gets_the_card_however_it_names_its_drug(
     ]
 
 
+LOCAL_DRUGS = "http://example.org/drugs"  # made up: a system no guideline reads drugs in
+VARENUMMER = "https://example.dk/fhir/varenummer"  # a Danish package number, as a local URI
+
+
+def coded(*codings: tuple[str, str]) -> dict[str, Any]:
+    """A drug concept named "Metformin 500 mg" with ``codings`` as (system, code) pairs."""
+    return {
+        "text": "Metformin 500 mg",
+        "coding": [{"system": system, "code": code} for system, code in codings],
+    }
+
+
+@pytest.mark.parametrize(
+    ("medication", "systems"),
+    [
+        ({"medicationCodeableConcept": coded((LOCAL_DRUGS, "met500"))}, LOCAL_DRUGS),
+        (
+            {"medicationCodeableConcept": coded((VARENUMMER, "123456"), (LOCAL_DRUGS, "m"))},
+            f"{VARENUMMER}, {LOCAL_DRUGS}",
+        ),
+        (
+            {
+                "medicationReference": {"reference": "#m"},
+                "contained": [
+                    {"resourceType": "Medication", "id": "m", "code": coded((VARENUMMER, "1"))}
+                ],
+            },
+            VARENUMMER,
+        ),
+    ],
+)
+def test_a_draft_coded_only_in_a_system_no_guideline_uses_gets_the_not_checked_card(
+    library_client: TestClient, medication: dict[str, Any], systems: str
+) -> None:
+    """Found by QA: a draft whose drug was coded only in a system no guideline reads drugs in
+    (a local drug number instead of ATC) passed without a card, as if nothing spoke against
+    it: the normaliser read a code, but no value set could ever hold it."""
+    draft = metformin_draft(**medication)
+    body = order_call(kidney_patient(library_client), "order-sign", [draft])
+    url = "/cds-services/vejviser-order-sign"
+    response = library_client.post(url, json=body, headers={"Accept-Language": "en"})
+    assert response.status_code == 200, response.text
+    (card,) = response.json()["cards"]
+    assert card["indicator"] == "info"
+    assert card["summary"] == (
+        '"Metformin 500 mg" was not checked: its drug code is of a system no guideline uses'
+    )
+    assert card["source"]["label"] == "Vejviser"
+    assert card["source"]["topic"]["code"] == "order-not-checked"
+    assert "overrideReasons" not in card and "extension" not in card
+    reason = f"MedicationRequest/d1: its drug is coded only in {systems}, which no guideline uses"
+    assert reason in card["detail"]
+    (danish,) = library_client.post(url, json=body).json()["cards"]
+    assert danish["summary"] == (
+        '"Metformin 500 mg" er ikke tjekket: lægemiddelkoden er fra et kodesystem, ingen '
+        "vejledning bruger"
+    )
+    assert f"lægemidlet er kun kodet i {systems}, som ingen vejledning bruger" in danish["detail"]
+
+
+def test_which_code_systems_count_as_used_follows_the_guidelines_in_force(
+    tmp_path: Path, guideline_dir: Path, library_client: TestClient
+) -> None:
+    """Used means used by a medication fact of a guideline in force, compared as canonical
+    system keys: not a list written into the service (the library reads drugs in ATC and, for
+    Synthea data, RxNorm; another guideline set may read them in others)."""
+    rxnorm = "http://www.nlm.nih.gov/research/umls/rxnorm"
+    url = "/cds-services/vejviser-order-sign"
+    en = {"Accept-Language": "en"}
+
+    def indicators(client: TestClient, *codings: tuple[str, str]) -> list[str]:
+        draft = metformin_draft(medicationCodeableConcept=coded(*codings))
+        body = order_call(kidney_patient(client), "order-sign", [draft])
+        response = client.post(url, json=body, headers=en)
+        assert response.status_code == 200, response.text
+        return [c["indicator"] for c in response.json()["cards"]]
+
+    # one coding in a used system is enough, whatever else the draft carries: checked as before
+    assert indicators(
+        library_client, (LOCAL_DRUGS, "m"), ("http://www.whocc.no/atc", "A10BA02")
+    ) == ["critical"]
+    assert indicators(library_client, (rxnorm, "860975")) == ["critical"]  # the library's RxNorm
+    # an alias of ATC (the HL7 OID) is ATC: the canonical key counts, not the URI as written
+    assert indicators(library_client, ("urn:oid:2.16.840.1.113883.6.73", "A10BA02")) == ["critical"]
+    # a used system with a code in no value set: checked, nothing against it, no card
+    assert indicators(library_client, ("http://www.whocc.no/atc", "N02BE01")) == []
+    # the test set reads drugs in ATC only; a guideline that reads them in RxNorm from 2999 is
+    # not in force, so an RxNorm code is still of a system no guideline uses
+    (guideline_dir / "valuesets" / "metformin-rxnorm.yaml").write_text(
+        "id: metformin-rxnorm\n"
+        "title: {da: Metformin, en: Metformin}\n"
+        "sources:\n"
+        '  - {title: "RxNorm", url: "https://example.org/rxnorm", date: 2024-01-01}\n'
+        "include:\n"
+        "  - system: rxnorm\n"
+        '    codes: ["860975"]\n'
+    )
+    (guideline_dir / "future-rxnorm.yaml").write_text(
+        "id: future-rxnorm\n"
+        "version: 1.0.0\n"
+        "title: {da: Fremtid, en: Future}\n"
+        "publisher: Vejviser tests\n"
+        "description: {da: Testvejledning, en: Test guideline}\n"
+        'sources: [{title: "Test", url: "https://example.org/", date: 2024-01-01}]\n'
+        "effective: {from: 2999-01-01}\n"
+        "register: {description: {da: Alle, en: Everyone}, when: 'true'}\n"
+        "facts:\n"
+        "  on_metformin: {active_medication: {valueset: metformin-rxnorm}}\n"
+        "recommendations:\n"
+        "  - id: on-metformin\n"
+        "    when: on_metformin\n"
+        "    indicator: info\n"
+        "    summary: {da: Metformin, en: Metformin}\n"
+    )
+    with make_client(tmp_path, guideline_dir) as client:
+        draft = metformin_draft(medicationCodeableConcept=coded((rxnorm, "860975")))
+        body = order_call(kidney_patient(client), "order-sign", [draft])
+        cards = client.post(url, json=body, headers=en).json()["cards"]
+        assert [c["indicator"] for c in cards] == ["info"]
+        assert f"coded only in {rxnorm}, which no guideline uses" in cards[0]["detail"]
+        # ATC: checked (no card: p1 is in no register of the test set)
+        assert indicators(client, ("http://www.whocc.no/atc", "A10BA02")) == []
+        # order-select: only the drafts in selections, as for every card
+        for selected, expected in (("MedicationRequest/d1", ["info"]), ("MedicationRequest/x", [])):
+            select = order_call(
+                kidney_patient(client), "order-select", [draft], selections=[selected]
+            )
+            response = client.post("/cds-services/vejviser-order-select", json=select)
+            assert response.status_code == 200, response.text
+            assert [c["indicator"] for c in response.json()["cards"]] == expected
+
+
 @pytest.mark.parametrize(
     ("unit", "shown"),
     [
