@@ -679,8 +679,9 @@ class FeedbackStore:
 
 async def prune_once(store: FeedbackStore, pause: float = PRUNE_PAUSE_SECONDS) -> int:
     """Prune every card past the feedback window, one batch per worker-thread call, and log the
-    count (never a patient id). Why batches off the event loop: a first prune of a file that grew
-    for months deletes millions of rows; in one transaction it would hold the lock, and every
+    count (never a patient id) when there was something to delete: an hourly "0 deleted" would be
+    noise among the request lines. Why batches off the event loop: a first prune of a file that
+    grew for months deletes millions of rows; in one transaction it would hold the lock, and every
     request recording its cards, for seconds."""
     if store.feedback_window is None:
         return 0
@@ -693,6 +694,8 @@ async def prune_once(store: FeedbackStore, pause: float = PRUNE_PAUSE_SECONDS) -
         batches += 1
         if more:
             await anyio.sleep(pause)
+    if not deleted:
+        return 0
     logger.info(
         "feedback database: %d issued card(s) older than %g day(s) and without feedback deleted"
         " in %.1f s (%d batch(es))",
