@@ -1,7 +1,7 @@
 """Compiles the bulk ingest's hot modules with mypyc; everything else is in pyproject.toml.
 
 Why: reading NDJSON is pure Python dict work, some 50,000 resources per CPU-second; mypyc turns the
-same source into C and reads about 1.5x as many (docs/decisions/0010). The source stays the one
+same source into C and reads 1.2-1.5x as many (docs/decisions/0010). The source stays the one
 normalisation of every path (CDS Hooks, bulk ingest, tests). Without a C compiler, or with
 VEJVISER_PURE_PYTHON=1, the install is pure Python and only slower.
 """

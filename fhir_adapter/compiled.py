@@ -94,7 +94,7 @@ def select_build() -> None:
         return
     warnings.warn(
         "the compiled normaliser does not match its source (edited since the last install): "
-        "running the source, which reads bulk data about 1.5x slower; reinstall "
+        "running the source, which reads bulk data 1.2-1.5x slower; reinstall "
         "(`bash scripts/setup.sh`) to compile it again",
         stacklevel=2,
     )
