@@ -761,7 +761,8 @@ def _condition_record(resource: dict[str, Any], rid: str) -> ConditionRecord | N
     return ConditionRecord(rid, codings, onset, abatement, clinical, recorded)
 
 
-def _contained(resource: dict[str, Any], local_id: str) -> dict[str, Any] | None:
+def contained_medication(resource: dict[str, Any], local_id: str) -> dict[str, Any] | None:
+    """The Medication ``#local_id`` names among ``resource``'s contained resources, if any."""
     contained = resource.get("contained")
     if type(contained) is list:
         for item in contained:
@@ -791,7 +792,7 @@ def _medication(
     if type(target) is not str:
         raise _Skip("medicationReference has no literal reference")
     if target.startswith("#"):
-        medication = _contained(resource, target[1:])
+        medication = contained_medication(resource, target[1:])
     else:
         key = _resolve(target, full_urls)
         medication = medications.get(key) if key else None

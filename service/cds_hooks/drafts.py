@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from fhir_adapter.codes import system_uri
-from fhir_adapter.normalise import resource_records
+from fhir_adapter.normalise import contained_medication, resource_records
 from rules.effective import danish_today
 from rules.guideline_set import GuidelineSet
 from rules.rendering import markdown_literal
@@ -167,7 +167,7 @@ def require_drugs(drafts: DraftOrders, known: Sequence[dict[str, Any]], server: 
 def _where(order: dict[str, Any], reference: str, have: set[str], server: str | None) -> str | None:
     """What a draft's medicationReference names that the request lacks; None when it has it."""
     if reference.startswith("#"):
-        if any(_is_medication(c) and c["id"] == reference[1:] for c in _contained(order)):
+        if contained_medication(order, reference[1:]) is not None:
             return None
         return "a contained Medication the order does not contain"
     ident = medication_on_server(reference, server)
@@ -179,11 +179,6 @@ def _where(order: dict[str, Any], reference: str, have: set[str], server: str | 
     if host:
         return f"a Medication at {host}, not fhirServer"
     return "a medicationReference that names no Medication"
-
-
-def _contained(order: dict[str, Any]) -> list[Any]:
-    contained = order.get("contained")
-    return contained if isinstance(contained, list) else []
 
 
 def _is_medication(resource: Any) -> bool:
@@ -264,10 +259,9 @@ def _drug_name(
             return " ".join(given["display"].split())
         reference = given.get("reference")
         if isinstance(reference, str):
-            local = reference[1:] if reference.startswith("#") else None
-            found = [c for c in _contained(order) if _is_medication(c) and c["id"] == local]
+            local = contained_medication(order, reference[1:]) if reference[:1] == "#" else None
             key = full_urls.get(reference) or f"Medication/{reference.rsplit('/', 1)[-1]}"
-            medication = found[0] if found else medications.get(key)
+            medication = local or medications.get(key)
             concepts.append(medication.get("code") if medication else None)
     for concept in concepts:
         if not isinstance(concept, dict):
