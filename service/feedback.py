@@ -582,15 +582,6 @@ class FeedbackStore:
             self._prune_cursor = (rows[-1][1], rows[-1][0])
         return len(unused), len(rows) == limit
 
-    def prune(self, limit: int = PRUNE_BATCH) -> int:
-        """:meth:`prune_batch` until no old card is left; returns how many were deleted. For a
-        caller without an event loop: the service uses :func:`prune_periodically`."""
-        deleted, more = self.prune_batch(limit)
-        while more:
-            count, more = self.prune_batch(limit)
-            deleted += count
-        return deleted
-
     # --- reading --------------------------------------------------------------------------------
 
     def count_feedback(self, service_id: str | None = None) -> int:
@@ -677,7 +668,9 @@ class FeedbackStore:
 # --- retention in the service ---------------------------------------------------------------------
 
 
-async def prune_once(store: FeedbackStore, pause: float = PRUNE_PAUSE_SECONDS) -> int:
+async def prune_once(
+    store: FeedbackStore, pause: float = PRUNE_PAUSE_SECONDS, limit: int = PRUNE_BATCH
+) -> int:
     """Prune every card past the feedback window, one batch per worker-thread call, and log the
     count (never a patient id) when there was something to delete: an hourly "0 deleted" would be
     noise among the request lines. Why batches off the event loop: a first prune of a file that
@@ -689,7 +682,7 @@ async def prune_once(store: FeedbackStore, pause: float = PRUNE_PAUSE_SECONDS) -
     deleted = batches = 0
     more = True
     while more:
-        count, more = await anyio.to_thread.run_sync(store.prune_batch)
+        count, more = await anyio.to_thread.run_sync(store.prune_batch, limit)
         deleted += count
         batches += 1
         if more:

@@ -19,6 +19,7 @@ from service.feedback import (
     EXCEPTION_REASON_CODES,
     OVERRIDE_REASON_SYSTEM,
     OVERRIDE_REASONS,
+    PRUNE_BATCH,
     SCHEMA_VERSION,
     FeedbackRequest,
     FeedbackResult,
@@ -34,6 +35,11 @@ SERVICE = "vejviser-patient-view"
 CARD = "4e0a3a1e-3283-4575-ab82-028d55fe2719"
 SUGGESTION = "e56e1945-20b3-4393-8503-a1a20fd73152"
 WHEN = "2020-12-11T09:30:00Z"
+
+
+def prune(store: FeedbackStore, limit: int = PRUNE_BATCH) -> int:
+    """Every card past the window, as the service prunes them, with no pause between batches."""
+    return anyio.run(prune_once, store, 0.0, limit)
 
 
 def accepted(card: str = CARD, when: str = WHEN) -> dict[str, Any]:
@@ -515,13 +521,13 @@ def test_cards_past_the_feedback_window_are_pruned_but_feedback_and_exceptions_k
         store.record_feedback(SERVICE, request(accepted(str(uuid.uuid4()))))  # never issued
         exceptions = store.all_exceptions()
         records = store.feedback_records()
-        assert store.prune() == 0  # nothing is past the window yet
+        assert prune(store) == 0  # nothing is past the window yet
 
         clock.now = ISSUED + WINDOW + timedelta(seconds=1)
         store.record_cards([card_at(recent, clock.now)])
         assert store.prune_batch(limit=2) == (2, True)  # a batch looks at `limit` cards at most
-        assert store.prune(limit=2) == 5
-        assert store.prune() == 0
+        assert prune(store, limit=2) == 5
+        assert prune(store) == 0
 
         assert rows(store.path, "issued_cards", "card_uuid") == {declined, accepted_card, recent}
         assert store.count_feedback() == 3
@@ -549,7 +555,7 @@ def test_without_a_window_nothing_is_pruned(tmp_path: Path) -> None:
     """What the sweep opens the file with: it must never delete from the service's file."""
     with FeedbackStore(tmp_path / "f.sqlite") as store:
         store.record_cards([card_at(CARD, datetime(2000, 1, 1, tzinfo=UTC))])
-        assert store.prune() == 0
+        assert prune(store) == 0
         assert count(store.path, "issued_cards") == 1
 
 
@@ -590,4 +596,4 @@ def test_a_failed_prune_is_logged_and_tried_again_not_raised(
         )
         assert store.write_error is not None  # and /ready shows it
         store._conn.execute("PRAGMA query_only = OFF")
-        assert store.prune() == 1
+        assert prune(store) == 1
