@@ -87,8 +87,9 @@ class Settings(BaseSettings):
         gt=0,
         le=36_500,
         description="Days after issue a card can receive feedback; then, unless feedback names "
-        "it, its row is deleted from feedback_database (at start-up and hourly). Feedback and "
-        "patient exceptions are kept.",
+        "it, its row is deleted from feedback_database (at start-up and hourly), as is feedback "
+        "received this long ago on a card the service never issued. Feedback on issued cards "
+        "and patient exceptions are kept.",
     )
 
     @classmethod

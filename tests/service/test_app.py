@@ -1083,20 +1083,27 @@ def test_the_service_prunes_the_feedback_database_at_start_up(
 ) -> None:
     """Found by QA (ops): nothing was ever deleted from the feedback database. The service now
     deletes, at start-up and hourly, the cards past feedback_window_days that no feedback names,
-    off the event loop; the exceptions a sweep reads stay."""
-    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=8)
-    old, answered, recent = (str(uuid.uuid4()) for _ in range(3))
-    with FeedbackStore(tmp_path / "feedback.sqlite") as store:
+    and the feedback received that long ago on cards it never issued, off the event loop; the
+    feedback on its cards and the exceptions a sweep reads stay."""
+    now = dt.datetime.now(dt.UTC)
+    long_ago = now - dt.timedelta(days=8)
+    old, answered, recent, made_up = (str(uuid.uuid4()) for _ in range(4))
+    with FeedbackStore(tmp_path / "feedback.sqlite", clock=lambda: long_ago) as store:
         store.record_cards(
             [
                 IssuedCard(old, "vejviser-patient-view", "h", "0101501234", issued_at=long_ago),
                 IssuedCard(answered, "vejviser-patient-view", "h", "p1", "g", issued_at=long_ago),
-                IssuedCard(recent, "vejviser-patient-view", "h", "p1", "g"),
+                IssuedCard(recent, "vejviser-patient-view", "h", "p1", "g", issued_at=now),
             ]
         )
         override = {"reason": {"system": OVERRIDE_REASON_SYSTEM, "code": "not-suitable"}}
         item = {"card": answered, "outcome": "overridden", "overrideReason": override}
-        body = {"feedback": [{**item, "outcomeTimestamp": "2026-11-01T10:00:00Z"}]}
+        body = {
+            "feedback": [
+                {**item, "outcomeTimestamp": "2026-11-01T10:00:00Z"},
+                {**item, "card": made_up, "outcomeTimestamp": "2026-11-01T10:00:00Z"},
+            ]
+        }
         store.record_feedback("vejviser-patient-view", FeedbackRequest.model_validate(body))
         assert len(store.all_exceptions()) == 1
     with (
@@ -1110,7 +1117,10 @@ def test_the_service_prunes_the_feedback_database_at_start_up(
             time.sleep(0.01)
         provenance = [(r.card_uuid, r.guideline_id) for r in store.feedback_records()]
         assert client.get("/health").status_code == 200
-    assert "feedback database: 1 issued card(s) older than 7 day(s)" in caplog.text
+    assert (
+        "feedback database: 1 issued card(s) without feedback and 1 feedback item(s) on unknown"
+        " cards older than 7 day(s) deleted in "
+    ) in caplog.text
     assert "0101501234" not in caplog.text
     with sqlite3.connect(tmp_path / "feedback.sqlite") as conn:
         left = {row[0] for row in conn.execute("SELECT card_uuid FROM issued_cards")}

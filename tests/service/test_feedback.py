@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.feedback import (
+    _SELECT_OLD_FEEDBACK,
     EXCEPTION_REASON_CODES,
     OVERRIDE_REASON_SYSTEM,
     OVERRIDE_REASONS,
@@ -26,6 +28,7 @@ from service.feedback import (
     FeedbackStore,
     FeedbackStoreError,
     IssuedCard,
+    PruneResult,
     override_reason_codings,
     prune_once,
     prune_periodically,
@@ -37,8 +40,8 @@ SUGGESTION = "e56e1945-20b3-4393-8503-a1a20fd73152"
 WHEN = "2020-12-11T09:30:00Z"
 
 
-def prune(store: FeedbackStore, limit: int = PRUNE_BATCH) -> int:
-    """Every card past the window, as the service prunes them, with no pause between batches."""
+def prune(store: FeedbackStore, limit: int = PRUNE_BATCH) -> PruneResult:
+    """Everything past the window, as the service prunes it, with no pause between batches."""
     return anyio.run(prune_once, store, 0.0, limit)
 
 
@@ -521,18 +524,19 @@ def test_cards_past_the_feedback_window_are_pruned_but_feedback_and_exceptions_k
         store.record_feedback(SERVICE, request(accepted(str(uuid.uuid4()))))  # never issued
         exceptions = store.all_exceptions()
         records = store.feedback_records()
-        assert prune(store) == 0  # nothing is past the window yet
+        assert prune(store) == PruneResult(0, 0)  # nothing is past the window yet
 
         clock.now = ISSUED + WINDOW + timedelta(seconds=1)
         store.record_cards([card_at(recent, clock.now)])
-        assert store.prune_batch(limit=2) == (2, True)  # a batch looks at `limit` cards at most
-        assert prune(store, limit=2) == 5
-        assert prune(store) == 0
+        # a batch looks at `limit` cards at most
+        assert store.prune_card_batch(limit=2) == (2, True)
+        assert prune(store, limit=2) == PruneResult(cards=5, unknown_feedback=1)
+        assert prune(store) == PruneResult(0, 0)
 
         assert rows(store.path, "issued_cards", "card_uuid") == {declined, accepted_card, recent}
-        assert store.count_feedback() == 3
+        assert store.count_feedback() == 2  # the feedback on a card never issued is gone
         assert store.all_exceptions() == exceptions and len(exceptions) == 1
-        assert store.feedback_records() == records  # still tied to guideline version and hash
+        assert store.feedback_records() == records[:2]  # still tied to guideline version and hash
 
 
 def test_feedback_after_the_window_makes_no_exception(tmp_path: Path) -> None:
@@ -551,25 +555,147 @@ def test_feedback_after_the_window_makes_no_exception(tmp_path: Path) -> None:
         assert (in_time.unknown_cards, in_time.exceptions) == (0, 1)
 
 
+def made_up(count: int) -> list[str]:
+    """Card ids the service never issued, as a misbehaving client posts them."""
+    return [str(uuid.uuid4()) for _ in range(count)]
+
+
+def test_feedback_on_unknown_cards_is_pruned_a_window_after_it_was_received(
+    tmp_path: Path,
+) -> None:
+    """Found by QA: feedback on a made-up card id (500 a POST, from any authenticated client) was
+    stored and never deleted, so the file grew without bound. It is deleted once it was received
+    longer ago than the feedback window; its outcomeTimestamp (2020 here) is the client's word
+    and does not count. Younger items are kept, and a later run deletes them in their turn."""
+    clock = Clock(ISSUED)
+    with FeedbackStore(tmp_path / "f.sqlite", clock=clock, feedback_window=WINDOW) as store:
+        old, young = made_up(3), made_up(2)
+        store.record_feedback(SERVICE, request(*map(accepted, old)))
+        clock.now = ISSUED + timedelta(days=1)
+        store.record_feedback(SERVICE, request(*map(accepted, young)))
+
+        clock.now = ISSUED + WINDOW  # received exactly a window ago: not older than it
+        assert prune(store) == PruneResult(0, 0)
+        clock.now = ISSUED + WINDOW + timedelta(seconds=1)
+        assert prune(store) == PruneResult(cards=0, unknown_feedback=3)
+        assert rows(store.path, "feedback", "card_uuid") == set(young)
+        clock.now += timedelta(days=1)
+        assert prune(store) == PruneResult(cards=0, unknown_feedback=2)
+        assert store.count_feedback() == 0
+
+
+def test_feedback_on_an_issued_card_is_never_pruned(tmp_path: Path) -> None:
+    """It records what a clinician decided, and may have made a patient exception: however old,
+    it stays, with its card, while the same runs delete feedback on unknown cards around it.
+    Late feedback on a card whose row is not deleted yet is feedback on an issued card too."""
+    clock = Clock(ISSUED)
+    with FeedbackStore(tmp_path / "f.sqlite", clock=clock, feedback_window=WINDOW) as store:
+        declined, answered, late = (str(uuid.uuid4()) for _ in range(3))
+        store.record_cards([card_at(c, ISSUED) for c in (declined, answered, late)])
+        strangers = [accepted(card) for card in made_up(2)]
+        store.record_feedback(
+            SERVICE,
+            request(strangers[0], overridden(declined, code="patient-declined"), strangers[1]),
+        )
+        store.record_feedback(SERVICE, request(accepted(answered)))
+        clock.now = ISSUED + WINDOW + timedelta(minutes=5)  # before the hourly run
+        store.record_feedback(SERVICE, request(overridden(late, code="not-suitable")))
+        kept = [r for r in store.feedback_records() if r.guideline_id is not None]
+        exceptions = store.all_exceptions()
+
+        assert prune(store, limit=1) == PruneResult(cards=0, unknown_feedback=2)
+        for years in (1, 10):
+            clock.now = ISSUED + timedelta(days=365 * years)
+            assert prune(store, limit=1) == PruneResult(0, 0)
+        assert store.feedback_records() == kept and len(kept) == 3
+        assert rows(store.path, "issued_cards", "card_uuid") == {declined, answered, late}
+        assert store.all_exceptions() == exceptions and len(exceptions) == 1
+
+
+def test_feedback_on_another_services_card_is_pruned_as_unknown(tmp_path: Path) -> None:
+    """Issued means issued by the service the feedback was posted to, as for exceptions and
+    provenance: such feedback names no patient there, and keeps no card from being pruned."""
+    clock = Clock(ISSUED)
+    with FeedbackStore(tmp_path / "f.sqlite", clock=clock, feedback_window=WINDOW) as store:
+        store.record_cards([card_at(CARD, ISSUED)])
+        store.record_feedback("vejviser-order-sign", request(overridden(code="not-suitable")))
+        store.record_feedback(SERVICE, request(accepted()))
+        clock.now = ISSUED + WINDOW + timedelta(seconds=1)
+        assert prune(store) == PruneResult(cards=0, unknown_feedback=1)
+        assert store.count_feedback() == store.count_feedback(SERVICE) == 1
+
+
+def test_feedback_is_pruned_in_batches_of_the_limit_with_a_pause_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same bound on the lock as for cards: a batch looks at ``limit`` items at most, kept
+    ones included, and a run pauses between batches so requests get the lock."""
+    clock = Clock(ISSUED)
+    with FeedbackStore(tmp_path / "f.sqlite", clock=clock, feedback_window=WINDOW) as store:
+        store.record_cards([card_at(CARD, ISSUED)])
+        items = [accepted(CARD), *(accepted(card) for card in made_up(6))]
+        store.record_feedback(SERVICE, request(*items))
+        clock.now = ISSUED + WINDOW * 2
+        assert store.prune_feedback_batch(limit=3) == (2, True)  # the issued card's item is kept
+
+        batches: list[tuple[int, bool]] = []
+        original = store.prune_feedback_batch
+
+        def recorded(limit: int) -> tuple[int, bool]:
+            batches.append(original(limit))
+            return batches[-1]
+
+        monkeypatch.setattr(store, "prune_feedback_batch", recorded)
+        started = time.monotonic()
+        assert anyio.run(prune_once, store, 0.05, 3) == PruneResult(0, 4)
+        assert time.monotonic() - started >= 0.05  # one pause, between the two feedback batches
+        assert batches == [(3, True), (1, False)]
+        assert store.count_feedback() == 1
+
+
+def test_the_feedback_scan_walks_an_index(tmp_path: Path) -> None:
+    """An hourly run must not read every feedback item ever stored; a file made before the
+    index gets it when it is opened."""
+    path = tmp_path / "f.sqlite"
+    FeedbackStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX feedback_received_at")
+    FeedbackStore(path).close()
+    with sqlite3.connect(path) as conn:
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {_SELECT_OLD_FEEDBACK}", ("", "", 0, 1))
+        details = " ".join(row[3] for row in plan)
+    assert "INDEX feedback_received_at" in details
+    assert "SCAN f" not in details
+
+
 def test_without_a_window_nothing_is_pruned(tmp_path: Path) -> None:
     """What the sweep opens the file with: it must never delete from the service's file."""
     with FeedbackStore(tmp_path / "f.sqlite") as store:
         store.record_cards([card_at(CARD, datetime(2000, 1, 1, tzinfo=UTC))])
-        assert prune(store) == 0
+        store.record_feedback(SERVICE, request(accepted(str(uuid.uuid4()))))
+        assert prune(store) == PruneResult(0, 0)
+        assert store.prune_feedback_batch() == (0, False)
         assert count(store.path, "issued_cards") == 1
+        assert store.count_feedback() == 1
 
 
 def test_pruning_logs_counts_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock(ISSUED + WINDOW * 2)
+    clock = Clock(ISSUED)
     with FeedbackStore(tmp_path / "f.sqlite", clock=clock, feedback_window=WINDOW) as store:
         store.record_cards([card_at(str(uuid.uuid4()), ISSUED) for _ in range(3)])
+        strangers = [overridden(card, code="not-suitable") for card in made_up(2)]
+        store.record_feedback(SERVICE, request(*strangers))
+        clock.now = ISSUED + WINDOW * 2
         with caplog.at_level(logging.INFO, logger="service.feedback"):
-            assert anyio.run(prune_once, store) == 3
+            assert anyio.run(prune_once, store) == PruneResult(cards=3, unknown_feedback=2)
     (record,) = caplog.records
     assert record.getMessage().startswith(
-        "feedback database: 3 issued card(s) older than 30 day(s) and without feedback deleted in "
+        "feedback database: 3 issued card(s) without feedback and 2 feedback item(s) on unknown"
+        " cards older than 30 day(s) deleted in "
     )
+    assert record.getMessage().endswith(" s (2 batch(es))")
     assert "0101501234" not in caplog.text
+    assert "talt med patienten" not in caplog.text
 
 
 def test_a_failed_prune_is_logged_and_tried_again_not_raised(
@@ -596,4 +722,4 @@ def test_a_failed_prune_is_logged_and_tried_again_not_raised(
         )
         assert store.write_error is not None  # and /ready shows it
         store._conn.execute("PRAGMA query_only = OFF")
-        assert prune(store) == 1
+        assert prune(store) == PruneResult(cards=1, unknown_feedback=0)
