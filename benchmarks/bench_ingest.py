@@ -207,14 +207,7 @@ def population(source: Path, patients: int, seed: int) -> None:
 
 def write_section(path: Path, section: str) -> None:
     """Replace this benchmark's section between its markers; keep the rest of the file."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    host.write_section(path, section, BEGIN, END)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -65,7 +65,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import date, timedelta
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 from dateutil.relativedelta import relativedelta
@@ -84,51 +84,56 @@ from fhir_adapter.records import (
 )
 from fhir_adapter.units import UnitError, conversion, to_canonical
 
-YDERNUMMER = "urn:oid:1.2.208.176.1.4"
+# The module's constants are Final: compiled (docs/decisions/0010), a Final constant is read from
+# a C static, any other module-level name with a dictionary look-up at every use.
+YDERNUMMER: Final = "urn:oid:1.2.208.176.1.4"
 """Identifier system of a practice's ydernummer (DOMAIN.md §2)."""
 
-_UCUM = SYSTEMS["ucum"][0]
-_COMPARATORS = frozenset({"<", "<=", ">=", ">"})
-_COMPARATOR_OR_NONE = (None, *_COMPARATORS)  # tuple: `in` compares, so any JSON value is safe
-_EXACT_INT = 2**53  # integers up to this size are exact as floats (and never overflow)
-_OBSERVATION_KEEP = frozenset({"final", "amended", "corrected"})
-_KEPT = tuple(_OBSERVATION_KEEP)  # tuple: `in` compares, so any JSON value is safe
-_OBSERVATION_DROP = frozenset(
+_UCUM: Final = SYSTEMS["ucum"][0]
+_COMPARATORS: Final = frozenset({"<", "<=", ">=", ">"})
+_COMPARATOR_OR_NONE: Final = (
+    None,
+    *_COMPARATORS,
+)  # tuple: `in` compares, so any JSON value is safe
+_EXACT_INT: Final = 2**53  # integers up to this size are exact as floats (and never overflow)
+_OBSERVATION_KEEP: Final = frozenset({"final", "amended", "corrected"})
+_KEPT: Final = tuple(_OBSERVATION_KEEP)  # tuple: `in` compares, so any JSON value is safe
+_OBSERVATION_DROP: Final = frozenset(
     {"entered-in-error", "cancelled", "preliminary", "registered", "unknown"}
 )
-_STATEMENT_KEEP = frozenset({"active", "completed", "intended", "stopped", "on-hold"})
-_STATEMENT_DROP = frozenset({"entered-in-error", "not-taken", "unknown"})
-_REQUEST_KEEP = frozenset({"active", "on-hold", "completed", "stopped"})
-_REQUEST_DROP = frozenset({"cancelled", "entered-in-error", "draft", "unknown"})
+_STATEMENT_KEEP: Final = frozenset({"active", "completed", "intended", "stopped", "on-hold"})
+_STATEMENT_DROP: Final = frozenset({"entered-in-error", "not-taken", "unknown"})
+_REQUEST_KEEP: Final = frozenset({"active", "on-hold", "completed", "stopped"})
+_REQUEST_DROP: Final = frozenset({"cancelled", "entered-in-error", "draft", "unknown"})
 # MedicationRequest.dispenseRequest.expectedSupplyDuration: FHIR's duration-units (UCUM), in days
 # or calendar months, and the unit words a system may send instead (English and Danish).
-_SUPPLY_DAYS = {
+_SUPPLY_DAYS: Final = {
     "ms": 1 / 86_400_000, "s": 1 / 86_400, "min": 1 / 1_440, "h": 1 / 24, "d": 1.0, "wk": 7.0
 }  # fmt: skip
-_SUPPLY_MONTHS = {"mo": 1, "a": 12}
-_SUPPLY_UNITS = {
+_SUPPLY_MONTHS: Final = {"mo": 1, "a": 12}
+_SUPPLY_UNITS: Final = {
     "second": "s", "seconds": "s", "minute": "min", "minutes": "min", "hour": "h", "hours": "h",
     "day": "d", "days": "d", "dag": "d", "dage": "d", "døgn": "d",
     "week": "wk", "weeks": "wk", "uge": "wk", "uger": "wk",
     "month": "mo", "months": "mo", "måned": "mo", "måneder": "mo",
     "year": "a", "years": "a", "år": "a",
 }  # fmt: skip
-_UCUM_MONTH_DAYS = 365.25 / 12  # UCUM: mo = a_j / 12, a_j = 365.25 d
-_VERIFICATION_DROP = frozenset({"refuted", "entered-in-error", "unconfirmed", "provisional", "differential"})  # fmt: skip
-_CLINICAL_STATUSES = frozenset(
+_UCUM_MONTH_DAYS: Final = 365.25 / 12  # UCUM: mo = a_j / 12, a_j = 365.25 d
+_VERIFICATION_DROP: Final = frozenset({"refuted", "entered-in-error", "unconfirmed", "provisional", "differential"})  # fmt: skip
+_CLINICAL_STATUSES: Final = frozenset(
     {"active", "recurrence", "relapse", "inactive", "remission", "resolved"}
 )
-_GOAL_KEEP = frozenset({"active", "accepted"})
-_GOAL_DROP = frozenset(
+_GOAL_KEEP: Final = frozenset({"active", "accepted"})
+_GOAL_DROP: Final = frozenset(
     {"proposed", "planned", "on-hold", "completed", "cancelled", "entered-in-error", "rejected"}
 )
-_GENDERS = frozenset({"male", "female", "other", "unknown"})
-_CLINICAL_TYPES = frozenset(
+_GENDERS: Final = frozenset({"male", "female", "other", "unknown"})
+_CLINICAL_TYPES: Final = frozenset(
     {"Observation", "Condition", "MedicationStatement", "MedicationRequest", "Goal"}
 )
 # Observation elements (FHIR R4) other than value[x]: an Observation with only these keys has no
 # value of its own beside its components (see _common_observation).
-_OBSERVATION_ELEMENTS = frozenset(
+_OBSERVATION_ELEMENTS: Final = frozenset(
     {
         "resourceType", "id", "meta", "implicitRules", "language", "text", "contained",
         "extension", "modifierExtension", "identifier", "basedOn", "partOf", "status",
@@ -138,9 +143,11 @@ _OBSERVATION_ELEMENTS = frozenset(
         "device", "referenceRange", "hasMember", "derivedFrom", "component",
     }
 )  # fmt: skip
-_BOM = "\ufeff"
-_BOM_BYTES = _BOM.encode()
-_new = tuple.__new__  # builds a record without NamedTuple.__new__'s Python-level call: 2x faster
+_BOM: Final = "\ufeff"
+_BOM_BYTES: Final = _BOM.encode()
+# Builds a record of a resource read on the hot path: a NamedTuple's own __new__ is Python even
+# in the compiled module (some 4,000 instructions a call, against a few hundred).
+_new: Final = tuple.__new__
 
 
 class FhirInputError(ValueError):
@@ -180,7 +187,9 @@ class ResourceRecords(NamedTuple):
     issues: tuple[Issue, ...] = ()
 
 
-DUPLICATE = "appears more than once in the input; the first is used"  # the Issue of the others
+DUPLICATE: Final = (
+    "appears more than once in the input; the first is used"  # the Issue of the others
+)
 _NO_ORGANIZATIONS: Mapping[str, OrganizationRecord] = MappingProxyType({})
 
 
@@ -273,7 +282,7 @@ def _collect(item: Any, out: ResourceList) -> None:
 # --- small readers ----------------------------------------------------------------------------
 
 
-_CPR_LIKE = re.compile(r"(?<!\d)\d{6}-?\d{4}(?!\d)")
+_CPR_LIKE: Final = re.compile(r"(?<!\d)\d{6}-?\d{4}(?!\d)")
 """Ten digits, with or without the dash after the sixth: what a CPR number looks like."""
 
 
@@ -358,7 +367,7 @@ def _canonical_codings(systems_and_codes: tuple[str, ...]) -> tuple[Coding, ...]
     return tuple(dict.fromkeys(c for c in (canonical_coding(*pair) for pair in pairs) if c[1]))
 
 
-_CODINGS = _Memo(_canonical_codings, 65536)
+_CODINGS: Final = _Memo(_canonical_codings, 65536)
 
 
 def _usual_codings(concept: Any) -> tuple[Coding, ...] | None:
@@ -460,7 +469,7 @@ def _parse_reference(reference: str) -> str | None:
     return f"{parts[-2]}/{parts[-1]}"
 
 
-_REFERENCES = _Memo(_parse_reference, 4096)
+_REFERENCES: Final = _Memo(_parse_reference, 4096)
 
 
 def _resolve(reference: str, full_urls: Mapping[str, str]) -> str | None:
@@ -598,7 +607,7 @@ def _conversion_or_none(
         return None
 
 
-_CONVERSIONS = _Memo(_conversion_or_none, 8192)  # (codings, unit) -> conversion() or None
+_CONVERSIONS: Final = _Memo(_conversion_or_none, 8192)  # (codings, unit) -> conversion() or None
 
 
 def _common_value(
@@ -653,7 +662,8 @@ def _common_observation(
     reference = subject.get("reference")
     if type(reference) is not str:
         return None
-    patient = full_urls.get(reference) or _REFERENCES[reference]
+    # typed, so that the compiled code calls str.startswith directly, not by name
+    patient: str | None = full_urls.get(reference) or _REFERENCES[reference]
     codings = _usual_codings(resource.get("code"))
     when = resource.get("effectiveDateTime")
     if (
@@ -758,7 +768,7 @@ def _condition_record(resource: dict[str, Any], rid: str) -> ConditionRecord | N
     if abatement is None and period is not None:
         start, end = _period(period, "abatementPeriod")
         abatement = end or start
-    return ConditionRecord(rid, codings, onset, abatement, clinical, recorded)
+    return _new(ConditionRecord, (rid, codings, onset, abatement, clinical, recorded))
 
 
 def contained_medication(resource: dict[str, Any], local_id: str) -> dict[str, Any] | None:
@@ -820,7 +830,7 @@ def _statement_record(
         start, end = _period(period, "effectivePeriod")
     if start is None:
         start = _optional_date(resource, "dateAsserted")
-    return MedicationRecord(rid, codings, display, start, end, status)
+    return _new(MedicationRecord, (rid, codings, display, start, end, status))
 
 
 def _request_record(
@@ -847,9 +857,8 @@ def _request_record(
     except _Skip as skip:  # the prescription still counts, as one without a supply duration
         issues.append(Issue(rid, f"{skip.args[0]}; read as no supply duration"))
         supply = None
-    return MedicationRecord(
-        rid, codings, display, start, _use_end(start, supply, valid_to, status), status
-    )
+    end = _use_end(start, supply, valid_to, status)
+    return _new(MedicationRecord, (rid, codings, display, start, end, status))
 
 
 class _Supply(NamedTuple):
@@ -1044,7 +1053,8 @@ def _patient_record(
         practice = None
         issues.append(Issue(rid, skip.args[0]))
     deceased, deceased_on = _death(resource, rid, issues)
-    return PatientRecord(pid, birth_date, sex, practice, deceased=deceased, deceased_on=deceased_on)
+    no_records = ((), (), (), (), ())  # observations ... issues, gathered across resources later
+    return _new(PatientRecord, (pid, birth_date, sex, practice, *no_records, deceased, deceased_on))
 
 
 def _death(resource: dict[str, Any], rid: str, issues: list[Issue]) -> tuple[bool, date | None]:
@@ -1161,15 +1171,22 @@ def _clinical_records(
         issues.append(Issue(rid, skip.args[0]))
     except Exception as exc:  # last resort: one bad resource must not stop the others
         issues.append(Issue(rid, f"could not be read ({type(exc).__name__})"))
-    return ResourceRecords(
-        rid,
-        pid,
-        observations,
-        () if medication is None else (medication,),
-        source,
-        () if condition is None else (condition,),
-        tuple(goals),
-        issues=tuple(issues),
+    medication_records = () if medication is None else (medication,)
+    condition_records = () if condition is None else (condition,)
+    return _new(
+        ResourceRecords,
+        (
+            rid,
+            pid,
+            observations,
+            medication_records,
+            source,
+            condition_records,
+            tuple(goals),
+            None,
+            None,
+            tuple(issues),
+        ),
     )
 
 
@@ -1188,7 +1205,7 @@ def _patient_records(
     except Exception as exc:  # last resort, as in _clinical_records
         issues.append(Issue(rid, f"could not be read ({type(exc).__name__})"))
         patient = PatientRecord(pid, None, None, None)
-    return ResourceRecords(rid, pid, patient_record=patient, issues=tuple(issues))
+    return _new(ResourceRecords, (rid, pid, (), (), None, (), (), patient, None, tuple(issues)))
 
 
 # --- assembly ---------------------------------------------------------------------------------
@@ -1224,7 +1241,7 @@ class _Patient:
         return list(dict.fromkeys(names))
 
 
-_BY_DATE = itemgetter(2, 0, 1)  # ObservationRecord: date, resource, codings
+_BY_DATE: Final = itemgetter(2, 0, 1)  # ObservationRecord: date, resource, codings
 
 
 def resource_codings(resource: Any) -> tuple[Coding, ...]:
