@@ -473,7 +473,9 @@ _REFERENCES: Final = _Memo(_parse_reference, 4096)
 
 
 def _resolve(reference: str, full_urls: Mapping[str, str]) -> str | None:
-    return full_urls.get(reference) or _REFERENCES[reference]
+    """``"Type/id"`` of a reference: a Bundle entry's fullUrl, else the reference parsed. (NDJSON
+    has no fullUrls: the empty map is not asked, a method call by name when compiled.)"""
+    return (full_urls.get(reference) if full_urls else None) or _REFERENCES[reference]
 
 
 def _patient_of(resource: dict[str, Any], full_urls: Mapping[str, str]) -> str:
@@ -662,8 +664,7 @@ def _common_observation(
     reference = subject.get("reference")
     if type(reference) is not str:
         return None
-    # typed, so that the compiled code calls str.startswith directly, not by name
-    patient: str | None = full_urls.get(reference) or _REFERENCES[reference]
+    patient = _resolve(reference, full_urls)
     codings = _usual_codings(resource.get("code"))
     when = resource.get("effectiveDateTime")
     if (
