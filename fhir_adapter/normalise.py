@@ -91,10 +91,8 @@ YDERNUMMER: Final = "urn:oid:1.2.208.176.1.4"
 
 _UCUM: Final = SYSTEMS["ucum"][0]
 _COMPARATORS: Final = frozenset({"<", "<=", ">=", ">"})
-_COMPARATOR_OR_NONE: Final = (
-    None,
-    *_COMPARATORS,
-)  # tuple: `in` compares, so any JSON value is safe
+# a tuple: `in` compares, so any JSON value is safe
+_COMPARATOR_OR_NONE: Final = (None, *_COMPARATORS)
 _EXACT_INT: Final = 2**53  # integers up to this size are exact as floats (and never overflow)
 _OBSERVATION_KEEP: Final = frozenset({"final", "amended", "corrected"})
 _KEPT: Final = tuple(_OBSERVATION_KEEP)  # tuple: `in` compares, so any JSON value is safe
