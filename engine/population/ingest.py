@@ -903,7 +903,7 @@ def _build(
             run(
                 f"CREATE TABLE s_{table} AS SELECT {new_columns} FROM {part(table)} p "
                 "JOIN n_code_map m ON m.chunk = p.chunk AND m.code = p.code "
-                f"WHERE {kept.replace('ordinal', 'p.ordinal', 1)} "
+                f"WHERE {kept} "
                 f"UNION ALL SELECT {old_columns} FROM {old(table)} o "
                 f"JOIN o_code_map m ON m.code = o.code WHERE o.{replaced}"
             )
