@@ -46,7 +46,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import forkserver
 from pathlib import Path
@@ -786,7 +786,7 @@ def _build(
     (out / STAGING).mkdir(parents=True)
     parts = work / "parts"
     (work / "tmp").mkdir()
-    with duckdb.connect(":memory:") as con:
+    with duckdb.connect(":memory:") as con, ThreadPoolExecutor(1) as background:
         configure(con, memory_limit, str(work / "tmp"), max(1, workers))  # spills to tmp
 
         def run(sql: str) -> duckdb.DuckDBPyConnection:
@@ -907,9 +907,10 @@ def _build(
                 f"UNION ALL SELECT {old_columns} FROM {old(table)} o "
                 f"JOIN o_code_map m ON m.code = o.code WHERE o.{replaced}"
             )
-        for table in (*_STAGING_COLUMNS, "codes"):
-            path = _sql_string(out / STAGING / f"{table}.parquet")
-            run(f"COPY s_{table} TO {path} (FORMAT parquet)")
+        # The staging files are written from the s_ tables, which nothing below changes, on a
+        # second connection beside the facts: many of those statements are small enough for
+        # DuckDB to run on one thread (one row group), which leaves a core to the copies.
+        staged = background.submit(_write_staging, con.cursor(), out / STAGING)
         pq.write_table(
             pa.Table.from_pylist(
                 [{"name": n, "kind": k, "resource": r} for n, (k, r) in reference.raw.items()],
@@ -984,6 +985,7 @@ def _build(
             f"count(*) FILTER (WHERE {reference_like}), min(practice) FILTER (WHERE {reference_like}) "
             "FROM s_patients"
         ).fetchone()  # type: ignore[misc]
+        staged.result()
     snapshot = digest.hexdigest()[:16]
     manifest = {
         "format": STORE_FORMAT,
@@ -1000,6 +1002,14 @@ def _build(
         "without_practice": int(without),
         "practice_references": (int(references), example),
     }
+
+
+def _write_staging(cursor: duckdb.DuckDBPyConnection, directory: Path) -> None:
+    """What the next ingest merges with: the staging tables as Parquet files."""
+    with cursor:
+        for table in (*_STAGING_COLUMNS, "codes"):
+            path = _sql_string(directory / f"{table}.parquet")
+            cursor.execute(f"COPY s_{table} TO {path} (FORMAT parquet)")
 
 
 def _write_issues(con: duckdb.DuckDBPyConnection, path: Path) -> int:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.population import chunks
+from engine.population import ingest as ingest_module
 from engine.population.ingest import (
     ISSUES,
     QUARANTINE,
@@ -563,6 +564,26 @@ def test_a_full_disk_is_said_in_one_line_and_the_store_is_unchanged(
     packed.write_bytes(gzip.compress((tmp_path / "ndjson" / "Patient.ndjson").read_bytes()))
     with pytest.raises(OSError, match="No space left on device"):
         inflated(packed, Path("/dev/full"))  # writing to /dev/full fails with ENOSPC
+
+
+def test_a_staging_copy_that_fails_beside_the_facts_fails_the_ingest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staging files are written on a second connection while the facts are derived: its
+    failure must reach the caller as the facts' own would, and the store stay as it was."""
+    write_population(tmp_path / "ndjson", 10, 1, 1, 3, AS_OF)
+    store = tmp_path / "store"
+    ingest(tmp_path / "ndjson", store, workers=1)
+    before = store_bytes(store)
+
+    def full(cursor: duckdb.DuckDBPyConnection, directory: Path) -> None:
+        cursor.close()
+        raise duckdb.IOException("Could not write file: No space left on device")
+
+    monkeypatch.setattr(ingest_module, "_write_staging", full)
+    with pytest.raises(StoreError, match=r"the disk under .* is full \(.*No space left"):
+        ingest(tmp_path / "ndjson", store, workers=2)
+    assert store_bytes(store) == before
 
 
 @pytest.mark.parametrize("damaged", ["observations.parquet", "reference.parquet"])
